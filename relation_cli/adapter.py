@@ -1,0 +1,210 @@
+"""The RelationAdapter: exemplar projection + one attention processor per transformer layer (SPEC 2.1).
+
+Shapes: B batch, T tokens per exemplar image, C = ``joint_attention_dim``, d = image-encoder width,
+H heads of D = ``attention_head_dim``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import RMSNorm
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxTransformer2DModel
+
+from .errors import RelationError
+from .flux_private import qkv_projections
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class RelationProjection(nn.Module):
+    """One image embedding ``(N, d)`` -> ``(N, T, C)`` exemplar tokens: Linear-GELU-Linear, then LayerNorm."""
+
+    def __init__(self, image_embed_dim: int, cross_attention_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.cross_attention_dim = cross_attention_dim
+        self.proj = nn.Sequential(
+            nn.Linear(image_embed_dim, image_embed_dim * 2),
+            nn.GELU(),
+            nn.Linear(image_embed_dim * 2, cross_attention_dim * num_tokens),
+        )
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        x = self.proj(image_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim)
+        return self.norm(x)
+
+
+class RelationAttnProcessor(nn.Module):
+    """FLUX attention plus a side attention from the layer's image query to the exemplar tokens.
+
+    The main attention is diffusers' ``FluxAttnProcessor`` computation, unchanged. The side attention
+    ``ip = SDPA(norm_q(to_q(x)), rmsnorm(to_k_ip(e)), to_v_ip(e))`` uses the query *before* RoPE; its
+    output, times ``relation_scale``, is added to the image stream before ``to_out`` in double-stream
+    layers, and to every token of the joint sequence in single-stream layers.
+
+    Exemplar information arrives through ``joint_attention_kwargs``: either ``relation_kv`` (per-layer
+    keys/values precomputed once per generation, see :meth:`RelationAdapter.key_values`) or
+    ``relation_tokens`` ``(B, 2T, C)``, from which this layer computes its own keys/values.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, cross_attention_dim: int, hidden_size: int, head_dim: int, index: int):
+        super().__init__()
+        self.index = index
+        self.head_dim = head_dim
+        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.norm_k_ip = RMSNorm(head_dim, eps=1e-5, elementwise_affine=False)
+
+    def key_value(self, tokens: torch.Tensor) -> KV:
+        """``(B, 2T, C)`` exemplar tokens -> key and value ``(B, 2T, H, D)``."""
+        tokens = tokens.to(self.to_k_ip.weight.dtype)
+        key = self.to_k_ip(tokens).unflatten(-1, (-1, self.head_dim))
+        value = self.to_v_ip(tokens).unflatten(-1, (-1, self.head_dim))
+        return self.norm_k_ip(key), value
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        relation_tokens: torch.Tensor | None = None,
+        relation_kv: list[KV] | None = None,
+        relation_scale: float = 1.0,
+    ):
+        query, key, value, enc_query, enc_key, enc_value = qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))  # (B, S, H, D)
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        ip_query = query  # image stream (double) or whole joint sequence (single), before RoPE
+
+        if encoder_hidden_states is not None:
+            enc_query = attn.norm_added_q(enc_query.unflatten(-1, (-1, attn.head_dim)))
+            enc_key = attn.norm_added_k(enc_key.unflatten(-1, (-1, attn.head_dim)))
+            enc_value = enc_value.unflatten(-1, (-1, attn.head_dim))
+            query = torch.cat([enc_query, query], dim=1)
+            key = torch.cat([enc_key, key], dim=1)
+            value = torch.cat([enc_value, value], dim=1)
+
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask,
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        )  # fmt: skip
+        out = out.flatten(2, 3).to(query.dtype)
+
+        ip = None
+        if relation_scale != 0 and (relation_kv is not None or relation_tokens is not None):
+            ip_key, ip_value = relation_kv[self.index] if relation_kv is not None else self.key_value(relation_tokens)
+            ip = dispatch_attention_fn(
+                ip_query, ip_key.to(ip_query.dtype), ip_value.to(ip_query.dtype), backend=self._attention_backend
+            )
+            ip = relation_scale * ip.flatten(2, 3).to(ip_query.dtype)
+
+        if encoder_hidden_states is None:  # single-stream layer: output covers text + image tokens
+            return out if ip is None else out + ip
+
+        enc_out, out = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
+        if ip is not None:
+            out = out + ip
+        out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+        return out, attn.to_add_out(enc_out.contiguous())
+
+
+class RelationAdapter(ModelMixin, ConfigMixin):
+    """Projection + per-layer processors, saved as ``config.json`` + safetensors by ``save_pretrained``.
+
+    Args:
+        image_embed_dim: width d of the image encoder's pooled output (1152 for SigLIP so400m).
+        cross_attention_dim: C, the transformer's ``joint_attention_dim`` (4096 for FLUX.1-dev).
+        num_tokens: T, tokens per exemplar image (128 in the released weights).
+        num_layers: attention layers of the transformer (19 double + 38 single = 57 for FLUX.1-dev).
+        hidden_size: H * D of the transformer (3072 for FLUX.1-dev).
+        attention_head_dim: D (128 for FLUX.1-dev).
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        image_embed_dim: int = 1152,
+        cross_attention_dim: int = 4096,
+        num_tokens: int = 128,
+        num_layers: int = 57,
+        hidden_size: int = 3072,
+        attention_head_dim: int = 128,
+    ):
+        super().__init__()
+        self.image_proj = RelationProjection(image_embed_dim, cross_attention_dim, num_tokens)
+        self.processors = nn.ModuleList(
+            RelationAttnProcessor(cross_attention_dim, hidden_size, attention_head_dim, i) for i in range(num_layers)
+        )
+
+    @classmethod
+    def for_transformer(cls, transformer: FluxTransformer2DModel, image_embed_dim: int, num_tokens: int):
+        c = transformer.config
+        return cls(
+            image_embed_dim=image_embed_dim,
+            cross_attention_dim=c.joint_attention_dim,
+            num_tokens=num_tokens,
+            num_layers=c.num_layers + c.num_single_layers,
+            hidden_size=c.num_attention_heads * c.attention_head_dim,
+            attention_head_dim=c.attention_head_dim,
+        )
+
+    def encode(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings of A and A' ``(B, d)`` each -> exemplar tokens ``(B, 2T, C)``: A's, then A''s."""
+        dtype = self.image_proj.norm.weight.dtype
+        return torch.cat([self.image_proj(embeds_a.to(dtype)), self.image_proj(embeds_b.to(dtype))], dim=1)
+
+    def key_values(self, tokens: torch.Tensor) -> list[KV]:
+        """Every layer's ip key/value for ``tokens``; computed once, reused at every denoising step."""
+        return [p.key_value(tokens) for p in self.processors]
+
+    def check_compatible(self, transformer: FluxTransformer2DModel) -> None:
+        c, a = transformer.config, self.config
+        expected = {
+            "num_layers": c.num_layers + c.num_single_layers,
+            "cross_attention_dim": c.joint_attention_dim,
+            "hidden_size": c.num_attention_heads * c.attention_head_dim,
+            "attention_head_dim": c.attention_head_dim,
+        }
+        wrong = [f"{k} {getattr(a, k)} (transformer needs {v})" for k, v in expected.items() if getattr(a, k) != v]
+        if wrong:
+            raise RelationError("adapter does not fit this transformer: " + ", ".join(wrong))
+
+    def install(self, transformer: FluxTransformer2DModel) -> None:
+        """Put one processor on every attention layer, in ``transformer.attn_processors`` order."""
+        self.check_compatible(transformer)
+        names = list(transformer.attn_processors.keys())
+        transformer.set_attn_processor(dict(zip(names, self.processors)))
+
+    @staticmethod
+    def uninstall(transformer: FluxTransformer2DModel) -> None:
+        transformer.set_attn_processor(FluxAttnProcessor())
+
+    @contextmanager
+    def detached(self, transformer: FluxTransformer2DModel) -> Iterator[None]:
+        """Temporarily restore stock processors (e.g. to save the transformer without adapter weights)."""
+        self.uninstall(transformer)
+        try:
+            yield
+        finally:
+            self.install(transformer)

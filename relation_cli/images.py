@@ -1,0 +1,143 @@
+"""Reading, checking and writing images: the only place user image files are opened or written.
+
+Every check that is cheap runs before a model is loaded. Any mode PIL can open (palette, grayscale,
+alpha, CMYK, 16-bit) comes back as 8-bit RGB, upright according to its EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import RelationError
+from .fs import atomic_file
+
+MIN_SIDE = 16
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
+
+# The aspect ratios exemplars are padded to (SPEC 2.1), as (width, height).
+EXEMPLAR_RATIOS = ((3, 4), (4, 3), (1, 1), (16, 9), (9, 16))
+
+
+def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open, fully decode and check one image; returns an upright 8-bit RGB copy.
+
+    ``role`` names the input in messages ("query", "exemplar A", "row 3 source", ...).
+    """
+    path = Path(path)
+    where = f"{role} '{path}'"
+    if not path.exists():
+        raise RelationError(f"{where}: file not found")
+    if not path.is_file():
+        raise RelationError(f"{where}: not a file")
+    if path.stat().st_size == 0:
+        raise RelationError(f"{where}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise RelationError(
+                        f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
+                        "(data.max_image_pixels)"
+                    )
+                im.load()
+                image = _to_rgb(ImageOps.exif_transpose(im))
+    except RelationError:
+        raise
+    except UnidentifiedImageError:
+        raise RelationError(f"{where}: not an image PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RelationError(f"{where}: too many pixels (decompression bomb guard)") from None
+    except PermissionError:
+        raise RelationError(f"{where}: permission denied") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise RelationError(f"{where}: cannot decode image ({_short(e)}); the file may be truncated") from None
+    if min(image.size) < min_side:
+        raise RelationError(f"{where}: {image.width}x{image.height} is smaller than {min_side}x{min_side}")
+    return image
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert to 8-bit RGB. 16/32-bit integer and float images are scaled, not clipped."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    # Alpha is dropped like the authors' ``Image.open(...).convert("RGB")`` does, so results match theirs.
+    return im.convert("RGB")
+
+
+def pad_exemplar(image: Image.Image, long_side: int = 512) -> Image.Image:
+    """Pad with white to the nearest regular aspect ratio, centred, then resize the long side (bilinear).
+
+    Matches the authors' ``resize_img(pad_to_regular=True, target_long_side=512)`` to the pixel.
+    """
+    w, h = image.size
+    ratio = w / h
+    rw, rh = min(EXEMPLAR_RATIOS, key=lambda r: abs(r[0] / r[1] - ratio))
+    if ratio >= rw / rh:
+        tw, th = w, int(w * rh / rw)
+    else:
+        tw, th = int(h * rw / rh), h
+    canvas = Image.new("RGB", (tw, th), (255, 255, 255))
+    canvas.paste(image, ((tw - w) // 2, (th - h) // 2))
+    scale = long_side / max(tw, th)
+    return canvas.resize((round(tw * scale), round(th * scale)), Image.BILINEAR)
+
+
+def output_size(width: int, height: int, multiple: int = 16) -> tuple[int, int]:
+    """The query's size floored to a multiple of ``multiple`` (twice the VAE scale factor)."""
+    return width - width % multiple, height - height % multiple
+
+
+def check_output_path(path: str | Path, overwrite: bool) -> Path:
+    """Refuse a bad output path before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise RelationError(f"output '{path}': unsupported extension, use one of {', '.join(OUTPUT_SUFFIXES)}")
+    if path.exists() and not overwrite:
+        raise RelationError(f"output '{path}': already exists (pass --overwrite to replace it)")
+    if path.is_dir():
+        raise RelationError(f"output '{path}': is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise RelationError(f"output '{path}': folder '{parent}' is not writable")
+    if parent.exists() and not parent.is_dir():
+        raise RelationError(f"output '{path}': '{parent}' is not a folder")
+    return path
+
+
+def save_output(array: np.ndarray, path: str | Path) -> Path:
+    """Write a float HxWx3 image in [0, 1] atomically; the format follows the extension.
+
+    ``.npy`` keeps the float32 values unquantized, for exact comparisons.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    with atomic_file(path) as tmp:
+        if suffix == ".npy":
+            np.save(tmp, np.asarray(array, dtype=np.float32))
+        else:
+            image = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+            kwargs = {"quality": 95} if suffix in (".jpg", ".jpeg", ".webp") else {}
+            image.save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, suffix[1:].upper()), **kwargs)
+    return path

@@ -1,0 +1,211 @@
+"""Offline builder of small FLUX-architecture components, tokenizers included, from a few sizes.
+
+Used by the tests, by ``relation init-model`` (the starting point of the demo model) and by nothing
+else: everything is created in code, nothing is downloaded. The components are the real diffusers /
+transformers classes, saved in the same folder layout as FLUX.1-dev and SigLIP, so they load through
+exactly the code path that loads the released models.
+"""
+
+from __future__ import annotations
+
+import string
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .adapter import RelationAdapter
+
+
+class ArchSpec(BaseModel):
+    """Sizes of a small FLUX + SigLIP + adapter stack. Defaults: the parity fixture's tiny model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int = Field(2, ge=1, description="Double-stream blocks.")
+    num_single_layers: int = Field(4, ge=0, description="Single-stream blocks.")
+    num_attention_heads: int = Field(2, ge=1)
+    attention_head_dim: int = Field(16, ge=4, description="Must equal the sum of axes_dims_rope.")
+    joint_attention_dim: int = Field(32, ge=4, description="Text/exemplar token width C.")
+    axes_dims_rope: tuple[int, int, int] = (4, 6, 6)
+    text_hidden: int = Field(32, ge=8, description="Width of the CLIP and T5 text encoders.")
+    text_layers: int = Field(2, ge=1)
+    vae_channels: tuple[int, ...] = Field((8, 16, 16, 16), description="VAE block widths (4 blocks = 8x).")
+    vae_latent_channels: int = Field(16, ge=1, description="in_channels of the transformer is 4x this.")
+    vae_norm_groups: int = Field(4, ge=1)
+    siglip_hidden: int = Field(16, ge=4)
+    siglip_layers: int = Field(2, ge=1)
+    siglip_heads: int = Field(2, ge=1)
+    siglip_image_size: int = Field(32, ge=8)
+    siglip_patch_size: int = Field(8, ge=2)
+    num_tokens: int = Field(128, ge=1, description="Exemplar tokens per image.")
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2/CLIP byte-to-unicode table: 256 printable characters standing for the 256 bytes."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+def build_clip_tokenizer():
+    """A CLIP BPE tokenizer over single bytes (no merges): every text tokenizes, offline."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_t5_tokenizer():
+    """A T5 unigram tokenizer over characters (pad/eos/unk = 0/1/2, 100 extra ids)."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    symbols = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+    pieces += [("▁" + c, -3.0) for c in symbols] + [(c, -4.0) for c in symbols]
+    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    return T5Tokenizer(vocab=pieces, extra_ids=100, model_max_length=512)
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
+    """Randomly initialised components of a :class:`~relation_cli.pipeline.RelationPipeline`."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    spec = spec or ArchSpec()
+    if sum(spec.axes_dims_rope) != spec.attention_head_dim:
+        raise ValueError(f"axes_dims_rope {spec.axes_dims_rope} must sum to attention_head_dim")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * spec.vae_latent_channels,
+        num_layers=spec.num_layers,
+        num_single_layers=spec.num_single_layers,
+        attention_head_dim=spec.attention_head_dim,
+        num_attention_heads=spec.num_attention_heads,
+        joint_attention_dim=spec.joint_attention_dim,
+        pooled_projection_dim=spec.text_hidden,
+        guidance_embeds=True,
+        axes_dims_rope=spec.axes_dims_rope,
+    )
+    n = len(spec.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(spec.vae_channels),
+        layers_per_block=1,
+        latent_channels=spec.vae_latent_channels,
+        norm_num_groups=spec.vae_norm_groups,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+    clip_tok, t5_tok = build_clip_tokenizer(), build_t5_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok), hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
+            num_hidden_layers=spec.text_layers, num_attention_heads=4, max_position_embeddings=77,
+            projection_dim=spec.text_hidden, bos_token_id=len(clip_tok) - 2, eos_token_id=len(clip_tok) - 1,
+            pad_token_id=len(clip_tok) - 1,
+        )
+    )  # fmt: skip
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok), d_model=spec.joint_attention_dim, d_kv=8, d_ff=spec.joint_attention_dim * 2,
+            num_layers=spec.text_layers, num_heads=4, relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+        )
+    )  # fmt: skip
+    image_encoder = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=spec.siglip_hidden, intermediate_size=spec.siglip_hidden * 2,
+            num_hidden_layers=spec.siglip_layers, num_attention_heads=spec.siglip_heads,
+            image_size=spec.siglip_image_size, patch_size=spec.siglip_patch_size,
+        )
+    )  # fmt: skip
+    feature_extractor = SiglipImageProcessor(
+        size={"height": spec.siglip_image_size, "width": spec.siglip_image_size},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3,
+    )  # fmt: skip
+    adapter = RelationAdapter.for_transformer(transformer, spec.siglip_hidden, spec.num_tokens)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )  # fmt: skip
+    for module in (transformer, vae, text_encoder, text_encoder_2, image_encoder, adapter):
+        module.eval()  # as from_pretrained leaves them: no dropout
+    return {
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tok,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": t5_tok,
+        "transformer": transformer,
+        "image_encoder": image_encoder,
+        "feature_extractor": feature_extractor,
+        "relation_adapter": adapter,
+    }
+
+
+def build_pipeline(spec: ArchSpec | None = None, seed: int = 0):
+    from .pipeline import RelationPipeline
+
+    return RelationPipeline(**build_components(spec, seed))
+
+
+def save_model(components: dict, out: str | Path) -> Path:
+    """Write components as a relation model folder: ``base/`` (FLUX layout), ``image_encoder/``, ``adapter/``."""
+    from diffusers import FluxPipeline
+
+    out = Path(out)
+    base = {k: components[k] for k in ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    adapter = components["relation_adapter"]
+    transformer = components["transformer"]
+    with adapter.detached(transformer) if _installed(adapter, transformer) else nullcontext():
+        FluxPipeline(transformer=transformer, **base).save_pretrained(out / "base")
+    components["image_encoder"].save_pretrained(out / "image_encoder")
+    components["feature_extractor"].save_pretrained(out / "image_encoder")
+    adapter.save_pretrained(out / "adapter")
+    return out
+
+
+def _installed(adapter: RelationAdapter, transformer) -> bool:
+    return any(p is adapter.processors[0] for p in transformer.attn_processors.values())
+
+
+def init_model(out: str | Path, spec: ArchSpec | None = None, seed: int = 0) -> Path:
+    """Write a randomly initialised model folder (see :func:`save_model`) atomically."""
+    from .fs import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        save_model(build_components(spec, seed), tmp)
+    return Path(out)

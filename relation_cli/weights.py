@@ -1,0 +1,143 @@
+"""Reading adapter and LoRA weights in the released formats and in relation's own (SPEC 2.3).
+
+Released adapter: a torch pickle ``{"image_proj": {...}, "ip_adapter": {...}}``, read only with
+``torch.load(weights_only=True)``. Ours: a folder with ``config.json`` + safetensors written by
+:meth:`RelationAdapter.save_pretrained`. LoRA: diffusers-format safetensors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .adapter import RelationAdapter
+from .errors import RelationError, first_line
+from .fs import atomic_dir
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_PROCESSOR_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
+
+
+def load_pickle_safely(path: Path) -> dict:
+    """``torch.load(weights_only=True)``: tensors and plain containers only; code is refused."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise RelationError(f"adapter '{path}': not a torch checkpoint ({first_line(e)})") from None
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        other = re.search(r"(Unsupported [^\n]{0,80})", str(e))
+        what = (
+            f"holds code or objects other than tensors (GLOBAL {code.group(1)})"
+            if code
+            else f"not a plain tensor checkpoint ({other.group(1).strip() if other else 'unsupported content'})"
+        )
+        raise RelationError(f"adapter '{path}': refused, {what}; relation never executes pickled code") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise RelationError(f"adapter '{path}': not a readable torch file ({first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise RelationError(f"adapter '{path}': expected a dict, found {type(data).__name__}")
+    return data
+
+
+
+def _strip_module_prefix(state: dict) -> dict:
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def split_released_state(data: dict, path: Path) -> tuple[dict, dict]:
+    """The released dict -> (projection state, processor state), prefixes removed, structure checked."""
+    missing = [k for k in ("image_proj", "ip_adapter") if k not in data]
+    if missing:
+        raise RelationError(f"adapter '{path}': missing {', '.join(missing)} (not a RelationAdapter checkpoint)")
+    proj, procs = (_strip_module_prefix(data[k]) for k in ("image_proj", "ip_adapter"))
+    need = {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias"}
+    if set(proj) != need:
+        raise RelationError(f"adapter '{path}': image_proj keys {sorted(proj)} are not {sorted(need)}")
+    bad = [k for k in procs if not _PROCESSOR_KEY.match(k)]
+    if bad:
+        raise RelationError(f"adapter '{path}': unexpected ip_adapter keys, e.g. {bad[:3]}")
+    return proj, procs
+
+
+def adapter_from_state(proj: dict, procs: dict, attention_head_dim: int) -> RelationAdapter:
+    """Build a :class:`RelationAdapter` whose sizes are read off the weights, and load them."""
+    image_embed_dim = proj["proj.0.weight"].shape[1]
+    cross_attention_dim = proj["norm.weight"].shape[0]
+    num_tokens = proj["proj.2.weight"].shape[0] // cross_attention_dim
+    num_layers = 1 + max(int(_PROCESSOR_KEY.match(k).group(1)) for k in procs)
+    hidden_size = procs["0.to_k_ip.weight"].shape[0]
+    adapter = RelationAdapter(
+        image_embed_dim=image_embed_dim,
+        cross_attention_dim=cross_attention_dim,
+        num_tokens=num_tokens,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        attention_head_dim=attention_head_dim,
+    )
+    state = {f"image_proj.{k}": v for k, v in proj.items()}
+    state.update({f"processors.{k}": v for k, v in procs.items()})
+    result = adapter.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("norm_k_ip.weight")]
+    if missing or result.unexpected_keys:
+        raise RelationError(
+            f"adapter weights incomplete: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}"
+        )
+    return adapter
+
+
+def load_adapter(path: str | Path, attention_head_dim: int) -> RelationAdapter:
+    """An adapter from our folder format or from the authors' ``ip_adapter-*.bin``."""
+    path = Path(path)
+    if not path.exists():
+        raise RelationError(f"adapter '{path}': not found")
+    if path.is_dir():
+        if not (path / RelationAdapter.config_name).is_file():
+            raise RelationError(f"adapter '{path}': folder has no {RelationAdapter.config_name}")
+        try:
+            return RelationAdapter.from_pretrained(path)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise RelationError(f"adapter '{path}': cannot load ({first_line(e)})") from None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        proj, procs = split_released_state(load_pickle_safely(path), path)
+        return adapter_from_state(proj, procs, attention_head_dim)
+    raise RelationError(f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file")
+
+
+def convert_released(src: str | Path, dst: str | Path, attention_head_dim: int = 128) -> Path:
+    """Released ``.bin`` -> relation's safetensors folder, so the pickle never has to be opened again."""
+    src, dst = Path(src), Path(dst)
+    if src.suffix.lower() not in PICKLE_SUFFIXES or not src.is_file():
+        raise RelationError(f"adapter '{src}': expected an existing {'/'.join(PICKLE_SUFFIXES)} file")
+    adapter = load_adapter(src, attention_head_dim)
+    save_atomic(adapter, dst)
+    return dst
+
+
+def save_atomic(model, dst: str | Path) -> Path:
+    """``save_pretrained`` into a temporary sibling folder, then rename into place."""
+    with atomic_dir(dst) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return Path(dst)
+
+
+def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
+    """A diffusers-format LoRA state dict from a ``.safetensors`` file or the folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise RelationError(f"lora '{path}': not found")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise RelationError(f"lora '{path}': not a readable safetensors file ({first_line(e)})") from None
+    if not state or not any(".lora_A." in k or ".lora_down." in k for k in state):
+        raise RelationError(f"lora '{path}': holds no LoRA weights (no *.lora_A.* keys)")
+    return state

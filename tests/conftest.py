@@ -1,0 +1,49 @@
+"""Shared fixtures: everything is built offline, on CPU, in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RELATION_NO_PROGRESS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "fixtures" / "reference-tiny"
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not (REFERENCE / "case.json").is_file():
+        pytest.skip(f"parity fixture not found at {REFERENCE}")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny model folder (base/, image_encoder/, adapter/) made by the offline builder."""
+    from relation_cli.progress import quiet_libraries
+    from relation_cli.tiny import init_model
+
+    quiet_libraries()
+    return init_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+def tiny_overrides(model: Path) -> list[str]:
+    return [
+        f"model.base={model / 'base'}",
+        f"model.image_encoder={model / 'image_encoder'}",
+        f"adapter.path={model / 'adapter'}",
+    ]
+
+
+def reference_overrides(ref: Path) -> list[str]:
+    return [
+        f"model.base={ref / 'base'}",
+        f"model.image_encoder={ref / 'image_encoder'}",
+        f"adapter.path={ref / 'ip_adapter.bin'}",
+        f"lora.path={ref / 'lora' / 'pytorch_lora_weights.safetensors'}",
+    ]

@@ -1,0 +1,86 @@
+"""One config model: defaults <- YAML <- --set overrides <- flags; errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relation_cli.config import RelationConfig, load_config, parse_override, save_config
+from relation_cli.errors import RelationError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_the_reference():
+    cfg = RelationConfig()
+    assert (cfg.infer.steps, cfg.infer.guidance, cfg.infer.seed, cfg.adapter.scale) == (24, 3.5, 1000, 1.0)
+    assert cfg.infer.max_sequence_length == 512 and cfg.lora.rank == 128 and cfg.adapter.num_tokens == 128
+
+
+def test_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("infer:\n  steps: 8\n  seed: 5\nadapter:\n  scale: 0.5\n")
+    cfg = load_config(f, ["infer.steps=4", "infer.prompt=make it blue"], {"infer.seed": 7, "infer.guidance": None})
+    assert (cfg.infer.steps, cfg.infer.seed, cfg.adapter.scale, cfg.infer.prompt) == (4, 7, 0.5, "make it blue")
+    assert cfg.infer.guidance == 3.5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("infer.stepz=3", "infer.stepz: unknown key"),
+        ("nosuch.key=1", "nosuch: unknown key"),
+        ("infer.steps=abc", "infer.steps"),
+        ("infer.steps=-1", "infer.steps: Input should be greater than or equal to 1"),
+        ("adapter.scale=-0.5", "adapter.scale"),
+        ("infer.steps", "expected section.key=value"),
+        ("steps=3", "not a section.key name"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(RelationError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_yaml_problems(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("infer: [unclosed\n")
+    with pytest.raises(RelationError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n")
+    with pytest.raises(RelationError, match="mapping of sections"):
+        load_config(top)
+    with pytest.raises(RelationError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("infer:\n  colour: red\n")
+    with pytest.raises(RelationError, match="infer.colour: unknown key"):
+        load_config(unknown)
+
+
+def test_all_errors_reported_together():
+    with pytest.raises(RelationError) as err:
+        load_config(None, ["infer.steps=0", "infer.seed=-3", "lora.bogus=1"])
+    text = str(err.value)
+    assert "infer.steps" in text and "infer.seed" in text and "lora.bogus" in text
+
+
+def test_override_values_are_yaml():
+    assert parse_override("lora.targets=[attn.to_q, attn.to_k]") == (["lora", "targets"], ["attn.to_q", "attn.to_k"])
+    assert parse_override("infer.prompt=") == (["infer", "prompt"], "")
+    assert parse_override("infer.guidance=3.5") == (["infer", "guidance"], 3.5)
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(None, ["infer.steps=9", "model.base=some/model"])
+    path = save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(path) == cfg
+    assert yaml.safe_load(path.read_text())["infer"]["steps"] == 9
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    load_config(ROOT / "configs" / name)

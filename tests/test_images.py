@@ -1,0 +1,90 @@
+"""Image loading: every mode becomes upright 8-bit RGB; every bad file is one clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import random_image, truncated_copy
+from relation_cli.errors import RelationError
+from relation_cli.images import open_image, output_size, pad_exemplar, save_output
+
+LIMIT = 10_000_000
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "LA", "RGBA", "CMYK", "1", "I;16", "I", "F"])
+def test_modes_become_rgb(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    im = rgb.convert("L").convert(mode) if mode in ("I;16", "I", "F") else rgb.convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I", "F") else "x.png")
+    im.save(path)
+    out = open_image(path, "query", LIMIT)
+    assert out.mode == "RGB" and out.size == (30, 20)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    arr = np.full((20, 20), 32768, dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "16.png")
+    out = np.asarray(open_image(tmp_path / "16.png", "query", LIMIT))
+    assert 126 <= out.mean() <= 129
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert open_image(tmp_path / "r.jpg", "query", LIMIT).size == (20, 40)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.png", "file not found"),
+        (lambda d: _write(d / "empty.png", b""), "empty file"),
+        (lambda d: _write(d / "text.png", b"hello"), "not an image"),
+        (lambda d: truncated_copy(random_image(d / "full.png", (64, 64)), d / "cut.png"), "cannot decode"),
+        (lambda d: random_image(d / "small.png", (15, 40)), "smaller than 16x16"),
+        (lambda d: random_image(d / "big.png", (4000, 3000)), "over the limit"),
+        (lambda d: d, "not a file"),
+    ],
+)
+def test_bad_images(tmp_path, make, message):
+    with pytest.raises(RelationError, match=message) as err:
+        open_image(make(tmp_path), "query", LIMIT)
+    assert str(err.value).startswith("query '") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "size, expected", [((60, 44), (512, 384)), ((40, 52), (386, 512)), ((100, 100), (512, 512)), ((300, 100), (512, 287))]
+)
+def test_exemplar_padding_sizes(size, expected):
+    """Sizes the authors' resize_img gives (the first two are recorded in the fixture's case.json)."""
+    assert pad_exemplar(Image.new("RGB", size, (0, 0, 0))).size == expected
+
+
+def test_exemplar_padding_is_white_and_centred():
+    out = np.asarray(pad_exemplar(Image.new("RGB", (100, 50), (0, 0, 0)), long_side=100))
+    assert out.shape == (56, 100, 3)  # 16:9 is closest to 2:1; int(100 * 9 / 16) = 56
+    assert (out[0] == 255).all() and (out[-1] == 255).all() and (out[28] == 0).all()
+
+
+def test_output_size_floors_to_sixteen():
+    assert output_size(72, 56) == (64, 48) and output_size(512, 512) == (512, 512)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".npy"])
+def test_save_output_formats(tmp_path, suffix):
+    arr = np.random.default_rng(0).random((16, 32, 3)).astype(np.float32)
+    path = save_output(arr, tmp_path / f"o{suffix}")
+    if suffix == ".npy":
+        assert np.array_equal(np.load(path), arr)
+    else:
+        assert Image.open(path).size == (32, 16)
+    assert [p.name for p in tmp_path.iterdir()] == [f"o{suffix}"]  # no temporary file left behind

@@ -1,0 +1,82 @@
+"""Released and own weight formats: safe loading, prefixes, conversion."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from relation_cli.errors import RelationError
+from relation_cli.weights import convert_released, load_adapter, read_lora
+
+
+def _released_state(reference):
+    return torch.load(reference / "ip_adapter.bin", map_location="cpu", weights_only=True)
+
+
+def test_module_prefix_is_stripped(reference, tmp_path):
+    state = _released_state(reference)
+    prefixed = {part: {f"module.{k}": v for k, v in sub.items()} for part, sub in state.items()}
+    torch.save(prefixed, tmp_path / "prefixed.bin")
+    plain = load_adapter(reference / "ip_adapter.bin", attention_head_dim=16)
+    other = load_adapter(tmp_path / "prefixed.bin", attention_head_dim=16)
+    for (k, a), (_, b) in zip(plain.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert plain.config.num_layers == 6 and plain.config.num_tokens == 128
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickle_with_code_is_refused(tmp_path, protocol):
+    path = tmp_path / "evil.bin"
+    with open(path, "wb") as f:
+        pickle.dump({"image_proj": Payload(), "ip_adapter": {}}, f, protocol=protocol)
+    with pytest.raises(RelationError, match="refused, (holds code|not a plain tensor)"):
+        load_adapter(path, attention_head_dim=16)
+
+
+def test_object_in_torch_save_is_refused(tmp_path):
+    torch.save({"image_proj": Payload(), "ip_adapter": {}}, tmp_path / "evil.pt")
+    with pytest.raises(RelationError, match="refused, holds code or objects other than tensors"):
+        load_adapter(tmp_path / "evil.pt", attention_head_dim=16)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not a"), (b"garbage" * 10, "refused, not a plain tensor checkpoint"), (None, "missing image_proj")],
+)
+def test_bad_adapter_files(tmp_path, content, message):
+    path = tmp_path / "a.bin"
+    if content is None:
+        torch.save({"something": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(RelationError, match=message):
+        load_adapter(path, attention_head_dim=16)
+
+
+def test_convert_round_trip(reference, tmp_path):
+    out = convert_released(reference / "ip_adapter.bin", tmp_path / "adapter", attention_head_dim=16)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    a = load_adapter(reference / "ip_adapter.bin", attention_head_dim=16)
+    b = load_adapter(out, attention_head_dim=16)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    with pytest.raises(RelationError, match="already exists"):
+        convert_released(reference / "ip_adapter.bin", out)
+
+
+def test_lora_reading(reference, tmp_path):
+    state = read_lora(reference / "lora")
+    assert len([k for k in state if ".lora_A." in k]) == 36
+    (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(RelationError, match="not a readable safetensors"):
+        read_lora(tmp_path / "x.safetensors")
+    with pytest.raises(RelationError, match="not found"):
+        read_lora(tmp_path / "nothing.safetensors")
