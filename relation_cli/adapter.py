@@ -16,7 +16,10 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import RMSNorm
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxTransformer2DModel
+from diffusers.models.transformers.transformer_flux import (
+    FluxAttnProcessor,
+    FluxTransformer2DModel,
+)
 
 from .errors import RelationError
 from .flux_private import qkv_projections
@@ -137,6 +140,9 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         num_layers: attention layers of the transformer (19 double + 38 single = 57 for FLUX.1-dev).
         hidden_size: H * D of the transformer (3072 for FLUX.1-dev).
         attention_head_dim: D (128 for FLUX.1-dev).
+        role_embeddings: add a learned "before" vector to A's tokens and an "after" vector to A''s, so
+            the adapter knows the direction of the edit. Off in the released model (which sees the pair
+            as an unordered set, SPEC 2.1.6); an extension for newly trained adapters.
     """
 
     config_name = "config.json"
@@ -150,15 +156,19 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         num_layers: int = 57,
         hidden_size: int = 3072,
         attention_head_dim: int = 128,
+        role_embeddings: bool = False,
     ):
         super().__init__()
         self.image_proj = RelationProjection(image_embed_dim, cross_attention_dim, num_tokens)
+        self.role = nn.Parameter(torch.zeros(2, 1, cross_attention_dim)) if role_embeddings else None
         self.processors = nn.ModuleList(
             RelationAttnProcessor(cross_attention_dim, hidden_size, attention_head_dim, i) for i in range(num_layers)
         )
 
     @classmethod
-    def for_transformer(cls, transformer: FluxTransformer2DModel, image_embed_dim: int, num_tokens: int):
+    def for_transformer(
+        cls, transformer: FluxTransformer2DModel, image_embed_dim: int, num_tokens: int, role_embeddings: bool = False
+    ):
         c = transformer.config
         return cls(
             image_embed_dim=image_embed_dim,
@@ -167,12 +177,16 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             num_layers=c.num_layers + c.num_single_layers,
             hidden_size=c.num_attention_heads * c.attention_head_dim,
             attention_head_dim=c.attention_head_dim,
+            role_embeddings=role_embeddings,
         )
 
     def encode(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings of A and A' ``(B, d)`` each -> exemplar tokens ``(B, 2T, C)``: A's, then A''s."""
         dtype = self.image_proj.norm.weight.dtype
-        return torch.cat([self.image_proj(embeds_a.to(dtype)), self.image_proj(embeds_b.to(dtype))], dim=1)
+        a, b = self.image_proj(embeds_a.to(dtype)), self.image_proj(embeds_b.to(dtype))
+        if self.role is not None:
+            a, b = a + self.role[0], b + self.role[1]
+        return torch.cat([a, b], dim=1)
 
     def key_values(self, tokens: torch.Tensor) -> list[KV]:
         """Every layer's ip key/value for ``tokens``; computed once, reused at every denoising step."""

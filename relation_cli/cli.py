@@ -197,21 +197,167 @@ def _not_yet(name: str) -> None:
 
 
 @app.command(epilog=CONFIG_EPILOG)
-def prepare(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
-    """Turn paired edits into run-ready analogy samples (not implemented yet)."""
-    _not_yet("prepare")
+def prepare(
+    input_path: Annotated[
+        Optional[Path],
+        typer.Argument(metavar="INPUT", help="A Relation252K folder (<task>/Group1/labels.json), or a .jsonl/.json "
+                       "file of entries (img_name side-by-side pairs, or source + target)."),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the splits, images and manifest.")] = ...,
+    synthetic: Annotated[
+        Optional[int],
+        typer.Option(metavar="N", help="Instead of INPUT, generate the synthetic relation set: N pairs per task, "
+                     "14 tasks, written to OUTPUT/raw and prepared like real data (data.synthetic_pairs)."),
+    ] = None,
+    per_task_cap: Annotated[Optional[int], typer.Option(help="Most samples per task (data.per_task_cap, default 2000).")] = None,
+    unseen_tasks: Annotated[
+        Optional[int], typer.Option(help="Whole tasks held out for test_unseen, named ones first (data.unseen_tasks).")
+    ] = None,
+    unseen_task: Annotated[
+        Optional[list[str]], typer.Option(metavar="NAME", help="Hold out this task (repeatable; data.unseen_task_names).")
+    ] = None,
+    test_per_task: Annotated[
+        Optional[int], typer.Option(help="test_seen samples per seen task (data.test_per_task, default 30).")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of pairing, splits and synthetic scenes (data.seed).")] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Leave invalid entries out (see OUTPUT/skipped.jsonl) instead of failing.")
+    ] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes; 0 = min(4, CPUs) (data.workers).")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Turn paired edits into validated, leak-free analogy samples: train / test_seen / test_unseen.
+
+    relation prepare data/Relation252K --output data/prepared --unseen-tasks 10
+
+    relation prepare --synthetic 200 --output data/synthetic --unseen-task flip_vertical --unseen-task frame
+    """
+    with user_errors():
+        flags = {
+            "data.synthetic_pairs": synthetic, "data.per_task_cap": per_task_cap, "data.unseen_tasks": unseen_tasks,
+            "data.unseen_task_names": unseen_task or None, "data.test_per_task": test_per_task, "data.seed": seed,
+            "data.skip_invalid": True if skip_invalid else None, "data.workers": workers,
+        }  # fmt: skip
+        cfg = load_config(config, overrides, flags)
+        from .prepare import DatasetProblems
+        from .prepare import prepare as core_prepare
+
+        try:
+            summary = core_prepare(cfg, input_path, output)
+        except DatasetProblems as e:
+            for problem in e.problems:
+                typer.echo(f"  {problem}", err=True)
+            raise
+        counts = ", ".join(f"{split} {n}" for split, n in summary.samples.items())
+        typer.echo(f"wrote {summary.output}: {summary.pairs} pairs in {summary.tasks} tasks; samples: {counts}")
+        if cfg.data.skip_invalid:
+            typer.echo(f"skipped {summary.skipped} invalid entries (listed in {summary.output / 'skipped.jsonl'})")
+        for note in summary.notes:
+            typer.echo(f"note: {note}")
 
 
 @app.command(epilog=CONFIG_EPILOG)
-def train(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
-    """Train the RelationAdapter and LoRA (not implemented yet)."""
-    _not_yet("train")
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="Run-ready train.jsonl from relation prepare (train.data).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints, weights, logs (train.output_dir).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (train.steps).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="lora, full or adapter (train.mode).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="FLUX base: hub id or folder (model.base).")] = None,
+    image_encoder: Annotated[Optional[str], typer.Option(help="SigLIP: hub id or folder (model.image_encoder).")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="Start from these adapter weights (adapter.path).")] = None,
+    lora: Annotated[Optional[Path], typer.Option(help="Start from this LoRA, fused into the base (lora.path).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu forces CPU (model.device); else accelerate decides.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest complete checkpoint.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check config, data and paths; print parameter counts and a memory estimate.")
+    ] = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train the RelationAdapter (+ LoRA, or the whole transformer) on a frozen FLUX.
+
+    Runs on CPU, one GPU, or many under `accelerate launch` (see configs/accelerate/).
+    """
+    from .progress import quiet_libraries
+
+    with user_errors():
+        flags = {
+            "train.data": str(data) if data else None, "train.output_dir": str(output_dir) if output_dir else None,
+            "train.steps": steps, "train.mode": mode, "model.base": model, "model.image_encoder": image_encoder,
+            "adapter.path": str(adapter) if adapter else None, "lora.path": str(lora) if lora else None,
+            "model.device": device,
+        }  # fmt: skip
+        cfg = load_config(config, overrides, flags)
+        quiet_libraries()
+        if dry_run:
+            from .train.estimate import estimate
+
+            for line in estimate(cfg).lines():
+                typer.echo(line)
+            return
+        from .train import train as core_train
+
+        out = core_train(cfg, resume=resume)
+        typer.echo(f"wrote {out}")
 
 
 @app.command(name="eval", epilog=CONFIG_EPILOG)
-def evaluate(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
-    """Score outputs against targets per task and split (not implemented yet)."""
-    _not_yet("eval")
+def evaluate(
+    input_files: Annotated[
+        Optional[list[Path]],
+        typer.Option("--input", "-i", help="Run-ready jsonl with targets, one split each, e.g. prepare's "
+                     "test_seen.jsonl and test_unseen.jsonl (repeatable; eval.inputs)."),
+    ] = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option(help="Outputs, metrics.json, per_task.csv, report.html (eval.output_dir).")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N rows of each file (eval.limit).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps, default 24).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="FLUX base: hub id or folder (model.base).")] = None,
+    image_encoder: Annotated[Optional[str], typer.Option(help="SigLIP: hub id or folder.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="Adapter .bin or folder (adapter.path).")] = None,
+    lora: Annotated[Optional[Path], typer.Option(help="LoRA file or folder (lora.path).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Generate outputs for every test row, score them against the targets with baselines, write a report.
+
+    relation eval --input data/test_seen.jsonl --input data/test_unseen.jsonl [--limit 20]
+
+    Resumable: outputs already there are reused.
+
+    accelerate launch -m relation_cli eval ... shares the generation between processes (no GPU: --multi_gpu).
+    """
+    from .progress import quiet_libraries
+
+    with user_errors():
+        flags = {
+            "eval.inputs": [str(p) for p in input_files] if input_files else None,
+            "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
+            "infer.steps": steps, "model.base": model, "model.image_encoder": image_encoder,
+            "adapter.path": str(adapter) if adapter else None, "lora.path": str(lora) if lora else None,
+            "model.device": device,
+        }  # fmt: skip
+        cfg = load_config(config, overrides, flags)
+        quiet_libraries()
+        from .evaluate import evaluate as core_evaluate
+
+        result = core_evaluate(cfg)
+        if result is None:  # not the main process of a distributed run: it only generated
+            return
+        from rich.console import Console
+
+        from .evaluate.report import notes_of, summary_table
+
+        console = Console()
+        console.print(summary_table(result.results))
+        for note in notes_of(result.results):
+            console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
+        where = f" on {result.processes} processes" if result.processes > 1 else ""
+        typer.echo(f"generated {result.generated} outputs{where} ({result.reused} reused) in {result.output_dir}")
+        typer.echo(f"wrote {result.metrics}, {result.per_task} and {result.report}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,10 @@ from .fs import write_text_atomic
 
 DEMO = "demo"
 """``model.base`` value that selects the small model shipped inside the package."""
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_DEFAULTS = DEMO_DIR / "relation.yaml"
+"""Settings the demo model was trained for (e.g. fewer steps); they replace the field defaults, and
+anything the user sets replaces them."""
 
 PAPER_LORA_TARGETS = [
     # double-stream blocks
@@ -60,6 +64,11 @@ class AdapterSection(Section):
     )
     scale: float = Field(1.0, ge=0.0, description="Adapter strength (the paper's alpha); 0 turns it off.")
     num_tokens: int = Field(128, ge=1, description="Exemplar tokens per image, for a newly created adapter.")
+    role_embeddings: bool = Field(
+        False,
+        description="New adapters: tell A's tokens from A''s with learned before/after vectors (the released "
+        "adapter has none and sees the pair as an unordered set).",
+    )
 
 
 class LoraSection(Section):
@@ -82,6 +91,21 @@ class DataSection(Section):
         64_000_000, ge=256, description="Largest accepted image (width x height); larger ones are refused."
     )
     resolution: int = Field(512, ge=16, description="Long side of training images (sides become multiples of 16).")
+    # relation prepare
+    per_task_cap: int = Field(2000, ge=1, description="prepare: most analogy samples per task, all splits together.")
+    test_per_task: int = Field(30, ge=0, description="prepare: test_seen samples per seen task (each a distinct query pair).")
+    unseen_tasks: int = Field(0, ge=0, description="prepare: whole tasks held out for test_unseen (named ones first).")
+    unseen_task_names: list[str] = Field(default_factory=list, description="prepare: tasks to hold out by name.")
+    seed: int = Field(0, ge=0, description="prepare: seed of pair order, test and unseen choice, synthetic scenes.")
+    workers: int = Field(0, ge=0, description="prepare: image-decoding processes; 0 = min(4, CPU count).")
+    skip_invalid: bool = Field(
+        False, description="prepare: leave invalid entries out (listed in skipped.jsonl) instead of failing."
+    )
+    png_compress_level: int = Field(1, ge=0, le=9, description="prepare: zlib level of the half-image PNGs.")
+    synthetic_pairs: int | None = Field(
+        None, ge=2, description="prepare: generate the synthetic relation set with N pairs per task instead of INPUT."
+    )
+    synthetic_size: int = Field(64, ge=16, description="prepare: side of synthetic images (each pair is 2*side x side).")
 
 
 class InferSection(Section):
@@ -94,15 +118,109 @@ class InferSection(Section):
 
 
 class TrainSection(Section):
-    output_dir: str = Field("runs/train", description="Where checkpoints, weights and logs are written.")
+    data: str = Field("data/prepared/train.jsonl", description="Run-ready train.jsonl written by relation prepare.")
+    validation_data: str | None = Field(
+        None, description="jsonl of held-out rows for validation grids. Empty: test_seen.jsonl beside train.data if present."
+    )
+    output_dir: str = Field("runs/train", description="Where checkpoints, weights, logs and validation grids go.")
+    mode: Literal["lora", "full", "adapter", "vae"] = Field(
+        "lora",
+        description="lora: adapter + LoRA on a frozen transformer (the paper); full: adapter + the whole "
+        "transformer; adapter: the adapter alone; vae: pre-train the VAE of a small model (reconstruction).",
+    )
+    kl_weight: float = Field(1e-6, ge=0, description="vae mode: weight of the KL term beside the reconstruction MSE.")
+    train_image_encoder: bool = Field(False, description="Also train the SigLIP encoder (small demo models).")
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(1, ge=1, description="Samples per device per micro-batch (one size bucket per batch).")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
-    batch_size: int = Field(1, ge=1, description="Samples per device per step.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant_with_warmup", description="Learning-rate schedule (diffusers.optimization.get_scheduler)."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit needs bitsandbytes.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, gt=0, lt=1)
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA, no elsewhere. Frozen weights are stored in this dtype."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute transformer activations in backward.")
+    exemplar_dropout: float = Field(0.05, ge=0, le=1, description="Probability of zeroing a sample's exemplar embeddings.")
+    guidance: float = Field(1.0, ge=0, description="Guidance-embedding value fed during training.")
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
+        "uniform", description="Distribution of the noise level s in [0, 1]."
+    )
+    logit_mean: float = Field(0.0, description="logit_normal: mean.")
+    logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation.")
+    timestep_shift: float = Field(1.0, gt=0, description="s -> shift*s / (1 + (shift-1)*s); 1 = none.")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights (0 = off); the EMA is what gets exported.")
+    seed: int = Field(0, ge=0, description="Seed of data order, noise, timesteps and dropout.")
+    checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the last K complete checkpoints.")
+    validate_every: int = Field(0, ge=0, description="Validation grids + adapter probe every N steps (0 = only at the end).")
+    validation_samples: int = Field(4, ge=0, description="Held-out rows rendered at each validation (0 = none).")
+    validation_steps: int = Field(8, ge=1, description="Denoising steps of validation samples.")
+    log_every: int = Field(10, ge=1, description="Log loss/lr to tensorboard every N steps.")
+    cache_encodings: bool = Field(
+        False, description="Cache frozen encodings (VAE latents, text, SigLIP) on disk, keyed by content."
+    )
+    cache_dir: str | None = Field(None, description="Encoding cache folder. Empty: <output_dir>/cache.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for image decoding.")
+    cache_images_in_memory: bool = Field(
+        False, description="Keep decoded training images in memory (small datasets trained for many epochs)."
+    )
+
+
+EVAL_BASELINES = ("copy_query", "adapter_off", "wrong_exemplar")
+"""Baselines of ``relation eval``: output = B; adapter scale 0; the exemplar pair of another task."""
 
 
 class EvalSection(Section):
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Run-ready jsonl files with targets (prepare's test_seen.jsonl, test_unseen.jsonl); each is "
+        "one split, named after the file without its test_ prefix.",
+    )
     output_dir: str = Field("runs/eval", description="Where generated images, metrics and the report go.")
-    limit: int | None = Field(None, ge=1, description="Score only the first N rows of each file.")
+    limit: int | None = Field(None, ge=1, description="Generate and score only the first N rows of each file.")
+    baselines: list[Literal["copy_query", "adapter_off", "wrong_exemplar"]] = Field(
+        default_factory=lambda: list(EVAL_BASELINES),
+        description="Baselines scored beside the model: copy_query (output = B), adapter_off (adapter.scale=0), "
+        "wrong_exemplar (the exemplar pair of a row of another task).",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the wrong-exemplar choice.")
+    clip_model: str = Field(
+        "openai/clip-vit-large-patch14",
+        description="CLIP for CLIP-I (hub id or folder); empty turns CLIP-I off. A hub id that cannot be "
+        "loaded skips the metric with the reason recorded, unless eval.strict.",
+    )
+    dino_model: str = Field(
+        "facebook/dinov2-base",
+        description="DINO/DINOv2 for DINO similarity (CLS token); hub id or folder; empty turns it off.",
+    )
+    fid: bool = Field(True, description="FID per split and method when torch-fidelity and its Inception weights are there.")
+    fid_weights: str | None = Field(
+        None, description="Local Inception weights for FID (torch-fidelity's pt_inception-2015-12-05 .pth). "
+        "Empty: torch-fidelity's own cache."
+    )
+    strict: bool = Field(False, description="Fail instead of skipping a metric (CLIP-I, DINO, FID) that cannot run.")
+    batch_size: int = Field(16, ge=1, description="Images per batch for the CLIP and DINO encoders.")
+    grid_rows: int = Field(8, ge=0, description="Rows of each split shown in the report and grid PNGs.")
+    judge_model: str = Field("", description="Judge model name (e.g. gpt-4o); empty turns the judge off.")
+    judge_base_url: str = Field(
+        "https://api.openai.com/v1", description="OpenAI-compatible endpoint; POST {base}/chat/completions."
+    )
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable that holds the judge's API key.")
+    judge_timeout: float = Field(60.0, gt=0, description="Seconds before one judge request counts as an error.")
+    judge_retries: int = Field(2, ge=0, description="Retries of a judge request after a network or server error.")
+    judge_workers: int = Field(4, ge=1, description="Judge requests in flight at once.")
+    judge_methods: list[Literal["relation", "copy_query", "adapter_off", "wrong_exemplar"]] = Field(
+        default_factory=lambda: ["relation"],
+        description="Methods whose outputs the judge scores: relation and any of the baselines.",
+    )
 
 
 class RelationConfig(Section):
@@ -179,7 +297,11 @@ def load_config(
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> RelationConfig:
-    """Defaults <- YAML file <- ``section.key=value`` overrides <- command flags (``{'infer.steps': 4}``)."""
+    """Defaults <- YAML file <- ``section.key=value`` overrides <- command flags (``{'infer.steps': 4}``).
+
+    With ``model.base: demo`` the demo model's own defaults (``relation_cli/demo/relation.yaml``) sit
+    between the field defaults and the YAML file.
+    """
     tree = read_yaml(path) if path else {}
     origin = f"'{path}'" if path else "defaults"
     for text in overrides or []:
@@ -190,10 +312,20 @@ def load_config(
             _set_path(tree, key.split("."), value, f"option for {key}")
     if overrides or flags:
         origin += " with overrides"
+    if tree.get("model", {}).get("base", DEMO) == DEMO and DEMO_DEFAULTS.is_file():
+        tree = _merged(read_yaml(DEMO_DEFAULTS), tree)
     try:
         return RelationConfig.model_validate(tree)
     except ValidationError as e:
         raise RelationError(_format_errors(e, origin)) from None
+
+
+def _merged(low: dict, high: dict) -> dict:
+    """``high`` over ``low``, section by section."""
+    out = dict(low)
+    for key, value in high.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def dump_config(cfg: RelationConfig) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEMO, AdapterSection, LoraSection, ModelSection, RelationConfig
+from .config import DEMO, DEMO_DIR, AdapterSection, LoraSection, ModelSection, RelationConfig
 from .errors import RelationError, first_line
 
 SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def demo_dir() -> Path:
     """The small model shipped inside the package (``model.base: demo``)."""
-    return Path(__file__).parent / "demo"
+    return DEMO_DIR
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -57,8 +57,13 @@ class ModelSources:
     lora: str | None
 
 
-def resolve_sources(model: ModelSection, adapter: AdapterSection, lora: LoraSection) -> ModelSources:
-    """Apply the demo defaults and check local paths exist, before anything heavy is loaded."""
+def resolve_sources(
+    model: ModelSection, adapter: AdapterSection, lora: LoraSection, require_adapter: bool = True
+) -> ModelSources:
+    """Apply the demo defaults and check local paths exist, before anything heavy is loaded.
+
+    Training passes ``require_adapter=False``: without ``adapter.path`` it starts a new adapter.
+    """
     if model.base == DEMO:
         demo = demo_dir()
         if not (demo / "base" / "model_index.json").is_file():
@@ -74,7 +79,7 @@ def resolve_sources(model: ModelSection, adapter: AdapterSection, lora: LoraSect
         sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, lora.path)
     _check_source("model.base", sources.base, "model_index.json")
     _check_source("model.image_encoder", sources.image_encoder, "config.json")
-    if sources.adapter is None and adapter.scale != 0:
+    if sources.adapter is None and adapter.scale != 0 and require_adapter:
         raise RelationError("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
     if sources.adapter is not None and not Path(sources.adapter).exists():
         raise RelationError(f"adapter '{sources.adapter}': not found")

@@ -12,7 +12,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import PIL.Image
 import torch
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
+from diffusers.pipelines.flux.pipeline_flux import (
+    FluxPipeline,
+    calculate_shift,
+    retrieve_timesteps,
+)
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 

@@ -86,7 +86,11 @@ def build_t5_tokenizer():
 
 def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
     """Randomly initialised components of a :class:`~relation_cli.pipeline.RelationPipeline`."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxTransformer2DModel,
+    )
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,

@@ -145,3 +145,16 @@ def test_pair_order_is_not_seen_by_the_adapter():
     swapped = abs(base - run((b, a))).max()  # floating-point summation order only
     other = abs(base - run((a, q))).max()
     assert swapped < 1e-4 < other
+
+
+def test_role_embeddings_tell_before_from_after(tmp_path):
+    with torch.no_grad():
+        adapter = RelationAdapter(image_embed_dim=8, cross_attention_dim=16, num_tokens=2, num_layers=1,
+                                  hidden_size=16, attention_head_dim=8, role_embeddings=True)  # fmt: skip
+        adapter.role.normal_()
+        a, b = torch.randn(1, 8), torch.randn(1, 8)
+        ab, ba = adapter.encode(a, b), adapter.encode(b, a)
+        assert not torch.allclose(ab[:, :2], ba[:, 2:])  # the same image in the other role differs
+        adapter.save_pretrained(tmp_path / "ad")
+        again = RelationAdapter.from_pretrained(tmp_path / "ad")
+        assert again.config.role_embeddings and torch.equal(again.encode(a, b), ab)

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from conftest import EXAMPLES, ROOT, tiny_overrides
 from helpers import random_image, truncated_copy
+from typer.testing import CliRunner
+
 from relation_cli.cli import app, main
 
 COMMANDS = ["infer", "prepare", "train", "eval", "convert", "init-model"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import random_image, truncated_copy
 from PIL import Image
 
-from helpers import random_image, truncated_copy
 from relation_cli.errors import RelationError
 from relation_cli.images import open_image, output_size, pad_exemplar, save_output
 

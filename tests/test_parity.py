@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import reference_overrides
 from PIL import Image
 
-from conftest import reference_overrides
 from relation_cli.cli import main
 from relation_cli.config import load_config
 from relation_cli.model import load_pipeline

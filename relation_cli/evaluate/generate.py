@@ -1,0 +1,121 @@
+"""The outputs to score: generated once, reused on every later run, split across processes.
+
+Under ``accelerate launch`` each process takes its share of the outputs still missing
+(``PartialState.split_between_processes``) and writes them atomically, so an interrupted run resumes
+where it stopped and no file is ever half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..config import RelationConfig
+from ..errors import RelationError
+from ..fs import write_text_atomic
+from ..images import output_size, save_output
+from ..infer import EditInputs, edit, open_edit_inputs
+from .plan import Job
+
+SETTINGS_FILE = "generation.json"
+QUERY_MULTIPLE = 16  # FLUX's output sides are multiples of 2 x the VAE scale factor (SPEC 2.2)
+
+
+def generation_settings(cfg: RelationConfig) -> dict:
+    """The config values that change a generated image: outputs made with others must not be reused."""
+    return {
+        "model.base": cfg.model.base,
+        "model.image_encoder": cfg.model.image_encoder,
+        "model.dtype": cfg.model.dtype,
+        "adapter.path": cfg.adapter.path,
+        "adapter.scale": cfg.adapter.scale,
+        "lora.path": cfg.lora.path,
+        "lora.fuse": cfg.lora.fuse,
+        "infer.steps": cfg.infer.steps,
+        "infer.guidance": cfg.infer.guidance,
+        "infer.seed": cfg.infer.seed,
+        "infer.max_sequence_length": cfg.infer.max_sequence_length,
+        "eval.seed": cfg.eval.seed,
+    }
+
+
+def check_settings(output_dir: Path, cfg: RelationConfig) -> None:
+    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is)."""
+    path = output_dir / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RelationError(f"'{path}': not valid JSON; delete it only if every output in '{output_dir}' is current")
+    now = generation_settings(cfg)
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+    if changed:
+        raise RelationError(
+            f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
+            "use another --output-dir, or delete that folder to regenerate"
+        )
+
+
+def record_settings(output_dir: Path, cfg: RelationConfig) -> None:
+    write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(generation_settings(cfg), indent=2) + "\n")
+
+
+def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
+    """Open and check the three images of one job; messages name the split, row and role."""
+    pair = (job.exemplar.cond1, job.exemplar.cond2)
+    return open_edit_inputs(cfg, pair, job.row.source, job.row.text, f"{job.split} row {job.row.index + 1} ")
+
+
+def copy_query(query: Image.Image) -> np.ndarray:
+    """The copy-query baseline: B itself, resized (Lanczos, like the pipeline's query) to the output size."""
+    size = output_size(*query.size, multiple=QUERY_MULTIPLE)
+    if size != query.size:
+        query = query.resize(size, Image.LANCZOS)
+    return np.asarray(query, dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    written: int  # by all processes together
+    reused: int
+
+
+def generate(cfg: RelationConfig, jobs: list[Job], state) -> Generated:
+    """Make every missing output; ``state`` is an ``accelerate.PartialState`` (one process without launch)."""
+    todo = [j for j in jobs if not j.output.is_file()]
+    for job in todo:  # every process checks every input, so a bad row stops all of them the same way
+        job_inputs(cfg, job)
+    # Every process must list the missing outputs before any is written, or the shares would differ.
+    state.wait_for_everyone()
+    with state.split_between_processes(todo) as mine:
+        _generate(cfg, mine, state)
+    state.wait_for_everyone()
+    return Generated(written=len(todo), reused=len(jobs) - len(todo))
+
+
+def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
+    from ..model import load_pipeline
+    from ..progress import progress_bar
+
+    off = cfg.model_copy(deep=True)
+    off.adapter.scale = 0.0  # the pipeline skips the exemplar branch entirely at scale 0
+    pipe = None
+    bar = progress_bar("generating", len(jobs)) if state.is_main_process and jobs else nullcontext(lambda n=1: None)
+    with bar as advance:
+        for job in jobs:
+            inputs = job_inputs(cfg, job)
+            if job.method == "copy_query":
+                image = copy_query(inputs.query)
+            else:
+                if pipe is None:
+                    # One device per process under accelerate; the configured one otherwise.
+                    pipe = load_pipeline(cfg, state.device if state.num_processes > 1 else None)
+                image = edit(pipe, inputs, off if job.method == "adapter_off" else cfg)
+            save_output(image, job.output)
+            advance()

@@ -1,0 +1,117 @@
+"""What ``relation eval`` computes: the splits, the methods, and one output file per (split, method, row).
+
+Nothing here loads a model: every row is parsed and every choice is made before generation starts, so
+a bad input fails in seconds and every process of a distributed run makes the same plan.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import EVAL_BASELINES, EvalSection
+from ..errors import RelationError
+from ..rows import Row, parse_rows
+
+MODEL = "relation"
+"""The configured model, scored against its baselines (``EVAL_BASELINES`` in the config)."""
+METHOD_LABELS = {
+    MODEL: "relation",
+    "copy_query": "copy query (B)",
+    "adapter_off": "adapter off",
+    "wrong_exemplar": "wrong exemplar",
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One input file: the rows scored (``eval.limit`` applied) and the wrong-exemplar donors."""
+
+    name: str
+    source: Path
+    rows: list[Row]
+    donors: dict[int, Row]  # row index -> the row of another task whose (cond1, cond2) it borrows
+    note: str = ""  # why the wrong-exemplar baseline is skipped for this split, if it is
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to have on disk: ``method``'s output for ``row``, made with ``exemplar``'s pair."""
+
+    split: str
+    method: str
+    row: Row
+    exemplar: Row
+    output: Path
+
+
+def split_name(path: Path) -> str:
+    """``test_seen.jsonl`` -> ``seen``; any other file is named by its stem."""
+    stem = path.stem
+    return stem[len("test_") :] if stem.startswith("test_") and len(stem) > len("test_") else stem
+
+
+def choose_donors(all_rows: list[Row], rows: list[Row], seed: int, split: str) -> dict[int, Row]:
+    """For each row, a row of a *different* task, drawn from the whole file with a per-row seeded RNG.
+
+    A string seed makes the choice independent of PYTHONHASHSEED, of ``eval.limit`` and of the order
+    in which processes run: the same row always borrows the same pair.
+    """
+    donors = {}
+    for row in rows:
+        others = [r for r in all_rows if r.task != row.task]
+        if others:
+            donors[row.index] = random.Random(f"{seed}/{split}/{row.index}").choice(others)
+    return donors
+
+
+def load_splits(inputs: list[str | Path], section: EvalSection) -> list[Split]:
+    """Parse every input (targets required); all problems of a file are reported together."""
+    if not inputs:
+        raise RelationError(
+            "no input to evaluate: pass --input FILE (e.g. prepare's test_seen.jsonl) or set eval.inputs"
+        )
+    splits, seen = [], {}
+    for item in inputs:
+        path = Path(item)
+        name = split_name(path)
+        if name in seen:
+            raise RelationError(f"inputs '{seen[name]}' and '{path}' are both split '{name}': rename one")
+        seen[name] = path
+        all_rows = parse_rows(path, need_target=True)
+        rows = all_rows[: section.limit] if section.limit else all_rows
+        note = ""
+        donors: dict[int, Row] = {}
+        tasks = {r.task for r in all_rows}
+        if "wrong_exemplar" in section.baselines and len(tasks) < 2:
+            note = f"wrong exemplar skipped for '{name}': '{path}' holds one task ({tasks.pop() or 'no task field'})"
+        elif "wrong_exemplar" in section.baselines:
+            donors = choose_donors(all_rows, rows, section.seed, name)
+        splits.append(Split(name, path, rows, donors, note))
+    return splits
+
+
+def methods_of(section: EvalSection) -> list[str]:
+    return [MODEL, *[b for b in EVAL_BASELINES if b in section.baselines]]  # a fixed order, whatever the config's
+
+
+def output_path(output_dir: Path, split: str, method: str, index: int) -> Path:
+    return output_dir / split / method / f"{index:06d}.png"
+
+
+def plan_jobs(splits: list[Split], methods: list[str], output_dir: Path) -> list[Job]:
+    """Every (split, method, row) output, in a fixed order. A split without donors has no wrong-exemplar job."""
+    jobs = []
+    for split in splits:
+        for method in methods:
+            for row in split.rows:
+                exemplar = row
+                if method == "wrong_exemplar":
+                    if row.index not in split.donors:
+                        continue
+                    exemplar = split.donors[row.index]
+                jobs.append(
+                    Job(split.name, method, row, exemplar, output_path(output_dir, split.name, method, row.index))
+                )
+    return jobs

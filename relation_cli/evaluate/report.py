@@ -1,0 +1,252 @@
+"""What a person reads: metrics.json, per_task.csv, a rich summary table, grid PNGs and report.html.
+
+report.html is self-contained (thumbnails are embedded as data URIs) and links only to files written
+beside it: metrics.json, per_task.csv, config.yaml and the grid PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageOps
+
+from ..fs import atomic_file, write_text_atomic
+from ..images import open_image
+from .metrics import LOWER_IS_BETTER, METRICS, aggregate
+from .plan import METHOD_LABELS, MODEL
+
+CELL = 160  # thumbnail box, pixels
+HEADER = 22
+DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "clip_i": 3, "dino": 3, "judge_consistency": 2, "judge_accuracy": 2, "fid": 2}
+NAMES = {
+    "clip_i": "CLIP-I",
+    "dino": "DINO",
+    "judge_consistency": "judge consistency",
+    "judge_accuracy": "judge accuracy",
+}
+
+
+def _finite(value):
+    """JSON has no Infinity: a non-finite number is written as null (PSNR of identical images)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def notes_of(results: dict) -> list[str]:
+    """What a reader must know beside the numbers: skipped baselines and metrics, with the reason."""
+    return [*results["notes"], *(f"{metric} skipped: {why}" for metric, why in results["skipped"].items())]
+
+
+def write_metrics(path: Path, results: dict) -> Path:
+    write_text_atomic(path, json.dumps(_finite(results), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def per_task(samples: list[dict]) -> tuple[list[str], list[dict]]:
+    """Columns and rows of per_task.csv: one per (split, task, method), n and each metric's mean."""
+    rows: dict[tuple, dict] = {}
+    for entry in aggregate(samples, by=("split", "task", "method")):
+        key = (entry["split"], entry["task"], entry["method"])
+        row = rows.setdefault(key, {"split": key[0], "task": key[1], "method": key[2], "n": entry["n"]})
+        row[entry["metric"]] = entry["mean"]
+    present = [m for m in METRICS if any(m in r for r in rows.values())]
+    return ["split", "task", "method", "n", *present], list(rows.values())
+
+
+def write_per_task(path: Path, samples: list[dict]) -> Path:
+    columns, rows = per_task(samples)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _cell(entry: dict | None) -> str:
+    if entry is None or entry.get("mean") is None:
+        return "-" if entry is None else "inf"
+    digits = DIGITS.get(entry["metric"], 3)
+    text = f"{entry['mean']:.{digits}f}"
+    return text + (f" ± {entry['std']:.{digits}f}" if entry.get("std") is not None else "")
+
+
+def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary: split x method, each metric as mean ± std, FID of the split."""
+    table = {(e["split"], e["method"], e["metric"]): e for e in results["aggregate"]}
+    for e in results.get("fid", []):
+        if e.get("fid") is not None:
+            table[(e["split"], e["method"], "fid")] = {"metric": "fid", "mean": e["fid"], "std": None}
+    metrics = [m for m in (*METRICS, "fid") if any(k[2] == m for k in table)]
+    pairs = list(dict.fromkeys((s["split"], s["method"]) for s in results["samples"]))
+    header = [
+        "split",
+        "method",
+        "n",
+        *(NAMES.get(m, m.upper()) + (" ↓" if m in LOWER_IS_BETTER else " ↑") for m in metrics),
+    ]
+    rows = []
+    for split, method in pairs:
+        n = sum(1 for s in results["samples"] if s["split"] == split and s["method"] == method)
+        rows.append([split, METHOD_LABELS[method], str(n), *(_cell(table.get((split, method, m))) for m in metrics)])
+    return header, rows
+
+
+def summary_table(results: dict):
+    """The summary as a rich Table, for the console."""
+    from rich.table import Table
+
+    header, rows = summary_rows(results)
+    table = Table(title="relation eval: mean ± std per split and method", title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i < 3)
+    for row in rows:  # the std under the mean keeps the table narrow
+        table.add_row(*(cell.replace(" ± ", "\n± ") for cell in row))
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ grids
+
+
+def thumbnail(path: Path | None) -> Image.Image:
+    """The image fitted into a CELL x CELL white box; a grey box where there is no image."""
+    box = Image.new("RGB", (CELL, CELL), (255, 255, 255) if path else (225, 225, 225))
+    if path is not None:  # scaled up or down to the box, less a 2-pixel margin that separates the cells
+        image = ImageOps.contain(open_image(path, "grid image", 10**9, min_side=1), (CELL - 4, CELL - 4), Image.LANCZOS)
+        box.paste(image, ((CELL - image.width) // 2, (CELL - image.height) // 2))
+    return box
+
+
+def grid_columns(methods: list[str]) -> list[str]:
+    """A | A' | B | output | target | baselines."""
+    return ["A", "A'", "B", METHOD_LABELS[MODEL], "target", *(METHOD_LABELS[m] for m in methods if m != MODEL)]
+
+
+def grid_images(samples: list[dict], root: Path, methods: list[str], grid_rows: int) -> list[list[Image.Image]]:
+    """Thumbnails of the first ``grid_rows`` rows of one split, one list per row in column order."""
+    by_row: dict[int, dict[str, dict]] = {}
+    for s in samples:
+        by_row.setdefault(s["index"], {})[s["method"]] = s
+    grid = []
+    for index in sorted(by_row)[:grid_rows]:
+        row = by_row[index]
+        own = row[MODEL]
+        paths = [root / own[k] for k in ("cond1", "cond2", "source", "output", "target")]
+        paths += [root / row[m]["output"] if m in row else None for m in methods if m != MODEL]
+        grid.append([thumbnail(p) for p in paths])
+    return grid
+
+
+def save_grid(path: Path, columns: list[str], grid: list[list[Image.Image]]) -> Path:
+    """One PNG: a header of column names, then one line of thumbnails per row."""
+    canvas = Image.new("RGB", (CELL * len(columns), HEADER + CELL * len(grid)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(columns):
+        draw.text((c * CELL + 4, 5), name, fill=(0, 0, 0))
+    for r, line in enumerate(grid):
+        for c, image in enumerate(line):
+            canvas.paste(image, (c * CELL, HEADER + r * CELL))
+    with atomic_file(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ html
+
+
+def _data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _number(value, column: str) -> str:
+    if isinstance(value, float):
+        return f"{value:.{DIGITS.get(column, 3)}f}"
+    return "-" if value is None else str(value)
+
+
+def _caption(samples: list[dict], index: int) -> str:
+    parts = []
+    for s in (s for s in samples if s["index"] == index):
+        scores = ", ".join(
+            f"{NAMES.get(m, m.upper())} {s[m]:.{DIGITS[m]}f}" for m in METRICS if isinstance(s.get(m), (int, float))
+        )
+        label = METHOD_LABELS[s["method"]]
+        if s["exemplar_row"] != s["index"]:
+            label += f" (pair of row {s['exemplar_row'] + 1}, task {s['exemplar_task'] or '-'})"
+        parts.append(f"<b>{html.escape(label)}</b>: {html.escape(scores)}")
+    own = next(s for s in samples if s["index"] == index)
+    head = f"row {index + 1} · task {html.escape(own['task'] or '-')} · “{html.escape(own['text'])}”"
+    return head + "<br>" + "<br>".join(parts)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}th{background:#f3f3f3}
+.grid td{padding:2px;text-align:center}.grid img{display:block}.cap{font-size:12px;text-align:left;max-width:260px}
+.note{color:#8a4b00}"""
+
+
+def write_html(path: Path, results: dict, grids: dict[str, tuple[list[str], list[list[Image.Image]], Path]]) -> Path:
+    """``grids``: split -> (column names, thumbnails, grid PNG path relative to the report)."""
+    header, rows = summary_rows(results)
+    settings = results["settings"]
+    files = ", ".join(f"<a href='{name}'>{name}</a>" for name in ("metrics.json", "per_task.csv", "config.yaml"))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>relation eval</title>",
+        f"<style>{STYLE}</style></head><body><h1>relation eval</h1>",
+        (
+            f"<p>{html.escape(results['created'])} · model <code>{html.escape(str(settings['model.base']))}</code> · "
+            f"{settings['infer.steps']} steps · files: {files}</p>"
+        ),
+        "<h2>Summary (mean ± std)</h2>",
+        _table(header, rows),
+    ]
+    for note in notes_of(results):
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    judge = results.get("judge")
+    if judge:
+        parts.append(
+            f"<h2>Judge</h2><p>{html.escape(judge['model'])} at {html.escape(judge['endpoint'])}, "
+            f"{html.escape(judge['date'])}, prompt sha256 <code>{judge['prompt_sha256'][:16]}…</code></p>"
+        )
+        statuses = ["ok", "refusal", "unparseable", "error", "cached"]
+        parts.append(
+            _table(["method", *statuses], [[m, *(c[s] for s in statuses)] for m, c in judge["counts"].items()])
+        )
+    columns, task_rows = per_task(results["samples"])
+    parts.append(f"<details><summary>Per task ({len(task_rows)} lines, as in per_task.csv)</summary>")
+    parts.append(_table(columns, [[_number(r.get(c), c) for c in columns] for r in task_rows]) + "</details>")
+    parts.append("<h2>Examples</h2>")
+    for split, (columns, grid, png) in grids.items():
+        rel = png.as_posix()
+        parts.append(f"<h3>{html.escape(split)} (<a href='{html.escape(rel)}'>{html.escape(rel)}</a>)</h3>")
+        split_samples = [s for s in results["samples"] if s["split"] == split]
+        indices = sorted({s["index"] for s in split_samples})
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "<th>scores</th>"
+        lines = []
+        for index, line in zip(indices, grid):
+            cells = "".join(
+                f"<td><img src='{_data_url(im)}' width='{CELL}' height='{CELL}' alt=''></td>" for im in line
+            )
+            lines.append(f"<tr>{cells}<td class='cap'>{_caption(split_samples, index)}</td></tr>")
+        parts.append(f"<table class='grid'><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>")
+    parts.append("</body></html>\n")
+    write_text_atomic(path, "\n".join(parts))
+    return path

@@ -1,0 +1,199 @@
+"""``relation eval``: plan, generate (resumable, split across processes), score, judge, report.
+
+Setup checks everything cheap first (rows, images, encoder folders, the judge's key, settings of the
+outputs already there); generation runs on every process; scoring and the report on the main one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..config import RelationConfig, save_config
+from ..errors import RelationError
+from ..images import open_image
+from ..model import resolve_sources
+from ..progress import progress_bar
+from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
+from .generate import Generated, check_settings, generate, generation_settings, record_settings
+from .judge import Judge, describe, judge_samples
+from .metrics import aggregate, fid_scores, implementations, score_samples
+from .plan import METHOD_LABELS, Job, Split, load_splits, methods_of, plan_jobs
+from .report import grid_columns, grid_images, save_grid, write_html, write_metrics, write_per_task
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    output_dir: Path
+    metrics: Path
+    per_task: Path
+    report: Path
+    grids: list[Path]
+    generated: int
+    reused: int
+    processes: int
+    results: dict  # the content of metrics.json
+
+
+def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
+    """Evaluate ``cfg.eval.inputs`` into ``cfg.eval.output_dir``; ``None`` on non-main processes.
+
+    ``fid_feature``: a feature network for FID in place of torch-fidelity's Inception v3 (tests).
+    """
+    import torch
+    from accelerate import PartialState
+
+    out = Path(cfg.eval.output_dir)
+    splits, jobs, judge = setup(cfg, out)
+    # accelerate needs cpu=True to form a process group without GPUs (launch with --multi_gpu there).
+    state = PartialState(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    if state.is_main_process:
+        save_config(cfg, out / "config.yaml")
+        record_settings(out, cfg)
+    state.wait_for_everyone()
+    made = generate(cfg, jobs, state)
+    if not state.is_main_process:
+        return None
+    results = score_all(cfg, splits, [sample_of(job, out) for job in jobs], judge, fid_feature)
+    results["generation"] = {"written": made.written, "reused": made.reused, "processes": state.num_processes}
+    return write_all(cfg, splits, results, made, state.num_processes)
+
+
+def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge | None]:
+    """Everything cheap, before anything is generated: rows, images, encoders, judge key, settings."""
+    if out.exists() and not out.is_dir():
+        raise RelationError(f"output dir '{out}': exists and is not a folder")
+    splits = load_splits(cfg.eval.inputs, cfg.eval)
+    check_sources(cfg.eval)
+    judge = build_judge(cfg, out) if cfg.eval.judge_model else None
+    check_targets(cfg, splits)
+    check_settings(out, cfg)
+    jobs = plan_jobs(splits, methods_of(cfg.eval), out)
+    if any(j.method != "copy_query" and not j.output.is_file() for j in jobs):
+        resolve_sources(cfg.model, cfg.adapter, cfg.lora)  # model paths exist, before any image is made
+    return splits, jobs, judge
+
+
+def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], judge: Judge | None, fid_feature) -> dict:
+    """Metrics, FID and the judge's scores; returns the content of metrics.json."""
+    section, out = cfg.eval, Path(cfg.eval.output_dir)
+    methods = methods_of(section)
+    notes = [s.note for s in splits if s.note]
+    if cfg.adapter.scale == 0 and "adapter_off" in methods:
+        notes.append("adapter.scale is 0: the model and the adapter-off baseline are the same run")
+    skipped = score(cfg, samples, out)
+    fid = score_fid(cfg, samples, out, fid_feature, skipped)
+    judged = None
+    if judge is not None:
+        chosen = [s for s in samples if s["method"] in section.judge_methods]
+        judged = {**describe(judge), "methods": section.judge_methods}
+        with progress_bar("judging", len(chosen)) as advance:
+            judged["counts"] = judge_samples(judge, chosen, out, section.judge_workers, advance)
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": "config.yaml",
+        "settings": generation_settings(cfg),
+        "splits": [{"name": s.name, "input": str(s.source), "rows": len(s.rows)} for s in splits],
+        "methods": {m: METHOD_LABELS[m] for m in methods},
+        "implementations": implementations(),
+        "encoders": {"clip_i": section.clip_model, "dino": section.dino_model},
+        "batch_size": section.batch_size,  # CLIP/DINO batches: recompute uses the same ones
+        "skipped": skipped,
+        "notes": notes,
+        "judge": judged,
+        "aggregate": aggregate(samples),
+        "fid": fid,
+        "samples": samples,
+    }
+
+
+def write_all(cfg: RelationConfig, splits: list[Split], results: dict, made: Generated, processes: int) -> EvalResult:
+    """metrics.json, per_task.csv, one grid PNG per split and report.html."""
+    out, methods = Path(cfg.eval.output_dir), methods_of(cfg.eval)
+    grids = {}
+    for split in splits if cfg.eval.grid_rows else []:
+        own = [s for s in results["samples"] if s["split"] == split.name]
+        images, columns = grid_images(own, out, methods, cfg.eval.grid_rows), grid_columns(methods)
+        png = save_grid(out / "grids" / f"{split.name}.png", columns, images)
+        grids[split.name] = (columns, images, png.relative_to(out))
+    return EvalResult(
+        output_dir=out,
+        metrics=write_metrics(out / "metrics.json", results),
+        per_task=write_per_task(out / "per_task.csv", results["samples"]),
+        report=write_html(out / "report.html", results, grids),
+        grids=[out / g[2] for g in grids.values()],
+        generated=made.written,
+        reused=made.reused,
+        processes=processes,
+        results=results,
+    )
+
+
+def build_judge(cfg: RelationConfig, out: Path) -> Judge:
+    section = cfg.eval
+    key = os.environ.get(section.judge_api_key_env, "")
+    if not key:
+        raise RelationError(
+            f"eval.judge_model is set but ${section.judge_api_key_env} is empty: export the judge's API key "
+            "(or name another variable with eval.judge_api_key_env)"
+        )
+    return Judge(section.judge_base_url, section.judge_model, key, out / "judge_cache", section.judge_timeout,
+                 section.judge_retries)  # fmt: skip
+
+
+def check_targets(cfg: RelationConfig, splits: list[Split]) -> None:
+    """Every ground truth opens, before hours of generation are spent on rows that cannot be scored."""
+    for split in splits:
+        for row in split.rows:
+            open_image(row.target, f"{split.name} row {row.index + 1} target", cfg.data.max_image_pixels)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """Paths in metrics.json are relative to its folder, so the whole tree can move together."""
+    try:
+        return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return str(path.resolve())
+
+
+def sample_of(job: Job, out: Path) -> dict:
+    return {
+        "split": job.split,
+        "method": job.method,
+        "index": job.row.index,
+        "task": job.row.task,
+        "text": job.row.text,
+        "output": _relative(job.output, out),
+        "target": _relative(job.row.target, out),
+        "cond1": _relative(job.exemplar.cond1, out),
+        "cond2": _relative(job.exemplar.cond2, out),
+        "source": _relative(job.row.source, out),
+        "exemplar_row": job.exemplar.index,
+        "exemplar_task": job.exemplar.task,
+    }
+
+
+def score(cfg: RelationConfig, samples: list[dict], out: Path) -> dict[str, str]:
+    """Pixel and embedding metrics of every sample, in place; returns the metrics skipped, with why."""
+    from ..model import resolve_device
+
+    embedders, skipped = load_embedders(cfg.eval, resolve_device(cfg.model.device), cfg.model.local_files_only)
+    with progress_bar("scoring", len(samples)) as advance:
+        score_samples(samples, out, embedders, cfg.eval.batch_size, cfg.data.max_image_pixels, advance)
+    return skipped
+
+
+def score_fid(cfg: RelationConfig, samples: list[dict], out: Path, feature, skipped: dict[str, str]) -> list[dict]:
+    if not cfg.eval.fid:
+        skipped["fid"] = "off (eval.fid is false)"
+        return []
+    try:
+        fid = build_fid(cfg.eval, feature)
+    except MetricUnavailable as e:
+        if cfg.eval.strict:
+            raise RelationError(f"eval.fid: {e} (eval.strict is on)") from None
+        skipped["fid"] = str(e)
+        return []
+    return fid_scores(samples, out, fid, cfg.data.max_image_pixels)

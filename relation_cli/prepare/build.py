@@ -1,0 +1,245 @@
+"""``prepare``: read -> check -> decode and split -> pair -> write, all into a temporary folder.
+
+Output folder (row paths are relative to it):
+
+    train.jsonl  test_seen.jsonl  test_unseen.jsonl    rows: cond1, cond2, source, target, text, task
+    images/<task>/<n>_before.png, <n>_after.png         every usable pair, EXIF-upright RGB, lossless
+    manifest.json                                       counts per task and split, seed, input, settings
+    config.yaml                                         the resolved configuration
+    skipped.jsonl                                       with --skip-invalid: task, file, entry, reason
+    raw/                                                synthetic runs only: the generated Relation252K layout
+
+Nothing appears at the output path until everything is written (``atomic_dir``); a failed or
+interrupted run leaves no trace there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import RelationConfig, save_config
+from ..errors import RelationError
+from ..fs import atomic_dir, check_new_dir
+from ..progress import make_progress
+from ..rows import write_jsonl
+from .decode import DecodeJob, RateColumn, decode_all, default_workers
+from .pairing import TaskPlan, choose_unseen, plan_task
+from .sources import (
+    DatasetProblems,
+    Pair,
+    Problem,
+    Source,
+    duplicate_reason,
+    read_source,
+)
+from .synthetic import make_synthetic
+
+SPLITS = ("train", "test_seen", "test_unseen")
+IMAGES_DIR = "images"
+RAW_DIR = "raw"
+MANIFEST_FORMAT = "relation-prepared/1"
+SETTINGS = ("per_task_cap", "test_per_task", "unseen_tasks", "unseen_task_names")  # recorded in the manifest
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    output: Path
+    pairs: int  # usable pairs
+    tasks: int
+    unseen_tasks: list[str]
+    samples: dict[str, int]  # per split
+    skipped: int
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(cfg: RelationConfig, input_path: str | Path | None, output: str | Path) -> PrepareSummary:
+    """Turn INPUT (or, with ``data.synthetic_pairs``, a generated set) into run-ready splits in ``output``."""
+    data, output = cfg.data, Path(output)
+    check_new_dir(output)
+    if data.synthetic_pairs is not None:
+        if input_path is not None:
+            raise RelationError("give either INPUT or --synthetic N (data.synthetic_pairs), not both")
+        with atomic_dir(output) as tmp:
+            _generate(cfg, tmp / RAW_DIR)
+            info = {"synthetic": {"pairs_per_task": data.synthetic_pairs, "size": data.synthetic_size}, "path": RAW_DIR}
+            summary = _build(cfg, read_source(tmp / RAW_DIR), tmp, info, label=str(output / RAW_DIR))
+    else:
+        if input_path is None:
+            raise RelationError("no input: pass a Relation252K folder, a .jsonl or .json file, or --synthetic N")
+        source = read_source(input_path)  # every structural check runs before anything is created
+        choose_unseen(source.tasks, data.unseen_tasks, data.unseen_task_names, data.seed)  # fail fast on names
+        with atomic_dir(output) as tmp:
+            summary = _build(cfg, source, tmp, {"path": str(Path(input_path).resolve())}, label=str(input_path))
+    return replace(summary, output=output)
+
+
+def _generate(cfg: RelationConfig, root: Path) -> None:
+    from .synthetic import TASKS
+
+    with make_progress(RateColumn("pairs")) as progress:
+        bar = progress.add_task("generating pairs", total=len(TASKS) * cfg.data.synthetic_pairs)
+        make_synthetic(root, cfg.data.synthetic_pairs, cfg.data.seed, cfg.data.synthetic_size,
+                       advance=lambda n: progress.advance(bar, n))  # fmt: skip
+
+
+def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any], label: str) -> PrepareSummary:
+    data = cfg.data
+    names = image_names(source.pairs)
+    # With problems already found and no --skip-invalid the run will fail: decode only to list them all.
+    write = not source.problems or data.skip_invalid
+    by_task, problems = _decode(cfg, source, tmp if write else None, names)
+    if problems and not data.skip_invalid:
+        raise DatasetProblems(problems, label)
+    if not by_task:
+        raise RelationError(f"input '{label}': no task has 2 usable pairs; nothing to prepare")
+
+    unseen = choose_unseen(sorted(by_task), data.unseen_tasks, data.unseen_task_names, data.seed)
+    plans = [
+        plan_task(task, [p.index for p in pairs], data.seed, task in unseen, data.per_task_cap, data.test_per_task)
+        for task, pairs in sorted(by_task.items())
+    ]
+    pairs_by_index = {p.index: p for pairs in by_task.values() for p in pairs}
+    samples = _write_splits(tmp, plans, pairs_by_index, names)
+    folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
+    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders)
+    save_config(cfg, tmp / "config.yaml")
+    if data.skip_invalid:
+        write_jsonl(tmp / "skipped.jsonl", (_skipped_row(p, source.root) for p in problems))
+    notes = _notes(plans, data.test_per_task, data.per_task_cap)
+    return PrepareSummary(tmp, len(pairs_by_index), len(plans), unseen, samples, len(problems), notes)
+
+
+def _decode(
+    cfg: RelationConfig, source: Source, tmp: Path | None, names: dict[int, tuple[str, str]]
+) -> tuple[dict[str, list[Pair]], list[Problem]]:
+    """Decode every pair (writing its halves under ``tmp`` unless None): usable pairs per task, all problems."""
+    data = cfg.data
+    if tmp is not None:
+        for folder in sorted({(tmp / before).parent for before, _ in names.values()}):
+            folder.mkdir(parents=True)
+
+    def outputs(pair: Pair) -> tuple[str, str] | None:
+        return None if tmp is None else (str(tmp / names[pair.index][0]), str(tmp / names[pair.index][1]))
+
+    jobs = [
+        DecodeJob(p.index, tuple(map(str, p.images)), outputs(p), data.max_image_pixels, data.png_compress_level)
+        for p in source.pairs
+    ]
+    results = decode_all(jobs, data.workers or default_workers())
+
+    problems = list(source.problems)
+    by_task: dict[str, list[Pair]] = defaultdict(list)
+    first_with: dict[str, Pair] = {}
+    for pair, result in zip(source.pairs, results):
+        if result.problem is not None:
+            problems.append(Problem(pair.task, pair.file, pair.where, result.problem, pair.index))
+        elif (first := first_with.setdefault(result.digest, pair)) is not pair:
+            reason = duplicate_reason(first, "same pixels")
+            problems.append(Problem(pair.task, pair.file, pair.where, reason, pair.index))
+        else:
+            by_task[pair.task].append(pair)
+    for task, pairs in list(by_task.items()):
+        if len(pairs) < 2:  # a sample needs two different pairs of one task
+            reason = f"task '{task}' has only this one usable pair; an analogy sample needs 2 pairs of the same task"
+            problems += [Problem(task, p.file, p.where, reason, p.index) for p in pairs]
+            del by_task[task]
+    problems.sort(key=lambda p: p.index)
+    if tmp is not None:  # halves already written for pairs that were then left out
+        usable = {p.index for pairs in by_task.values() for p in pairs}
+        for pair in source.pairs:
+            if pair.index not in usable:
+                for name in names[pair.index]:
+                    (tmp / name).unlink(missing_ok=True)
+    return dict(by_task), problems
+
+
+def image_names(pairs: list[Pair]) -> dict[int, tuple[str, str]]:
+    """Pair index -> (before, after) paths relative to the output: ``images/<task>/<n>_before.png``."""
+    folders: dict[str, str] = {}
+    for task in sorted({p.task for p in pairs}):
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", task).strip("._") or "task"
+        folder, n = slug, 1
+        while folder in folders.values():  # two task names with one slug: number the later one
+            n += 1
+            folder = f"{slug}-{n}"
+        folders[task] = folder
+    counters: dict[str, int] = defaultdict(int)
+    names = {}
+    for p in pairs:
+        stem = f"{IMAGES_DIR}/{folders[p.task]}/{counters[p.task]:05d}"
+        counters[p.task] += 1
+        names[p.index] = (f"{stem}_before.png", f"{stem}_after.png")
+    return names
+
+
+def _write_splits(
+    tmp: Path, plans: list[TaskPlan], pairs: dict[int, Pair], names: dict[int, tuple[str, str]]
+) -> dict[str, int]:
+    def chosen(plan: TaskPlan, split: str) -> list[tuple[int, int]]:
+        if split == "train":
+            return plan.train
+        return plan.test if plan.unseen == (split == "test_unseen") else []
+
+    def rows(split: str) -> Iterator[dict[str, str]]:
+        for plan in plans:
+            for exemplar, query in chosen(plan, split):
+                yield {
+                    "cond1": names[exemplar][0], "cond2": names[exemplar][1],
+                    "source": names[query][0], "target": names[query][1],
+                    "text": pairs[query].text, "task": plan.task,
+                }  # fmt: skip
+
+    for split in SPLITS:
+        write_jsonl(tmp / f"{split}.jsonl", rows(split))
+    return {
+        "train": sum(len(p.train) for p in plans),
+        "test_seen": sum(len(p.test) for p in plans if not p.unseen),
+        "test_unseen": sum(len(p.test) for p in plans if p.unseen),
+    }
+
+
+def _write_manifest(
+    tmp: Path, cfg: RelationConfig, info: dict[str, Any], plans: list[TaskPlan], samples: dict[str, int],
+    skipped: int, folders: dict[str, str],
+) -> None:
+    data = cfg.data
+    tasks = {}
+    for plan in plans:
+        tasks[plan.task] = {
+            "split": "unseen" if plan.unseen else "seen",
+            "pairs": plan.pairs,
+            "train": len(plan.train),
+            "test_seen": 0 if plan.unseen else len(plan.test),
+            "test_unseen": len(plan.test) if plan.unseen else 0,
+            "images": folders[plan.task],
+        }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "input": info,
+        "seed": data.seed,
+        "settings": {k: getattr(data, k) for k in SETTINGS},
+        "counts": {"pairs": sum(p.pairs for p in plans), "tasks": len(plans), "skipped": skipped, **samples},
+        "unseen_tasks": sorted(p.task for p in plans if p.unseen),
+        "tasks": tasks,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _skipped_row(problem: Problem, root: Path) -> dict[str, str]:
+    file = problem.file.relative_to(root) if problem.file.is_relative_to(root) else problem.file
+    return {"task": problem.task, "file": file.as_posix(), "entry": problem.where, "reason": problem.reason}
+
+
+def _notes(plans: list[TaskPlan], test_per_task: int, cap: int) -> list[str]:
+    wanted = min(test_per_task, cap)
+    short = [p.task for p in plans if not p.unseen and len(p.test) < wanted]
+    if not short:
+        return []
+    shown = ", ".join(short[:5]) + (" ..." if len(short) > 5 else "")
+    return [f"{len(short)} seen task(s) had too few pairs for {wanted} test samples and got fewer ({shown})"]

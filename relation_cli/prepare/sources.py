@@ -1,0 +1,214 @@
+"""Reading the three input forms into one list of pairs, and every structural check that needs no pixels.
+
+Inputs (detected from INPUT itself):
+- a folder in the Relation252K layout: ``ROOT/<task>/Group1/labels.json``, each a JSON list of
+  ``{left_image_description, right_image_description, edit_instruction, img_name}``; the task is the
+  folder name;
+- a ``.jsonl`` or ``.json`` file of the same entries, with an optional ``task`` (else the image's
+  parent folder name);
+- the same files holding a user's own pairs as two images: ``{source, target, edit_instruction, task}``.
+
+Image paths are relative to the file that names them and must stay inside the dataset root (the
+INPUT folder, or the folder of the INPUT file): absolute paths, ``..`` and symlinks leading out are
+refused. Problems are collected, never raised one at a time, so a user sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RelationError
+
+LAYOUT_GLOB = "*/Group*/labels.json"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One before/after example: a side-by-side image (``images`` of length 1) or two files."""
+
+    index: int  # position in the input (all files, in reading order)
+    task: str
+    file: Path  # the JSON file that names it
+    where: str  # "entry 3" (JSON list) or "line 5" (JSON Lines)
+    text: str
+    images: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one entry (or a whole file) cannot be used."""
+
+    task: str
+    file: Path
+    where: str
+    reason: str
+    index: int  # reading order, shared with Pair.index: problems are listed in input order
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.where}: {self.reason}"
+
+
+@dataclass
+class Source:
+    """What was read from INPUT: the root that paths may not leave, the pairs, the problems found so far."""
+
+    root: Path
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    # real (symlink-free) paths: the root's, and each pair's images' -> the first pair naming them
+    real_root: str = ""
+    seen: dict[tuple[str, ...], Pair] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.real_root = os.path.join(os.path.realpath(self.root), "")  # with the trailing separator
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({p.task for p in self.pairs})
+
+
+class DatasetProblems(RelationError):
+    """Some entries are invalid; ``problems`` lists each (file, entry, reason)."""
+
+    def __init__(self, problems: list[Problem], input_label: str):
+        self.problems = problems
+        n = len(problems)
+        super().__init__(
+            f"{n} invalid entr{'y' if n == 1 else 'ies'} in '{input_label}'; nothing was written "
+            "(fix them, or pass --skip-invalid to leave them out)"
+        )
+
+
+def read_source(path: str | Path) -> Source:
+    """Detect the input form, parse every entry and check its fields and paths (no image is opened)."""
+    path = Path(path)
+    if not path.exists():
+        raise RelationError(f"input '{path}': not found")
+    if path.is_dir():
+        files = sorted(path.glob(LAYOUT_GLOB))
+        if not files:
+            raise RelationError(
+                f"input '{path}': no <task>/Group1/labels.json inside (the Relation252K layout); "
+                "pass such a folder, a .jsonl or a .json file"
+            )
+        source = Source(path)
+        for labels in files:
+            _read_file(source, labels, task=labels.parent.parent.name)
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        source = Source(path.parent)
+        _read_file(source, path, task=None)
+    else:
+        raise RelationError(f"input '{path}': expected a Relation252K folder, a .jsonl or a .json file")
+    source.seen.clear()
+    return source
+
+
+def _read_file(source: Source, file: Path, task: str | None) -> None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        _file_problem(source, file, task, "file", f"not UTF-8 text (byte {e.start})")
+        return
+    for where, raw in _entries(source, file, text, task):
+        reasons: list[str] = []
+        pair, real = _parse_entry(raw, file, where, source, task, reasons)
+        if not reasons and (first := source.seen.setdefault(real, pair)) is not pair:
+            reasons.append(duplicate_reason(first, "same image file"))  # the first one is kept
+        if reasons:
+            source.problems.append(Problem(pair.task, file, where, "; ".join(reasons), pair.index))
+        else:
+            source.pairs.append(pair)
+
+
+def _entries(source: Source, file: Path, text: str, task: str | None) -> Iterator[tuple[str, Any]]:
+    """(locator, raw value) for each entry; a malformed file or line becomes a problem with its line."""
+    if file.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as e:
+                _file_problem(source, file, task, f"line {number}", f"malformed JSON ({e.msg})")
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        _file_problem(source, file, task, f"line {e.lineno}", f"malformed JSON ({e.msg}, column {e.colno})")
+        return
+    if not isinstance(value, list):
+        _file_problem(source, file, task, "file", f"expected a JSON list of entries, found {type(value).__name__}")
+        return
+    for number, raw in enumerate(value, 1):
+        yield f"entry {number}", raw
+
+
+def _parse_entry(
+    raw: Any, file: Path, where: str, source: Source, task: str | None, reasons: list[str]
+) -> tuple[Pair, tuple[str, ...]]:
+    """The entry as a Pair, and its images' real paths; whatever is wrong is appended to ``reasons``."""
+    index = _next(source)
+    if not isinstance(raw, dict):
+        reasons.append(f"expected a JSON object, found {type(raw).__name__}")
+        return Pair(index, task or "", file, where, "", ()), ()
+    text = raw.get("edit_instruction")
+    if not isinstance(text, str) or not text.strip():
+        reasons.append("edit_instruction is missing or empty")
+    side_by_side, two_files = "img_name" in raw, ("source" in raw or "target" in raw)
+    keys = ("img_name",) if side_by_side else ("source", "target") if two_files else ()
+    if side_by_side and two_files:
+        reasons.append("has both img_name and source/target; use one form")
+        keys = ()
+    elif not keys:
+        reasons.append("needs img_name (a before|after image) or source and target (two images)")
+    checked = [p for k in keys if (p := _check_path(raw.get(k), k, file.parent, source, reasons))]
+    images = tuple(full for full, _ in checked)
+    if task is None and "task" in raw:  # a .jsonl/.json file: the entry's own task ...
+        task = raw["task"]
+        if not isinstance(task, str) or not task.strip():
+            reasons.append("task is empty or not a string")
+            task = ""
+    elif task is None:  # ... else the image's folder name
+        task = images[0].parent.name if images else ""
+    text = text.strip() if isinstance(text, str) else ""
+    return Pair(index, task.strip(), file, where, text, images), tuple(real for _, real in checked)
+
+
+def _file_problem(source: Source, file: Path, task: str | None, where: str, reason: str) -> None:
+    """A file or line that yields no entry at all."""
+    source.problems.append(Problem(task or "", file, where, reason, _next(source)))
+
+
+def _next(source: Source) -> int:
+    """The next reading-order index: one per entry (or per file that could not be read)."""
+    return len(source.pairs) + len(source.problems)
+
+
+def _check_path(value: Any, key: str, base: Path, source: Source, reasons: list[str]) -> tuple[Path, str] | None:
+    """(path, real path) of one image named by an entry, or None with the reason appended."""
+    root = source.root
+    if not isinstance(value, str) or not value.strip():
+        reasons.append(f"{key} is missing or empty")
+        return None
+    relative = Path(value)
+    if relative.is_absolute():
+        reasons.append(f"{key} '{value}' is an absolute path; paths must be relative to the file that names them")
+        return None
+    if ".." in relative.parts:
+        reasons.append(f"{key} '{value}' contains '..'; paths must stay inside the dataset root '{root}'")
+        return None
+    full = base / relative
+    real = os.path.realpath(full)
+    if not real.startswith(source.real_root):
+        reasons.append(f"{key} '{value}' leads outside the dataset root '{root}' through a symlink")
+        return None
+    return full, real
+
+
+def duplicate_reason(first: Pair, how: str) -> str:
+    return f"duplicate of {first.file} {first.where} ({how})"

@@ -1,0 +1,112 @@
+"""Frozen encodings for training (VAE posterior, text, SigLIP), optionally cached on disk by content.
+
+A cache entry's key is the sha256 of the input (pixels, text or exemplar image) together with the
+identity of the encoder that made it (source, config, dtype), so a second run, or a second epoch,
+skips the encoders, and a different model never reuses a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..flux_private import pack_latents
+from ..fs import atomic_file
+
+
+def identity(*parts) -> str:
+    """A short hash naming an encoder: where it came from, its config, its dtype."""
+    text = json.dumps([p if isinstance(p, (str, int, float)) else str(p) for p in parts], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class DiskCache:
+    """``get_or_make(kind, key_bytes, make)``: tensors stored as one safetensors file per entry."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.hits = self.misses = 0
+
+    def get_or_make(self, kind: str, key: bytes, make) -> dict[str, torch.Tensor]:
+        if self.folder is None:
+            return make()
+        digest = hashlib.sha256(key).hexdigest()
+        path = self.folder / kind / digest[:2] / f"{digest}.safetensors"
+        if path.is_file():
+            try:
+                self.hits += 1
+                return load_file(path)
+            except Exception:  # a torn or foreign file: recompute and overwrite it
+                self.hits -= 1
+        self.misses += 1
+        value = make()
+        with atomic_file(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in value.items()}, tmp)
+        return value
+
+
+class FrozenEncoders:
+    """VAE, text encoders and (when frozen) SigLIP of a pipeline, run without gradients."""
+
+    def __init__(self, pipe, cache: DiskCache, ids: dict[str, str], device: torch.device, dtype: torch.dtype):
+        self.pipe, self.cache, self.ids, self.device, self.dtype = pipe, cache, ids, device, dtype
+
+    @torch.no_grad()
+    def latent_moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> VAE posterior parameters ``(B, 2c, h, w)`` (mean and log-variance)."""
+        out = []
+        for image in pixels:
+            key = self.ids["vae"].encode() + str(tuple(image.shape)).encode() + image.numpy().tobytes()
+
+            def make(image=image):
+                x = image[None].to(self.device, self.pipe.vae.dtype)
+                return {"moments": self.pipe.vae.encode(x).latent_dist.parameters[0].float()}
+
+            out.append(self.cache.get_or_make("vae", key, make)["moments"].to(self.device))
+        return torch.stack(out)
+
+    def sample_latents(self, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Posterior sample with ``generator`` (CPU), scaled and shifted as FLUX expects, packed to tokens."""
+        mean, logvar = moments.chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        z = mean + std * eps
+        cfg = self.pipe.vae.config
+        return pack_latents((z - cfg.shift_factor) * cfg.scaling_factor).to(self.dtype)
+
+    @torch.no_grad()
+    def text(self, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        embeds, pooled = [], []
+        for prompt in prompts:
+            key = self.ids["text"].encode() + str(max_sequence_length).encode() + prompt.encode()
+
+            def make(prompt=prompt):
+                e, p, _ = self.pipe.encode_prompt(
+                    prompt=[prompt], prompt_2=None, device=self.device, max_sequence_length=max_sequence_length
+                )
+                return {"embeds": e[0].float(), "pooled": p[0].float()}
+
+            entry = self.cache.get_or_make("text", key, make)
+            embeds.append(entry["embeds"])
+            pooled.append(entry["pooled"])
+        e = torch.stack(embeds).to(self.device, self.dtype)
+        text_ids = torch.zeros(e.shape[1], 3, device=self.device, dtype=self.dtype)
+        return e, torch.stack(pooled).to(self.device, self.dtype), text_ids
+
+    @torch.no_grad()
+    def exemplar_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frozen SigLIP pooled embeddings ``(2B, d)`` of exemplar pixel values ``(2B, 3, s, s)``."""
+        out = []
+        for image in pixels:
+            key = self.ids["image_encoder"].encode() + str(tuple(image.shape)).encode() + image.numpy().tobytes()
+
+            def make(image=image):
+                x = image[None].to(self.device, self.pipe.image_encoder.dtype)
+                return {"pooled": self.pipe.image_encoder(x).pooler_output[0].float()}
+
+            out.append(self.cache.get_or_make("siglip", key, make)["pooled"].to(self.device))
+        return torch.stack(out)

@@ -1,0 +1,135 @@
+"""``relation train --dry-run``: check config, data and output paths, count parameters, estimate memory.
+
+Nothing is loaded but configuration files: the models are built on the meta device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import RelationConfig
+from ..errors import RelationError
+
+GIB = 1024**3
+
+
+@dataclass
+class Estimate:
+    rows: int
+    trainable: dict[str, int]
+    frozen: int
+    weight_bytes: int
+    training_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.training_bytes + self.activation_bytes
+
+    def lines(self) -> list[str]:
+        t = ", ".join(f"{k} {v / 1e6:,.1f}M" for k, v in self.trainable.items())
+        return [
+            f"data: {self.rows} rows",
+            f"trainable parameters: {sum(self.trainable.values()) / 1e6:,.1f}M ({t})",
+            f"frozen parameters: {self.frozen / 1e6:,.1f}M",
+            f"memory estimate per process: {self.total_bytes / GIB:.1f} GiB = weights {self.weight_bytes / GIB:.1f}"
+            f" + trainable state {self.training_bytes / GIB:.1f} + activations ~{self.activation_bytes / GIB:.1f}",
+        ]
+
+
+def _meta_pipeline_parts(cfg: RelationConfig):
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import (
+        AutoConfig,
+        CLIPTextModel,
+        SiglipVisionConfig,
+        T5EncoderModel,
+    )
+
+    from ..model import resolve_sources
+
+    src = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
+    kw = {"local_files_only": cfg.model.local_files_only}
+    try:
+        with init_empty_weights():
+            transformer = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(src.base, subfolder="transformer", **kw))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(src.base, subfolder="vae", **kw))
+            clip = CLIPTextModel(AutoConfig.from_pretrained(src.base, subfolder="text_encoder", **kw))
+            t5 = T5EncoderModel(AutoConfig.from_pretrained(src.base, subfolder="text_encoder_2", **kw))
+        siglip = AutoConfig.from_pretrained(src.image_encoder, **kw)
+    except (OSError, ValueError) as e:
+        raise RelationError(f"cannot read model configs: {str(e).splitlines()[0][:200]}") from None
+    vision = siglip.vision_config if hasattr(siglip, "vision_config") else siglip
+    with init_empty_weights():
+        from transformers import SiglipVisionModel
+
+        image_encoder = SiglipVisionModel(SiglipVisionConfig(**vision.to_dict()))
+    return transformer, vae, clip, t5, image_encoder
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int) -> int:
+    total = 0
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            total += rank * (module.in_features + module.out_features)
+    return total
+
+
+def estimate(cfg: RelationConfig) -> Estimate:
+    from ..adapter import RelationAdapter
+    from .data import load_rows
+
+    t = cfg.train
+    rows = load_rows(t.data)
+    out = Path(t.output_dir)
+    if out.exists() and not out.is_dir():
+        raise RelationError(f"train.output_dir '{out}': exists and is not a folder")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    import os
+
+    if not os.access(probe, os.W_OK):
+        raise RelationError(f"train.output_dir '{out}': '{probe}' is not writable")
+
+    transformer, vae, clip, t5, image_encoder = _meta_pipeline_parts(cfg)
+    with torch.device("meta"):
+        adapter = RelationAdapter.for_transformer(transformer, image_encoder.config.hidden_size, cfg.adapter.num_tokens)
+    trainable = {"adapter": count(adapter)}
+    if t.mode == "lora":
+        trainable["lora"] = lora_parameters(transformer, cfg.lora.targets, cfg.lora.rank)
+    elif t.mode == "full":
+        trainable["transformer"] = count(transformer)
+    if t.train_image_encoder:
+        trainable["image_encoder"] = count(image_encoder)
+    frozen_modules = [vae, clip, t5] + ([] if t.train_image_encoder else [image_encoder])
+    frozen_modules += [] if t.mode == "full" else [transformer]
+    frozen = sum(count(m) for m in frozen_modules)
+
+    half = t.mixed_precision in ("bf16", "fp16") or (t.mixed_precision == "auto" and torch.cuda.is_available())
+    per = 2 if half else 4
+    n_train = sum(trainable.values())
+    state = 2 + 2 if t.optimizer == "adamw8bit" else 8  # Adam moments
+    c = transformer.config
+    side = cfg.data.resolution // 16
+    tokens = cfg.infer.max_sequence_length + 2 * side * side  # text + target + query tokens
+    layers, width = c.num_layers + c.num_single_layers, c.num_attention_heads * c.attention_head_dim
+    # ~34 bytes per token and channel per layer in half precision without attention scores (Korthikanti
+    # et al. 2022); with checkpointing only each layer's input is kept, plus one layer being recomputed.
+    per_layer = 34 * tokens * width * (per // 2) * t.batch_size
+    keep = 2 * tokens * width * per * t.batch_size
+    activations = (layers * keep + per_layer) if t.gradient_checkpointing else layers * per_layer
+    return Estimate(
+        rows=len(rows),
+        trainable=trainable,
+        frozen=frozen,
+        weight_bytes=frozen * per,
+        training_bytes=n_train * (4 + 4 + state),  # fp32 master weights + grads + optimizer state
+        activation_bytes=activations,
+    )

@@ -1,0 +1,77 @@
+"""What is trained, as one module: the transformer (with its LoRA, or whole), the adapter, optionally SigLIP.
+
+Wrapping them in one ``nn.Module`` whose forward returns the prediction lets accelerate wrap a
+single object for DDP/FSDP, and lets checkpoints save exactly the parameters that train.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..adapter import RelationAdapter
+
+
+class RelationTrainModel(nn.Module):
+    def __init__(self, transformer: nn.Module, adapter: RelationAdapter, image_encoder: nn.Module | None = None):
+        super().__init__()
+        self.transformer = transformer
+        self.adapter = adapter
+        self.image_encoder = image_encoder  # set only when it trains; frozen embeddings come precomputed
+
+    def exemplar_tokens(self, embeds: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``(2B, d)`` pooled embeddings (A_0, A'_0, ...) -> tokens ``(B, 2T, C)``; dropped samples get zeros."""
+        a, b = embeds[0::2], embeds[1::2]
+        keep = keep.to(a.dtype)[:, None]
+        return self.adapter.encode(a * keep, b * keep)
+
+    def forward(
+        self,
+        noisy: torch.Tensor,  # (B, N, 4c) target tokens at noise level sigma
+        query: torch.Tensor,  # (B, N, 4c) clean query tokens
+        sigma: torch.Tensor,  # (B,)
+        guidance: torch.Tensor | None,  # (B,)
+        prompt_embeds: torch.Tensor,  # (B, L, C)
+        pooled: torch.Tensor,  # (B, P)
+        text_ids: torch.Tensor,  # (L, 3)
+        img_ids: torch.Tensor,  # (2N, 3), query ids cloned from the target's
+        keep: torch.Tensor,  # (B,) 1 = use the exemplars, 0 = dropped
+        exemplar_embeds: torch.Tensor | None = None,  # (2B, d) from a frozen encoder
+        exemplar_pixels: torch.Tensor | None = None,  # (2B, 3, s, s) when the encoder trains
+    ) -> torch.Tensor:
+        if exemplar_embeds is None:
+            exemplar_embeds = self.image_encoder(exemplar_pixels.to(self.image_encoder.dtype)).pooler_output
+        tokens = self.exemplar_tokens(exemplar_embeds, keep)
+        pred = self.transformer(
+            hidden_states=torch.cat([noisy, query], dim=1),
+            timestep=sigma,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=prompt_embeds,
+            txt_ids=text_ids,
+            img_ids=img_ids,
+            joint_attention_kwargs={"relation_kv": self.adapter.key_values(tokens)},
+            return_dict=False,
+        )[0]
+        return pred[:, : noisy.shape[1]]  # the loss is on the target tokens only
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+
+class VaeTrainModel(nn.Module):
+    """``train.mode: vae``: reconstruction of images through the VAE of a small model."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` in [-1, 1] and posterior noise -> (reconstruction, mean KL per sample)."""
+        posterior = self.vae.encode(pixels).latent_dist
+        recon = self.vae.decode(posterior.mean + posterior.std * eps).sample
+        return recon, posterior.kl().mean() / eps[0].numel()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items()}

@@ -1,0 +1,219 @@
+"""`relation eval` end to end on a tiny model: outputs, baselines, metrics files, report, resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_overrides
+from eval_helpers import ChannelMeans, FakeJudge, tiny_encoders, write_test_file
+from helpers import random_image
+from relation_cli.cli import main
+from relation_cli.config import load_config
+from relation_cli.evaluate import evaluate
+from relation_cli.evaluate.recompute import recompute
+from relation_cli.evaluate.report import summary_rows
+
+METHODS = ["relation", "copy_query", "adapter_off", "wrong_exemplar"]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [x for o in overrides for x in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model, tmp_path_factory):
+    """One evaluation of 3 rows over 2 tasks, with tiny encoders and a fake judge; then a second, resumed one."""
+    root = tmp_path_factory.mktemp("eval")
+    data = write_test_file(root / "data", rows=3)
+    clip, dino = tiny_encoders(root / "encoders")
+    out = root / "out"
+    with FakeJudge() as server, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RELATION_TEST_JUDGE_KEY", "k")
+        overrides = [
+            *tiny_overrides(tiny_model), "infer.max_sequence_length=32", f"eval.clip_model={clip}", f"eval.dino_model={dino}",
+            "eval.grid_rows=3",
+        ]  # fmt: skip
+        judge = [f"eval.judge_base_url={server.url}", "eval.judge_api_key_env=RELATION_TEST_JUDGE_KEY",
+                 "eval.judge_model=fake-4o", "eval.judge_methods=[relation, wrong_exemplar]"]  # fmt: skip
+        args = ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1", *sets(*overrides, *judge)]
+        first = main(args)
+        requests = len(server.requests)
+        stamps = {p: p.stat().st_mtime_ns for p in out.glob("seen/*/*.png")}
+
+        def no_model(*a, **k):
+            raise AssertionError("outputs exist: the model must not be loaded again")
+
+        mp.setattr("relation_cli.model.load_pipeline", no_model)
+        second = main(args)
+        return {
+            "codes": (first, second), "out": out, "data": data, "requests": (requests, len(server.requests)),
+            "stamps": stamps, "args": args, "overrides": overrides,
+        }  # fmt: skip
+
+
+def test_outputs_for_every_method_and_row(run):
+    assert run["codes"] == (0, 0)
+    for method in METHODS:
+        assert sorted(p.name for p in (run["out"] / "seen" / method).glob("*.png")) == [
+            f"{i:06d}.png" for i in range(3)
+        ]
+    assert (run["out"] / "config.yaml").is_file()
+
+
+def test_second_run_reuses_outputs_and_judge_answers(run):
+    assert {p: p.stat().st_mtime_ns for p in run["out"].glob("seen/*/*.png")} == run["stamps"]
+    first, second = run["requests"]
+    assert first == 6 and second == first  # 3 rows x 2 judged methods, then all from the cache
+    results = json.loads((run["out"] / "metrics.json").read_text())
+    assert results["generation"] == {"written": 0, "reused": 12, "processes": 1}
+
+
+def test_copy_query_is_b_at_the_output_size(run):
+    query = Image.open(run["data"].parent / "q1.png").convert("RGB")  # 48x32: already a multiple of 16
+    copy = Image.open(run["out"] / "seen" / "copy_query" / "000001.png")
+    assert np.array_equal(np.asarray(copy), np.asarray(query))
+    model = Image.open(run["out"] / "seen" / "relation" / "000000.png")
+    assert copy.size == (48, 32) and model.size == (32, 48)
+
+
+def test_metrics_json(run):
+    results = json.loads((run["out"] / "metrics.json").read_text())
+    samples = results["samples"]
+    assert len(samples) == 12 and {s["method"] for s in samples} == set(METHODS)
+    for s in samples:
+        assert {"mse", "psnr", "ssim", "clip_i", "dino"} <= s.keys()
+        assert (run["out"] / s["output"]).is_file() and (run["out"] / s["target"]).is_file()
+    wrong = [s for s in samples if s["method"] == "wrong_exemplar"]
+    assert all(s["exemplar_task"] != s["task"] and s["exemplar_row"] != s["index"] for s in wrong)
+    keys = {(e["split"], e["method"], e["metric"]) for e in results["aggregate"]}
+    assert {("seen", m, k) for m in METHODS for k in ("mse", "psnr", "ssim", "clip_i", "dino")} <= keys
+    assert ("seen", "relation", "judge_consistency") in keys and ("seen", "copy_query", "judge_accuracy") not in keys
+    judge = results["judge"]
+    assert judge["model"] == "fake-4o" and re.fullmatch(r"\d{4}-\d\d-\d\d", judge["date"])
+    assert len(judge["prompt_sha256"]) == 64
+    assert judge["counts"]["relation"]["ok"] == 3 and judge["counts"]["wrong_exemplar"]["cached"] == 3
+    assert "torchmetrics" in results["implementations"]["ssim"]
+    assert "fid" in results["skipped"] or results["fid"]  # skipped with its reason unless torch-fidelity is here
+
+
+def test_numbers_recompute_from_the_saved_files(run):
+    diffs = recompute(run["out"] / "metrics.json")
+    assert {k: diffs[k] for k in ("mse", "psnr", "ssim")} == {"mse": 0.0, "psnr": 0.0, "ssim": 0.0}
+    assert diffs["clip_i"] <= 1e-6 and diffs["dino"] <= 1e-6
+
+
+def test_fid_over_each_split_with_a_local_network(run, tmp_path, monkeypatch):
+    out = tmp_path / "copy"
+    shutil.copytree(run["out"], out)
+    monkeypatch.setattr("relation_cli.model.load_pipeline", None)  # every output is reused
+    cfg = load_config(
+        None, [*run["overrides"], f"eval.inputs=[{run['data']}]", f"eval.output_dir={out}", "infer.steps=1"]
+    )
+    results = evaluate(cfg, fid_feature=ChannelMeans()).results
+    assert "fid" not in results["skipped"] and results["judge"] is None
+    assert [(e["method"], e["n"]) for e in results["fid"]] == [(m, 3) for m in METHODS]
+    assert all(e["fid"] >= 0 for e in results["fid"]) and "FID ↓" in summary_rows(results)[0]
+
+
+def test_per_task_csv(run):
+    with open(run["out"] / "per_task.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["task"], r["method"]) for r in rows} == {(t, m) for t in ("task0", "task1") for m in METHODS}
+    assert [r["n"] for r in rows if r["method"] == "relation"] == ["2", "1"] and all(float(r["mse"]) >= 0 for r in rows)
+
+
+def test_report_references_only_files_that_exist(run):
+    report = run["out"] / "report.html"
+    text = report.read_text()
+    assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
+    links = re.findall(r"(?:src|href)='([^']*)'", text)
+    local = [link for link in links if not link.startswith("data:")]
+    assert local and all((report.parent / link).is_file() for link in local), local
+    assert sum(link.startswith("data:image/") for link in links) == 3 * 8  # 3 rows x (A A' B out target + 3 baselines)
+    grid = Image.open(run["out"] / "grids" / "seen.png")
+    assert grid.size[0] == 8 * 160 and grid.size[1] > 3 * 160
+
+
+def test_changed_settings_are_refused(run, capsys, monkeypatch):
+    monkeypatch.setenv("RELATION_TEST_JUDGE_KEY", "k")
+    args = list(run["args"])
+    args[args.index("--steps") + 1] = "3"
+    assert main(args) == 1
+    assert "other settings (infer.steps 1 -> 3)" in capsys.readouterr().err
+
+
+def test_single_task_file_skips_wrong_exemplar_with_a_note(tmp_path, capsys, monkeypatch):
+    data = write_test_file(tmp_path / "data", "one.jsonl", rows=2, tasks=1)
+    made = tmp_path / "out" / "one" / "relation"
+    made.mkdir(parents=True)
+    for i, size in enumerate([(32, 48), (48, 32)]):  # the model's outputs are there already: no model is loaded
+        random_image(made / f"{i:06d}.png", size)
+    monkeypatch.setattr("relation_cli.model.load_pipeline", None)
+    code = main(["eval", "--input", str(data), "--output-dir", str(tmp_path / "out"), *sets(
+        "eval.baselines=[copy_query, wrong_exemplar]", "eval.clip_model=", "eval.dino_model=", "eval.fid=false",
+    )])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "wrong exemplar skipped for 'one'" in out.out and "holds one task" in out.out
+    results = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {s["method"] for s in results["samples"]} == {"relation", "copy_query"}
+    assert results["skipped"]["clip_i"].startswith("off")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "no input to evaluate"),
+        (["--input", "IN", "--set", "eval.clip_model=./no/such/folder"], "eval.clip_model './no/such/folder': no such model folder"),
+        (["--input", "IN", "--set", "eval.judge_model=gpt-4o", "--set", "eval.judge_api_key_env=RELATION_NO_SUCH_KEY"],
+         "$RELATION_NO_SUCH_KEY is empty"),
+        (["--input", "IN", "--set", "eval.judge_methods=[nope]"], "eval.judge_methods.0"),
+        (["--input", "MISSING_TARGET"], "seen row 1 target"),
+    ],
+)  # fmt: skip
+def test_bad_setups_fail_before_generation(tmp_path, capsys, extra, message):
+    data = write_test_file(tmp_path / "data", rows=2)
+    if "MISSING_TARGET" in extra:
+        (data.parent / "t0.png").unlink()
+    extra = [str(data) if a in ("IN", "MISSING_TARGET") else a for a in extra]
+    assert main(["eval", "--output-dir", str(tmp_path / "out"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not list(Path(tmp_path / "out").glob("seen/*/*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RELATION_SLOW_TESTS") != "1", reason="~20 s: set RELATION_SLOW_TESTS=1")
+def test_accelerate_launch_splits_generation(tiny_model, tmp_path):
+    """Two CPU processes share the outputs; only the main one scores and reports.
+
+    The share of each process is unit-tested in test_eval_plan.py; this runs the real launcher.
+    """
+
+    data = write_test_file(tmp_path / "data", rows=2)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "-m", "relation_cli", "eval", "--input", str(data),
+        "--output-dir", str(out), "--steps", "1", *sets(*tiny_overrides(tiny_model), "infer.max_sequence_length=16",
+        "eval.clip_model=", "eval.dino_model=", "eval.baselines=[copy_query]", "eval.grid_rows=0"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # (accelerate's --cpu starts one process; --multi_gpu without GPUs starts a gloo group of two)
+    assert done.stdout.count("wrote ") == 1 and "generated 4 outputs on 2 processes (0 reused)" in done.stdout
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("seen/*/*.png")) == [
+        "seen/copy_query/000000.png", "seen/copy_query/000001.png", "seen/relation/000000.png", "seen/relation/000001.png",
+    ]  # fmt: skip

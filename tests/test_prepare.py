@@ -1,0 +1,298 @@
+"""relation prepare: analogy pairing, leak-free splits, determinism, atomic output, all three input forms."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from prepare_helpers import (
+    SPLITS,
+    leftovers,
+    pair_id_of,
+    pair_image,
+    read_splits,
+    side_by_side_jsonl,
+    tree_bytes,
+    two_file_json,
+)
+
+from relation_cli.cli import main
+from relation_cli.config import load_config
+from relation_cli.errors import RelationError
+from relation_cli.prepare import make_synthetic, prepare
+from relation_cli.prepare.pairing import choose_unseen, plan_task, rotate
+from relation_cli.rows import parse_rows
+
+TASKS = ["blur", "frame", "invert", "mirror", "rotate90", "zoom"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """A small Relation252K-layout folder (6 tasks x 6 pairs, 64x32 images) from the synthetic generator."""
+    return make_synthetic(tmp_path_factory.mktemp("raw") / "raw", pairs_per_task=6, seed=3, size=32, tasks=TASKS)
+
+
+def cfg(*overrides: str):
+    return load_config(None, ["data.workers=1", *overrides])
+
+
+@pytest.fixture(scope="module")
+def prepared(raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    config = cfg("data.test_per_task=2", "data.unseen_task_names=[frame]", "data.per_task_cap=10")
+    summary = prepare(config, raw, out)
+    return out, summary
+
+
+# ------------------------------------------------------------------------------------------------ pairing
+
+
+def test_rotation_visits_every_ordered_pair_once_and_never_pairs_a_pair_with_itself():
+    samples = rotate(list(range(5)), limit=1000)
+    assert len(samples) == 20 == len(set(samples)) and all(a != b for a, b in samples)
+    first_round = samples[:5]  # k = 1: each pair is exemplar once and query once before any repeats
+    assert sorted(a for a, _ in first_round) == sorted(b for _, b in first_round) == list(range(5))
+    assert rotate(list(range(5)), limit=7) == samples[:7] and rotate([1], limit=5) == []
+
+
+@pytest.mark.parametrize("n, test_per_task, cap", [(2, 30, 99), (3, 30, 99), (10, 3, 99), (10, 3, 12), (40, 30, 50)])
+def test_task_plan_keeps_test_queries_out_of_train(n, test_per_task, cap):
+    plan = plan_task("t", list(range(100, 100 + n)), seed=1, unseen=False, cap=cap, test_per_task=test_per_task)
+    train_pairs = {p for sample in plan.train for p in sample}
+    assert not plan.test_queries & train_pairs
+    assert len(plan.test) == len(plan.test_queries) == min(test_per_task, n - 2, cap)
+    assert len(plan.train) + len(plan.test) <= cap and plan.train
+    assert all(a != b for a, b in plan.train + plan.test)
+    unseen = plan_task("t", list(range(n)), seed=1, unseen=True, cap=cap, test_per_task=test_per_task)
+    assert not unseen.train and len(unseen.test) == min(test_per_task, n * (n - 1), cap)
+
+
+def test_unseen_choice():
+    tasks = [f"t{i}" for i in range(6)]
+    assert choose_unseen(tasks, 0, ["t3"], seed=0) == ["t3"]
+    three = choose_unseen(tasks, 3, ["t3"], seed=0)
+    assert len(three) == 3 and "t3" in three and three == choose_unseen(tasks, 3, ["t3"], seed=0)
+    with pytest.raises(RelationError, match="unseen task 'nope': not among"):
+        choose_unseen(tasks, 0, ["nope"], seed=0)
+    with pytest.raises(RelationError, match="leaves none to train on"):
+        choose_unseen(tasks, 6, [], seed=0)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def test_output_layout_and_rows_load_everywhere(prepared):
+    import datasets
+
+    out, summary = prepared
+    names = {p.name for p in out.iterdir()}
+    assert {"train.jsonl", "test_seen.jsonl", "test_unseen.jsonl", "manifest.json", "config.yaml", "images"} <= names
+    assert "skipped.jsonl" not in names and "raw" not in names
+    for split in SPLITS:
+        rows = parse_rows(out / f"{split}.jsonl", need_target=True)
+        assert all(r.target.is_file() and r.cond1.is_file() for r in rows)
+        loaded = datasets.load_dataset("json", data_files=str(out / f"{split}.jsonl"), split="train")
+        assert loaded.column_names == ["cond1", "cond2", "source", "target", "text", "task"]
+        assert len(loaded) == summary.samples[split] == len(rows)
+    row = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+    assert row["cond1"].startswith("images/") and not row["cond1"].startswith("/")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["unseen_tasks"] == ["frame"]
+    assert manifest["input"]["path"].endswith("raw")
+    assert {k: manifest["counts"][k] for k in SPLITS} == summary.samples
+    per_task = Counter(r["task"] for rows in read_splits(out).values() for r in rows)
+    assert {t: sum(v[s] for s in SPLITS) for t, v in manifest["tasks"].items()} == per_task
+    assert load_config(out / "config.yaml").data.unseen_task_names == ["frame"]
+
+
+def test_halves_are_the_original_pixels(raw, prepared):
+    out, _ = prepared
+    row = json.loads((out / "test_seen.jsonl").read_text().splitlines()[0])
+    before, after = (np.asarray(Image.open(out / row[k])) for k in ("source", "target"))
+    originals = [np.asarray(Image.open(p)) for p in sorted((raw / row["task"] / "Group1").glob("*.png"))]
+    assert any(np.array_equal(o[:, :32], before) and np.array_equal(o[:, 32:], after) for o in originals)
+
+
+def test_samples_pair_two_different_pairs_of_one_task(prepared):
+    out, _ = prepared
+    for rows in read_splits(out).values():
+        for r in rows:
+            assert (r["cond1"], r["cond2"]) != (r["source"], r["target"])
+            assert {r[k].split("/")[1] for k in ("cond1", "cond2", "source", "target")} == {r["task"]}
+            assert r["cond1"].replace("_before", "_after") == r["cond2"]
+
+
+def test_splits_are_disjoint_and_test_queries_never_reach_train(prepared):
+    out, _ = prepared
+    splits = read_splits(out)
+    key = lambda r: (r["cond1"], r["source"])
+    assert not {key(r) for r in splits["train"]} & {key(r) for r in splits["test_seen"] + splits["test_unseen"]}
+    train_pairs = {r[k] for r in splits["train"] for k in ("cond1", "source")}
+    assert not {r["source"] for r in splits["test_seen"]} & train_pairs
+    assert {r["task"] for r in splits["test_unseen"]} == {"frame"}
+    assert "frame" not in {r["task"] for r in splits["train"] + splits["test_seen"]}
+    per_task = defaultdict(list)
+    for r in splits["test_seen"]:
+        per_task[r["task"]].append(r["source"])
+    assert all(len(v) == len(set(v)) == 2 for v in per_task.values()) and len(per_task) == len(TASKS) - 1
+    assert all(n == 10 - 2 for n in Counter(r["task"] for r in splits["train"]).values())  # cap over all splits
+
+
+def test_same_inputs_and_seed_give_identical_bytes(raw, prepared, tmp_path):
+    out, _ = prepared
+    config = cfg("data.test_per_task=2", "data.unseen_task_names=[frame]", "data.per_task_cap=10")
+    prepare(config, raw, tmp_path / "again")
+    assert tree_bytes(tmp_path / "again") == tree_bytes(out)
+    parallel = config.model_copy(deep=True)
+    parallel.data.workers = 2
+    prepare(parallel, raw, tmp_path / "parallel")
+    assert tree_bytes(tmp_path / "parallel", skip=("config.yaml",)) == tree_bytes(out, skip=("config.yaml",))
+    other = config.model_copy(deep=True)
+    other.data.seed = 1
+    prepare(other, raw, tmp_path / "other")
+    assert (tmp_path / "other" / "train.jsonl").read_bytes() != (out / "train.jsonl").read_bytes()
+
+
+def test_jsonl_of_side_by_side_pairs(tmp_path):
+    src = side_by_side_jsonl(tmp_path / "in", {"a": 5, "b": 4, "c": 3})
+    summary = prepare(cfg("data.test_per_task=1", "data.unseen_tasks=1", "data.seed=4"), src, tmp_path / "out")
+    assert summary.tasks == 3 and summary.pairs == 12 and len(summary.unseen_tasks) == 1
+    for rows in read_splits(tmp_path / "out").values():
+        for r in rows:  # text is the query pair's instruction; pixels prove which pair each path holds
+            query = pair_id_of(tmp_path / "out" / r["source"])
+            assert r["text"] == f"edit {r['task']} #{query}" and pair_id_of(tmp_path / "out" / r["target"]) == query
+            assert pair_id_of(tmp_path / "out" / r["cond1"]) != query
+    named = side_by_side_jsonl(tmp_path / "in2", {"a": 3, "b": 3}, with_task_field=True)
+    prepare(cfg(), named, tmp_path / "out2")
+    assert set(json.loads((tmp_path / "out2" / "manifest.json").read_text())["tasks"]) == {"a-named", "b-named"}
+
+
+def test_users_own_pairs_as_two_files(tmp_path):
+    src = two_file_json(tmp_path / "in", {"warm": 4, "cool": 3})
+    summary = prepare(cfg("data.test_per_task=1"), src, tmp_path / "out")
+    assert summary.samples["test_seen"] == 2 and summary.pairs == 7
+    row = read_splits(tmp_path / "out")["test_seen"][0]
+    query = pair_id_of(tmp_path / "out" / row["source"])
+    expected = pair_image(query)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / row["target"])), expected[:, 24:])
+
+
+def test_exif_orientation_is_applied_before_splitting(tmp_path):
+    display = [pair_image(i, size=20) for i in range(3)]
+    (tmp_path / "in" / "t").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: a viewer turns it 90 degrees clockwise
+    lines = []
+    for i, arr in enumerate(display):
+        Image.fromarray(arr).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "in" / "t" / f"{i}.png", exif=exif)
+        lines.append(json.dumps({"img_name": f"t/{i}.png", "edit_instruction": "x"}))
+    (tmp_path / "in" / "p.jsonl").write_text("\n".join(lines))
+    prepare(cfg("data.test_per_task=0"), tmp_path / "in" / "p.jsonl", tmp_path / "out")
+    row = read_splits(tmp_path / "out")["train"][0]
+    query = pair_id_of(tmp_path / "out" / row["source"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / row["source"])), display[query][:, :20])
+
+
+# ------------------------------------------------------------------------------------------------ atomicity
+
+
+def test_interrupted_run_leaves_nothing(raw, tmp_path, monkeypatch):
+    from relation_cli.prepare import build
+
+    calls = []
+
+    def failing_write(path, rows):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C between two split files
+        return real(path, rows)
+
+    real = build.write_jsonl
+    monkeypatch.setattr(build, "write_jsonl", failing_write)
+    code = main(["prepare", str(raw), "--output", str(tmp_path / "out"), "--workers", "1"])
+    assert code == 130 and calls == ["train.jsonl", "test_seen.jsonl"]
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_failure_in_a_worker_leaves_nothing(raw, tmp_path, monkeypatch):
+    def broken(job):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr("relation_cli.prepare.decode.decode_pair", broken)
+    with pytest.raises(MemoryError):
+        prepare(cfg(), raw, tmp_path / "out")
+    assert leftovers(tmp_path, "out") == []
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_synthetic_end_to_end(tmp_path, capsys):
+    out = tmp_path / "syn"
+    code = main(["prepare", "--synthetic", "3", "--output", str(out), "--unseen-task", "frame", "--unseen-task",
+                 "flip_vertical", "--test-per-task", "1", "--per-task-cap", "4", "--seed", "2", "--workers", "1",
+                 "--set", "data.synthetic_size=16"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert f"wrote {out}: 42 pairs in 14 tasks" in stdout and "train 24, test_seen 12, test_unseen 2" in stdout
+    assert (out / "raw" / "mirror" / "Group1" / "labels.json").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert saved["synthetic_pairs"] == 3 and saved["unseen_task_names"] == ["frame", "flip_vertical"]
+    assert (saved["per_task_cap"], saved["test_per_task"], saved["seed"]) == (4, 1, 2)
+    assert json.loads((out / "manifest.json").read_text())["input"] == {
+        "synthetic": {"pairs_per_task": 3, "size": 16}, "path": "raw"
+    }
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--synthetic", "3", "{raw}"], "not both"),
+        ([], "no input"),
+        (["{raw}", "--unseen-task", "nope"], "unseen task 'nope': not among"),
+        (["{raw}", "--unseen-tasks", "6"], "leaves none to train on"),
+        (["{raw}", "--per-task-cap", "0"], "data.per_task_cap"),
+        (["{tmp}/nowhere"], "input '{tmp}/nowhere': not found"),
+        (["{tmp}"], "no <task>/Group1/labels.json inside"),
+        (["{tmp}/x.csv"], "expected a Relation252K folder"),
+        (["--synthetic", "1"], "data.synthetic_pairs"),
+    ],
+)
+def test_cli_bad_arguments_are_one_line(raw, tmp_path, capsys, args, message):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    fill = lambda s: s.format(raw=raw, tmp=tmp_path)
+    code = main(["prepare", *map(fill, args), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("error: ") and "\n" not in err and fill(message) in err, err
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_cli_refuses_an_existing_output(raw, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["prepare", str(raw), "--output", str(tmp_path / "out")]) == 1
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_relation_infer_batch_reads_prepared_rows(tmp_path, monkeypatch):
+    """``relation infer --input test_seen.jsonl`` decodes every row of prepare's output (model faked: fast)."""
+    raw = make_synthetic(tmp_path / "raw", pairs_per_task=3, size=32, tasks=["mirror", "invert"])
+    prepare(cfg("data.test_per_task=1"), raw, tmp_path / "data")
+    seen = []
+
+    def fake_edit(pipe, inputs, config, on_step=None):
+        seen.append((inputs.exemplar_a.size, inputs.query.size, inputs.prompt))
+        return np.zeros((32, 32, 3), np.float32)
+
+    monkeypatch.setattr("relation_cli.model.load_pipeline", lambda config: object())
+    monkeypatch.setattr("relation_cli.infer.edit", fake_edit)
+    args = ["infer", "--input", str(tmp_path / "data" / "test_seen.jsonl"), "--output-dir", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["000000.png", "000001.png"]
+    assert sorted(seen) == [((32, 32), (32, 32), "Invert all the colours."),
+                            ((32, 32), (32, 32), "Mirror the image from left to right.")]  # fmt: skip

@@ -1,0 +1,288 @@
+"""relation train on tiny models: CLI end to end, what gets gradients, exact resume, checkpoints, dry run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, tiny_overrides
+from helpers import analogy_dataset, random_image
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from relation_cli.cli import main
+from relation_cli.config import load_config
+from relation_cli.train.data import collate
+
+
+def train_overrides(model, data, out, steps, *extra) -> list[str]:
+    sets = [o for o in tiny_overrides(model) if not o.startswith("adapter.")]
+    common = [f"train.data={data}", f"train.output_dir={out}", f"train.steps={steps}", "lora.rank=4",
+              "train.batch_size=2", "train.validation_steps=2", "train.validation_samples=2",
+              "train.learning_rate=1e-3"]  # fmt: skip
+    return sets + common + list(extra)
+
+
+def train_args(model, data, out, steps, *extra) -> list[str]:
+    return ["train"] + [x for o in train_overrides(model, data, out, steps, *extra) for x in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return analogy_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_train_then_infer_end_to_end(tiny_model, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 3, "train.checkpoint_every=2")) == 0
+    assert (out / "adapter" / "config.json").is_file()
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "config.yaml").is_file() and list((out / "validation").glob("step-*.png"))
+    assert [p.name for p in (out / "checkpoints").iterdir()] != []
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+    # the produced files drive relation infer directly
+    a, b, q = (random_image(tmp_path / f"{n}.png", (48, 32), seed=i) for i, n in enumerate("abq"))
+    code = main(["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(tmp_path / "o.png"), "--steps", "2",
+                 "--model", str(tiny_model / "base"), "--image-encoder", str(tiny_model / "image_encoder"),
+                 "--adapter", str(out / "adapter"), "--lora", str(out / "lora")])  # fmt: skip
+    assert code == 0 and (tmp_path / "o.png").is_file()
+
+
+def test_lora_file_loads_in_plain_diffusers(tiny_model, data, tmp_path):
+    from diffusers import FluxPipeline
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 1, "train.validation_samples=0")) == 0
+    pipe = FluxPipeline.from_pretrained(tiny_model / "base")
+    pipe.load_lora_weights(out / "lora")
+    lora_modules = [n for n, _ in pipe.transformer.named_modules() if n.endswith("lora_A")]
+    assert len(lora_modules) == 2 * 12 + 4 * 3  # paper targets: 12 per double block, q/k/v per single block
+
+
+def test_only_adapter_and_lora_get_gradients(tiny_model, data, tmp_path):
+    from relation_cli.train.recipe import loss_on, setup
+
+    cfg = load_config(None, train_overrides(tiny_model, data, tmp_path / "r", 1))
+    run = setup(cfg, resume=False)
+    batch = next(iter(DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate)))
+    loss_on(run, batch).backward()
+    model = run.accelerator.unwrap_model(run.model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n) or (".processor." in n) or n.startswith("adapter.") for n in trainable)
+    assert any("to_k_ip" in n for n in trainable) and any("image_proj" in n for n in trainable)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, name
+    for module in (run.pipe.vae, run.pipe.text_encoder, run.pipe.text_encoder_2, run.pipe.image_encoder):
+        assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+    nonzero = [n for n, p in model.named_parameters() if p.requires_grad and p.grad.abs().sum() > 0]
+    assert len(nonzero) > len(trainable) // 2
+
+
+def _weights(out):
+    state = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
+    state.update({f"adapter.{k}": v for k, v in load_file(out / "adapter" / "diffusion_pytorch_model.safetensors").items()})
+    return state
+
+
+def test_interrupted_then_resumed_equals_straight(tiny_model, data, tmp_path, monkeypatch):
+    extra = ("train.checkpoint_every=2", "train.validation_samples=0", "train.exemplar_dropout=0.5",
+             "train.lr_scheduler=cosine", "train.warmup_steps=1")  # fmt: skip
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(train_args(tiny_model, data, straight, 4, *extra)) == 0
+
+    import relation_cli.train.loop as loop
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run):
+        real_save(run)
+        raise KeyboardInterrupt  # killed right after the first checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    assert main(train_args(tiny_model, data, broken, 4, *extra)) == 130
+    assert not (broken / "lora").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert main(train_args(tiny_model, data, broken, 4, *extra) + ["--resume"]) == 0
+    a, b = _weights(straight), _weights(broken)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_corrupted_checkpoint_is_skipped_on_resume(tiny_model, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 4, "train.checkpoint_every=1", "train.keep_checkpoints=3",
+                           "train.validation_samples=0")) == 0  # fmt: skip
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["checkpoint-00000002", "checkpoint-00000003", "checkpoint-00000004"]
+    blob = ckpts[-1] / "trainable.safetensors"
+    blob.write_bytes(blob.read_bytes()[:-7] + b"corrupt")
+    (ckpts[-2] / "COMPLETE").unlink()
+    assert main(train_args(tiny_model, data, out, 5, "train.validation_samples=0") + ["--resume"]) == 0
+    text = capsys.readouterr()
+    assert "does not match its checksum" in text.err + text.out and "no completion marker" in text.err + text.out
+    assert "resumed from" in text.err + text.out and "checkpoint-00000002" in text.err + text.out
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_model, data, tmp_path, monkeypatch, capsys):
+    import relation_cli.train.loop as loop
+
+    real = loop.loss_on
+    calls = {"n": 0}
+
+    def poisoned(run, batch):
+        calls["n"] += 1
+        loss = real(run, batch)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(loop, "loss_on", poisoned)
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 5, "train.checkpoint_every=2", "train.validation_samples=0")) == 1
+    err = capsys.readouterr().err
+    assert "loss became nan at step 3" in err and "checkpoint-00000002" in err
+    assert (out / "checkpoints" / "checkpoint-00000002" / "COMPLETE").is_file()
+
+
+def test_dry_run_loads_no_weights(tiny_model, data, tmp_path, monkeypatch, capsys):
+    def refuse(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr("relation_cli.model.load_base", refuse)
+    assert main(train_args(tiny_model, data, tmp_path / "r", 10) + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable parameters" in out and "memory estimate" in out and "data: 6 rows" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_paper_sizes_on_the_flux_dev_architecture():
+    """Counted on the meta device: LoRA r128 on the paper's targets and the adapter (SPEC 2.3, 2.4)."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    from relation_cli.adapter import RelationAdapter
+    from relation_cli.config import PAPER_LORA_TARGETS
+    from relation_cli.train.estimate import count, lora_parameters
+
+    with init_empty_weights():
+        transformer = FluxTransformer2DModel(guidance_embeds=True)
+    assert round(count(transformer) / 1e9, 1) == 11.9
+    assert round(lora_parameters(transformer, PAPER_LORA_TARGETS, 128) / 1e6, 1) == 358.6
+    with torch.device("meta"):
+        adapter = RelationAdapter.for_transformer(transformer, 1152, 128)
+    assert round(count(adapter) / 1e9, 2) == 2.65
+
+
+def test_missing_data_is_one_line(tiny_model, tmp_path, capsys):
+    assert main(train_args(tiny_model, tmp_path / "nope.jsonl", tmp_path / "r", 1)) == 1
+    assert "train.data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tiny_model, data, tmp_path):
+    out = tmp_path / "ddp"
+    # accelerate's --cpu flag starts a single process; --multi_gpu on a machine without GPUs starts two
+    # that form a gloo group (relation asks accelerate for cpu=True when no GPU is present).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "relation_cli", *train_args(tiny_model, data, out, 2, "train.validation_samples=0")]  # fmt: skip
+    env = {**os.environ, "RELATION_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-00000002"]
+    names = sorted(p.name for p in (out / "checkpoints" / "checkpoint-00000002").iterdir())
+    assert "process_0.json" in names and "process_1.json" in names
+    assert proc.stdout.count("wrote") == 2  # one line per process, one set of outputs
+
+
+def test_encoding_cache_is_reused_by_a_second_run(tiny_model, data, tmp_path):
+    from relation_cli.train.recipe import setup
+
+    cache = tmp_path / "cache"
+    extra = ("train.cache_encodings=true", f"train.cache_dir={cache}", "train.validation_samples=0")
+    assert main(train_args(tiny_model, data, tmp_path / "a", 2, *extra)) == 0
+    files = sorted(p.relative_to(cache) for p in cache.rglob("*.safetensors"))
+    assert {p.parts[0] for p in files} == {"vae", "text", "siglip"}
+    cfg = load_config(None, train_overrides(tiny_model, data, tmp_path / "b", 2, *extra))
+    run = setup(cfg, resume=False)
+    from relation_cli.train.recipe import loss_on
+
+    batch = next(iter(DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate)))
+    loss_on(run, batch)
+    assert run.encoders.cache.misses == 0 and run.encoders.cache.hits > 0
+
+
+def test_full_mode_exports_a_base_that_infer_loads(tiny_model, data, tmp_path):
+    out = tmp_path / "full"
+    extra = ("train.mode=full", "train.train_image_encoder=true", "train.ema_decay=0.9", "train.validation_samples=0")
+    assert main(train_args(tiny_model, data, out, 2, *extra)) == 0
+    assert (out / "base" / "model_index.json").is_file() and (out / "image_encoder" / "config.json").is_file()
+    assert not (out / "lora").exists()
+    from safetensors.torch import load_file
+
+    trained = load_file(out / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    before = load_file(tiny_model / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == before.keys()  # no adapter weights leaked into the transformer
+    assert any(not torch.equal(trained[k], before[k]) for k in trained)
+    a, b, q = (random_image(tmp_path / f"{n}.png", (32, 32), seed=i) for i, n in enumerate("abq"))
+    assert main(["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(tmp_path / "o.png"), "--steps", "1",
+                 "--model", str(out / "base"), "--image-encoder", str(out / "image_encoder"),
+                 "--adapter", str(out / "adapter")]) == 0  # fmt: skip
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, data, tmp_path):
+    from relation_cli.train.recipe import loss_on, setup
+
+    grads = []
+    for flag in ("false", "true"):
+        cfg = load_config(None, train_overrides(tiny_model, data, tmp_path / flag, 1, f"train.gradient_checkpointing={flag}"))
+        run = setup(cfg, resume=False)
+        batch = next(iter(DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate)))
+        loss_on(run, batch).backward()
+        model = run.accelerator.unwrap_model(run.model)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
+
+def test_start_from_the_released_weights(reference, tmp_path):
+    data = analogy_dataset(tmp_path / "data", size=(32, 32))
+    sets = [f"model.base={reference / 'base'}", f"model.image_encoder={reference / 'image_encoder'}",
+            f"adapter.path={reference / 'ip_adapter.bin'}", f"lora.path={reference / 'lora'}",
+            f"train.data={data}", f"train.output_dir={tmp_path / 'run'}", "train.steps=1", "lora.rank=4",
+            "train.validation_samples=0", "train.learning_rate=1e-12"]  # fmt: skip
+    assert main(["train"] + [x for s in sets for x in ("--set", s)]) == 0
+    started = load_file(tmp_path / "run" / "adapter" / "diffusion_pytorch_model.safetensors")
+    released = torch.load(reference / "ip_adapter.bin", weights_only=True)
+    assert torch.allclose(started["image_proj.proj.0.weight"], released["image_proj"]["proj.0.weight"], atol=1e-6)
+    assert torch.allclose(started["processors.5.to_v_ip.weight"], released["ip_adapter"]["5.to_v_ip.weight"], atol=1e-6)
+    lora = load_file(tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors")
+    original = load_file(reference / "lora" / "pytorch_lora_weights.safetensors")
+    assert lora.keys() == original.keys()  # the released LoRA itself was trained, at its own rank
+    assert all(torch.allclose(lora[k], original[k], atol=1e-6) for k in lora)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "accelerate").glob("*.yaml")))
+def test_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(ROOT / "configs" / "accelerate" / name)
+    assert cfg.num_processes >= 2
+
+
+def test_vae_mode_pretrains_the_vae(tiny_model, data, tmp_path):
+    out = tmp_path / "vae"
+    assert main(train_args(tiny_model, data, out, 2, "train.mode=vae")) == 0
+    trained = load_file(out / "base" / "vae" / "diffusion_pytorch_model.safetensors")
+    before = load_file(tiny_model / "base" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert trained.keys() == before.keys() and any(not torch.equal(trained[k], before[k]) for k in trained)
+    same = load_file(out / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    orig = load_file(tiny_model / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(same[k], orig[k]) for k in orig)  # only the VAE trained
+    assert not (out / "adapter").exists() and list((out / "validation").glob("*.png"))
