@@ -15,6 +15,12 @@ from typing import Iterator
 
 from .errors import RelationError
 
+# mkstemp/mkdtemp create private (0600/0700) entries; what we move into place gets the permissions
+# an ordinary open() or mkdir() would have given it, so other users and tools can read the outputs.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
@@ -25,6 +31,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,12 +43,54 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """``path`` can be created or replaced: its nearest existing folder is a folder we may write in.
+
+    Checked before any work, so a run never fails at its very end for want of a place to write.
+    """
+    path = Path(path)
+    ancestor = path.parent if str(path.parent) else Path(".")
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RelationError(f"{what} '{path}': '{ancestor}' is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RelationError(f"{what} '{path}': folder '{ancestor}' is not writable")
+    return path
+
+
 def check_new_dir(path: str | Path) -> Path:
-    """A destination folder must not exist yet, or be empty."""
+    """A destination folder must not exist yet, or be empty, and must be creatable."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RelationError(f"output '{path}': already exists and is not an empty folder")
-    return path
+    return check_writable(path)
+
+
+def real_dir(path: str | Path) -> str:
+    """The symlink-free path of a folder, with a trailing separator (a prefix of everything inside it)."""
+    return os.path.join(os.path.realpath(path), "")
+
+
+def resolve_inside(name: str, base: Path, root: Path, real_root: str) -> tuple[Path, str]:
+    """``base / name`` and its real path, if ``name`` stays inside the dataset ``root``.
+
+    A dataset file may only name files under its root (``real_root = real_dir(root)``): absolute
+    paths, ``..`` and symlinks leading out are refused (RelationError with the reason), so an
+    untrusted file cannot make a command read, and copy into its outputs, anything else.
+    """
+    if "\0" in name:
+        raise RelationError(f"{name!r} contains a NUL character")
+    relative = Path(name)
+    if relative.is_absolute():
+        raise RelationError(f"{name!r} is an absolute path; paths must be relative to the file that names them")
+    if ".." in relative.parts:
+        raise RelationError(f"{name!r} contains '..'; paths must stay inside the dataset root '{root}'")
+    full = base / relative
+    real = os.path.realpath(full)
+    if not real.startswith(real_root):
+        raise RelationError(f"{name!r} leads outside the dataset root '{root}' through a symlink")
+    return full, real
 
 
 @contextmanager
@@ -57,6 +106,7 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

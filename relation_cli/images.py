@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import RelationError
-from .fs import atomic_file
+from .fs import atomic_file, check_writable
 
 MIN_SIDE = 16
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
+
+# data.max_image_pixels is the limit, checked before decoding: PIL's own warning (89 MP) would refuse images
+# a higher configured limit allows. PIL's warnings about damaged metadata of an image that still decodes
+# would print lines beside a command's one-line result. Module-wide filters: open_image runs in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 # The aspect ratios exemplars are padded to (SPEC 2.1), as (width, height).
 EXEMPLAR_RATIOS = ((3, 4), (4, 3), (1, 1), (16, 9), (9, 16))
@@ -37,30 +45,47 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
     if path.stat().st_size == 0:
         raise RelationError(f"{where}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise RelationError(
-                        f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
-                        "(data.max_image_pixels)"
-                    )
-                im.load()
-                image = _to_rgb(ImageOps.exif_transpose(im))
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise RelationError(
+                    f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (data.max_image_pixels)"
+                )
+            im.load()
+            image = _to_rgb(ImageOps.exif_transpose(im))
     except RelationError:
         raise
     except UnidentifiedImageError:
         raise RelationError(f"{where}: not an image PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RelationError(f"{where}: too many pixels (decompression bomb guard)") from None
+    except Image.DecompressionBombError:
+        raise RelationError(
+            f"{where}: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, refused before decoding (decompression bomb)"
+        ) from None
     except PermissionError:
         raise RelationError(f"{where}: permission denied") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # PIL's decoders raise many types on corrupt data (struct.error, EOFError, ...)
         raise RelationError(f"{where}: cannot decode image ({_short(e)}); the file may be truncated") from None
     if min(image.size) < min_side:
         raise RelationError(f"{where}: {image.width}x{image.height} is smaller than {min_side}x{min_side}")
     return image
+
+
+def check_images(images: Iterable[tuple[Path, str]], max_pixels: int) -> int:
+    """Open and fully decode each distinct image of ``(path, role)`` once; returns how many there were.
+
+    Commands call it before loading a model or writing a file, so one bad file among thousands fails
+    in seconds rather than hours into a run. Threads: PIL decodes without holding the GIL.
+    """
+    unique: dict[Path, str] = {}
+    for path, role in images:
+        unique.setdefault(Path(path), role)
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(lambda item: open_image(item[0], item[1], max_pixels).size, unique.items()):
+            pass  # the first failure, in input order, propagates
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return len(unique)
 
 
 def _short(err: Exception) -> str:
@@ -114,16 +139,11 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise RelationError(f"output '{path}': unsupported extension, use one of {', '.join(OUTPUT_SUFFIXES)}")
-    if path.exists() and not overwrite:
-        raise RelationError(f"output '{path}': already exists (pass --overwrite to replace it)")
     if path.is_dir():
         raise RelationError(f"output '{path}': is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise RelationError(f"output '{path}': folder '{parent}' is not writable")
-    if parent.exists() and not parent.is_dir():
-        raise RelationError(f"output '{path}': '{parent}' is not a folder")
-    return path
+    if path.exists() and not overwrite:
+        raise RelationError(f"output '{path}': already exists (pass --overwrite to replace it)")
+    return check_writable(path)
 
 
 def save_output(array: np.ndarray, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """Run-ready analogy rows (``cond1``, ``cond2``, ``source``, ``target``, ``text``, ``task``) in JSON Lines.
 
-Image paths in a row are relative to the file that holds it (absolute paths are kept as they are).
+Image paths in a row are relative to the file that holds it and must stay inside its folder.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .errors import RelationError
+from .errors import RelationError, first_line
+from .fs import real_dir, resolve_inside
 
 IMAGE_FIELDS = ("cond1", "cond2", "source", "target")
+FIELDS = (*IMAGE_FIELDS, "text", "task")
 
 
 @dataclass(frozen=True)
@@ -28,23 +30,32 @@ class Row:
     task: str
 
 
+def json_problem(err: Exception) -> str:
+    """Why ``json.loads`` refused a text: its own message, or the limit hit (deep nesting, huge integers)."""
+    if isinstance(err, json.JSONDecodeError):
+        return err.msg
+    return "nested too deeply" if isinstance(err, RecursionError) else first_line(err)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every line of a JSON Lines file as a dict; every bad line is reported together, with its number."""
     path = Path(path)
     if not path.is_file():
         raise RelationError(f"'{path}': file not found")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON text may hold U+2028
     except UnicodeDecodeError as e:
         raise RelationError(f"'{path}': not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise RelationError(f"'{path}': cannot read ({e.strerror or first_line(e)})") from None
     out, problems = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"line {number}: malformed JSON ({e.msg})")
+        except (ValueError, RecursionError) as e:
+            problems.append(f"line {number}: malformed JSON ({json_problem(e)})")
             continue
         if not isinstance(value, dict):
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
@@ -56,33 +67,44 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def parse_rows(path: str | Path, need_target: bool = False) -> list[Row]:
-    """Rows of a run-ready jsonl file with their paths resolved; all problems are reported together."""
+    """Rows of a run-ready jsonl file with their paths resolved; all problems are reported together.
+
+    Image paths must stay inside the file's folder (see :func:`~relation_cli.fs.resolve_inside`), and
+    unknown fields are refused: a misspelt ``text`` would otherwise be dropped silently.
+    """
     path = Path(path)
+    root, real_root = path.parent, real_dir(path.parent)
+    needed = ("cond1", "cond2", "source") + (("target",) if need_target else ())
     rows, problems = [], []
     for i, raw in enumerate(read_jsonl(path)):
-        needed = ("cond1", "cond2", "source") + (("target",) if need_target else ())
-        missing = [k for k in needed if not isinstance(raw.get(k), str) or not raw.get(k)]
+        reasons = []
+        unknown = [k for k in raw if k not in FIELDS]
+        if unknown:
+            reasons.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                           f"(known: {', '.join(FIELDS)})")  # fmt: skip
+        missing = [k for k in needed if raw.get(k) in (None, "")]
         if missing:
-            problems.append(f"row {i + 1}: missing or empty {', '.join(missing)}")
+            reasons.append(f"missing or empty {', '.join(missing)}")
+        wrong = [k for k in FIELDS if raw.get(k) is not None and not isinstance(raw[k], str)]
+        if wrong:
+            reasons.append(f"{', '.join(wrong)} must be {'strings' if len(wrong) > 1 else 'a string'}")
+        paths = {}
+        for key in IMAGE_FIELDS:
+            if key not in missing + wrong and raw.get(key):
+                try:
+                    paths[key] = resolve_inside(raw[key], root, root, real_root)[0]
+                except RelationError as e:
+                    reasons.append(f"{key} {e}")
+        if reasons:
+            problems.append(f"row {i + 1}: " + "; ".join(reasons))
             continue
-        text = raw.get("text", "")
-        if not isinstance(text, str):
-            problems.append(f"row {i + 1}: 'text' must be a string")
-            continue
-        paths = {k: _resolve(path.parent, raw[k]) for k in IMAGE_FIELDS if isinstance(raw.get(k), str) and raw[k]}
-        rows.append(
-            Row(i, paths["cond1"], paths["cond2"], paths["source"], paths.get("target"), text, str(raw.get("task", "")))
-        )
+        rows.append(Row(i, paths["cond1"], paths["cond2"], paths["source"], paths.get("target"), raw.get("text") or "",
+                        raw.get("task") or ""))  # fmt: skip
     if problems:
         raise RelationError(f"'{path}': " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     if not rows:
         raise RelationError(f"'{path}': no rows")
     return rows
-
-
-def _resolve(base: Path, name: str) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() else base / p
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

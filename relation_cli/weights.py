@@ -31,20 +31,24 @@ def load_pickle_safely(path: Path) -> dict:
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise RelationError(f"adapter '{path}': not a torch checkpoint ({first_line(e)})") from None
-        code = re.search(r"GLOBAL ([\w.]+)", str(e))
-        other = re.search(r"(Unsupported [^\n]{0,80})", str(e))
-        what = (
-            f"holds code or objects other than tensors (GLOBAL {code.group(1)})"
-            if code
-            else f"not a plain tensor checkpoint ({other.group(1).strip() if other else 'unsupported content'})"
-        )
-        raise RelationError(f"adapter '{path}': refused, {what}; relation never executes pickled code") from None
+        raise RelationError(f"adapter '{path}': {refusal(e)}") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise RelationError(f"adapter '{path}': not a readable torch file ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise RelationError(f"adapter '{path}': expected a dict, found {type(data).__name__}")
     return data
 
+
+def refusal(err: pickle.UnpicklingError) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a pickle (ours, or one a library loads), in one line."""
+    code = re.search(r"GLOBAL ([\w.]+)", str(err))
+    other = re.search(r"(Unsupported [^\n]{0,80})", str(err))
+    what = (
+        f"holds code or objects other than tensors (GLOBAL {code.group(1)})"
+        if code
+        else f"not a plain tensor checkpoint ({other.group(1).strip() if other else 'unsupported content'})"
+    )
+    return f"refused, {what}; relation never executes pickled code"
 
 
 def _strip_module_prefix(state: dict) -> dict:
@@ -100,8 +104,10 @@ def load_adapter(path: str | Path, attention_head_dim: int) -> RelationAdapter:
     if path.is_dir():
         if not (path / RelationAdapter.config_name).is_file():
             raise RelationError(f"adapter '{path}': folder has no {RelationAdapter.config_name}")
+        if not any(path.glob("*.safetensors")):
+            raise RelationError(f"adapter '{path}': folder has no .safetensors weights (never read as a pickle)")
         try:
-            return RelationAdapter.from_pretrained(path)
+            return RelationAdapter.from_pretrained(path, use_safetensors=True)  # our format: never a pickle
         except (OSError, ValueError, SafetensorError) as e:
             raise RelationError(f"adapter '{path}': cannot load ({first_line(e)})") from None
     if path.suffix.lower() in PICKLE_SUFFIXES:

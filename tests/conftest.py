@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -30,6 +32,26 @@ def tiny_model(tmp_path_factory) -> Path:
 
     quiet_libraries()
     return init_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one thread: tiny models run faster so on a busy machine, and match a subprocess run with
+    OMP_NUM_THREADS=1 bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def one_thread():
+    with single_thread():
+        yield
 
 
 def tiny_overrides(model: Path) -> list[str]:

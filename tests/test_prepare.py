@@ -285,7 +285,7 @@ def test_relation_infer_batch_reads_prepared_rows(tmp_path, monkeypatch):
     prepare(cfg("data.test_per_task=1"), raw, tmp_path / "data")
     seen = []
 
-    def fake_edit(pipe, inputs, config, on_step=None):
+    def fake_edit(pipe, inputs, config, on_step=None, prompts=None):
         seen.append((inputs.exemplar_a.size, inputs.query.size, inputs.prompt))
         return np.zeros((32, 32, 3), np.float32)
 

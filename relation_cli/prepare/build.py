@@ -73,7 +73,8 @@ def prepare(cfg: RelationConfig, input_path: str | Path | None, output: str | Pa
         if input_path is None:
             raise RelationError("no input: pass a Relation252K folder, a .jsonl or .json file, or --synthetic N")
         source = read_source(input_path)  # every structural check runs before anything is created
-        choose_unseen(source.tasks, data.unseen_tasks, data.unseen_task_names, data.seed)  # fail fast on names
+        if source.tasks:  # fail fast on names; without any usable entry, the problems say why
+            choose_unseen(source.tasks, data.unseen_tasks, data.unseen_task_names, data.seed)
         with atomic_dir(output) as tmp:
             summary = _build(cfg, source, tmp, {"path": str(Path(input_path).resolve())}, label=str(input_path))
     return replace(summary, output=output)

@@ -16,15 +16,19 @@ refused. Problems are collected, never raised one at a time, so a user sees all 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RelationError
+from ..errors import RelationError, first_line
+from ..fs import real_dir, resolve_inside
+from ..rows import json_problem
 
 LAYOUT_GLOB = "*/Group*/labels.json"
+FIELDS = ("left_image_description", "right_image_description", "edit_instruction", "img_name", "source", "target",
+          "task")  # fmt: skip
+"""Every field an entry may have: an unknown one is refused (a misspelt optional field would be lost silently)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Source:
     seen: dict[tuple[str, ...], Pair] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.real_root = os.path.join(os.path.realpath(self.root), "")  # with the trailing separator
+        self.real_root = real_dir(self.root)
 
     @property
     def tasks(self) -> list[str]:
@@ -104,6 +108,8 @@ def read_source(path: str | Path) -> Source:
         _read_file(source, path, task=None)
     else:
         raise RelationError(f"input '{path}': expected a Relation252K folder, a .jsonl or a .json file")
+    if not source.pairs and not source.problems:
+        raise RelationError(f"input '{path}': holds no entries")
     source.seen.clear()
     return source
 
@@ -113,6 +119,9 @@ def _read_file(source: Source, file: Path, task: str | None) -> None:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         _file_problem(source, file, task, "file", f"not UTF-8 text (byte {e.start})")
+        return
+    except OSError as e:
+        _file_problem(source, file, task, "file", f"cannot read ({e.strerror or first_line(e)})")
         return
     for where, raw in _entries(source, file, text, task):
         reasons: list[str] = []
@@ -128,18 +137,21 @@ def _read_file(source: Source, file: Path, task: str | None) -> None:
 def _entries(source: Source, file: Path, text: str, task: str | None) -> Iterator[tuple[str, Any]]:
     """(locator, raw value) for each entry; a malformed file or line becomes a problem with its line."""
     if file.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
             if not line.strip():
                 continue
             try:
                 yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as e:
-                _file_problem(source, file, task, f"line {number}", f"malformed JSON ({e.msg})")
+            except (ValueError, RecursionError) as e:
+                _file_problem(source, file, task, f"line {number}", f"malformed JSON ({json_problem(e)})")
         return
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         _file_problem(source, file, task, f"line {e.lineno}", f"malformed JSON ({e.msg}, column {e.colno})")
+        return
+    except (ValueError, RecursionError) as e:
+        _file_problem(source, file, task, "file", f"malformed JSON ({json_problem(e)})")
         return
     if not isinstance(value, list):
         _file_problem(source, file, task, "file", f"expected a JSON list of entries, found {type(value).__name__}")
@@ -156,6 +168,10 @@ def _parse_entry(
     if not isinstance(raw, dict):
         reasons.append(f"expected a JSON object, found {type(raw).__name__}")
         return Pair(index, task or "", file, where, "", ()), ()
+    unknown = [k for k in raw if k not in FIELDS]
+    if unknown:
+        reasons.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                       f"(known: {', '.join(FIELDS)})")  # fmt: skip
     text = raw.get("edit_instruction")
     if not isinstance(text, str) or not text.strip():
         reasons.append("edit_instruction is missing or empty")
@@ -191,23 +207,17 @@ def _next(source: Source) -> int:
 
 def _check_path(value: Any, key: str, base: Path, source: Source, reasons: list[str]) -> tuple[Path, str] | None:
     """(path, real path) of one image named by an entry, or None with the reason appended."""
-    root = source.root
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, (str, type(None))):
+        reasons.append(f"{key} must be a string, found {type(value).__name__}")
+        return None
+    if not value or not value.strip():
         reasons.append(f"{key} is missing or empty")
         return None
-    relative = Path(value)
-    if relative.is_absolute():
-        reasons.append(f"{key} '{value}' is an absolute path; paths must be relative to the file that names them")
+    try:
+        return resolve_inside(value, base, source.root, source.real_root)
+    except RelationError as e:
+        reasons.append(f"{key} {e}")
         return None
-    if ".." in relative.parts:
-        reasons.append(f"{key} '{value}' contains '..'; paths must stay inside the dataset root '{root}'")
-        return None
-    full = base / relative
-    real = os.path.realpath(full)
-    if not real.startswith(source.real_root):
-        reasons.append(f"{key} '{value}' leads outside the dataset root '{root}' through a symlink")
-        return None
-    return full, real
 
 
 def duplicate_reason(first: Pair, how: str) -> str:

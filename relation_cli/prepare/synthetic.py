@@ -235,9 +235,12 @@ def make_synthetic(
         rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
         folder = root / task / "Group1"
         folder.mkdir(parents=True)
-        labels = []
+        labels, seen = [], set()
         for i in range(pairs_per_task):
             image, scene = make_pair(relation, rng, size)
+            while image.tobytes() in seen:  # small images can repeat a scene: prepare refuses duplicates
+                image, scene = make_pair(relation, rng, size)
+            seen.add(image.tobytes())
             name = f"{i:05d}.png"
             image.save(folder / name, format="PNG")
             description = scene.describe()
