@@ -13,6 +13,7 @@ from PIL import Image
 
 from .config import RelationConfig, save_config
 from .errors import RelationError
+from .fs import check_writable
 from .images import check_output_path, open_image, output_size, save_output
 from .rows import parse_rows
 
@@ -35,7 +36,25 @@ def open_edit_inputs(cfg: RelationConfig, exemplars: tuple[Path, Path], query: P
     return EditInputs(a, b, q, prompt)
 
 
-def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None) -> np.ndarray:
+class PromptCache:
+    """Text encodings by prompt: a batch of rows sharing an instruction encodes it once."""
+
+    def __init__(self, pipe, max_sequence_length: int, size: int = 256):
+        self.pipe, self.max_sequence_length, self.size, self.store = pipe, max_sequence_length, size, {}
+
+    def __call__(self, prompt: str):
+        if prompt not in self.store:
+            if len(self.store) >= self.size:
+                self.store.pop(next(iter(self.store)))
+            embeds, pooled, _ = self.pipe.encode_prompt(
+                prompt=[prompt], prompt_2=None, device=self.pipe._execution_device,
+                max_sequence_length=self.max_sequence_length,
+            )  # fmt: skip
+            self.store[prompt] = (embeds, pooled)
+        return self.store[prompt]
+
+
+def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: PromptCache | None = None) -> np.ndarray:
     """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at the query's size floored to 16."""
     import torch
 
@@ -45,11 +64,15 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None) -> np.ndar
         def callback(_pipe, _i, _t, _kwargs):
             on_step()
             return {}
+    text = {"prompt": inputs.prompt}
     with torch.inference_mode():
+        if prompts is not None:
+            embeds, pooled = prompts(inputs.prompt)
+            text = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         result = pipe(
             image=inputs.query,
             exemplars=(inputs.exemplar_a, inputs.exemplar_b),
-            prompt=inputs.prompt,
+            **text,
             height=height,
             width=width,
             num_inference_steps=cfg.infer.steps,
@@ -109,6 +132,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     rows = parse_rows(input_file)
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
+    check_writable(output_dir, "output dir")
     todo = [r for r in rows if not (output_dir / f"{r.index:06d}{suffix}").exists()]
 
     def row_inputs(r):
@@ -120,8 +144,9 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     save_config(cfg, output_dir / "config.yaml")
     if todo:
         pipe = load_pipeline(cfg)
+        prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
         with progress_bar("rows", len(todo)) as advance:
             for r in todo:
-                save_output(edit(pipe, row_inputs(r), cfg), output_dir / f"{r.index:06d}{suffix}")
+                save_output(edit(pipe, row_inputs(r), cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
                 advance()
     return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)

@@ -6,6 +6,7 @@ Model classes never see a config; these functions read it and pass flat argument
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,12 +110,17 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     pipe = load_base(sources, dtype, cfg.model.local_files_only)
     if sources.lora is not None:
         apply_lora(pipe, sources.lora, fuse=cfg.lora.fuse)
+    from . import runtime
+
+    runtime.prepare_weights(pipe, cfg.model, dtype, device, plain_linears=cfg.lora.fuse or sources.lora is None)
     if sources.adapter is not None:
         from .weights import load_adapter
 
         adapter = load_adapter(sources.adapter, pipe.transformer.config.attention_head_dim)
         pipe.set_relation_adapter(adapter.to(dtype=dtype))
-    return pipe.to(device)
+    pipe = runtime.place(pipe, cfg.model, device)
+    runtime.speed_up(pipe, cfg.model)
+    return pipe
 
 
 def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False):
@@ -131,8 +137,8 @@ def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool 
         feature_extractor = AutoImageProcessor.from_pretrained(
             sources.image_encoder, backend="pil", local_files_only=local_files_only
         )
-    except (OSError, ValueError) as e:
-        raise RelationError(f"model.image_encoder '{sources.image_encoder}': cannot load ({first_line(e)})") from None
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        raise RelationError(f"model.image_encoder '{sources.image_encoder}': {load_problem(e)}") from None
     try:
         pipe = RelationPipeline.from_pretrained(
             sources.base,
@@ -141,10 +147,19 @@ def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool 
             feature_extractor=feature_extractor,
             local_files_only=local_files_only,
         )
-    except (OSError, ValueError) as e:
-        raise RelationError(f"model.base '{sources.base}': cannot load ({first_line(e)})") from None
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        raise RelationError(f"model.base '{sources.base}': {load_problem(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_problem(err: Exception) -> str:
+    """What went wrong in ``from_pretrained``: a refused pickle (libraries load them with weights_only=True)."""
+    if isinstance(err, pickle.UnpicklingError):
+        from .weights import refusal
+
+        return f"a weights file was {refusal(err)}"
+    return f"cannot load ({first_line(err)})"
 
 
 def apply_lora(pipe, path: str, fuse: bool = True) -> None:

@@ -127,6 +127,8 @@ class RelationPipeline(FluxPipeline):
         return_dict: bool = True,
         max_sequence_length: int = 512,
         relation_tokens: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
         precompute_relation_kv: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
     ):
@@ -138,6 +140,8 @@ class RelationPipeline(FluxPipeline):
             prompt: text instruction(s); may be empty.
             relation_scale: adapter strength (the paper's alpha); 0 ignores the exemplars.
             relation_tokens: precomputed exemplar tokens ``(B, 2T, C)`` instead of ``exemplars``.
+            prompt_embeds, pooled_prompt_embeds: precomputed text encodings (``encode_prompt``) instead of
+                ``prompt``, e.g. to encode a prompt shared by many images once.
             precompute_relation_kv: compute every layer's exemplar keys/values once instead of at
                 every step (same result, less work).
             generator: the one generator for all randomness (reference: ``torch.Generator("cpu")``).
@@ -153,10 +157,11 @@ class RelationPipeline(FluxPipeline):
         query = self.image_processor.preprocess(images, height=height, width=width).to(torch.float32)
         height, width = query.shape[-2:]
 
-        prompts = prompt if isinstance(prompt, list) else [prompt] * batch
+        prompts = None if prompt_embeds is not None else (prompt if isinstance(prompt, list) else [prompt] * batch)
         prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
-            prompt=prompts, prompt_2=None, device=device, max_sequence_length=max_sequence_length
-        )
+            prompt=prompts, prompt_2=None, device=device, max_sequence_length=max_sequence_length,
+            prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+        )  # fmt: skip
         dtype = self.transformer.dtype
 
         attention_kwargs: dict[str, Any] = {}
