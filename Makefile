@@ -8,12 +8,18 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test demo-model clean help
+DEMO_BUILD := build/demo
+RELATION := $(BIN)/relation
+
+.PHONY: install demo test demo-model demo-eval benchmarks clean help
 
 help:
 	@echo "make install   create $(VENV)/ and install relation (+ test tools)"
 	@echo "make demo      run relation infer on the bundled example images with the embedded model"
 	@echo "make test      run the whole test suite"
+	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 1 h)"
+	@echo "make benchmarks  CPU inference speed and step-cache quality (prints figures, writes benchmarks/results/)"
+	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
 
 $(BIN)/relation: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,5 +36,31 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The embedded demo model, rebuilt from nothing by relation's own commands (configs/demo-*.yaml):
+# synthetic data -> random init -> VAE pre-training -> full training -> install -> eval.
+demo-model: install
+	rm -rf $(DEMO_BUILD)
+	$(RELATION) prepare --config configs/demo-data.yaml --output $(DEMO_BUILD)/data
+	$(RELATION) init-model $(DEMO_BUILD)/init --spec configs/arch/demo.yaml --seed 0
+	$(RELATION) train --config configs/demo-vae.yaml
+	$(RELATION) train --config configs/demo-train.yaml
+	rm -rf relation_cli/.demo.new && mkdir relation_cli/.demo.new
+	cp -r $(DEMO_BUILD)/main/base $(DEMO_BUILD)/main/image_encoder $(DEMO_BUILD)/main/adapter relation_cli/.demo.new/
+	cp configs/demo-defaults.yaml relation_cli/.demo.new/relation.yaml
+	rm -rf relation_cli/demo && mv relation_cli/.demo.new relation_cli/demo
+	$(MAKE) demo-eval
+
+# Scores the installed demo model on held-out scenes; the README's grids are copied from its output.
+demo-eval: install
+	$(RELATION) eval --config configs/demo-eval.yaml
+	cp $(DEMO_BUILD)/eval/grids/seen.png docs/demo-seen.png
+	cp $(DEMO_BUILD)/eval/grids/unseen.png docs/demo-unseen.png
+
+# The CPU benchmarks of the README (need make demo-model's data for cache_quality); JSON in benchmarks/results/.
+benchmarks: install
+	$(BIN)/python benchmarks/infer_speed.py --target cpu-demo --out benchmarks/results/infer_cpu_demo.json
+	$(BIN)/python benchmarks/infer_speed.py --target cpu-mid --out benchmarks/results/infer_cpu_mid.json
+	$(BIN)/python benchmarks/cache_quality.py --rows 40 --steps 24 --out benchmarks/results/cache_quality.json
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache build

@@ -15,7 +15,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from .config import describe_fields, load_config
-from .errors import RelationError
+from .errors import RelationError, first_line
 
 app = typer.Typer(
     name="relation",
@@ -33,6 +33,35 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override one config key, e.g. --set infer.steps=8 (repeatable)."),
 ]
+ModelOpt = Annotated[
+    Optional[str], typer.Option("--model", help="FLUX base: hub id or folder (model.base). Default: the embedded demo.")
+]
+ImageEncoderOpt = Annotated[
+    Optional[str], typer.Option("--image-encoder", help="SigLIP: hub id or folder (model.image_encoder).")
+]
+AdapterOpt = Annotated[
+    Optional[Path],
+    typer.Option("--adapter", help="Adapter: released ip_adapter-*.bin or relation folder (adapter.path); "
+                 "train starts from it."),
+]  # fmt: skip
+LoraOpt = Annotated[
+    Optional[Path],
+    typer.Option("--lora", help="LoRA .safetensors file or folder (lora.path); train continues it."),
+]
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps (model.device).")
+]
+
+
+def model_flags(model: str | None, image_encoder: str | None, adapter: Path | None, lora: Path | None,
+                device: str | None) -> dict:  # fmt: skip
+    """The shared model options as config keys (None = not given)."""
+    return {
+        "model.base": model, "model.image_encoder": image_encoder, "adapter.path": str(adapter) if adapter else None,
+        "lora.path": str(lora) if lora else None, "model.device": device,
+    }  # fmt: skip
+
+
 CONFIG_EPILOG = "Config keys (--set section.key=value):\n\n" + describe_fields().replace("\n", "\n\n")
 
 
@@ -63,7 +92,8 @@ def user_errors() -> Iterator[None]:
     except Exception as e:  # a bug, not a user mistake: still one line, with the way to see more
         if debug():
             raise
-        raise fail(f"internal error: {type(e).__name__}: {e} (set RELATION_DEBUG=1 for the traceback)") from None
+        why = f"{type(e).__name__}: {first_line(e)}"
+        raise fail(f"internal error: {why} (set RELATION_DEBUG=1 for the traceback)") from None
 
 
 # ------------------------------------------------------------------------------------------------ infer
@@ -88,18 +118,18 @@ def infer(
     ] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="Batch mode: folder for one output per row.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (infer.seed, default 1000).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps, default 24).")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance embedding (infer.guidance, default 3.5).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance embedding (infer.guidance; default 3.5, 1.0 for the demo model).")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Adapter strength, 0 = off (adapter.scale, default 1).")] = None,
-    model: Annotated[
-        Optional[str], typer.Option(help="FLUX base: hub id or folder (model.base). Default: the embedded demo.")
+    model: ModelOpt = None,
+    image_encoder: ImageEncoderOpt = None,
+    adapter: AdapterOpt = None,
+    lora: LoraOpt = None,
+    device: DeviceOpt = None,
+    memory: Annotated[
+        Optional[str],
+        typer.Option(help="none, model_offload, sequential_offload, group_offload or fp8_storage (model.memory)."),
     ] = None,
-    image_encoder: Annotated[Optional[str], typer.Option(help="SigLIP: hub id or folder (model.image_encoder).")] = None,
-    adapter: Annotated[
-        Optional[Path], typer.Option(help="Adapter: released ip_adapter-*.bin or relation folder (adapter.path).")
-    ] = None,
-    lora: Annotated[Optional[Path], typer.Option(help="LoRA .safetensors file or folder (lora.path).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps (model.device).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -115,9 +145,8 @@ def infer(
     with user_errors():
         flags = {
             "infer.prompt": prompt, "infer.seed": seed, "infer.steps": steps, "infer.guidance": guidance,
-            "adapter.scale": scale, "model.base": model, "model.image_encoder": image_encoder,
-            "adapter.path": str(adapter) if adapter else None, "lora.path": str(lora) if lora else None,
-            "model.device": device, "infer.overwrite": True if overwrite else None,
+            "adapter.scale": scale, "model.memory": memory, "infer.overwrite": True if overwrite else None,
+            **model_flags(model, image_encoder, adapter, lora, device),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
         quiet_libraries()
@@ -165,7 +194,7 @@ def convert(
 def init_model(
     destination: Annotated[Path, typer.Argument(help="New folder: base/ (FLUX layout), image_encoder/, adapter/.")],
     spec: Annotated[
-        Optional[Path], typer.Option(help="YAML file of architecture sizes (see configs/demo-arch.yaml).")
+        Optional[Path], typer.Option(help="YAML file of architecture sizes (see configs/arch/demo.yaml).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
 ) -> None:
@@ -189,11 +218,7 @@ def init_model(
         typer.echo(f"wrote {core_init(destination, arch, seed)}")
 
 
-# ------------------------------------------------------------------------------------------------ later
-
-
-def _not_yet(name: str) -> None:
-    raise fail(f"`relation {name}` is not implemented yet")
+# ------------------------------------------------------------------------------------------------ data, train, eval
 
 
 @app.command(epilog=CONFIG_EPILOG)
@@ -262,12 +287,12 @@ def train(
     data: Annotated[Optional[Path], typer.Option(help="Run-ready train.jsonl from relation prepare (train.data).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints, weights, logs (train.output_dir).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (train.steps).")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="lora, full or adapter (train.mode).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="FLUX base: hub id or folder (model.base).")] = None,
-    image_encoder: Annotated[Optional[str], typer.Option(help="SigLIP: hub id or folder (model.image_encoder).")] = None,
-    adapter: Annotated[Optional[Path], typer.Option(help="Start from these adapter weights (adapter.path).")] = None,
-    lora: Annotated[Optional[Path], typer.Option(help="Start from this LoRA, fused into the base (lora.path).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu forces CPU (model.device); else accelerate decides.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="lora, full, adapter or vae (train.mode).")] = None,
+    model: ModelOpt = None,
+    image_encoder: ImageEncoderOpt = None,
+    adapter: AdapterOpt = None,
+    lora: LoraOpt = None,
+    device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest complete checkpoint.")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check config, data and paths; print parameter counts and a memory estimate.")
@@ -284,9 +309,7 @@ def train(
     with user_errors():
         flags = {
             "train.data": str(data) if data else None, "train.output_dir": str(output_dir) if output_dir else None,
-            "train.steps": steps, "train.mode": mode, "model.base": model, "model.image_encoder": image_encoder,
-            "adapter.path": str(adapter) if adapter else None, "lora.path": str(lora) if lora else None,
-            "model.device": device,
+            "train.steps": steps, "train.mode": mode, **model_flags(model, image_encoder, adapter, lora, device),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
         quiet_libraries()
@@ -313,12 +336,12 @@ def evaluate(
         Optional[Path], typer.Option(help="Outputs, metrics.json, per_task.csv, report.html (eval.output_dir).")
     ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows of each file (eval.limit).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps, default 24).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="FLUX base: hub id or folder (model.base).")] = None,
-    image_encoder: Annotated[Optional[str], typer.Option(help="SigLIP: hub id or folder.")] = None,
-    adapter: Annotated[Optional[Path], typer.Option(help="Adapter .bin or folder (adapter.path).")] = None,
-    lora: Annotated[Optional[Path], typer.Option(help="LoRA file or folder (lora.path).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
+    model: ModelOpt = None,
+    image_encoder: ImageEncoderOpt = None,
+    adapter: AdapterOpt = None,
+    lora: LoraOpt = None,
+    device: DeviceOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -336,9 +359,7 @@ def evaluate(
         flags = {
             "eval.inputs": [str(p) for p in input_files] if input_files else None,
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
-            "infer.steps": steps, "model.base": model, "model.image_encoder": image_encoder,
-            "adapter.path": str(adapter) if adapter else None, "lora.path": str(lora) if lora else None,
-            "model.device": device,
+            "infer.steps": steps, **model_flags(model, image_encoder, adapter, lora, device),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
         quiet_libraries()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import RelationError
+from .errors import RelationError, first_line
 from .fs import write_text_atomic
 
 DEMO = "demo"
@@ -54,6 +54,32 @@ class ModelSection(Section):
     local_files_only: bool = Field(
         False, description="Never contact the model hub; hub ids must already be in the local cache."
     )
+    memory: Literal["none", "model_offload", "sequential_offload", "group_offload", "fp8_storage"] = Field(
+        "none",
+        description="Memory mode for small GPUs: model_offload (one component on the GPU at a time), "
+        "sequential_offload (leaf by leaf, least memory, slow), group_offload (block by block with CUDA "
+        "streams), fp8_storage (transformer weights stored in float8, computed in bf16). The adapter stays "
+        "in full precision in every mode.",
+    )
+    quantize: Literal["none", "int8", "fp8"] = Field(
+        "none",
+        description="Weight quantization of the transformer with torchao (int8 or fp8 weight-only), after the "
+        "LoRA is fused; needs torchao. The adapter is never quantized.",
+    )
+    fuse_qkv: bool | Literal["auto"] = Field(
+        "auto",
+        description="Fuse each attention's q/k/v projections into one matmul (exact). auto: on GPUs only "
+        "(on 2 CPU cores it measured slightly slower: benchmarks/infer_speed.py).",
+    )
+    attention_backend: str | None = Field(
+        None, description="diffusers attention backend (e.g. flash, _native_cudnn, sage); empty: torch SDPA."
+    )
+    compile: bool = Field(False, description="torch.compile the repeated transformer blocks (regional compile).")
+    cache: Literal["none", "first_block", "taylorseer"] = Field(
+        "none",
+        description="Approximate step caching from diffusers (FirstBlockCache, TaylorSeer): faster, not exact.",
+    )
+    cache_threshold: float = Field(0.05, gt=0, description="first_block cache: residual change that forces a full step.")
 
 
 class AdapterSection(Section):
@@ -129,6 +155,7 @@ class TrainSection(Section):
         "transformer; adapter: the adapter alone; vae: pre-train the VAE of a small model (reconstruction).",
     )
     kl_weight: float = Field(1e-6, ge=0, description="vae mode: weight of the KL term beside the reconstruction MSE.")
+    use_text: bool = Field(True, description="Feed each row's instruction; false trains with empty text.")
     train_image_encoder: bool = Field(False, description="Also train the SigLIP encoder (small demo models).")
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(1, ge=1, description="Samples per device per micro-batch (one size bucket per batch).")
@@ -174,8 +201,9 @@ class TrainSection(Section):
     )
 
 
-EVAL_BASELINES = ("copy_query", "adapter_off", "wrong_exemplar")
-"""Baselines of ``relation eval``: output = B; adapter scale 0; the exemplar pair of another task."""
+EVAL_BASELINES = ("copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction")
+"""Baselines of ``relation eval``: output = B; adapter scale 0; the exemplar pair of another task; the
+target itself through the VAE (the best a model can do through that VAE)."""
 
 
 class EvalSection(Section):
@@ -185,11 +213,13 @@ class EvalSection(Section):
         "one split, named after the file without its test_ prefix.",
     )
     output_dir: str = Field("runs/eval", description="Where generated images, metrics and the report go.")
+    use_text: bool = Field(True, description="Give each row's instruction as the prompt; false leaves it empty.")
     limit: int | None = Field(None, ge=1, description="Generate and score only the first N rows of each file.")
-    baselines: list[Literal["copy_query", "adapter_off", "wrong_exemplar"]] = Field(
-        default_factory=lambda: list(EVAL_BASELINES),
+    baselines: list[Literal["copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction"]] = Field(
+        default_factory=lambda: list(EVAL_BASELINES[:3]),
         description="Baselines scored beside the model: copy_query (output = B), adapter_off (adapter.scale=0), "
-        "wrong_exemplar (the exemplar pair of a row of another task).",
+        "wrong_exemplar (the exemplar pair of a row of another task), vae_reconstruction (the target encoded "
+        "and decoded by the VAE: the floor a model's error meets through that VAE).",
     )
     seed: int = Field(0, ge=0, description="Seed of the wrong-exemplar choice.")
     clip_model: str = Field(
@@ -217,7 +247,7 @@ class EvalSection(Section):
     judge_timeout: float = Field(60.0, gt=0, description="Seconds before one judge request counts as an error.")
     judge_retries: int = Field(2, ge=0, description="Retries of a judge request after a network or server error.")
     judge_workers: int = Field(4, ge=1, description="Judge requests in flight at once.")
-    judge_methods: list[Literal["relation", "copy_query", "adapter_off", "wrong_exemplar"]] = Field(
+    judge_methods: list[Literal["relation", "copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction"]] = Field(
         default_factory=lambda: ["relation"],
         description="Methods whose outputs the judge scores: relation and any of the baselines.",
     )
@@ -241,13 +271,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise RelationError(f"override '{text}': expected section.key=value")
+        raise RelationError(f"override {text!r}: expected section.key=value")
     parts = key.split(".")
     if any(not p.isidentifier() for p in parts) or len(parts) < 2:
-        raise RelationError(f"override '{text}': '{key}' is not a section.key name")
+        raise RelationError(f"override {text!r}: {key!r} is not a section.key name")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: e.g. the date 2001-02-30
         value = raw  # not YAML: keep the text as a string, let validation judge it
     return parts, value
 
@@ -266,6 +296,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = key if key.isprintable() else repr(key)  # the message stays one line
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         else:
@@ -285,6 +316,8 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise RelationError(f"config file '{path}'{where}: not valid YAML") from None
+    except (ValueError, RecursionError) as e:  # a date like 2001-02-30, or nesting too deep to read
+        raise RelationError(f"config file '{path}': not valid YAML ({first_line(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -306,13 +339,14 @@ def load_config(
     origin = f"'{path}'" if path else "defaults"
     for text in overrides or []:
         parts, value = parse_override(text)
-        _set_path(tree, parts, value, f"override '{text}'")
+        _set_path(tree, parts, value, f"override {text!r}")
     for key, value in (flags or {}).items():
         if value is not None:
             _set_path(tree, key.split("."), value, f"option for {key}")
     if overrides or flags:
         origin += " with overrides"
-    if tree.get("model", {}).get("base", DEMO) == DEMO and DEMO_DEFAULTS.is_file():
+    model = tree.get("model")
+    if (model.get("base", DEMO) if isinstance(model, dict) else DEMO) == DEMO and DEMO_DEFAULTS.is_file():
         tree = _merged(read_yaml(DEMO_DEFAULTS), tree)
     try:
         return RelationConfig.model_validate(tree)

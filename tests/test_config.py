@@ -24,7 +24,10 @@ def test_precedence(tmp_path):
     f.write_text("infer:\n  steps: 8\n  seed: 5\nadapter:\n  scale: 0.5\n")
     cfg = load_config(f, ["infer.steps=4", "infer.prompt=make it blue"], {"infer.seed": 7, "infer.guidance": None})
     assert (cfg.infer.steps, cfg.infer.seed, cfg.adapter.scale, cfg.infer.prompt) == (4, 7, 0.5, "make it blue")
-    assert cfg.infer.guidance == 3.5
+    assert cfg.infer.guidance == 1.0  # the embedded demo model's own default (relation_cli/demo/relation.yaml)
+    other = load_config(f, ["model.base=black-forest-labs/FLUX.1-dev"])
+    assert (other.infer.guidance, other.infer.steps) == (3.5, 8)  # field default; the file's steps
+
 
 
 @pytest.mark.parametrize(

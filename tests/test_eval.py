@@ -22,7 +22,7 @@ from relation_cli.cli import main
 from relation_cli.config import load_config
 from relation_cli.evaluate import evaluate
 from relation_cli.evaluate.recompute import recompute
-from relation_cli.evaluate.report import summary_rows
+from relation_cli.evaluate.report import grid_indices, summary_rows
 
 METHODS = ["relation", "copy_query", "adapter_off", "wrong_exemplar"]
 
@@ -145,6 +145,13 @@ def test_report_references_only_files_that_exist(run):
     assert grid.size[0] == 8 * 160 and grid.size[1] > 3 * 160
 
 
+def test_grid_rows_are_spread_over_tasks():
+    samples = [{"index": i, "task": t, "method": m} for i, t in enumerate("aaabbc") for m in ("relation", "copy_query")]
+    assert grid_indices(samples, 10) == [0, 3, 5, 1, 4, 2]  # every task first, then second rows, ...
+    assert grid_indices(samples, 4) == [0, 3, 5, 1]
+    assert grid_indices(samples, 0) == []
+
+
 def test_changed_settings_are_refused(run, capsys, monkeypatch):
     monkeypatch.setenv("RELATION_TEST_JUDGE_KEY", "k")
     args = list(run["args"])
@@ -194,7 +201,6 @@ def test_bad_setups_fail_before_generation(tmp_path, capsys, extra, message):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("RELATION_SLOW_TESTS") != "1", reason="~20 s: set RELATION_SLOW_TESTS=1")
 def test_accelerate_launch_splits_generation(tiny_model, tmp_path):
     """Two CPU processes share the outputs; only the main one scores and reports.
 
@@ -217,3 +223,22 @@ def test_accelerate_launch_splits_generation(tiny_model, tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("seen/*/*.png")) == [
         "seen/copy_query/000000.png", "seen/copy_query/000001.png", "seen/relation/000000.png", "seen/relation/000001.png",
     ]  # fmt: skip
+
+
+def test_vae_reconstruction_baseline_is_the_target_through_the_vae(tiny_model, tmp_path):
+    from relation_cli.evaluate.generate import reconstruct
+    from relation_cli.model import load_pipeline
+
+    data = write_test_file(tmp_path / "data", rows=2)
+    out = tmp_path / "out"
+    overrides = (*tiny_overrides(tiny_model), "infer.max_sequence_length=32", "eval.baselines=[vae_reconstruction]",
+                 "eval.clip_model=", "eval.dino_model=", "eval.fid=false", "eval.grid_rows=1")  # fmt: skip
+    assert main(["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1", *sets(*overrides)]) == 0
+    results = json.loads((out / "metrics.json").read_text())
+    assert {s["method"] for s in results["samples"]} == {"relation", "vae_reconstruction"}
+    pipe = load_pipeline(load_config(None, list(tiny_overrides(tiny_model))))
+    row = json.loads((data).read_text().splitlines()[0])
+    target = Image.open(data.parent / row["target"]).convert("RGB")
+    query = Image.open(data.parent / row["source"]).convert("RGB")
+    expected = (np.clip(reconstruct(pipe, target, query.size), 0, 1) * 255).round().astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(out / "seen" / "vae_reconstruction" / "000000.png")), expected)

@@ -47,6 +47,16 @@ def test_jobs_cover_every_method_and_row(tmp_path):
     assert all(j.exemplar.task != j.row.task for j in jobs if j.method == "wrong_exemplar")
 
 
+@pytest.mark.parametrize("use_text", [True, False])
+def test_use_text_false_leaves_the_prompt_empty(tmp_path, use_text):
+    from relation_cli.evaluate.generate import job_inputs
+
+    path = write_test_file(tmp_path, rows=2, tasks=2)
+    cfg = load_config(None, [f"eval.use_text={use_text}"])
+    job = plan_jobs(load_splits([path], cfg.eval), ["relation"], tmp_path / "out")[1]
+    assert job_inputs(cfg, job).prompt == ("edit number 1" if use_text else "")
+
+
 def test_two_inputs_with_one_split_name_are_refused(tmp_path):
     a = write_test_file(tmp_path / "a", rows=2)
     b = write_test_file(tmp_path / "b", rows=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -286,3 +287,26 @@ def test_vae_mode_pretrains_the_vae(tiny_model, data, tmp_path):
     orig = load_file(tiny_model / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(same[k], orig[k]) for k in orig)  # only the VAE trained
     assert not (out / "adapter").exists() and list((out / "validation").glob("*.png"))
+
+
+def test_the_demo_recipe_runs_on_a_tiny_model(tiny_model, data, tmp_path, monkeypatch):
+    """configs/demo-train.yaml as `make demo-model` runs it (full mode, SigLIP trained, role embeddings,
+    empty text, EMA, encodings and images cached), shrunk to 2 steps on the tiny model."""
+    from relation_cli.pipeline import RelationPipeline
+
+    prompts = []
+    encode = RelationPipeline.encode_prompt
+    monkeypatch.setattr(RelationPipeline, "encode_prompt",
+                        lambda self, prompt, *a, **k: prompts.append(prompt) or encode(self, prompt, *a, **k))  # fmt: skip
+    out, texts = tmp_path / "demo", data.parent / "train_with_text.jsonl"  # beside the images it names
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    texts.write_text("".join(json.dumps({**r, "text": "make it so"}) + "\n" for r in rows))
+    sets = [f"model.base={tiny_model / 'base'}", f"model.image_encoder={tiny_model / 'image_encoder'}",
+            f"train.data={texts}", f"train.output_dir={out}", "train.steps=2", "train.batch_size=2",
+            "train.checkpoint_every=1", "train.validate_every=2", "train.validation_samples=1",
+            "train.validation_steps=1", "train.warmup_steps=1", f"train.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    args = ["train", "--config", str(ROOT / "configs" / "demo-train.yaml")] + [x for s in sets for x in ("--set", s)]
+    assert main(args) == 0
+    assert {p.name for p in out.iterdir()} >= {"base", "image_encoder", "adapter", "config.yaml", "checkpoints"}
+    assert json.loads((out / "adapter" / "config.json").read_text())["role_embeddings"] is True
+    assert prompts and all(p == "" or p == [""] * len(p) for p in prompts)  # rows have text; it is left out

@@ -7,6 +7,7 @@ loaded (offline machine, no cache) skips its metric with the reason recorded in 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 from ..config import EvalSection
 from ..errors import RelationError, first_line
 from ..model import _looks_local  # the one rule that tells a hub id ("owner/name") from a folder
+from ..model import load_problem
 
 ENCODER_FIELDS = {"clip_i": "clip_model", "dino": "dino_model"}
 
@@ -48,6 +50,8 @@ class Embedder:
                 source, backend="pil", local_files_only=local_files_only
             )
             self.model = cls.from_pretrained(source, dtype=torch.float32, local_files_only=local_files_only)
+        except pickle.UnpicklingError as e:  # not a metric to skip: a file that tried to run code
+            raise RelationError(f"'{source}': {load_problem(e)}") from None
         except (OSError, ValueError) as e:
             offline = not _looks_local(source) and isinstance(e, OSError)
             why = "the hub is unreachable and it is not in the local cache" if offline else first_line(e)

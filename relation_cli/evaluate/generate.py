@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..config import RelationConfig
 from ..errors import RelationError
 from ..fs import write_text_atomic
-from ..images import output_size, save_output
-from ..infer import EditInputs, edit, open_edit_inputs
+from ..images import open_image, output_size, save_output
+from ..infer import EditInputs, PromptCache, edit, open_edit_inputs
 from .plan import Job
 
 SETTINGS_FILE = "generation.json"
@@ -41,6 +42,7 @@ def generation_settings(cfg: RelationConfig) -> dict:
         "infer.seed": cfg.infer.seed,
         "infer.max_sequence_length": cfg.infer.max_sequence_length,
         "eval.seed": cfg.eval.seed,
+        "eval.use_text": cfg.eval.use_text,
     }
 
 
@@ -69,7 +71,8 @@ def record_settings(output_dir: Path, cfg: RelationConfig) -> None:
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
     """Open and check the three images of one job; messages name the split, row and role."""
     pair = (job.exemplar.cond1, job.exemplar.cond2)
-    return open_edit_inputs(cfg, pair, job.row.source, job.row.text, f"{job.split} row {job.row.index + 1} ")
+    prompt = job.row.text if cfg.eval.use_text else ""
+    return open_edit_inputs(cfg, pair, job.row.source, prompt, f"{job.split} row {job.row.index + 1} ")
 
 
 def copy_query(query: Image.Image) -> np.ndarray:
@@ -80,6 +83,15 @@ def copy_query(query: Image.Image) -> np.ndarray:
     return np.asarray(query, dtype=np.float32) / 255.0
 
 
+@torch.inference_mode()
+def reconstruct(pipe, target: Image.Image, query_size: tuple[int, int]) -> np.ndarray:
+    """The vae_reconstruction baseline: the target at the output's size, VAE-encoded (mean) and decoded."""
+    width, height = output_size(*query_size, multiple=pipe.vae_scale_factor * 2)
+    x = pipe.image_processor.preprocess(target, height=height, width=width).to(pipe.vae.device, pipe.vae.dtype)
+    decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode(), return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="np")[0].astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Generated:
     written: int  # by all processes together
@@ -88,9 +100,7 @@ class Generated:
 
 def generate(cfg: RelationConfig, jobs: list[Job], state) -> Generated:
     """Make every missing output; ``state`` is an ``accelerate.PartialState`` (one process without launch)."""
-    todo = [j for j in jobs if not j.output.is_file()]
-    for job in todo:  # every process checks every input, so a bad row stops all of them the same way
-        job_inputs(cfg, job)
+    todo = [j for j in jobs if not j.output.is_file()]  # their inputs were checked by setup
     # Every process must list the missing outputs before any is written, or the shares would differ.
     state.wait_for_everyone()
     with state.split_between_processes(todo) as mine:
@@ -105,7 +115,7 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
 
     off = cfg.model_copy(deep=True)
     off.adapter.scale = 0.0  # the pipeline skips the exemplar branch entirely at scale 0
-    pipe = None
+    pipe = prompts = None
     bar = progress_bar("generating", len(jobs)) if state.is_main_process and jobs else nullcontext(lambda n=1: None)
     with bar as advance:
         for job in jobs:
@@ -116,6 +126,11 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
                 if pipe is None:
                     # One device per process under accelerate; the configured one otherwise.
                     pipe = load_pipeline(cfg, state.device if state.num_processes > 1 else None)
-                image = edit(pipe, inputs, off if job.method == "adapter_off" else cfg)
+                    prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
+                if job.method == "vae_reconstruction":
+                    target = open_image(job.row.target, f"{job.split} row {job.row.index + 1} target", cfg.data.max_image_pixels)
+                    image = reconstruct(pipe, target, inputs.query.size)
+                else:
+                    image = edit(pipe, inputs, off if job.method == "adapter_off" else cfg, prompts=prompts)
             save_output(image, job.output)
             advance()

@@ -21,6 +21,7 @@ METHOD_LABELS = {
     "copy_query": "copy query (B)",
     "adapter_off": "adapter off",
     "wrong_exemplar": "wrong exemplar",
+    "vae_reconstruction": "VAE reconstruction",
 }
 
 

@@ -122,7 +122,10 @@ def thumbnail(path: Path | None) -> Image.Image:
     """The image fitted into a CELL x CELL white box; a grey box where there is no image."""
     box = Image.new("RGB", (CELL, CELL), (255, 255, 255) if path else (225, 225, 225))
     if path is not None:  # scaled up or down to the box, less a 2-pixel margin that separates the cells
-        image = ImageOps.contain(open_image(path, "grid image", 10**9, min_side=1), (CELL - 4, CELL - 4), Image.LANCZOS)
+        image = open_image(path, "grid image", 10**9, min_side=1)
+        # small images are enlarged with whole pixels (what the model made, not a smoothed version of it)
+        resample = Image.NEAREST if max(image.size) < CELL - 4 else Image.LANCZOS
+        image = ImageOps.contain(image, (CELL - 4, CELL - 4), resample)
         box.paste(image, ((CELL - image.width) // 2, (CELL - image.height) // 2))
     return box
 
@@ -132,18 +135,37 @@ def grid_columns(methods: list[str]) -> list[str]:
     return ["A", "A'", "B", METHOD_LABELS[MODEL], "target", *(METHOD_LABELS[m] for m in methods if m != MODEL)]
 
 
+def grid_indices(samples: list[dict], grid_rows: int) -> list[int]:
+    """Up to ``grid_rows`` row indices of one split, spread over its tasks: the first row of every
+    task (in order of appearance), then the second of every task, and so on."""
+    by_task: dict[str, list[int]] = {}
+    for index in sorted({s["index"] for s in samples}):
+        task = next(s["task"] for s in samples if s["index"] == index)
+        by_task.setdefault(task or "", []).append(index)
+    rounds = max((len(v) for v in by_task.values()), default=0)
+    spread = [rows[i] for i in range(rounds) for rows in by_task.values() if i < len(rows)]
+    return spread[:grid_rows]
+
+
 def grid_images(samples: list[dict], root: Path, methods: list[str], grid_rows: int) -> list[list[Image.Image]]:
-    """Thumbnails of the first ``grid_rows`` rows of one split, one list per row in column order."""
+    """Thumbnails of the rows ``grid_indices`` picks from one split, one list per row in column order;
+    the first cell of each row carries the row's task name."""
     by_row: dict[int, dict[str, dict]] = {}
     for s in samples:
         by_row.setdefault(s["index"], {})[s["method"]] = s
     grid = []
-    for index in sorted(by_row)[:grid_rows]:
+    for index in grid_indices(samples, grid_rows):
         row = by_row[index]
         own = row[MODEL]
         paths = [root / own[k] for k in ("cond1", "cond2", "source", "output", "target")]
         paths += [root / row[m]["output"] if m in row else None for m in methods if m != MODEL]
-        grid.append([thumbnail(p) for p in paths])
+        cells = [thumbnail(p) for p in paths]
+        if own["task"]:
+            draw = ImageDraw.Draw(cells[0])
+            box = draw.textbbox((4, 4), own["task"])
+            draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(255, 255, 255))
+            draw.text((4, 4), own["task"], fill=(0, 0, 0))
+        grid.append(cells)
     return grid
 
 
@@ -238,7 +260,7 @@ def write_html(path: Path, results: dict, grids: dict[str, tuple[list[str], list
         rel = png.as_posix()
         parts.append(f"<h3>{html.escape(split)} (<a href='{html.escape(rel)}'>{html.escape(rel)}</a>)</h3>")
         split_samples = [s for s in results["samples"] if s["split"] == split]
-        indices = sorted({s["index"] for s in split_samples})
+        indices = grid_indices(split_samples, len(grid))
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "<th>scores</th>"
         lines = []
         for index, line in zip(indices, grid):

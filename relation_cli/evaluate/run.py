@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
-from ..images import open_image
+from ..fs import check_writable
+from ..images import check_images
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
@@ -65,12 +66,13 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     """Everything cheap, before anything is generated: rows, images, encoders, judge key, settings."""
     if out.exists() and not out.is_dir():
         raise RelationError(f"output dir '{out}': exists and is not a folder")
+    check_writable(out, "output dir")
     splits = load_splits(cfg.eval.inputs, cfg.eval)
     check_sources(cfg.eval)
     judge = build_judge(cfg, out) if cfg.eval.judge_model else None
-    check_targets(cfg, splits)
     check_settings(out, cfg)
     jobs = plan_jobs(splits, methods_of(cfg.eval), out)
+    check_inputs(cfg, splits, jobs)
     if any(j.method != "copy_query" and not j.output.is_file() for j in jobs):
         resolve_sources(cfg.model, cfg.adapter, cfg.lora)  # model paths exist, before any image is made
     return splits, jobs, judge
@@ -143,11 +145,18 @@ def build_judge(cfg: RelationConfig, out: Path) -> Judge:
                  section.judge_retries)  # fmt: skip
 
 
-def check_targets(cfg: RelationConfig, splits: list[Split]) -> None:
-    """Every ground truth opens, before hours of generation are spent on rows that cannot be scored."""
-    for split in splits:
-        for row in split.rows:
-            open_image(row.target, f"{split.name} row {row.index + 1} target", cfg.data.max_image_pixels)
+def check_inputs(cfg: RelationConfig, splits: list[Split], jobs: list[Job]) -> None:
+    """Every target, and every image an output still to make needs, decodes: before hours of generation.
+
+    Every process of a distributed run checks them all, so a bad row stops all of them the same way.
+    """
+    images = [(row.target, f"{split.name} row {row.index + 1} target") for split in splits for row in split.rows]
+    for job in jobs:
+        if not job.output.is_file():
+            where = f"{job.split} row {job.row.index + 1} "
+            images += [(job.exemplar.cond1, where + "exemplar A"), (job.exemplar.cond2, where + "exemplar A'"),
+                       (job.row.source, where + "query")]  # fmt: skip
+    check_images(images, cfg.data.max_image_pixels)
 
 
 def _relative(path: Path, root: Path) -> str:

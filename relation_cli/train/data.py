@@ -16,16 +16,20 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import RelationError
-from ..images import open_image, pad_exemplar
-from ..rows import Row, parse_rows
+from ..images import check_images, open_image, pad_exemplar
+from ..rows import IMAGE_FIELDS, Row, parse_rows
 
 
-def load_rows(path: str | Path) -> list[Row]:
-    """Rows of a run-ready jsonl through ``datasets`` (the format prepare writes), paths resolved."""
+def load_rows(path: str | Path, max_pixels: int) -> list[Row]:
+    """Rows of a run-ready jsonl through ``datasets`` (the format prepare writes), paths resolved.
+
+    Every image is decoded once here, before any model is loaded or file written.
+    """
     path = Path(path)
     if not path.is_file():
         raise RelationError(f"train.data '{path}': not found (run relation prepare first)")
     rows = parse_rows(path, need_target=True)
+    check_images(((getattr(r, k), f"row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
     import datasets
 
     datasets.disable_progress_bars()
@@ -66,6 +70,7 @@ class AnalogyDataset(Dataset):
     """Rows -> tensors. ``memo=True`` keeps every decoded image in memory (small datasets, many epochs)."""
 
     def __init__(self, rows: list[Row], resolution: int, multiple: int, max_pixels: int, feature_extractor, memo=False):
+        """``feature_extractor=None``: no exemplars (VAE pre-training needs only the images)."""
         self.rows, self.resolution, self.multiple, self.max_pixels = rows, resolution, multiple, max_pixels
         self.feature_extractor = feature_extractor
         self._sizes: list[tuple[int, int]] | None = None
@@ -115,7 +120,9 @@ class AnalogyDataset(Dataset):
         where = f"row {r.index + 1} "
         source = self.image(r.source, where + "source", size)
         target = self.image(r.target, where + "target", size)
-        pair = torch.stack([self.exemplar(r.cond1, where + "cond1"), self.exemplar(r.cond2, where + "cond2")])
+        pair = torch.empty(0)
+        if self.feature_extractor is not None:
+            pair = torch.stack([self.exemplar(r.cond1, where + "cond1"), self.exemplar(r.cond2, where + "cond2")])
         return Item(i, (epoch, position), source, target, pair, r.text)
 
 

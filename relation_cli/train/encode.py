@@ -31,21 +31,35 @@ class DiskCache:
         self.folder = folder
         self.hits = self.misses = 0
 
-    def get_or_make(self, kind: str, key: bytes, make) -> dict[str, torch.Tensor]:
-        if self.folder is None:
-            return make()
+    def _path(self, kind: str, key: bytes) -> Path:
         digest = hashlib.sha256(key).hexdigest()
-        path = self.folder / kind / digest[:2] / f"{digest}.safetensors"
+        return self.folder / kind / digest[:2] / f"{digest}.safetensors"
+
+    def get(self, kind: str, key: bytes) -> dict[str, torch.Tensor] | None:
+        if self.folder is None:
+            return None
+        path = self._path(kind, key)
         if path.is_file():
             try:
+                value = load_file(path)
                 self.hits += 1
-                return load_file(path)
+                return value
             except Exception:  # a torn or foreign file: recompute and overwrite it
-                self.hits -= 1
+                pass
+        return None
+
+    def put(self, kind: str, key: bytes, value: dict[str, torch.Tensor]) -> None:
         self.misses += 1
-        value = make()
-        with atomic_file(path) as tmp:
+        if self.folder is None:
+            return
+        with atomic_file(self._path(kind, key)) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in value.items()}, tmp)
+
+    def get_or_make(self, kind: str, key: bytes, make) -> dict[str, torch.Tensor]:
+        value = self.get(kind, key)
+        if value is None:
+            value = make()
+            self.put(kind, key, value)
         return value
 
 
@@ -57,17 +71,20 @@ class FrozenEncoders:
 
     @torch.no_grad()
     def latent_moments(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> VAE posterior parameters ``(B, 2c, h, w)`` (mean and log-variance)."""
-        out = []
-        for image in pixels:
-            key = self.ids["vae"].encode() + str(tuple(image.shape)).encode() + image.numpy().tobytes()
+        """``(B, 3, H, W)`` -> VAE posterior parameters ``(B, 2c, h, w)`` (mean and log-variance).
 
-            def make(image=image):
-                x = image[None].to(self.device, self.pipe.vae.dtype)
-                return {"moments": self.pipe.vae.encode(x).latent_dist.parameters[0].float()}
-
-            out.append(self.cache.get_or_make("vae", key, make)["moments"].to(self.device))
-        return torch.stack(out)
+        Cache misses of a batch are encoded together, in one VAE call.
+        """
+        keys = [self.ids["vae"].encode() + str(tuple(x.shape)).encode() + x.numpy().tobytes() for x in pixels]
+        found = [self.cache.get("vae", k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            x = pixels[missing].to(self.device, self.pipe.vae.dtype)
+            moments = self.pipe.vae.encode(x).latent_dist.parameters.float()
+            for i, m in zip(missing, moments):
+                found[i] = {"moments": m}
+                self.cache.put("vae", keys[i], found[i])
+        return torch.stack([f["moments"].to(self.device) for f in found])
 
     def sample_latents(self, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Posterior sample with ``generator`` (CPU), scaled and shifted as FLUX expects, packed to tokens."""

@@ -69,6 +69,9 @@ def loop(run: Run) -> None:
             progress.update(task, advance=1, loss=value, lr=lr, speed=f"{rate:.2f} it/s")
             if run.step % t.log_every == 0 or run.step == t.steps:
                 acc.log({"train/loss": value, "train/lr": lr}, step=run.step)
+                if acc.is_main_process and not console.is_terminal:  # logs of nohup / CI / cluster jobs
+                    eta = (t.steps - run.step) / max(rate, 1e-9)
+                    console.print(f"step {run.step}/{t.steps} loss {value:.4f} lr {lr:.2e} {rate:.2f} it/s eta {eta / 60:.1f} min")
             if run.step % t.checkpoint_every == 0 and run.step < t.steps:
                 save_checkpoint(run)
                 last_saved = run.step
@@ -138,6 +141,8 @@ def export(run: Run) -> Path:
                     layers = get_peft_model_state_dict(model.transformer, adapter_name=LORA_NAME)
                     FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=layers)
             elif cfg.train.mode in ("full", "vae"):
+                if cfg.train.mode == "vae":
+                    set_latent_statistics(run)
                 save_base(run, out / "base")
             if cfg.train.train_image_encoder:
                 with atomic_dir(out / "image_encoder", replace=True) as tmp:
@@ -146,6 +151,24 @@ def export(run: Run) -> Path:
         save_config(cfg, out / "config.yaml")
     acc.wait_for_everyone()
     return out
+
+
+@torch.no_grad()
+def set_latent_statistics(run: Run, images: int = 512) -> None:
+    """Set the VAE's ``shift_factor`` / ``scaling_factor`` so that its latents of the training images have
+    mean 0 and standard deviation 1, as FLUX's own VAE config does for its data: the flow then
+    starts from noise of the same scale as the latents it has to reach."""
+    vae, dataset = run.pipe.vae, run.dataset
+    step = max(1, len(dataset) // images)
+    means = []
+    for i in range(0, len(dataset), step)[:images]:
+        item = dataset[(i, 0, 0)]
+        x = torch.stack([item.source, item.target]).to(vae.device, vae.dtype)
+        means.append(vae.encode(x).latent_dist.mean.float().flatten())
+    z = torch.cat(means)
+    shift, scale = z.mean().item(), 1.0 / max(z.std().item(), 1e-6)
+    vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
+    console.print(f"VAE latent statistics: shift_factor {shift:.4f}, scaling_factor {scale:.4f}")
 
 
 def save_base(run: Run, path: Path) -> None:

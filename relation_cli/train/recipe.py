@@ -16,6 +16,7 @@ import torch
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
 from ..flux_private import latent_ids
+from ..fs import check_writable
 from ..progress import console
 from . import checkpoint as ckpt
 from .data import AnalogyDataset, BatchPlan, load_rows
@@ -153,11 +154,11 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     from diffusers.training_utils import cast_training_params
 
     t = cfg.train
+    out = check_output_dir(Path(t.output_dir), resume)
+    rows = load_rows(t.data, cfg.data.max_image_pixels)  # every image decoded: before anything is loaded or written
     accelerator = build_accelerator(cfg)
     check_distribution(accelerator)
-    out = Path(t.output_dir)
     dtype = weight_dtype(accelerator)
-    rows = load_rows(t.data)
     pipe, sources = build_components(cfg, dtype)
     transformer = pipe.transformer
     if t.gradient_checkpointing:
@@ -185,8 +186,9 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
         ema = EMAModel(params, decay=t.ema_decay)
 
     multiple = pipe.vae_scale_factor * 2
+    extractor = None if t.mode == "vae" else pipe.feature_extractor
     dataset = AnalogyDataset(
-        rows, cfg.data.resolution, multiple, cfg.data.max_image_pixels, pipe.feature_extractor, t.cache_images_in_memory
+        rows, cfg.data.resolution, multiple, cfg.data.max_image_pixels, extractor, t.cache_images_in_memory
     )
     plan = BatchPlan(dataset.sizes(), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes)
     cache = DiskCache(Path(t.cache_dir or out / "cache") if t.cache_encodings else None)
@@ -207,6 +209,19 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     if resume:
         load_checkpoint(run, ckpt.require_resumable(out / "checkpoints", warn=_warn))
     return run
+
+
+def check_output_dir(out: Path, resume: bool) -> Path:
+    """``train.output_dir`` can be written, and a new run never lands on an earlier run's checkpoints."""
+    if out.exists() and not out.is_dir():
+        raise RelationError(f"train.output_dir '{out}': exists and is not a folder")
+    check_writable(out, "train.output_dir")
+    if not resume and ckpt.checkpoints(out / "checkpoints"):
+        raise RelationError(
+            f"train.output_dir '{out}': holds checkpoints of an earlier run; pass --resume to continue it, "
+            "or choose another train.output_dir"
+        )
+    return out
 
 
 def make_optimizer(cfg: RelationConfig, params):
@@ -279,7 +294,8 @@ def loss_on(run: Run, batch: dict) -> torch.Tensor:
     b = len(batch["index"])
     x0 = enc.sample_latents(enc.latent_moments(batch["target"]), gen)  # (B, N, 4c)
     query = enc.sample_latents(enc.latent_moments(batch["source"]), gen)
-    prompt_embeds, pooled, text_ids = enc.text(batch["text"], cfg.infer.max_sequence_length)
+    texts = batch["text"] if cfg.train.use_text else [""] * b
+    prompt_embeds, pooled, text_ids = enc.text(texts, cfg.infer.max_sequence_length)
     noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
     sigma = sample_sigmas(cfg, b, gen).to(device)
     keep = (torch.rand(b, generator=gen) >= cfg.train.exemplar_dropout).to(device)

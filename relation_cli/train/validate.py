@@ -24,7 +24,10 @@ def grid(rows: list[list[np.ndarray]], cell: int = 128) -> Image.Image:
     for y, row in enumerate(rows):
         for x, arr in enumerate(row):
             im = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
-            im.thumbnail((cell, cell), Image.NEAREST if max(im.size) < cell else Image.LANCZOS)
+            if max(im.size) * 2 <= cell:  # small images: integer upscaling, pixels stay visible
+                k = cell // max(im.size)
+                im = im.resize((im.width * k, im.height * k), Image.NEAREST)
+            im.thumbnail((cell, cell), Image.LANCZOS)
             canvas.paste(im, (x * cell + (cell - im.width) // 2, y * cell + (cell - im.height) // 2))
     return canvas
 
@@ -39,7 +42,8 @@ def run_validation(pipe, cfg, rows, out_dir: Path, step: int) -> dict[str, float
     """Render A | A' | B | output | target for each row; return the probe metrics."""
     cfg = cfg.model_copy(deep=True)
     cfg.infer.steps = cfg.train.validation_steps
-    inputs = [open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text) for r in rows]
+    # the prompt the model was trained with: the row's text, or none at all
+    inputs = [open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text if cfg.train.use_text else "") for r in rows]
     grid_rows, mse = [], []
     for r, x in zip(rows, inputs):
         out = edit(pipe, x, cfg)
