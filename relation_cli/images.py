@@ -129,6 +129,17 @@ def pad_exemplar(image: Image.Image, long_side: int = 512) -> Image.Image:
     return canvas.resize((round(tw * scale), round(th * scale)), Image.BILINEAR)
 
 
+def fit_for_display(image: Image.Image, side: int) -> Image.Image:
+    """``image`` fitted into ``side`` x ``side`` for a grid: a small one is enlarged by a whole factor with
+    nearest-neighbour (every pixel the model made stays a visible square), a large one shrunk (Lanczos)."""
+    if max(image.size) * 2 <= side:
+        k = side // max(image.size)
+        image = image.resize((image.width * k, image.height * k), Image.NEAREST)
+    if max(image.size) > side:
+        image = ImageOps.contain(image, (side, side), Image.LANCZOS)
+    return image
+
+
 def output_size(width: int, height: int, multiple: int = 16) -> tuple[int, int]:
     """The query's size floored to a multiple of ``multiple`` (twice the VAE scale factor)."""
     return width - width % multiple, height - height % multiple

@@ -88,3 +88,14 @@ def test_save_output_formats(tmp_path, suffix):
     else:
         assert Image.open(path).size == (32, 16)
     assert [p.name for p in tmp_path.iterdir()] == [f"o{suffix}"]  # no temporary file left behind
+
+
+def test_fit_for_display_keeps_small_pixels_square_and_shrinks_large_ones():
+    from relation_cli.images import fit_for_display
+
+    small = Image.fromarray(np.arange(32 * 16 * 3, dtype=np.uint8).reshape(16, 32, 3))
+    big = fit_for_display(small, 156)
+    assert big.size == (128, 64)  # enlarged 4x, the largest whole factor that fits
+    assert np.array_equal(np.asarray(big)[::4, ::4], np.asarray(small))  # every pixel a 4x4 square
+    assert fit_for_display(Image.new("RGB", (300, 600)), 156).size == (78, 156)
+    assert fit_for_display(Image.new("RGB", (100, 50)), 156).size == (100, 50)  # fits, not 2x: kept

@@ -14,10 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from ..fs import atomic_file, write_text_atomic
-from ..images import open_image
+from ..images import fit_for_display, open_image
 from .metrics import LOWER_IS_BETTER, METRICS, aggregate
 from .plan import METHOD_LABELS, MODEL
 
@@ -122,10 +122,7 @@ def thumbnail(path: Path | None) -> Image.Image:
     """The image fitted into a CELL x CELL white box; a grey box where there is no image."""
     box = Image.new("RGB", (CELL, CELL), (255, 255, 255) if path else (225, 225, 225))
     if path is not None:  # scaled up or down to the box, less a 2-pixel margin that separates the cells
-        image = open_image(path, "grid image", 10**9, min_side=1)
-        # small images are enlarged with whole pixels (what the model made, not a smoothed version of it)
-        resample = Image.NEAREST if max(image.size) < CELL - 4 else Image.LANCZOS
-        image = ImageOps.contain(image, (CELL - 4, CELL - 4), resample)
+        image = fit_for_display(open_image(path, "grid image", 10**9, min_side=1), CELL - 4)
         box.paste(image, ((CELL - image.width) // 2, (CELL - image.height) // 2))
     return box
 
@@ -138,10 +135,10 @@ def grid_columns(methods: list[str]) -> list[str]:
 def grid_indices(samples: list[dict], grid_rows: int) -> list[int]:
     """Up to ``grid_rows`` row indices of one split, spread over its tasks: the first row of every
     task (in order of appearance), then the second of every task, and so on."""
+    task_of = {s["index"]: s["task"] or "" for s in samples}  # every method's sample of a row has its task
     by_task: dict[str, list[int]] = {}
-    for index in sorted({s["index"] for s in samples}):
-        task = next(s["task"] for s in samples if s["index"] == index)
-        by_task.setdefault(task or "", []).append(index)
+    for index in sorted(task_of):
+        by_task.setdefault(task_of[index], []).append(index)
     rounds = max((len(v) for v in by_task.values()), default=0)
     spread = [rows[i] for i in range(rounds) for rows in by_task.values() if i < len(rows)]
     return spread[:grid_rows]

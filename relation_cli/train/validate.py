@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..images import fit_for_display
 from ..infer import EditInputs, edit, open_edit_inputs
 from ..progress import console
 
@@ -23,11 +24,7 @@ def grid(rows: list[list[np.ndarray]], cell: int = 128) -> Image.Image:
     canvas = Image.new("RGB", (cols * cell, len(rows) * cell), (255, 255, 255))
     for y, row in enumerate(rows):
         for x, arr in enumerate(row):
-            im = Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
-            if max(im.size) * 2 <= cell:  # small images: integer upscaling, pixels stay visible
-                k = cell // max(im.size)
-                im = im.resize((im.width * k, im.height * k), Image.NEAREST)
-            im.thumbnail((cell, cell), Image.LANCZOS)
+            im = fit_for_display(Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), cell)
             canvas.paste(im, (x * cell + (cell - im.width) // 2, y * cell + (cell - im.height) // 2))
     return canvas
 
