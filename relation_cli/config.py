@@ -188,7 +188,7 @@ class TrainSection(Section):
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K complete checkpoints.")
     validate_every: int = Field(0, ge=0, description="Validation grids + adapter probe every N steps (0 = only at the end).")
-    validation_samples: int = Field(4, ge=0, description="Held-out rows rendered at each validation (0 = none).")
+    validation_samples: int = Field(4, ge=0, description="Held-out rows rendered at each validation, one per task first (0 = none).")
     validation_steps: int = Field(8, ge=1, description="Denoising steps of validation samples.")
     log_every: int = Field(10, ge=1, description="Log loss/lr to tensorboard every N steps.")
     cache_encodings: bool = Field(

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 from .errors import RelationError, first_line
 from .fs import real_dir, resolve_inside
+
+T = TypeVar("T")
 
 IMAGE_FIELDS = ("cond1", "cond2", "source", "target")
 FIELDS = (*IMAGE_FIELDS, "text", "task")
@@ -105,6 +107,16 @@ def parse_rows(path: str | Path, need_target: bool = False) -> list[Row]:
     if not rows:
         raise RelationError(f"'{path}': no rows")
     return rows
+
+
+def spread_by_task(items: Iterable[T], task_of: Callable[[T], str]) -> list[T]:
+    """``items`` in rounds over their tasks: the first item of every task (tasks in order of first
+    appearance), then the second of every task, and so on; a prefix of it shows as many tasks as it can."""
+    by_task: dict[str, list[T]] = {}
+    for item in items:
+        by_task.setdefault(task_of(item), []).append(item)
+    rounds = max((len(v) for v in by_task.values()), default=0)
+    return [group[i] for i in range(rounds) for group in by_task.values() if i < len(group)]
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

@@ -310,3 +310,19 @@ def test_the_demo_recipe_runs_on_a_tiny_model(tiny_model, data, tmp_path, monkey
     assert {p.name for p in out.iterdir()} >= {"base", "image_encoder", "adapter", "config.yaml", "checkpoints"}
     assert json.loads((out / "adapter" / "config.json").read_text())["role_embeddings"] is True
     assert prompts and all(p == "" or p == [""] * len(p) for p in prompts)  # rows have text; it is left out
+
+
+def test_validation_rows_show_one_of_each_task_first(tmp_path):
+    """test_seen.jsonl is sorted by task: the first rows alone would validate on one relation only."""
+    from relation_cli.train.recipe import validation_rows
+
+    for name in ("a.png", "b.png", "q.png", "t.png"):
+        random_image(tmp_path / name, (16, 16))
+    tasks = ["blur"] * 5 + ["mirror"] * 3 + ["invert"] * 2
+    (tmp_path / "test_seen.jsonl").write_text("".join(
+        json.dumps({"cond1": "a.png", "cond2": "b.png", "source": "q.png", "target": "t.png", "task": t}) + "\n"
+        for t in tasks))  # fmt: skip
+    cfg = load_config(None, [f"train.data={tmp_path / 'train.jsonl'}", "train.validation_samples=4"])
+    assert [(r.index, r.task) for r in validation_rows(cfg)] == [(0, "blur"), (5, "mirror"), (8, "invert"), (1, "blur")]
+    cfg = load_config(None, [f"train.data={tmp_path / 'train.jsonl'}", "train.validation_samples=0"])
+    assert validation_rows(cfg) == []

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..fs import atomic_file, write_text_atomic
 from ..images import fit_for_display, open_image
+from ..rows import spread_by_task
 from .metrics import LOWER_IS_BETTER, METRICS, aggregate
 from .plan import METHOD_LABELS, MODEL
 
@@ -133,15 +134,9 @@ def grid_columns(methods: list[str]) -> list[str]:
 
 
 def grid_indices(samples: list[dict], grid_rows: int) -> list[int]:
-    """Up to ``grid_rows`` row indices of one split, spread over its tasks: the first row of every
-    task (in order of appearance), then the second of every task, and so on."""
+    """Up to ``grid_rows`` row indices of one split, spread over its tasks (:func:`spread_by_task`)."""
     task_of = {s["index"]: s["task"] or "" for s in samples}  # every method's sample of a row has its task
-    by_task: dict[str, list[int]] = {}
-    for index in sorted(task_of):
-        by_task.setdefault(task_of[index], []).append(index)
-    rounds = max((len(v) for v in by_task.values()), default=0)
-    spread = [rows[i] for i in range(rounds) for rows in by_task.values() if i < len(rows)]
-    return spread[:grid_rows]
+    return spread_by_task(sorted(task_of), task_of.__getitem__)[:grid_rows]
 
 
 def grid_images(samples: list[dict], root: Path, methods: list[str], grid_rows: int) -> list[list[Image.Image]]:

@@ -237,7 +237,8 @@ def make_optimizer(cfg: RelationConfig, params):
 
 
 def validation_rows(cfg: RelationConfig) -> list:
-    from ..rows import parse_rows
+    """The first ``validation_samples`` held-out rows, spread over their tasks (one of each task first)."""
+    from ..rows import parse_rows, spread_by_task
 
     t = cfg.train
     if t.validation_samples == 0:
@@ -247,7 +248,7 @@ def validation_rows(cfg: RelationConfig) -> list:
         if t.validation_data:
             raise RelationError(f"train.validation_data '{path}': not found")
         return []
-    return parse_rows(path, need_target=True)[: max(t.validation_samples, 2)]
+    return spread_by_task(parse_rows(path, need_target=True), lambda r: r.task)[: max(t.validation_samples, 2)]
 
 
 def _flat_config(cfg: RelationConfig) -> dict:
