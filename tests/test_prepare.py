@@ -296,3 +296,21 @@ def test_relation_infer_batch_reads_prepared_rows(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["000000.png", "000001.png"]
     assert sorted(seen) == [((32, 32), (32, 32), "Invert all the colours."),
                             ((32, 32), (32, 32), "Mirror the image from left to right.")]  # fmt: skip
+
+
+def test_synthetic_swap_colours_is_decided_by_what_the_image_shows(tmp_path):
+    """The new background is the colour of the shape covering most pixels (clearly the largest), so the
+    target follows from the before image alone; the shapes take the old background's colour."""
+    from relation_cli.prepare.synthetic import BACKGROUNDS, CLEAR_LARGEST, SHAPE_COLOURS
+
+    raw = make_synthetic(tmp_path / "raw", pairs_per_task=12, seed=1, size=32, tasks=["swap_colours"])
+    for path in sorted((raw / "swap_colours" / "Group1").glob("*.png")):
+        pair = np.asarray(Image.open(path).convert("RGB"))
+        before, after = pair[:, :32].reshape(-1, 3), pair[:, 32:].reshape(-1, 3)
+        colours, counts = np.unique(before, axis=0, return_counts=True)
+        present = {tuple(int(v) for v in c): int(n) for c, n in zip(colours, counts)}
+        (bg,) = [c for c in present if c in BACKGROUNDS.values()]
+        shapes = sorted(((n, c) for c, n in present.items() if c in SHAPE_COLOURS.values()), reverse=True)
+        assert shapes and (len(shapes) == 1 or shapes[0][0] >= CLEAR_LARGEST * shapes[1][0]), path.name
+        was_bg = np.all(before == bg, axis=1)
+        assert np.all(after[was_bg] == shapes[0][1]) and np.all(after[~was_bg] == bg), path.name

@@ -136,10 +136,22 @@ def _frame(scene: Scene, im: Image.Image, size: int) -> Image.Image:
     return out
 
 
+# swap_colours: the largest shape must cover at least this many times the area of the next one.
+CLEAR_LARGEST = 1.5
+
+
 def _swap(scene: Scene, im: Image.Image, size: int) -> Image.Image:
-    first = scene.rgb(scene.shapes[0].colour)
+    """The background takes the colour of the shape covering most pixels, every shape the background's.
+
+    Which colour the background takes must be visible in the image: scenes without a clearly largest
+    shape are returned unedited, so that :func:`make_pair` draws another scene.
+    """
+    pixels = np.asarray(im).reshape(-1, 3)
+    area = sorted(((int(np.all(pixels == scene.rgb(s.colour), axis=1).sum()), s.colour) for s in scene.shapes), reverse=True)
+    if len(area) > 1 and area[0][0] < CLEAR_LARGEST * area[1][0]:
+        return im
     swapped = tuple((s.colour, scene.bg()) for s in scene.shapes)
-    return render(replace(scene, colours=swapped, background_rgb=first), size)
+    return render(replace(scene, colours=swapped, background_rgb=scene.rgb(area[0][1])), size)
 
 
 def _recolour(scene: Scene, im: Image.Image, size: int) -> Image.Image:
@@ -162,8 +174,9 @@ TASKS: dict[str, Relation] = {
     "grayscale": Relation("Turn the image black and white.", "in black and white",
                           lambda s, im, n: ImageOps.grayscale(im).convert("RGB")),
     "recolour": Relation(f"Paint every shape {RECOLOUR[0]}.", f"with every shape painted {RECOLOUR[0]}", _recolour),
-    "swap_colours": Relation("Swap the colours of the background and the shapes.",
-                             "with the background and shape colours swapped", _swap),
+    "swap_colours": Relation("Paint the background in the largest shape's colour and the shapes in the background's.",
+                             "with the background in the largest shape's colour and the shapes in the background's",
+                             _swap),
     "frame": Relation("Add a white frame around the image.", "inside a white frame", _frame),
     "blur": Relation("Blur the image.", "blurred", lambda s, im, n: im.filter(ImageFilter.GaussianBlur(n / 16))),
     "shift": Relation("Move everything right by a quarter of the width.", "moved right by a quarter", _shift),
