@@ -121,6 +121,9 @@ def infer(
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance embedding (infer.guidance; default 3.5, 1.0 for the demo model).")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Adapter strength, 0 = off (adapter.scale, default 1).")] = None,
+    width: Annotated[Optional[int], typer.Option(min=8, help="Working width in pixels (infer.width). Default: the "
+                     "query's, shrunk to infer.max_area; alone, the height keeps the query's aspect ratio.")] = None,
+    height: Annotated[Optional[int], typer.Option(min=8, help="Working height in pixels (infer.height); see --width.")] = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
@@ -146,6 +149,7 @@ def infer(
         flags = {
             "infer.prompt": prompt, "infer.seed": seed, "infer.steps": steps, "infer.guidance": guidance,
             "adapter.scale": scale, "model.memory": memory, "infer.overwrite": True if overwrite else None,
+            "infer.width": width, "infer.height": height,
             **model_flags(model, image_encoder, adapter, lora, device),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)

@@ -141,6 +141,20 @@ class InferSection(Section):
     seed: int = Field(1000, ge=0, description="Seed of the one CPU generator that draws all randomness.")
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 prompt length in tokens.")
     overwrite: bool = Field(False, description="Replace output files that already exist.")
+    width: int | None = Field(
+        None, ge=8, description="Working width in pixels (--width). Empty: from the query and max_area. "
+        "Alone, the height follows the query's aspect ratio. Floored to 2x the VAE factor (16 for FLUX)."
+    )
+    height: int | None = Field(None, ge=8, description="Working height in pixels (--height); see width.")
+    max_area: int | None = Field(
+        1024 * 1024, ge=64,
+        description="A query over this many pixels is shrunk to about this area, aspect ratio kept (FLUX works "
+        "at about 1 megapixel, as FluxKontextPipeline). Smaller queries keep their size. Empty: no cap.",
+    )  # fmt: skip
+    output_size: Literal["working", "query"] = Field(
+        "working", description="Size of the result: working (the size the model worked at) or query (resized "
+        "back to the query's own size)."
+    )
 
 
 class TrainSection(Section):

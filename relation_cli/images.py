@@ -140,9 +140,50 @@ def fit_for_display(image: Image.Image, side: int) -> Image.Image:
     return image
 
 
-def output_size(width: int, height: int, multiple: int = 16) -> tuple[int, int]:
-    """The query's size floored to a multiple of ``multiple`` (twice the VAE scale factor)."""
-    return width - width % multiple, height - height % multiple
+def working_size(
+    width: int,
+    height: int,
+    multiple: int,
+    max_area: int | None = None,
+    target_width: int | None = None,
+    target_height: int | None = None,
+) -> tuple[int, int]:
+    """The ``(width, height)`` in pixels the model works at for a query of ``width x height``.
+
+    The one place the output-size rule lives (every caller passes ``multiple = 2 * vae_scale_factor``,
+    diffusers' Flux packing rule: 16 for FLUX, 8 for the demo model):
+
+    - an explicit ``target_width`` and/or ``target_height`` (``--width/--height``) wins; a missing side
+      follows the query's aspect ratio;
+    - else a query over ``max_area`` pixels is scaled to about ``max_area``, aspect ratio kept (the size
+      rule of diffusers' ``FluxKontextPipeline``: ``round(sqrt(max_area * aspect))``);
+    - else the query's own size (small queries are never enlarged).
+
+    Both sides are then floored to a multiple of ``multiple`` (at least ``multiple``).
+    """
+    w, h = float(width), float(height)
+    if target_width or target_height:
+        w = target_width or target_height * width / height
+        h = target_height or target_width * height / width
+    elif max_area is not None and width * height > max_area:
+        w, h = (max_area * width / height) ** 0.5, (max_area * height / width) ** 0.5
+    return max(multiple, round(w) // multiple * multiple), max(multiple, round(h) // multiple * multiple)
+
+
+def resize_result(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float32 ``HxWx3`` result in [0, 1] resized to ``size`` = ``(width, height)``: bicubic with
+    antialiasing, in float (no 8-bit rounding), clipped to [0, 1]; returned as is when already that size.
+
+    Pixel layout conversions are diffusers' ``VaeImageProcessor.numpy_to_pt`` / ``pt_to_numpy``.
+    """
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    pt = VaeImageProcessor.numpy_to_pt(array[None])  # (1, 3, H, W)
+    pt = torch.nn.functional.interpolate(pt, size=(size[1], size[0]), mode="bicubic", antialias=True)
+    return VaeImageProcessor.pt_to_numpy(pt.clamp(0, 1))[0].astype(np.float32)
 
 
 def check_output_path(path: str | Path, overwrite: bool) -> Path:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .config import RelationConfig, save_config
+from .config import DEMO, InferSection, RelationConfig, save_config
 from .errors import RelationError
 from .fs import check_writable
-from .images import check_output_path, open_image, output_size, save_output
+from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import parse_rows
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -36,6 +36,55 @@ def open_edit_inputs(cfg: RelationConfig, exemplars: tuple[Path, Path], query: P
     return EditInputs(a, b, q, prompt)
 
 
+@dataclass(frozen=True)
+class EditSizes:
+    """``(width, height)`` in pixels of the query as given, of the image the model works at, and of the
+    result; ``multiple`` is the model's size step (``2 * vae_scale_factor``)."""
+
+    query: tuple[int, int]
+    working: tuple[int, int]
+    output: tuple[int, int]
+    multiple: int
+
+    def note(self, infer: InferSection) -> str | None:
+        """The line that says the query was resized, from and to what; None when it keeps its size."""
+        if self.working == self.query:
+            return None
+        q, w = (f"{a}x{b}" for a, b in (self.query, self.working))
+        back = f"; the result goes back to {q} (infer.output_size: query)" if self.output == self.query else ""
+        return f"query resized from {q} to {w} ({self._reason(infer)}){back}"
+
+    def _reason(self, infer: InferSection) -> str:
+        if infer.width or infer.height:
+            return f"--width {infer.width or 'auto'} --height {infer.height or 'auto'}"
+        if infer.max_area is not None and self.query[0] * self.query[1] > infer.max_area:
+            return f"infer.max_area {infer.max_area:,} pixels, aspect ratio kept"
+        return f"sides floored to a multiple of {self.multiple}"
+
+
+def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int) -> EditSizes:
+    """Sizes of one edit: the working size from :func:`~relation_cli.images.working_size` with the infer
+    settings and ``multiple`` (``2 * pipe.vae_scale_factor``), the result's from ``infer.output_size``."""
+    working = working_size(*query_size, multiple, infer.max_area, infer.width, infer.height)
+    return EditSizes(query_size, working, query_size if infer.output_size == "query" else working, multiple)
+
+
+DEMO_NOTE = (
+    "note: the embedded demo model was trained on 32x32 synthetic scenes of flat shapes, not on photos; "
+    "for photos use FLUX weights: --config configs/flux-dev-released.yaml (FLUX.1-dev with the released "
+    "RelationAdapter), or --model/--adapter/--lora for your own"
+)
+
+
+def announce(cfg: RelationConfig, sizes: EditSizes | None = None, where: str = "") -> None:
+    """Print the demo note (``model.base: demo``, no ``sizes``) or the query's resize line on stderr."""
+    from .progress import console
+
+    line = DEMO_NOTE if sizes is None else sizes.note(cfg.infer)
+    if line and (sizes is not None or cfg.model.base == DEMO):
+        console.print(f"{where}{line}", markup=False, highlight=False)
+
+
 class PromptCache:
     """Text encodings by prompt: a batch of rows sharing an instruction encodes it once."""
 
@@ -55,10 +104,12 @@ class PromptCache:
 
 
 def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: PromptCache | None = None) -> np.ndarray:
-    """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at the query's size floored to 16."""
+    """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at ``edit_sizes(...).output`` (the working
+    size, or the query's own with ``infer.output_size: query``)."""
     import torch
 
-    width, height = output_size(*inputs.query.size, multiple=pipe.vae_scale_factor * 2)
+    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.vae_scale_factor * 2)
+    width, height = sizes.working
     callback = None
     if on_step is not None:
         def callback(_pipe, _i, _t, _kwargs):
@@ -83,7 +134,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
             output_type="np",
             callback_on_step_end=callback,
         )
-    return result.images[0].astype(np.float32)
+    return resize_result(result.images[0].astype(np.float32), sizes.output)
 
 
 def default_output(query: Path) -> Path:
@@ -107,7 +158,9 @@ def infer_single(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path,
 
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
+    announce(cfg)
     pipe = load_pipeline(cfg)
+    announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.vae_scale_factor * 2))
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
@@ -143,10 +196,13 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
     if todo:
+        announce(cfg)
         pipe = load_pipeline(cfg)
         prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
         with progress_bar("rows", len(todo)) as advance:
             for r in todo:
-                save_output(edit(pipe, row_inputs(r), cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
+                inputs = row_inputs(r)
+                announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.vae_scale_factor * 2), f"row {r.index + 1}: ")
+                save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
                 advance()
     return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)

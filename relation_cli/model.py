@@ -123,6 +123,20 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     return pipe
 
 
+def size_multiple(cfg: RelationConfig) -> int:
+    """The size step of ``cfg``'s base model, ``2 * vae_scale_factor`` (16 for FLUX, 8 for the demo), read
+    from its VAE's ``config.json`` without loading weights: what ``pipe.vae_scale_factor * 2`` is once
+    loaded (FluxPipeline: ``vae_scale_factor = 2 ** (len(block_out_channels) - 1)``)."""
+    from diffusers import AutoencoderKL
+
+    base = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).base
+    try:
+        vae = AutoencoderKL.load_config(base, subfolder="vae", local_files_only=cfg.model.local_files_only)
+    except (OSError, ValueError) as e:
+        raise RelationError(f"model.base '{base}': cannot read the VAE's config ({first_line(e)})") from None
+    return 2 ** len(vae["block_out_channels"])
+
+
 def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False):
     """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path."""
     from transformers import AutoImageProcessor, SiglipVisionModel

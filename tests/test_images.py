@@ -8,7 +8,7 @@ from helpers import random_image, truncated_copy
 from PIL import Image
 
 from relation_cli.errors import RelationError
-from relation_cli.images import open_image, output_size, pad_exemplar, save_output
+from relation_cli.images import open_image, pad_exemplar, save_output, working_size
 
 LIMIT = 10_000_000
 
@@ -75,8 +75,9 @@ def test_exemplar_padding_is_white_and_centred():
     assert (out[0] == 255).all() and (out[-1] == 255).all() and (out[28] == 0).all()
 
 
-def test_output_size_floors_to_sixteen():
-    assert output_size(72, 56) == (64, 48) and output_size(512, 512) == (512, 512)
+def test_working_size_floors_to_the_multiple():
+    assert working_size(72, 56, 16) == (64, 48) and working_size(512, 512, 16) == (512, 512)
+    assert working_size(36, 20, 8) == (32, 16) and working_size(5, 30, 8) == (8, 24)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".npy"])

@@ -19,12 +19,11 @@ from PIL import Image
 from ..config import RelationConfig
 from ..errors import RelationError
 from ..fs import write_text_atomic
-from ..images import open_image, output_size, save_output
-from ..infer import EditInputs, PromptCache, edit, open_edit_inputs
+from ..images import open_image, resize_result, save_output
+from ..infer import EditInputs, EditSizes, PromptCache, edit, edit_sizes, open_edit_inputs
 from .plan import Job
 
 SETTINGS_FILE = "generation.json"
-QUERY_MULTIPLE = 16  # FLUX's output sides are multiples of 2 x the VAE scale factor (SPEC 2.2)
 
 
 def generation_settings(cfg: RelationConfig) -> dict:
@@ -41,6 +40,7 @@ def generation_settings(cfg: RelationConfig) -> dict:
         "infer.guidance": cfg.infer.guidance,
         "infer.seed": cfg.infer.seed,
         "infer.max_sequence_length": cfg.infer.max_sequence_length,
+        "infer.size": [cfg.infer.width, cfg.infer.height, cfg.infer.max_area, cfg.infer.output_size],
         "eval.seed": cfg.eval.seed,
         "eval.use_text": cfg.eval.use_text,
     }
@@ -75,21 +75,22 @@ def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
     return open_edit_inputs(cfg, pair, job.row.source, prompt, f"{job.split} row {job.row.index + 1} ")
 
 
-def copy_query(query: Image.Image) -> np.ndarray:
-    """The copy-query baseline: B itself, resized (Lanczos, like the pipeline's query) to the output size."""
-    size = output_size(*query.size, multiple=QUERY_MULTIPLE)
-    if size != query.size:
-        query = query.resize(size, Image.LANCZOS)
-    return np.asarray(query, dtype=np.float32) / 255.0
+def copy_query(query: Image.Image, sizes: EditSizes) -> np.ndarray:
+    """The copy-query baseline: B itself through the sizes a model's output goes through (to the working size
+    with Lanczos, like the pipeline's query, then to the output size like a result)."""
+    if sizes.working != query.size:
+        query = query.resize(sizes.working, Image.LANCZOS)
+    return resize_result(np.asarray(query, dtype=np.float32) / 255.0, sizes.output)
 
 
 @torch.inference_mode()
-def reconstruct(pipe, target: Image.Image, query_size: tuple[int, int]) -> np.ndarray:
-    """The vae_reconstruction baseline: the target at the output's size, VAE-encoded (mean) and decoded."""
-    width, height = output_size(*query_size, multiple=pipe.vae_scale_factor * 2)
+def reconstruct(pipe, target: Image.Image, sizes: EditSizes) -> np.ndarray:
+    """The vae_reconstruction baseline: the target at the working size, VAE-encoded (mean) and decoded, at the
+    output size."""
+    width, height = sizes.working
     x = pipe.image_processor.preprocess(target, height=height, width=width).to(pipe.vae.device, pipe.vae.dtype)
     decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode(), return_dict=False)[0]
-    return pipe.image_processor.postprocess(decoded, output_type="np")[0].astype(np.float32)
+    return resize_result(pipe.image_processor.postprocess(decoded, output_type="np")[0].astype(np.float32), sizes.output)
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,20 @@ def generate(cfg: RelationConfig, jobs: list[Job], state) -> Generated:
 
 
 def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
-    from ..model import load_pipeline
+    from ..model import load_pipeline, size_multiple
     from ..progress import progress_bar
 
     off = cfg.model_copy(deep=True)
     off.adapter.scale = 0.0  # the pipeline skips the exemplar branch entirely at scale 0
     pipe = prompts = None
+    multiple = size_multiple(cfg) if jobs else 0
     bar = progress_bar("generating", len(jobs)) if state.is_main_process and jobs else nullcontext(lambda n=1: None)
     with bar as advance:
         for job in jobs:
             inputs = job_inputs(cfg, job)
+            sizes = edit_sizes(cfg.infer, inputs.query.size, multiple)
             if job.method == "copy_query":
-                image = copy_query(inputs.query)
+                image = copy_query(inputs.query, sizes)
             else:
                 if pipe is None:
                     # One device per process under accelerate; the configured one otherwise.
@@ -129,7 +132,7 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
                     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
                 if job.method == "vae_reconstruction":
                     target = open_image(job.row.target, f"{job.split} row {job.row.index + 1} target", cfg.data.max_image_pixels)
-                    image = reconstruct(pipe, target, inputs.query.size)
+                    image = reconstruct(pipe, target, sizes)
                 else:
                     image = edit(pipe, inputs, off if job.method == "adapter_off" else cfg, prompts=prompts)
             save_output(image, job.output)
