@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
 from relation_cli.adapter import RelationAdapter
+from relation_cli.flux_private import pack_latents
 from relation_cli.tiny import ArchSpec, build_components, build_pipeline
 
 SPEC = ArchSpec(num_tokens=4)
@@ -158,3 +162,68 @@ def test_role_embeddings_tell_before_from_after(tmp_path):
         adapter.save_pretrained(tmp_path / "ad")
         again = RelationAdapter.from_pretrained(tmp_path / "ad")
         assert again.config.role_embeddings and torch.equal(again.encode(a, b), ab)
+
+
+# ------------------------------------------------------------------------- diffusers' pipeline conventions
+
+
+@torch.no_grad()
+def test_check_inputs_refuses_bad_combinations_before_any_work():
+    pipe = build_pipeline(SPEC, seed=2)
+    a, b, q = _images()
+    embeds, pooled, _ = pipe.encode_prompt(prompt=["x"], prompt_2=None, max_sequence_length=16)
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    bad = [
+        (dict(prompt="x", prompt_embeds=embeds, pooled_prompt_embeds=pooled), "Cannot forward both `prompt`"),
+        (dict(prompt_embeds=embeds), "`pooled_prompt_embeds` also have to be passed"),
+        (dict(prompt_embeds=torch.cat([embeds, embeds]), pooled_prompt_embeds=torch.cat([pooled, pooled])), "batch size 2"),
+        (dict(callback_on_step_end_tensor_inputs=["noise_pred"]), "callback_on_step_end_tensor_inputs"),
+        (dict(max_sequence_length=600), "512"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(exemplars=(a,)), "exemplar pair"),
+        (dict(latents=torch.zeros(1, 5, 64)), "`latents` has 5 tokens"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            pipe(**{"image": q, "exemplars": (a, b), **kwargs})
+    with pytest.raises(ValueError, match="PIL image"):
+        pipe(image=np.zeros((8, 8, 3)), exemplars=(a, b))
+    hook.remove()
+    assert calls == []
+
+
+@torch.no_grad()
+def test_interrupt_skips_the_remaining_steps():
+    pipe = build_pipeline(SPEC, seed=2)
+    pipe.set_progress_bar_config(disable=True)
+    a, b, q = _images()
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def stop_after_two(p, i, t, kwargs):
+        p._interrupt = i == 1
+        return {}
+
+    pipe(image=q, exemplars=(a, b), num_inference_steps=5, callback_on_step_end=stop_after_two, output_type="latent")
+    hook.remove()
+    assert len(calls) == 2 and pipe.interrupt
+
+
+@torch.no_grad()
+def test_given_latents_replace_the_drawn_noise():
+    """``latents`` is the noise the generator would draw after sampling the query latents (SPEC 2.2.7)."""
+    pipe = build_pipeline(SPEC, seed=2)
+    pipe.set_progress_bar_config(disable=True)
+    a, b, q = _images()
+    generator = torch.Generator().manual_seed(0)
+    pipe.encode_query(pipe.image_processor.preprocess(q, height=48, width=64), generator)  # the query first ...
+    f = pipe.vae_scale_factor * 2
+    noise = torch.randn((1, pipe.transformer.config.in_channels // 4, 2 * (48 // f), 2 * (64 // f)), generator=generator)
+
+    def run(**kw):
+        return pipe(image=q, exemplars=(a, b), num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **kw).images[0]  # fmt: skip
+
+    given = run(latents=pack_latents(noise))  # ... then the noise
+    assert np.abs(given - run()).max() < 1e-6

@@ -1,0 +1,107 @@
+"""The working size (SPEC 6): one rule for the size the model works at, the line that says so, and the
+result's size (``infer.output_size``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tiny_overrides
+from helpers import random_image
+from PIL import Image
+
+from relation_cli.cli import main
+from relation_cli.config import InferSection, load_config
+from relation_cli.images import resize_result, working_size
+from relation_cli.infer import edit_sizes
+
+SIZES = [(4000, 3000), (3000, 4000), (6000, 2000), (1500, 1000), (1025, 1025), (600, 400), (8000, 1500)]
+
+
+@pytest.mark.parametrize("multiple, max_area", [(16, 1024 * 1024), (8, 32 * 32), (16, 512 * 512)])
+@pytest.mark.parametrize("size", SIZES)
+def test_large_queries_shrink_to_max_area_with_their_aspect(size, multiple, max_area):
+    w, h = working_size(*size, multiple, max_area)
+    if size[0] * size[1] <= max_area:  # 600x400 under 1 MP keeps its size
+        assert (w, h) == (size[0] // multiple * multiple, size[1] // multiple * multiple)
+        return
+    assert w % multiple == 0 and h % multiple == 0
+    assert w * h <= max_area and w <= size[0] and h <= size[1]
+    # Aspect ratio kept up to the flooring of each side to the multiple (at most one multiple per side).
+    assert abs(w / h - size[0] / size[1]) <= size[0] / size[1] * (multiple / w + multiple / h)
+    # About max_area: each side is at most one multiple short of the exact aspect-kept size.
+    exact_w = (max_area * size[0] / size[1]) ** 0.5
+    assert w > exact_w - multiple - 1
+
+
+def test_twelve_megapixels_at_flux_size():
+    assert working_size(4000, 3000, 16, 1024 * 1024) == (1168, 880)  # Kontext's rule: round(sqrt(area * aspect))
+
+
+@pytest.mark.parametrize("size", [(72, 56), (512, 512), (1024, 1024), (1000, 700), (32, 32)])
+def test_small_queries_keep_their_size(size):
+    """The reference cases are small: the cap changes nothing for them, only the floor to the multiple does."""
+    floored = (size[0] // 16 * 16, size[1] // 16 * 16)
+    assert working_size(*size, 16, 1024 * 1024) == working_size(*size, 16, None) == floored
+
+
+def test_explicit_width_and_height():
+    assert working_size(600, 400, 16, 1024, 512, 256) == (512, 256)  # both given: exactly, max_area ignored
+    assert working_size(600, 400, 8, 1024, 300) == (296, 200)  # one given: the other keeps the aspect ratio
+    assert working_size(600, 400, 8, None, None, 100) == (144, 96)
+    assert working_size(600, 400, 16, None, 20, 20) == (16, 16)  # floored to the multiple
+
+
+def test_resize_line_says_from_and_to_what():
+    cap = InferSection(max_area=1024, output_size="query")
+    assert edit_sizes(cap, (600, 400), 8).note(cap) == (
+        "query resized from 600x400 to 32x24 (infer.max_area 1,024 pixels, aspect ratio kept); "
+        "the result goes back to 600x400 (infer.output_size: query)"
+    )
+    plain = InferSection()
+    assert edit_sizes(plain, (64, 48), 16).note(plain) is None
+    assert edit_sizes(plain, (72, 56), 16).note(plain) == "query resized from 72x56 to 64x48 (sides floored to a multiple of 16)"
+    explicit = InferSection(width=32)
+    sizes = edit_sizes(explicit, (64, 48), 16)
+    assert (sizes.working, sizes.output) == ((32, 16), (32, 16))
+    assert sizes.note(explicit) == "query resized from 64x48 to 32x16 (--width 32 --height auto)"
+
+
+def test_resize_result_keeps_float_values():
+    arr = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)
+    assert resize_result(arr, (32, 24)) is arr
+    big = resize_result(arr, (600, 400))
+    assert big.shape == (400, 600, 3) and big.dtype == np.float32 and 0 <= big.min() and big.max() <= 1
+    assert abs(float(big.mean()) - float(arr.mean())) < 0.01
+
+
+def test_demo_defaults_cap_at_its_training_size():
+    cfg = load_config()
+    assert (cfg.infer.max_area, cfg.infer.output_size) == (32 * 32, "query")
+    assert load_config(overrides=["model.base=x/y"]).infer.max_area == 1024 * 1024
+
+
+def test_width_height_flags(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr("relation_cli.infer.infer_single", lambda cfg, *a: seen.setdefault("cfg", cfg) and tmp_path)
+    assert main(["infer", "--exemplar", "a.png", "b.png", "--query", "q.png", "--width", "64", "--height", "48"]) == 0
+    assert (seen["cfg"].infer.width, seen["cfg"].infer.height) == (64, 48)
+
+
+@pytest.fixture()
+def photo_inputs(tmp_path):
+    return [random_image(tmp_path / f"{n}.png", size, seed=i) for i, (n, size) in enumerate(
+        [("a", (48, 32)), ("b", (48, 32)), ("q", (300, 200))])]  # fmt: skip
+
+
+@pytest.mark.parametrize("output_size, expected", [("working", (64, 48)), ("query", (300, 200))])
+def test_cli_resizes_a_large_query_and_says_so(tiny_model, photo_inputs, tmp_path, capsys, output_size, expected):
+    out = tmp_path / f"{output_size}.png"
+    sets = [x for o in tiny_overrides(tiny_model) for x in ("--set", o)]
+    args = ["infer", "--exemplar", *map(str, photo_inputs[:2]), "--query", str(photo_inputs[2]), "-o", str(out),
+            "--steps", "1", "--set", "infer.max_area=4000", "--set", f"infer.output_size={output_size}", *sets]  # fmt: skip
+    assert main(args) == 0
+    assert Image.open(out).size == expected
+    err = capsys.readouterr().err
+    assert "query resized from 300x200 to 64x48 (infer.max_area 4,000 pixels, aspect ratio kept)" in err
+    assert ("goes back to 300x200" in err) == (output_size == "query")
+    assert "embedded demo model" not in err  # the demo note is for model.base: demo only
