@@ -64,7 +64,7 @@ class EditSizes:
 
 def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int) -> EditSizes:
     """Sizes of one edit: the working size from :func:`~relation_cli.images.working_size` with the infer
-    settings and ``multiple`` (``2 * pipe.vae_scale_factor``), the result's from ``infer.output_size``."""
+    settings and ``multiple`` (``pipe.size_multiple``, or ``model.size_multiple(cfg)`` before loading), the result's from ``infer.output_size``."""
     working = working_size(*query_size, multiple, infer.max_area, infer.width, infer.height)
     return EditSizes(query_size, working, query_size if infer.output_size == "query" else working, multiple)
 
@@ -108,7 +108,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     size, or the query's own with ``infer.output_size: query``)."""
     import torch
 
-    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.vae_scale_factor * 2)
+    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple)
     width, height = sizes.working
     callback = None
     if on_step is not None:
@@ -160,7 +160,7 @@ def infer_single(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path,
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
     announce(cfg)
     pipe = load_pipeline(cfg)
-    announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.vae_scale_factor * 2))
+    announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple))
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
@@ -202,7 +202,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
         with progress_bar("rows", len(todo)) as advance:
             for r in todo:
                 inputs = row_inputs(r)
-                announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.vae_scale_factor * 2), f"row {r.index + 1}: ")
+                announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple), f"row {r.index + 1}: ")
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
                 advance()
     return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)

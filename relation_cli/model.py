@@ -125,8 +125,9 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
 
 def size_multiple(cfg: RelationConfig) -> int:
     """The size step of ``cfg``'s base model, ``2 * vae_scale_factor`` (16 for FLUX, 8 for the demo), read
-    from its VAE's ``config.json`` without loading weights: what ``pipe.vae_scale_factor * 2`` is once
-    loaded (FluxPipeline: ``vae_scale_factor = 2 ** (len(block_out_channels) - 1)``)."""
+    from its VAE's ``config.json`` without loading weights: what ``RelationPipeline.size_multiple`` is once
+    loaded (FluxPipeline: ``vae_scale_factor = 2 ** (len(block_out_channels) - 1)``). Raises
+    ``RelationError`` when that config cannot be read."""
     from diffusers import AutoencoderKL
 
     base = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).base

@@ -24,7 +24,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .adapter import RelationAdapter
 from .flux_private import latent_ids, pack_latents, unpack_latents
-from .images import pad_exemplar, working_size
+from .images import pad_exemplar
+from .images import working_size as size_rule
 
 Pair = tuple[PIL.Image.Image, PIL.Image.Image]
 logger = logging.get_logger(__name__)
@@ -67,14 +68,20 @@ class RelationPipeline(FluxPipeline):
         adapter.install(self.transformer)
         self.register_modules(relation_adapter=adapter)
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: ``2 * vae_scale_factor`` (16 for FLUX, 8 for the demo
+        model), since FLUX packs 2x2 latent patches; also the factor of ``self.image_processor``."""
+        return self.vae_scale_factor * 2
+
     # ------------------------------------------------------------------------------------------ stages
 
     def working_size(self, image: PIL.Image.Image, height: int | None, width: int | None,
                      max_area: int | None) -> tuple[int, int]:  # fmt: skip
         """``(height, width)`` the model works at for the query ``image``: :func:`~relation_cli.images.working_size`
-        with this model's multiple (``2 * vae_scale_factor``, the multiple of ``self.image_processor``)."""
-        multiple = self.vae_scale_factor * 2
-        w, h = working_size(*image.size, multiple, max_area, width, height)
+        with :attr:`size_multiple`; a warning when an explicit ``height``/``width`` had to be floored."""
+        multiple = self.size_multiple
+        w, h = size_rule(*image.size, multiple, max_area, width, height)
         if (height is not None and height != h) or (width is not None and width != w):
             logger.warning(f"`height` and `width` must be multiples of {multiple}: using {h} and {w}")
         return h, w
@@ -99,7 +106,8 @@ class RelationPipeline(FluxPipeline):
 
         FluxPipeline's own checks (``prompt`` together with ``prompt_embeds``, ``prompt_embeds`` without
         ``pooled_prompt_embeds``, callback tensor names, ``max_sequence_length`` over 512), then the
-        batch sizes of every per-image input, the step count and the exemplar branch.
+        batch sizes of every per-image input, the step count and the exemplar branch. ``image`` is the
+        list :meth:`query_images` checked and returned.
         """
         super().check_inputs(
             prompt, None, height, width, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
@@ -114,7 +122,7 @@ class RelationPipeline(FluxPipeline):
         for name, tensor in (("prompt_embeds", prompt_embeds), ("latents", latents), ("relation_tokens", relation_tokens)):
             if tensor is not None and tensor.shape[0] != batch:
                 raise ValueError(f"`{name}` has batch size {tensor.shape[0]} for {batch} query images")
-        n = (height // (self.vae_scale_factor * 2)) * (width // (self.vae_scale_factor * 2))
+        n = (height // self.size_multiple) * (width // self.size_multiple)
         if latents is not None and latents.shape[1] != n:
             raise ValueError(f"`latents` has {latents.shape[1]} tokens; a {width}x{height} image has {n}")
         self.check_exemplars(batch, exemplars, relation_scale, relation_tokens)
@@ -172,7 +180,7 @@ class RelationPipeline(FluxPipeline):
 
         RelationAdapter clones them: the query's ids equal the target's, first axis 0 (SPEC 2.2.2).
         """
-        ids = latent_ids(height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2), device, dtype)
+        ids = latent_ids(height // self.size_multiple, width // self.size_multiple, device, dtype)
         return ids, ids.clone()
 
     def prepare_latents(
@@ -197,7 +205,7 @@ class RelationPipeline(FluxPipeline):
         """
         image_latents = self.encode_query(image.to(device), generator)
         if latents is None:
-            f = self.vae_scale_factor * 2
+            f = self.size_multiple
             shape = (batch_size, num_channels_latents, 2 * (height // f), 2 * (width // f))
             latents = pack_latents(randn_tensor(shape, generator=generator, device=device, dtype=dtype))
         latent_ids, image_ids = self.prepare_image_ids(height, width, device, dtype)

@@ -218,7 +218,7 @@ def test_given_latents_replace_the_drawn_noise():
     a, b, q = _images()
     generator = torch.Generator().manual_seed(0)
     pipe.encode_query(pipe.image_processor.preprocess(q, height=48, width=64), generator)  # the query first ...
-    f = pipe.vae_scale_factor * 2
+    f = pipe.size_multiple
     noise = torch.randn((1, pipe.transformer.config.in_channels // 4, 2 * (48 // f), 2 * (64 // f)), generator=generator)
 
     def run(**kw):

@@ -90,3 +90,14 @@ def test_cli_matches_reference(reference, case, tmp_path, scale, expected):
     assert np.abs(np.load(out) - np.load(reference / expected)).max() <= TOLERANCE
     saved = (tmp_path / "x.npy.yaml").read_text()
     assert "steps: 4" in saved and f"{reference / 'ip_adapter.bin'}" in saved
+
+
+def test_the_default_working_size_leaves_the_reference_query_as_it_is(pipe, reference, case):
+    """``infer.max_area`` (about 1 MP) does not touch the small reference query: the size the model works at
+    is the authors' output size, with and without the cap."""
+    from relation_cli.infer import edit_sizes
+
+    cfg = load_config(overrides=reference_overrides(reference))
+    for infer in (cfg.infer, cfg.infer.model_copy(update={"max_area": None})):
+        sizes = edit_sizes(infer, tuple(case["query_size_wh"]), pipe.size_multiple)
+        assert sizes.working == sizes.output == (case["output_width"], case["output_height"])

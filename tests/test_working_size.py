@@ -105,3 +105,13 @@ def test_cli_resizes_a_large_query_and_says_so(tiny_model, photo_inputs, tmp_pat
     assert "query resized from 300x200 to 64x48 (infer.max_area 4,000 pixels, aspect ratio kept)" in err
     assert ("goes back to 300x200" in err) == (output_size == "query")
     assert "embedded demo model" not in err  # the demo note is for model.base: demo only
+
+
+def test_size_multiple_is_read_without_loading_a_model(tiny_model):
+    """eval's copy-query baseline needs the size step before (or without) loading a model: 8 for the demo
+    model (a 3-level VAE), 16 for FLUX-like VAEs (4 levels), as the loaded pipeline has it."""
+    from relation_cli.model import size_multiple
+    from relation_cli.tiny import build_pipeline
+
+    assert size_multiple(load_config()) == 8
+    assert size_multiple(load_config(overrides=tiny_overrides(tiny_model))) == build_pipeline().size_multiple == 16
