@@ -64,25 +64,25 @@ class EditSizes:
 
 def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int) -> EditSizes:
     """Sizes of one edit: the working size from :func:`~relation_cli.images.working_size` with the infer
-    settings and ``multiple`` (``pipe.size_multiple``, or ``model.size_multiple(cfg)`` before loading), the result's from ``infer.output_size``."""
+    settings and ``multiple`` (``pipe.size_multiple``; ``model.size_multiple(cfg)`` before loading), the
+    result's from ``infer.output_size``."""
     working = working_size(*query_size, multiple, infer.max_area, infer.width, infer.height)
     return EditSizes(query_size, working, query_size if infer.output_size == "query" else working, multiple)
 
 
 DEMO_NOTE = (
-    "note: the embedded demo model was trained on 32x32 synthetic scenes of flat shapes, not on photos; "
-    "for photos use FLUX weights: --config configs/flux-dev-released.yaml (FLUX.1-dev with the released "
-    "RelationAdapter), or --model/--adapter/--lora for your own"
+    "note: the embedded demo model was trained on 32x32 synthetic scenes of flat shapes, not on photos. For "
+    "photos use FLUX weights: --model black-forest-labs/FLUX.1-dev --adapter ip_adapter-100000.bin --lora "
+    "pytorch_lora_weights.safetensors (the released RelationAdapter; README: With the released weights)"
 )
 
 
-def announce(cfg: RelationConfig, sizes: EditSizes | None = None, where: str = "") -> None:
-    """Print the demo note (``model.base: demo``, no ``sizes``) or the query's resize line on stderr."""
+def print_note(line: str | None) -> None:
+    """One line on stderr beside the progress bar; nothing for None."""
     from .progress import console
 
-    line = DEMO_NOTE if sizes is None else sizes.note(cfg.infer)
-    if line and (sizes is not None or cfg.model.base == DEMO):
-        console.print(f"{where}{line}", markup=False, highlight=False)
+    if line:
+        console.print(line, markup=False, highlight=False)
 
 
 class PromptCache:
@@ -158,9 +158,9 @@ def infer_single(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path,
 
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
-    announce(cfg)
+    print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
     pipe = load_pipeline(cfg)
-    announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple))
+    print_note(edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer))
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
@@ -196,13 +196,14 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
     if todo:
-        announce(cfg)
+        print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
         pipe = load_pipeline(cfg)
         prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
         with progress_bar("rows", len(todo)) as advance:
             for r in todo:
                 inputs = row_inputs(r)
-                announce(cfg, edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple), f"row {r.index + 1}: ")
+                note = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer)
+                print_note(note and f"row {r.index + 1}: {note}")
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
                 advance()
     return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)

@@ -3,6 +3,8 @@ result's size (``infer.output_size``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import tiny_overrides
@@ -115,3 +117,18 @@ def test_size_multiple_is_read_without_loading_a_model(tiny_model):
 
     assert size_multiple(load_config()) == 8
     assert size_multiple(load_config(overrides=tiny_overrides(tiny_model))) == build_pipeline().size_multiple == 16
+
+
+def test_demo_on_a_photo_says_what_it_is_and_keeps_the_photo_size(tmp_path, capsys):
+    """The embedded model on a 600x400 photo: the note about what it was trained on, the resize line, and a
+    result at the photo's size."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    query = random_image(tmp_path / "photo.jpg", (600, 400))
+    out = tmp_path / "edited.png"
+    args = ["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
+            "--query", str(query), "-o", str(out), "--steps", "1"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "embedded demo model was trained on 32x32 synthetic scenes" in err and "FLUX.1-dev" in err
+    assert "query resized from 600x400 to 32x24 (infer.max_area 1,024 pixels" in err
+    assert Image.open(out).size == (600, 400)
