@@ -76,11 +76,13 @@ def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
 
 
 def copy_query(query: Image.Image, sizes: EditSizes) -> np.ndarray:
-    """The copy-query baseline: B itself through the sizes a model's output goes through (to the working size
-    with Lanczos, like the pipeline's query, then to the output size like a result)."""
-    if sizes.working != query.size:
-        query = query.resize(sizes.working, Image.LANCZOS)
-    return resize_result(np.asarray(query, dtype=np.float32) / 255.0, sizes.output)
+    """The copy-query baseline: B itself through the sizes a result goes through: to the working size as the
+    pipeline resizes its query (``VaeImageProcessor.resize``: Lanczos), then to the output size like a result."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(vae_scale_factor=sizes.multiple)
+    query = processor.resize(query, height=sizes.working[1], width=sizes.working[0])
+    return resize_result(processor.pil_to_numpy(query)[0], sizes.output)
 
 
 @torch.inference_mode()
