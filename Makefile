@@ -18,7 +18,7 @@ help:
 	@echo "make demo      run relation infer on the bundled example images with the embedded model"
 	@echo "make test      run the whole test suite"
 	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 1 h)"
-	@echo "make benchmarks  CPU inference speed and step-cache quality (prints figures, writes benchmarks/results/)"
+	@echo "make benchmarks  CPU inference speed, step-cache quality, the demo on photos (prints figures, writes benchmarks/results/)"
 	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
 
 $(BIN)/relation: pyproject.toml
@@ -61,6 +61,7 @@ benchmarks: install
 	$(BIN)/python benchmarks/infer_speed.py --target cpu-demo --out benchmarks/results/infer_cpu_demo.json
 	$(BIN)/python benchmarks/infer_speed.py --target cpu-mid --out benchmarks/results/infer_cpu_mid.json
 	$(BIN)/python benchmarks/cache_quality.py --rows 40 --steps 24 --out benchmarks/results/cache_quality.json
+	$(BIN)/python benchmarks/demo_photo.py --out benchmarks/results/demo_photo.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build

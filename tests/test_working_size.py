@@ -12,7 +12,7 @@ from helpers import random_image
 from PIL import Image
 
 from relation_cli.cli import main
-from relation_cli.config import InferSection, load_config
+from relation_cli.config import DEMO_DEFAULTS, InferSection, load_config
 from relation_cli.images import resize_result, working_size
 from relation_cli.infer import edit_sizes
 
@@ -80,6 +80,9 @@ def test_demo_defaults_cap_at_its_training_size():
     cfg = load_config()
     assert (cfg.infer.max_area, cfg.infer.output_size) == (32 * 32, "query")
     assert load_config(overrides=["model.base=x/y"]).infer.max_area == 1024 * 1024
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "configs" / "demo-defaults.yaml").read_bytes() == DEMO_DEFAULTS.read_bytes()  # the installed copy
+    assert load_config(root / "configs" / "demo.yaml") == cfg  # "the defaults, written out"
 
 
 def test_width_height_flags(monkeypatch, tmp_path):
