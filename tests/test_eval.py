@@ -227,6 +227,7 @@ def test_accelerate_launch_splits_generation(tiny_model, tmp_path):
 
 def test_vae_reconstruction_baseline_is_the_target_through_the_vae(tiny_model, tmp_path):
     from relation_cli.evaluate.generate import reconstruct
+    from relation_cli.infer import edit_sizes
     from relation_cli.model import load_pipeline
 
     data = write_test_file(tmp_path / "data", rows=2)
@@ -236,9 +237,11 @@ def test_vae_reconstruction_baseline_is_the_target_through_the_vae(tiny_model, t
     assert main(["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1", *sets(*overrides)]) == 0
     results = json.loads((out / "metrics.json").read_text())
     assert {s["method"] for s in results["samples"]} == {"relation", "vae_reconstruction"}
-    pipe = load_pipeline(load_config(None, list(tiny_overrides(tiny_model))))
+    cfg = load_config(None, list(tiny_overrides(tiny_model)))
+    pipe = load_pipeline(cfg)
     row = json.loads((data).read_text().splitlines()[0])
     target = Image.open(data.parent / row["target"]).convert("RGB")
     query = Image.open(data.parent / row["source"]).convert("RGB")
-    expected = (np.clip(reconstruct(pipe, target, query.size), 0, 1) * 255).round().astype(np.uint8)
+    sizes = edit_sizes(cfg.infer, query.size, pipe.size_multiple)
+    expected = (np.clip(reconstruct(pipe, target, sizes), 0, 1) * 255).round().astype(np.uint8)
     assert np.array_equal(np.asarray(Image.open(out / "seen" / "vae_reconstruction" / "000000.png")), expected)
