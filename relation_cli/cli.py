@@ -335,7 +335,7 @@ def evaluate(
     output_dir: Annotated[
         Optional[Path], typer.Option(help="Outputs, metrics.json, per_task.csv, report.html (eval.output_dir).")
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N rows of each file (eval.limit).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only N rows of each file, spread over its tasks (eval.limit).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,

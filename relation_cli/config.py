@@ -218,7 +218,10 @@ class EvalSection(Section):
     )
     output_dir: str = Field("runs/eval", description="Where generated images, metrics and the report go.")
     use_text: bool = Field(True, description="Give each row's instruction as the prompt; false leaves it empty.")
-    limit: int | None = Field(None, ge=1, description="Generate and score only the first N rows of each file.")
+    limit: int | None = Field(
+        None, ge=1, description="Generate and score only N rows of each file, spread over its tasks (the first row "
+        "of every task, then the second, ...); the rows chosen are listed in metrics.json."
+    )
     baselines: list[Literal["copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction"]] = Field(
         default_factory=lambda: list(EVAL_BASELINES[:3]),
         description="Baselines scored beside the model: copy_query (output = B), adapter_off (adapter.scale=0), "
