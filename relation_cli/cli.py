@@ -342,6 +342,13 @@ def evaluate(
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
     device: DeviceOpt = None,
+    recompute: Annotated[
+        Optional[Path], typer.Option(metavar="METRICS_JSON", help="Instead of evaluating: recompute the numbers "
+                                     "of a finished eval from the files it names; exit 1 if any differs.")
+    ] = None,
+    no_encoders: Annotated[
+        bool, typer.Option("--no-encoders", help="With --recompute: pixel metrics only (no CLIP-I, DINO).")
+    ] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -352,10 +359,21 @@ def evaluate(
     Resumable: outputs already there are reused.
 
     accelerate launch -m relation_cli eval ... shares the generation between processes (no GPU: --multi_gpu).
+
+    relation eval --recompute runs/eval/metrics.json [--no-encoders]
     """
     from .progress import quiet_libraries
 
     with user_errors():
+        if recompute is not None or no_encoders:
+            if recompute is None:
+                raise RelationError("--no-encoders goes with --recompute METRICS_JSON")
+            quiet_libraries()
+            from .evaluate.recompute import verify
+
+            for line in verify(recompute, encoders=not no_encoders):
+                typer.echo(line)
+            return
         flags = {
             "eval.inputs": [str(p) for p in input_files] if input_files else None,
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
