@@ -325,6 +325,27 @@ def train(
         typer.echo(f"wrote {out}")
 
 
+RecomputeOpt = Annotated[
+    Optional[Path], typer.Option(metavar="METRICS_JSON", help="Instead of evaluating: recompute the numbers of a "
+                                 "finished eval from the files it names; exit 1 if any differs.")
+]  # fmt: skip
+NoEncodersOpt = Annotated[
+    bool, typer.Option("--no-encoders", help="With --recompute: pixel metrics only (no CLIP-I, DINO).")
+]
+
+
+def recompute_metrics(metrics: Path | None, no_encoders: bool) -> None:
+    """``eval --recompute``: print the largest difference per metric; RelationError if any differs."""
+    if metrics is None:
+        raise RelationError("--no-encoders goes with --recompute METRICS_JSON")
+    from .evaluate.recompute import verify
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    for line in verify(metrics, encoders=not no_encoders):
+        typer.echo(line)
+
+
 @app.command(name="eval", epilog=CONFIG_EPILOG)
 def evaluate(
     input_files: Annotated[
@@ -342,13 +363,8 @@ def evaluate(
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
     device: DeviceOpt = None,
-    recompute: Annotated[
-        Optional[Path], typer.Option(metavar="METRICS_JSON", help="Instead of evaluating: recompute the numbers "
-                                     "of a finished eval from the files it names; exit 1 if any differs.")
-    ] = None,
-    no_encoders: Annotated[
-        bool, typer.Option("--no-encoders", help="With --recompute: pixel metrics only (no CLIP-I, DINO).")
-    ] = False,
+    recompute: RecomputeOpt = None,
+    no_encoders: NoEncodersOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -366,14 +382,7 @@ def evaluate(
 
     with user_errors():
         if recompute is not None or no_encoders:
-            if recompute is None:
-                raise RelationError("--no-encoders goes with --recompute METRICS_JSON")
-            quiet_libraries()
-            from .evaluate.recompute import verify
-
-            for line in verify(recompute, encoders=not no_encoders):
-                typer.echo(line)
-            return
+            return recompute_metrics(recompute, no_encoders)
         flags = {
             "eval.inputs": [str(p) for p in input_files] if input_files else None,
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
