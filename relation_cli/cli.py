@@ -329,6 +329,27 @@ def train(
         typer.echo(f"wrote {out}")
 
 
+RecomputeOpt = Annotated[
+    Optional[Path], typer.Option(metavar="METRICS_JSON", help="Instead of evaluating: recompute the numbers of a "
+                                 "finished eval from the files it names; exit 1 if any differs.")
+]  # fmt: skip
+NoEncodersOpt = Annotated[
+    bool, typer.Option("--no-encoders", help="With --recompute: pixel metrics only (no CLIP-I, DINO).")
+]
+
+
+def recompute_metrics(metrics: Path | None, no_encoders: bool) -> None:
+    """``eval --recompute``: print the largest difference per metric; RelationError if any differs."""
+    if metrics is None:
+        raise RelationError("--no-encoders goes with --recompute METRICS_JSON")
+    from .evaluate.recompute import verify
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    for line in verify(metrics, encoders=not no_encoders):
+        typer.echo(line)
+
+
 @app.command(name="eval", epilog=CONFIG_EPILOG)
 def evaluate(
     input_files: Annotated[
@@ -339,13 +360,15 @@ def evaluate(
     output_dir: Annotated[
         Optional[Path], typer.Option(help="Outputs, metrics.json, per_task.csv, report.html (eval.output_dir).")
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N rows of each file (eval.limit).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only N rows of each file, spread over its tasks (eval.limit).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
     device: DeviceOpt = None,
+    recompute: RecomputeOpt = None,
+    no_encoders: NoEncodersOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -356,10 +379,14 @@ def evaluate(
     Resumable: outputs already there are reused.
 
     accelerate launch -m relation_cli eval ... shares the generation between processes (no GPU: --multi_gpu).
+
+    relation eval --recompute runs/eval/metrics.json [--no-encoders]
     """
     from .progress import quiet_libraries
 
     with user_errors():
+        if recompute is not None or no_encoders:
+            return recompute_metrics(recompute, no_encoders)
         flags = {
             "eval.inputs": [str(p) for p in input_files] if input_files else None,
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,

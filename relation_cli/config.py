@@ -120,6 +120,10 @@ class DataSection(Section):
     # relation prepare
     per_task_cap: int = Field(2000, ge=1, description="prepare: most analogy samples per task, all splits together.")
     test_per_task: int = Field(30, ge=0, description="prepare: test_seen samples per seen task (each a distinct query pair).")
+    max_test_fraction: float = Field(
+        0.5, gt=0, le=1, description="prepare: most of a seen task's pairs that become test queries (0.5: a task "
+        "never keeps fewer training pairs than test queries); a small task gets fewer than test_per_task, noted."
+    )
     unseen_tasks: int = Field(0, ge=0, description="prepare: whole tasks held out for test_unseen (named ones first).")
     unseen_task_names: list[str] = Field(default_factory=list, description="prepare: tasks to hold out by name.")
     seed: int = Field(0, ge=0, description="prepare: seed of pair order, test and unseen choice, synthetic scenes.")
@@ -228,7 +232,10 @@ class EvalSection(Section):
     )
     output_dir: str = Field("runs/eval", description="Where generated images, metrics and the report go.")
     use_text: bool = Field(True, description="Give each row's instruction as the prompt; false leaves it empty.")
-    limit: int | None = Field(None, ge=1, description="Generate and score only the first N rows of each file.")
+    limit: int | None = Field(
+        None, ge=1, description="Generate and score only N rows of each file, spread over its tasks (the first row "
+        "of every task, then the second, ...); the rows chosen are listed in metrics.json."
+    )
     baselines: list[Literal["copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction"]] = Field(
         default_factory=lambda: list(EVAL_BASELINES[:3]),
         description="Baselines scored beside the model: copy_query (output = B), adapter_off (adapter.scale=0), "

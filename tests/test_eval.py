@@ -113,6 +113,91 @@ def test_numbers_recompute_from_the_saved_files(run):
     assert diffs["clip_i"] <= 1e-6 and diffs["dino"] <= 1e-6
 
 
+def test_metrics_and_report_name_the_model_evaluated(run, tiny_model):
+    from rich.console import Console
+
+    from relation_cli.evaluate.provenance import sha256_file
+    from relation_cli.evaluate.report import summary_table
+
+    results = json.loads((run["out"] / "metrics.json").read_text())
+    model = results["model"]
+    adapter_file = tiny_model / "adapter" / "diffusion_pytorch_model.safetensors"
+    assert model["adapter"]["path"] == str((tiny_model / "adapter").resolve())
+    assert model["adapter"]["sha256"] == sha256_file(adapter_file)[:12]  # one weight file: its own sha256
+    assert model["adapter"]["files"] == {"diffusion_pytorch_model.safetensors": sha256_file(adapter_file)[:12]}
+    assert model["base"]["path"] == str((tiny_model / "base").resolve()) and len(model["base"]["files"]) >= 4
+    assert model["lora"] is None and model["adapter_scale"] == 1.0
+    line = f"adapter: {(tiny_model / 'adapter').resolve()} (sha256 {model['adapter']['sha256']})"
+    assert line in (run["out"] / "report.html").read_text()
+    console = Console(record=True, width=400)
+    console.print(summary_table(results))
+    text = console.export_text()
+    assert "model evaluated:" in text and line in text and "lora: none" in text
+    assert results["splits"] == [{"name": "seen", "input": str(run["data"]), "rows": 3, "rows_in_file": 3,
+                                  "limit": None, "indices": [0, 1, 2]}]  # fmt: skip
+
+
+def test_the_demo_model_is_named_by_its_real_folders():
+    from relation_cli.evaluate.provenance import describe_model, model_lines
+    from relation_cli.model import demo_dir
+
+    model = describe_model(load_config(None, []))
+    assert model["base"]["path"] == str((demo_dir() / "base").resolve())
+    assert model["adapter"]["path"] == str((demo_dir() / "adapter").resolve())
+    assert all(len(h) == 12 for h in model["base"]["files"].values())
+    assert model_lines(model)[0] == f"base: {(demo_dir() / 'base').resolve()} (sha256 {model['base']['sha256']})"
+    hub = describe_model(load_config(None, ["model.base=black-forest-labs/FLUX.1-dev", "adapter.scale=0"]))
+    assert model_lines(hub) == ["base: black-forest-labs/FLUX.1-dev (hub id)",
+                                "image_encoder: google/siglip-so400m-patch14-384 (hub id)", "adapter: none, scale 0",
+                                "lora: none"]  # fmt: skip
+    gone = model_lines(describe_model(load_config(None, ["model.base=/no/such/flux"])))  # every output reused
+    assert gone[0] == "base: /no/such/flux (as configured; not found now)" and "do not resolve now" in gone[-1]
+
+
+def test_recompute_is_an_option_of_eval(run, tmp_path, capsys):
+    metrics = run["out"] / "metrics.json"
+    assert main(["eval", "--recompute", str(metrics), "--no-encoders"]) == 0
+    out = capsys.readouterr().out
+    assert "mse: largest difference 0" in out and "clip_i" not in out and "recomputed within 1e-06" in out
+    copy = tmp_path / run["out"].name  # beside a copy of the data: the paths in metrics.json are relative
+    shutil.copytree(run["out"], copy)
+    shutil.copytree(run["data"].parent, tmp_path / run["data"].parent.name)
+    results = json.loads((copy / "metrics.json").read_text())
+    results["samples"][0]["mse"] += 0.01
+    (copy / "metrics.json").write_text(json.dumps(results))
+    assert main(["eval", "--recompute", str(copy / "metrics.json"), "--no-encoders"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recomputed numbers differ (mse by 0.01" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "file not found"),
+        ("{not json", "malformed JSON"),
+        ("[1, 2]", "not a metrics.json of relation eval (no samples, aggregate, encoders, batch_size)"),
+        ('{"samples": [{"split": "seen"}], "aggregate": [], "encoders": {}, "batch_size": 1}', "sample 1 needs"),
+        ('{"samples": [], "aggregate": [], "encoders": {}, "batch_size": 0}', "batch_size must be a positive"),
+        ('{"samples": [{"split": "s", "method": "relation", "index": 0, "task": "", "text": "", "output": "no.png", '
+         '"target": "no.png"}], "aggregate": [], "encoders": {}, "batch_size": 1}', "no.png"),
+    ],
+)  # fmt: skip
+def test_recompute_refuses_a_bad_metrics_json_in_one_line(tmp_path, content, message):
+    path = tmp_path / "metrics.json"
+    if content is not None:
+        path.write_text(content)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "relation_cli", "eval", "--recompute", str(path)],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_encoders_alone_is_refused(capsys):
+    assert main(["eval", "--no-encoders"]) == 1
+    assert "--no-encoders goes with --recompute" in capsys.readouterr().err
+
+
 def test_fid_over_each_split_with_a_local_network(run, tmp_path, monkeypatch):
     out = tmp_path / "copy"
     shutil.copytree(run["out"], out)

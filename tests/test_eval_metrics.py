@@ -123,3 +123,15 @@ def test_aggregate_mean_std_n_and_infinite_psnr():
         "n_infinite": 1,
     }
     assert rows[("copy_query", "mse")]["std"] is None and rows[("copy_query", "mse")]["n"] == 1
+
+
+def test_fid_without_torch_fidelity_is_unavailable(monkeypatch):
+    import importlib.util
+
+    from relation_cli.evaluate.encoders import MetricUnavailable
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch_fidelity" else real(name, *a))
+    with pytest.raises(MetricUnavailable, match="torch-fidelity is not installed"):
+        build_fid(EvalSection())
+    assert build_fid(EvalSection(), feature=ChannelMeans()) is not None  # a given network needs no torch-fidelity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import contextmanager
 from unittest.mock import patch
@@ -33,6 +34,18 @@ def test_donors_are_of_another_task_and_deterministic(tmp_path):
     assert {i: d.index for i, d in again.donors.items()} == {i: split.donors[i].index for i in (0, 1)}
     other_seed = load_splits([path], section.model_copy(update={"seed": 5}))[0]
     assert all(d.task != split.rows[i].task for i, d in other_seed.donors.items())
+
+
+def test_limit_takes_rows_spread_over_the_tasks(tmp_path):
+    """A file sorted by task (as prepare writes it): the first N rows would all be of one task."""
+    path = write_test_file(tmp_path, rows=9, tasks=3)
+    lines = path.read_text().splitlines()
+    path.write_text("".join(line + "\n" for line in sorted(lines, key=lambda l: json.loads(l)["task"])))
+    section = RelationConfig().eval
+    (split,) = load_splits([path], section.model_copy(update={"limit": 4}))
+    assert [(r.index, r.task) for r in split.rows] == [(0, "task0"), (1, "task0"), (3, "task1"), (6, "task2")]
+    assert split.total == 9 and load_splits([path], section.model_copy(update={"limit": 4}))[0].rows == split.rows
+    assert len(load_splits([path], section)[0].rows) == 9
 
 
 def test_jobs_cover_every_method_and_row(tmp_path):

@@ -24,7 +24,7 @@ from relation_cli.cli import main
 from relation_cli.config import load_config
 from relation_cli.errors import RelationError
 from relation_cli.prepare import make_synthetic, prepare
-from relation_cli.prepare.pairing import choose_unseen, plan_task, rotate
+from relation_cli.prepare.pairing import choose_unseen, count_test_queries, plan_task, rotate
 from relation_cli.rows import parse_rows
 
 TASKS = ["blur", "frame", "invert", "mirror", "rotate90", "zoom"]
@@ -59,15 +59,21 @@ def test_rotation_visits_every_ordered_pair_once_and_never_pairs_a_pair_with_its
     assert rotate(list(range(5)), limit=7) == samples[:7] and rotate([1], limit=5) == []
 
 
-@pytest.mark.parametrize("n, test_per_task, cap", [(2, 30, 99), (3, 30, 99), (10, 3, 99), (10, 3, 12), (40, 30, 50)])
-def test_task_plan_keeps_test_queries_out_of_train(n, test_per_task, cap):
-    plan = plan_task("t", list(range(100, 100 + n)), seed=1, unseen=False, cap=cap, test_per_task=test_per_task)
+@pytest.mark.parametrize(
+    "n, test_per_task, cap, fraction, expected",
+    [(2, 30, 99, 0.5, 0), (3, 30, 99, 0.5, 1), (10, 3, 99, 0.5, 3), (10, 3, 12, 0.5, 3), (40, 30, 50, 0.5, 20),
+     (41, 30, 50, 0.5, 20), (300, 20, 2000, 0.5, 20), (40, 30, 50, 1.0, 30), (3, 30, 99, 1.0, 1), (100, 50, 99, 0.29, 29)],
+)  # fmt: skip
+def test_task_plan_keeps_test_queries_out_of_train(n, test_per_task, cap, fraction, expected):
+    plan = plan_task("t", list(range(100, 100 + n)), 1, False, cap, test_per_task, max_test_fraction=fraction)
     train_pairs = {p for sample in plan.train for p in sample}
     assert not plan.test_queries & train_pairs
-    assert len(plan.test) == len(plan.test_queries) == min(test_per_task, n - 2, cap)
+    assert len(plan.test) == len(plan.test_queries) == expected == count_test_queries(n, test_per_task, cap, fraction)
     assert len(plan.train) + len(plan.test) <= cap and plan.train
     assert all(a != b for a, b in plan.train + plan.test)
-    unseen = plan_task("t", list(range(n)), seed=1, unseen=True, cap=cap, test_per_task=test_per_task)
+    if fraction == 0.5:  # the default: a task never keeps fewer training pairs than it has test queries
+        assert len({p for sample in plan.train for p in sample}) >= len(plan.test_queries)
+    unseen = plan_task("t", list(range(n)), 1, True, cap, test_per_task, max_test_fraction=fraction)
     assert not unseen.train and len(unseen.test) == min(test_per_task, n * (n - 1), cap)
 
 
@@ -140,6 +146,26 @@ def test_splits_are_disjoint_and_test_queries_never_reach_train(prepared):
         per_task[r["task"]].append(r["source"])
     assert all(len(v) == len(set(v)) == 2 for v in per_task.values()) and len(per_task) == len(TASKS) - 1
     assert all(n == 10 - 2 for n in Counter(r["task"] for r in splits["train"]).values())  # cap over all splits
+
+
+def test_small_tasks_get_fewer_test_queries_and_the_summary_and_manifest_say_why(tmp_path, capsys):
+    """By default at most half of a seen task's pairs become test queries (data.max_test_fraction)."""
+    source = side_by_side_jsonl(tmp_path / "src", {"big": 12, "small": 6})
+    code = main(["prepare", str(source), "--output", str(tmp_path / "out"), "--test-per-task", "5", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {t: (v["pairs"], v["test_seen"]) for t, v in manifest["tasks"].items()} == {"big": (12, 5), "small": (6, 3)}
+    assert manifest["settings"]["max_test_fraction"] == 0.5
+    (note,) = manifest["notes"]
+    assert note.startswith("1 seen task(s) got fewer than 5 test samples: at most 0.5 of a task's pairs")
+    assert "(data.max_test_fraction)" in note and "small: 6 pairs, 3 test" in note and "big" not in note
+    assert f"note: {note}" in out
+    train_queries = {r["source"] for r in read_splits(tmp_path / "out")["train"] if r["task"] == "small"}
+    assert len(train_queries) == 3  # as many training pairs as test queries, not fewer
+    code = main(["prepare", str(source), "--output", str(tmp_path / "all"), "--test-per-task", "5", "--workers", "1",
+                 "--set", "data.max_test_fraction=1"])  # fmt: skip
+    assert code == 0 and json.loads((tmp_path / "all" / "manifest.json").read_text())["tasks"]["small"]["test_seen"] == 4
 
 
 def test_same_inputs_and_seed_give_identical_bytes(raw, prepared, tmp_path):

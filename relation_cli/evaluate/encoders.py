@@ -7,6 +7,7 @@ loaded (offline machine, no cache) skips its metric with the reason recorded in 
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -98,9 +99,8 @@ def build_fid(section: EvalSection, feature: torch.nn.Module | None = None):
     v3 (the FID reference network) is needed, with weights from ``eval.fid_weights`` or its cache.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
-    if feature is None and not _TORCH_FIDELITY_AVAILABLE:
+    if feature is None and importlib.util.find_spec("torch_fidelity") is None:
         raise MetricUnavailable("torch-fidelity is not installed (pip install 'relation[fid]')")
     try:
         return FrechetInceptionDistance(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import EVAL_BASELINES, EvalSection
 from ..errors import RelationError
-from ..rows import Row, parse_rows
+from ..rows import Row, parse_rows, spread_by_task
 
 MODEL = "relation"
 """The configured model, scored against its baselines (``EVAL_BASELINES`` in the config)."""
@@ -32,6 +32,7 @@ class Split:
     name: str
     source: Path
     rows: list[Row]
+    total: int  # rows in the file
     donors: dict[int, Row]  # row index -> the row of another task whose (cond1, cond2) it borrows
     note: str = ""  # why the wrong-exemplar baseline is skipped for this split, if it is
 
@@ -67,6 +68,14 @@ def choose_donors(all_rows: list[Row], rows: list[Row], seed: int, split: str) -
     return donors
 
 
+def choose_rows(rows: list[Row], limit: int | None) -> list[Row]:
+    """All rows, or ``limit`` of them spread over the file's tasks (:func:`spread_by_task`: the first row of
+    every task, then the second, ...), in file order. The same file and limit always give the same rows."""
+    if not limit:
+        return rows
+    return sorted(spread_by_task(rows, lambda r: r.task)[:limit], key=lambda r: r.index)
+
+
 def load_splits(inputs: list[str | Path], section: EvalSection) -> list[Split]:
     """Parse every input (targets required); all problems of a file are reported together."""
     if not inputs:
@@ -81,7 +90,7 @@ def load_splits(inputs: list[str | Path], section: EvalSection) -> list[Split]:
             raise RelationError(f"inputs '{seen[name]}' and '{path}' are both split '{name}': rename one")
         seen[name] = path
         all_rows = parse_rows(path, need_target=True)
-        rows = all_rows[: section.limit] if section.limit else all_rows
+        rows = choose_rows(all_rows, section.limit)
         note = ""
         donors: dict[int, Row] = {}
         tasks = {r.task for r in all_rows}
@@ -89,7 +98,7 @@ def load_splits(inputs: list[str | Path], section: EvalSection) -> list[Split]:
             note = f"wrong exemplar skipped for '{name}': '{path}' holds one task ({tasks.pop() or 'no task field'})"
         elif "wrong_exemplar" in section.baselines:
             donors = choose_donors(all_rows, rows, section.seed, name)
-        splits.append(Split(name, path, rows, donors, note))
+        splits.append(Split(name, path, rows, len(all_rows), donors, note))
     return splits
 
 

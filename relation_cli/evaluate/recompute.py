@@ -1,6 +1,6 @@
 """The numbers of a metrics.json, recomputed from the files it names.
 
-    python -m relation_cli.evaluate.recompute runs/eval/metrics.json [--no-encoders]
+    relation eval --recompute runs/eval/metrics.json [--no-encoders]
 
 Pixel metrics (MSE, PSNR, SSIM) come back identical; CLIP-I and DINO too when the same encoders load
 (same batches, same order). The aggregates are recomputed from the fresh per-sample values.
@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
+from ..errors import RelationError
+from ..rows import json_problem
 from .metrics import EMBEDDING, PIXEL, aggregate, score_samples
 
 SAMPLE_KEYS = ("split", "method", "index", "task", "text", "output", "target")
+RESULT_KEYS = ("samples", "aggregate", "encoders", "batch_size")
+AGGREGATE_KEYS = ("split", "method", "metric", "mean")
+PATHS = ("output", "target")
+TOLERANCE = 1e-6  # largest difference that still counts as the same number
 
 
 def _diff(a, b) -> float:
@@ -24,20 +29,66 @@ def _diff(a, b) -> float:
     return abs(a - b)
 
 
-def recompute(metrics_json: str | Path, encoders: bool = True) -> dict[str, float]:
-    """Largest absolute difference per metric, over samples and aggregate means (0.0: identical)."""
+def read_results(path: Path) -> dict:
+    """A metrics.json written by ``relation eval``; RelationError when it is missing or not one."""
+    if not path.is_file():
+        raise RelationError(f"'{path}': file not found (the metrics.json of a relation eval output folder)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RelationError(f"'{path}': not UTF-8 text (byte {e.start})") from None
+    except (ValueError, RecursionError) as e:
+        raise RelationError(f"'{path}': malformed JSON ({json_problem(e)})") from None
+    problem = _problem(results)
+    if problem:
+        raise RelationError(f"'{path}': not a metrics.json of relation eval ({problem})")
+    return results
+
+
+def _problem(results) -> str | None:
+    """What keeps ``results`` from being recomputed, or None."""
+    missing = [k for k in RESULT_KEYS if not isinstance(results, dict) or k not in results]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(results["samples"], list) or not isinstance(results["aggregate"], list):
+        return "samples and aggregate must be lists"
+    if not isinstance(results["batch_size"], int) or results["batch_size"] < 1:
+        return "batch_size must be a positive integer"
+    for i, s in enumerate(results["samples"]):
+        if not isinstance(s, dict) or set(SAMPLE_KEYS) - s.keys() or not all(isinstance(s[k], str) for k in PATHS):
+            return f"sample {i + 1} needs {', '.join(SAMPLE_KEYS)}, with output and target as strings"
+    if not all(isinstance(e, dict) and set(AGGREGATE_KEYS) <= e.keys() for e in results["aggregate"]):
+        return f"every aggregate entry needs {', '.join(AGGREGATE_KEYS)}"
+    return None
+
+
+def _embedders(results: dict, encoders: bool) -> dict:
+    """The CLIP/DINO embedders of the saved metrics that have values, on CPU (none without ``encoders``)."""
     import torch
 
-    from .encoders import Embedder
+    from .encoders import Embedder, MetricUnavailable
 
-    path = Path(metrics_json)
-    results = json.loads(path.read_text(encoding="utf-8"))
-    saved = results["samples"]
-    fresh = [{k: s[k] for k in SAMPLE_KEYS} for s in saved]
-    embedders = {}
+    saved, embedders = results["samples"], {}
     for metric in EMBEDDING if encoders else ():
         if saved and metric in saved[0]:
-            embedders[metric] = Embedder(metric, results["encoders"][metric], torch.device("cpu"))
+            try:
+                embedders[metric] = Embedder(metric, results["encoders"][metric], torch.device("cpu"))
+            except MetricUnavailable as e:
+                raise RelationError(f"{metric}: {e} (--no-encoders recomputes the pixel metrics only)") from None
+    return embedders
+
+
+def recompute(metrics_json: str | Path, encoders: bool = True) -> dict[str, float]:
+    """Largest absolute difference per metric, over samples and aggregate means (0.0: identical).
+
+    Raises RelationError for a missing or malformed metrics.json, an image it names that is missing,
+    or (with ``encoders``) an encoder that does not load.
+    """
+    path = Path(metrics_json)
+    results = read_results(path)
+    saved = results["samples"]
+    fresh = [{k: s[k] for k in SAMPLE_KEYS} for s in saved]
+    embedders = _embedders(results, encoders)
     score_samples(fresh, path.parent, embedders, results["batch_size"], max_pixels=10**9)
     metrics = [*PIXEL, *embedders]
     diffs = {m: max((_diff(s.get(m), f.get(m)) for s, f in zip(saved, fresh)), default=0.0) for m in metrics}
@@ -49,20 +100,14 @@ def recompute(metrics_json: str | Path, encoders: bool = True) -> dict[str, floa
     return diffs
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    files = [a for a in args if not a.startswith("--")]
-    if len(files) != 1:
-        print("usage: python -m relation_cli.evaluate.recompute METRICS_JSON [--no-encoders]", file=sys.stderr)
-        return 2
-    from ..progress import quiet_libraries
-
-    quiet_libraries()
-    diffs = recompute(files[0], encoders="--no-encoders" not in args)
-    for metric, value in diffs.items():
-        print(f"{metric}: largest difference {value:.3g}")
-    return 0 if all(v <= 1e-6 for v in diffs.values()) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def verify(metrics_json: str | Path, encoders: bool = True) -> list[str]:
+    """``recompute`` as lines to print, one per metric; RelationError naming every metric whose numbers
+    differ by more than ``TOLERANCE``."""
+    diffs = recompute(metrics_json, encoders)
+    differ = {m: v for m, v in diffs.items() if not v <= TOLERANCE}
+    if differ:
+        listed = ", ".join(f"{m} by {v:.3g}" for m, v in differ.items())
+        raise RelationError(f"'{metrics_json}': recomputed numbers differ ({listed}; tolerance {TOLERANCE:g})")
+    return [f"{m}: largest difference {v:.3g}" for m, v in diffs.items()] + [
+        f"every number of '{metrics_json}' recomputed within {TOLERANCE:g}"
+    ]

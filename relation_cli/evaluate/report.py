@@ -14,16 +14,17 @@ import json
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..fs import atomic_file, write_text_atomic
-from ..images import fit_for_display, open_image
+from ..grids import framed, grid_image, label_cell
+from ..images import open_image
 from ..rows import spread_by_task
 from .metrics import LOWER_IS_BETTER, METRICS, aggregate
 from .plan import METHOD_LABELS, MODEL
+from .provenance import model_lines
 
 CELL = 160  # thumbnail box, pixels
-HEADER = 22
 DIGITS = {"mse": 4, "psnr": 2, "ssim": 3, "clip_i": 3, "dino": 3, "judge_consistency": 2, "judge_accuracy": 2, "fid": 2}
 NAMES = {
     "clip_i": "CLIP-I",
@@ -104,8 +105,10 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def summary_table(results: dict):
-    """The summary as a rich Table, for the console."""
+    """The summary as a rich Table, for the console, with the model evaluated (:func:`model_lines`) under it."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     header, rows = summary_rows(results)
     table = Table(title="relation eval: mean ± std per split and method", title_justify="left")
@@ -113,19 +116,15 @@ def summary_table(results: dict):
         table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i < 3)
     for row in rows:  # the std under the mean keeps the table narrow
         table.add_row(*(cell.replace(" ± ", "\n± ") for cell in row))
-    return table
+    return Group(table, Text("model evaluated:\n  " + "\n  ".join(model_lines(results["model"]))))
 
 
 # ------------------------------------------------------------------------------------------------ grids
 
 
 def thumbnail(path: Path | None) -> Image.Image:
-    """The image fitted into a CELL x CELL white box; a grey box where there is no image."""
-    box = Image.new("RGB", (CELL, CELL), (255, 255, 255) if path else (225, 225, 225))
-    if path is not None:  # scaled up or down to the box, less a 2-pixel margin that separates the cells
-        image = fit_for_display(open_image(path, "grid image", 10**9, min_side=1), CELL - 4)
-        box.paste(image, ((CELL - image.width) // 2, (CELL - image.height) // 2))
-    return box
+    """The image on a CELL x CELL neutral frame (:func:`~relation_cli.grids.framed`); an empty cell for ``None``."""
+    return framed(open_image(path, "grid image", 10**9, min_side=1) if path is not None else None, CELL)
 
 
 def grid_columns(methods: list[str]) -> list[str]:
@@ -153,25 +152,15 @@ def grid_images(samples: list[dict], root: Path, methods: list[str], grid_rows: 
         paths += [root / row[m]["output"] if m in row else None for m in methods if m != MODEL]
         cells = [thumbnail(p) for p in paths]
         if own["task"]:
-            draw = ImageDraw.Draw(cells[0])
-            box = draw.textbbox((4, 4), own["task"])
-            draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(255, 255, 255))
-            draw.text((4, 4), own["task"], fill=(0, 0, 0))
+            label_cell(cells[0], own["task"])
         grid.append(cells)
     return grid
 
 
 def save_grid(path: Path, columns: list[str], grid: list[list[Image.Image]]) -> Path:
-    """One PNG: a header of column names, then one line of thumbnails per row."""
-    canvas = Image.new("RGB", (CELL * len(columns), HEADER + CELL * len(grid)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for c, name in enumerate(columns):
-        draw.text((c * CELL + 4, 5), name, fill=(0, 0, 0))
-    for r, line in enumerate(grid):
-        for c, image in enumerate(line):
-            canvas.paste(image, (c * CELL, HEADER + r * CELL))
+    """One PNG: a header of column names, then one line of thumbnails per row (:func:`grid_image`)."""
     with atomic_file(path) as tmp:
-        canvas.save(tmp, format="PNG")
+        grid_image(columns, grid, CELL).save(tmp, format="PNG")
     return path
 
 
@@ -217,6 +206,12 @@ td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}th
 .note{color:#8a4b00}"""
 
 
+def _model_html(results: dict) -> str:
+    """The evaluated model: resolved base, image encoder, adapter and LoRA with their weights' sha256."""
+    lines = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in model_lines(results["model"]))
+    return f"<h2>Model evaluated</h2><ul class='model'>{lines}</ul>"
+
+
 def write_html(path: Path, results: dict, grids: dict[str, tuple[list[str], list[list[Image.Image]], Path]]) -> Path:
     """``grids``: split -> (column names, thumbnails, grid PNG path relative to the report)."""
     header, rows = summary_rows(results)
@@ -225,10 +220,8 @@ def write_html(path: Path, results: dict, grids: dict[str, tuple[list[str], list
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>relation eval</title>",
         f"<style>{STYLE}</style></head><body><h1>relation eval</h1>",
-        (
-            f"<p>{html.escape(results['created'])} · model <code>{html.escape(str(settings['model.base']))}</code> · "
-            f"{settings['infer.steps']} steps · files: {files}</p>"
-        ),
+        f"<p>{html.escape(results['created'])} · {settings['infer.steps']} steps · files: {files}</p>",
+        _model_html(results),
         "<h2>Summary (mean ± std)</h2>",
         _table(header, rows),
     ]

@@ -22,6 +22,7 @@ from .generate import Generated, check_settings, generate, generation_settings, 
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
 from .plan import METHOD_LABELS, Job, Split, load_splits, methods_of, plan_jobs
+from .provenance import describe_model
 from .report import grid_columns, grid_images, save_grid, write_html, write_metrics, write_per_task
 
 
@@ -82,7 +83,7 @@ def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], jud
     """Metrics, FID and the judge's scores; returns the content of metrics.json."""
     section, out = cfg.eval, Path(cfg.eval.output_dir)
     methods = methods_of(section)
-    notes = [s.note for s in splits if s.note]
+    notes = [s.note for s in splits if s.note] + [limit_note(s, section.limit) for s in splits if s.total > len(s.rows)]
     if cfg.adapter.scale == 0 and "adapter_off" in methods:
         notes.append("adapter.scale is 0: the model and the adapter-off baseline are the same run")
     skipped = score(cfg, samples, out)
@@ -97,7 +98,8 @@ def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], jud
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": "config.yaml",
         "settings": generation_settings(cfg),
-        "splits": [{"name": s.name, "input": str(s.source), "rows": len(s.rows)} for s in splits],
+        "model": describe_model(cfg),
+        "splits": [split_record(s, section.limit) for s in splits],
         "methods": {m: METHOD_LABELS[m] for m in methods},
         "implementations": implementations(),
         "encoders": {"clip_i": section.clip_model, "dino": section.dino_model},
@@ -109,6 +111,19 @@ def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], jud
         "fid": fid,
         "samples": samples,
     }
+
+
+def split_record(split: Split, limit: int | None) -> dict:
+    """A split in metrics.json: its file, the rows scored of the rows in it, and which (0-based, as each
+    sample's ``index``)."""
+    return {"name": split.name, "input": str(split.source), "rows": len(split.rows), "rows_in_file": split.total,
+            "limit": limit, "indices": [r.index for r in split.rows]}  # fmt: skip
+
+
+def limit_note(split: Split, limit: int | None) -> str:
+    tasks = len({r.task for r in split.rows})
+    return (f"{split.name}: {len(split.rows)} of {split.total} rows (eval.limit {limit}), spread over {tasks} "
+            f"task{'s' if tasks != 1 else ''}: the first row of every task, then the second, ...")  # fmt: skip
 
 
 def write_all(cfg: RelationConfig, splits: list[Split], results: dict, made: Generated, processes: int) -> EvalResult:

@@ -29,7 +29,7 @@ from ..fs import atomic_dir, check_new_dir
 from ..progress import make_progress
 from ..rows import write_jsonl
 from .decode import DecodeJob, RateColumn, decode_all, default_workers
-from .pairing import TaskPlan, choose_unseen, plan_task
+from .pairing import MIN_TRAIN_PAIRS, TaskPlan, choose_unseen, plan_task
 from .sources import (
     DatasetProblems,
     Pair,
@@ -44,7 +44,8 @@ SPLITS = ("train", "test_seen", "test_unseen")
 IMAGES_DIR = "images"
 RAW_DIR = "raw"
 MANIFEST_FORMAT = "relation-prepared/1"
-SETTINGS = ("per_task_cap", "test_per_task", "unseen_tasks", "unseen_task_names")  # recorded in the manifest
+# recorded in the manifest
+SETTINGS = ("per_task_cap", "test_per_task", "max_test_fraction", "unseen_tasks", "unseen_task_names")
 
 
 @dataclass(frozen=True)
@@ -102,17 +103,18 @@ def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any],
 
     unseen = choose_unseen(sorted(by_task), data.unseen_tasks, data.unseen_task_names, data.seed)
     plans = [
-        plan_task(task, [p.index for p in pairs], data.seed, task in unseen, data.per_task_cap, data.test_per_task)
+        plan_task(task, [p.index for p in pairs], data.seed, task in unseen, data.per_task_cap, data.test_per_task,
+                  data.max_test_fraction)  # fmt: skip
         for task, pairs in sorted(by_task.items())
     ]
     pairs_by_index = {p.index: p for pairs in by_task.values() for p in pairs}
     samples = _write_splits(tmp, plans, pairs_by_index, names)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
-    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders)
+    notes = _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
+    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, notes)
     save_config(cfg, tmp / "config.yaml")
     if data.skip_invalid:
         write_jsonl(tmp / "skipped.jsonl", (_skipped_row(p, source.root) for p in problems))
-    notes = _notes(plans, data.test_per_task, data.per_task_cap)
     return PrepareSummary(tmp, len(pairs_by_index), len(plans), unseen, samples, len(problems), notes)
 
 
@@ -207,7 +209,7 @@ def _write_splits(
 
 def _write_manifest(
     tmp: Path, cfg: RelationConfig, info: dict[str, Any], plans: list[TaskPlan], samples: dict[str, int],
-    skipped: int, folders: dict[str, str],
+    skipped: int, folders: dict[str, str], notes: list[str],
 ) -> None:
     data = cfg.data
     tasks = {}
@@ -228,6 +230,7 @@ def _write_manifest(
         "counts": {"pairs": sum(p.pairs for p in plans), "tasks": len(plans), "skipped": skipped, **samples},
         "unseen_tasks": sorted(p.task for p in plans if p.unseen),
         "tasks": tasks,
+        "notes": notes,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -237,10 +240,17 @@ def _skipped_row(problem: Problem, root: Path) -> dict[str, str]:
     return {"task": problem.task, "file": file.as_posix(), "entry": problem.where, "reason": problem.reason}
 
 
-def _notes(plans: list[TaskPlan], test_per_task: int, cap: int) -> list[str]:
+def _notes(plans: list[TaskPlan], test_per_task: int, cap: int, max_test_fraction: float) -> list[str]:
+    """Why some seen tasks have fewer test samples than asked: their size (``count_test_queries``)."""
     wanted = min(test_per_task, cap)
-    short = [p.task for p in plans if not p.unseen and len(p.test) < wanted]
+    short = [p for p in plans if not p.unseen and len(p.test) < wanted]
     if not short:
         return []
-    shown = ", ".join(short[:5]) + (" ..." if len(short) > 5 else "")
-    return [f"{len(short)} seen task(s) had too few pairs for {wanted} test samples and got fewer ({shown})"]
+    shown = "; ".join(f"{p.task}: {p.pairs} pairs, {len(p.test)} test" for p in short[:5]) + (
+        " ..." if len(short) > 5 else ""
+    )
+    return [
+        f"{len(short)} seen task(s) got fewer than {wanted} test samples: at most {max_test_fraction:g} of a task's "
+        f"pairs become test queries (data.max_test_fraction) and at least {MIN_TRAIN_PAIRS} stay for training "
+        f"({shown})"
+    ]

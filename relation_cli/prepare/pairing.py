@@ -8,11 +8,14 @@ combination repeats, until the per-task cap. Each ordered combination appears at
 Splits: unseen tasks go whole to test_unseen. In a seen task, ``test_per_task`` pairs are drawn as
 test queries; each gets one test_seen sample whose exemplar is a training pair, and those query
 pairs are removed from the task's training pool, so no test query ever appears in train.jsonl, as
-query or as exemplar (the paper does not promise this; we do).
+query or as exemplar (the paper does not promise this; we do). A small task gives fewer test
+queries: at most ``max_test_fraction`` of its pairs (by default half, so a task never keeps fewer
+training pairs than it has test queries), and never so many that fewer than ``MIN_TRAIN_PAIRS`` remain.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,15 +54,26 @@ def rotate(pairs: Sequence[T], limit: int) -> list[tuple[T, T]]:
     return out
 
 
-def plan_task(task: str, pair_ids: Sequence[int], seed: int, unseen: bool, cap: int, test_per_task: int) -> TaskPlan:
-    """All samples of one task. ``cap`` bounds the task's samples over all splits together."""
+def count_test_queries(pairs: int, test_per_task: int, cap: int, max_test_fraction: float) -> int:
+    """How many of a seen task's ``pairs`` become test queries: ``test_per_task``, less where the task is
+    small (at most ``floor(max_test_fraction * pairs)``, at least ``MIN_TRAIN_PAIRS`` left) or ``cap`` is."""
+    by_size = math.floor(max_test_fraction * pairs + 1e-9)  # 1e-9: 0.29 * 100 is 28.999999999999996
+    return max(0, min(test_per_task, by_size, pairs - MIN_TRAIN_PAIRS, cap))
+
+
+def plan_task(
+    task: str, pair_ids: Sequence[int], seed: int, unseen: bool, cap: int, test_per_task: int,
+    max_test_fraction: float,
+) -> TaskPlan:  # fmt: skip
+    """All samples of one task. ``cap`` bounds the task's samples over all splits together; a seen task's
+    test queries are :func:`count_test_queries` of its size."""
     order = list(pair_ids)
     random.Random(f"{seed}/{task}").shuffle(order)  # str seeds are hashed with sha512: stable across runs
     plan = TaskPlan(task, unseen, len(order))
     if unseen:
         plan.test = rotate(order, min(test_per_task, cap))
         return plan
-    n_test = max(0, min(test_per_task, len(order) - MIN_TRAIN_PAIRS, cap))
+    n_test = count_test_queries(len(order), test_per_task, cap, max_test_fraction)
     queries, pool = order[:n_test], order[n_test:]
     # Each test query gets its own exemplar from the training pool, cycling through it.
     plan.test = [(pool[j % len(pool)], q) for j, q in enumerate(queries)]

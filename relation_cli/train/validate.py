@@ -11,22 +11,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import fit_for_display
+from ..grids import framed, grid_image
 from ..infer import EditInputs, edit, open_edit_inputs
 from ..progress import console
 
 NO_EFFECT = 2e-3  # mean |difference| in [0, 1] pixels below which the adapter is "doing nothing"
 
 
-def grid(rows: list[list[np.ndarray]], cell: int = 128) -> Image.Image:
-    """Rows of float HxWx3 images in [0, 1] -> one PIL grid, every image fitted into ``cell`` x ``cell``."""
-    cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * cell, len(rows) * cell), (255, 255, 255))
-    for y, row in enumerate(rows):
-        for x, arr in enumerate(row):
-            im = fit_for_display(Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)), cell)
-            canvas.paste(im, (x * cell + (cell - im.width) // 2, y * cell + (cell - im.height) // 2))
-    return canvas
+COLUMNS = ["A", "A'", "B", "output", "target"]
+VAE_COLUMNS = ["input", "reconstruction"]
+
+
+def grid(rows: list[list[np.ndarray]], columns: list[str], cell: int = 128) -> Image.Image:
+    """Rows of float HxWx3 images in [0, 1] -> one PIL grid under a header of ``columns``, every image on a
+    neutral frame in a ``cell`` x ``cell`` box (:func:`~relation_cli.grids.grid_image`)."""
+    as_image = lambda a: Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8))
+    return grid_image(columns, [[framed(as_image(a), cell) for a in row] for row in rows], cell)
 
 
 def as_array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -49,7 +49,7 @@ def run_validation(pipe, cfg, rows, out_dir: Path, step: int) -> dict[str, float
         mse.append(float(np.mean((out - target) ** 2)))
         grid_rows.append([as_array(x.exemplar_a), as_array(x.exemplar_b), as_array(x.query, size), out, target])
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid(grid_rows).save(out_dir / f"step-{step:08d}.png")
+    grid(grid_rows, COLUMNS).save(out_dir / f"step-{step:08d}.png")
 
     first, other = inputs[0], inputs[1 % len(inputs)]
     base = edit(pipe, first, cfg)
@@ -88,5 +88,5 @@ def run_vae_validation(pipe, rows, out_dir: Path, step: int) -> dict[str, float]
         errors.append(float(np.mean((a - b) ** 2)))
         grid_rows.append([a, b])
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid(grid_rows).save(out_dir / f"step-{step:08d}.png")
+    grid(grid_rows, VAE_COLUMNS).save(out_dir / f"step-{step:08d}.png")
     return {"val/recon_mse": float(np.mean(errors))}
