@@ -9,6 +9,11 @@ Splits: unseen tasks go whole to test_unseen. In a seen task, ``test_per_task`` 
 test queries; each gets one test_seen sample whose exemplar is a training pair, and those query
 pairs are removed from the task's training pool, so no test query ever appears in train.jsonl, as
 query or as exemplar (the paper does not promise this; we do).
+
+With k exemplar pairs per test sample (``data.exemplar_pairs``), a sample's pairs are its exemplar and
+the pairs after it in the same cycle (the training pool for a seen task, the task's order for an unseen
+one), skipping the sample's query: the query is never among its exemplars, and a seen test query never
+serves as anyone's exemplar.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class TaskPlan:
     pairs: int
     train: list[tuple[int, int]] = field(default_factory=list)
     test: list[tuple[int, int]] = field(default_factory=list)
+    test_exemplars: list[list[int]] = field(default_factory=list)  # per test sample: its k exemplar pairs
 
     @property
     def test_queries(self) -> set[int]:
@@ -51,20 +57,32 @@ def rotate(pairs: Sequence[T], limit: int) -> list[tuple[T, T]]:
     return out
 
 
-def plan_task(task: str, pair_ids: Sequence[int], seed: int, unseen: bool, cap: int, test_per_task: int) -> TaskPlan:
-    """All samples of one task. ``cap`` bounds the task's samples over all splits together."""
+def plan_task(
+    task: str, pair_ids: Sequence[int], seed: int, unseen: bool, cap: int, test_per_task: int, exemplar_pairs: int = 1
+) -> TaskPlan:
+    """All samples of one task. ``cap`` bounds the task's samples over all splits together; each test
+    sample gets up to ``exemplar_pairs`` exemplar pairs (fewer when the task has fewer to give)."""
     order = list(pair_ids)
     random.Random(f"{seed}/{task}").shuffle(order)  # str seeds are hashed with sha512: stable across runs
     plan = TaskPlan(task, unseen, len(order))
     if unseen:
         plan.test = rotate(order, min(test_per_task, cap))
+        plan.test_exemplars = [following(order, e, q, exemplar_pairs) for e, q in plan.test]
         return plan
     n_test = max(0, min(test_per_task, len(order) - MIN_TRAIN_PAIRS, cap))
     queries, pool = order[:n_test], order[n_test:]
     # Each test query gets its own exemplar from the training pool, cycling through it.
     plan.test = [(pool[j % len(pool)], q) for j, q in enumerate(queries)]
+    plan.test_exemplars = [following(pool, e, q, exemplar_pairs) for e, q in plan.test]
     plan.train = rotate(pool, cap - n_test)
     return plan
+
+
+def following(cycle: Sequence[int], first: int, query: int, k: int) -> list[int]:
+    """``first`` and the pairs after it in ``cycle`` (wrapping around), without ``query``: at most k."""
+    start = cycle.index(first)
+    ring = [cycle[(start + j) % len(cycle)] for j in range(len(cycle))]
+    return [p for p in ring if p != query][:k]
 
 
 def choose_unseen(tasks: Sequence[str], count: int, names: Sequence[str], seed: int) -> list[str]:
