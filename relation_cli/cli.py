@@ -208,6 +208,9 @@ def init_model(
         Optional[Path], typer.Option(help="YAML file of architecture sizes (see configs/arch/demo.yaml).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+    kontext: Annotated[
+        bool, typer.Option("--kontext", help="Save base/ in FLUX.1 Kontext's layout (FluxKontextPipeline; spec key kontext).")
+    ] = False,
 ) -> None:
     """Create a small randomly initialised FLUX-architecture model, offline (for tests and the demo)."""
     from .config import read_yaml
@@ -221,7 +224,7 @@ def init_model(
         from .tiny import init_model as core_init
 
         try:
-            arch = ArchSpec.model_validate(read_yaml(spec) if spec else {})
+            arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **({"kontext": True} if kontext else {})})
         except ValidationError as e:
             raise RelationError(f"spec '{spec}': " + "; ".join(
                 f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()
