@@ -164,7 +164,7 @@ def infer(
         pairs = exemplar_pairs(exemplar or [], extra or [])
         if query is None:
             raise RelationError("--query is required (the image to edit)")
-        written = core.infer_single(cfg, pairs, query, output)
+        written = core.infer_single(cfg, pairs[0] if len(pairs) == 1 else pairs, query, output)
         typer.echo(f"wrote {written}")
 
 
