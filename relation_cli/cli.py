@@ -161,14 +161,14 @@ def infer(
             summary = core.infer_batch(cfg, input_file, output_dir)
             typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
             return
-        pairs = exemplar_pairs(exemplar or [], extra or [])
+        pairs = pairs_from_options(exemplar or [], extra or [])
         if query is None:
             raise RelationError("--query is required (the image to edit)")
         written = core.infer_single(cfg, pairs[0] if len(pairs) == 1 else pairs, query, output)
         typer.echo(f"wrote {written}")
 
 
-def exemplar_pairs(options: list[Path], extra: list[Path]) -> list[tuple[Path, Path]]:
+def pairs_from_options(options: list[Path], extra: list[Path]) -> list[tuple[Path, Path]]:
     """``--exemplar A A' --exemplar C C'`` -> [(A, A'), (C, C')]. Each --exemplar takes its A, and the image
     after it (its A') arrives as an extra argument; ``--exemplar A --exemplar A'`` is one pair too."""
     if not extra and len(options) == 2:

@@ -13,7 +13,7 @@ from PIL import Image
 from prepare_helpers import SPLITS, side_by_side_jsonl
 
 from relation_cli.adapter import RelationAdapter
-from relation_cli.cli import exemplar_pairs, main
+from relation_cli.cli import main, pairs_from_options
 from relation_cli.errors import RelationError
 from relation_cli.rows import parse_rows, read_jsonl
 
@@ -55,11 +55,11 @@ def test_a_and_a_prime_keep_their_roles_in_every_pair():
 
 def test_cli_exemplar_options_make_pairs(tmp_path):
     a, b, c, d = (tmp_path / n for n in "abcd")
-    assert exemplar_pairs([a, c], [b, d]) == [(a, b), (c, d)]  # --exemplar a b --exemplar c d
-    assert exemplar_pairs([a, b], []) == [(a, b)]  # --exemplar a --exemplar b
+    assert pairs_from_options([a, c], [b, d]) == [(a, b), (c, d)]  # --exemplar a b --exemplar c d
+    assert pairs_from_options([a, b], []) == [(a, b)]  # --exemplar a --exemplar b
     for options, extra in (([a], [b, c]), ([a], []), ([], [a, b]), ([a, b, c], [])):
         with pytest.raises(RelationError, match="exactly 2 images"):
-            exemplar_pairs(options, extra)
+            pairs_from_options(options, extra)
 
 
 # ------------------------------------------------------------------------------------------ pipeline
