@@ -56,7 +56,7 @@ class RelationAttnProcessor(nn.Module):
 
     Exemplar information arrives through ``joint_attention_kwargs``: either ``relation_kv`` (per-layer
     keys/values precomputed once per generation, see :meth:`RelationAdapter.key_values`) or
-    ``relation_tokens`` ``(B, 2T, C)``, from which this layer computes its own keys/values.
+    ``relation_tokens`` ``(B, 2kT, C)`` (k exemplar pairs), from which this layer computes its own keys/values.
     """
 
     _attention_backend = None
@@ -71,7 +71,7 @@ class RelationAttnProcessor(nn.Module):
         self.norm_k_ip = RMSNorm(head_dim, eps=1e-5, elementwise_affine=False)
 
     def key_value(self, tokens: torch.Tensor) -> KV:
-        """``(B, 2T, C)`` exemplar tokens -> key and value ``(B, 2T, H, D)``."""
+        """``(B, 2kT, C)`` exemplar tokens -> key and value ``(B, 2kT, H, D)``."""
         tokens = tokens.to(self.to_k_ip.weight.dtype)
         key = self.to_k_ip(tokens).unflatten(-1, (-1, self.head_dim))
         value = self.to_v_ip(tokens).unflatten(-1, (-1, self.head_dim))
@@ -181,12 +181,22 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         )
 
     def encode(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor) -> torch.Tensor:
-        """Pooled embeddings of A and A' ``(B, d)`` each -> exemplar tokens ``(B, 2T, C)``: A's, then A''s."""
+        """Pooled embeddings of A and A' -> exemplar tokens: ``(B, d)`` each (one pair) -> ``(B, 2T, C)``;
+        ``(B, k, d)`` each (k pairs) -> ``(B, 2kT, C)``, pair by pair: A_1's T tokens, A'_1's, A_2's, ...
+
+        With role embeddings, every A gets the "before" vector and every A' the "after" one (SPEC 6).
+        """
         dtype = self.image_proj.norm.weight.dtype
-        a, b = self.image_proj(embeds_a.to(dtype)), self.image_proj(embeds_b.to(dtype))
+        a, b = embeds_a.to(dtype), embeds_b.to(dtype)
+        if a.dim() == 2:
+            a, b = a[:, None], b[:, None]
+        if a.shape != b.shape:
+            raise ValueError(f"A embeddings {tuple(a.shape)} and A' embeddings {tuple(b.shape)} differ in shape")
+        batch, k = a.shape[:2]
+        a, b = self.image_proj(a.flatten(0, 1)), self.image_proj(b.flatten(0, 1))  # (B*k, T, C)
         if self.role is not None:
             a, b = a + self.role[0], b + self.role[1]
-        return torch.cat([a, b], dim=1)
+        return torch.stack([a, b], dim=1).reshape(batch, 2 * k * a.shape[1], a.shape[2])
 
     def key_values(self, tokens: torch.Tensor) -> list[KV]:
         """Every layer's ip key/value for ``tokens``; computed once, reused at every denoising step."""

@@ -103,7 +103,8 @@ def user_errors() -> Iterator[None]:
 def infer(
     exemplar: Annotated[
         Optional[list[Path]],
-        typer.Option(metavar="A A'", help="The exemplar pair: the image before and the image after the edit."),
+        typer.Option(metavar="A A'", help="An exemplar pair: the image before and the image after the edit. "
+                     "Repeat for k pairs of the same edit: --exemplar A A' --exemplar C C'."),
     ] = None,
     query: Annotated[Optional[Path], typer.Option(help="The image B to edit the same way.")] = None,
     extra: Annotated[Optional[list[Path]], typer.Argument(hidden=True)] = None,
@@ -164,13 +165,23 @@ def infer(
             summary = core.infer_batch(cfg, input_file, output_dir)
             typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
             return
-        pair = [*(exemplar or []), *(extra or [])]
-        if len(pair) != 2:
-            raise RelationError(f"--exemplar needs exactly 2 images (A and A'), got {len(pair)}")
+        pairs = pairs_from_options(exemplar or [], extra or [])
         if query is None:
             raise RelationError("--query is required (the image to edit)")
-        written = core.infer_single(cfg, (pair[0], pair[1]), query, output)
+        written = core.infer_single(cfg, pairs[0] if len(pairs) == 1 else pairs, query, output)
         typer.echo(f"wrote {written}")
+
+
+def pairs_from_options(options: list[Path], extra: list[Path]) -> list[tuple[Path, Path]]:
+    """``--exemplar A A' --exemplar C C'`` -> [(A, A'), (C, C')]. Each --exemplar takes its A, and the image
+    after it (its A') arrives as an extra argument; ``--exemplar A --exemplar A'`` is one pair too."""
+    if not extra and len(options) == 2:
+        return [(options[0], options[1])]
+    if not options or len(extra) != len(options):
+        given = len(options) + len(extra)
+        raise RelationError(f"--exemplar needs exactly 2 images (A and A') each time, got {given} image(s) for "
+                            f"{len(options)} --exemplar option(s)")  # fmt: skip
+    return list(zip(options, extra))
 
 
 # ------------------------------------------------------------------------------------------------ convert
@@ -201,6 +212,9 @@ def init_model(
         Optional[Path], typer.Option(help="YAML file of architecture sizes (see configs/arch/demo.yaml).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+    kontext: Annotated[
+        bool, typer.Option("--kontext", help="Save base/ in FLUX.1 Kontext's layout (FluxKontextPipeline; spec key kontext).")
+    ] = False,
 ) -> None:
     """Create a small randomly initialised FLUX-architecture model, offline (for tests and the demo)."""
     from .config import read_yaml
@@ -214,7 +228,7 @@ def init_model(
         from .tiny import init_model as core_init
 
         try:
-            arch = ArchSpec.model_validate(read_yaml(spec) if spec else {})
+            arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **({"kontext": True} if kontext else {})})
         except ValidationError as e:
             raise RelationError(f"spec '{spec}': " + "; ".join(
                 f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()
@@ -401,10 +415,12 @@ def evaluate(
             return
         from rich.console import Console
 
-        from .evaluate.report import notes_of, summary_table
+        from .evaluate.report import by_k_table, notes_of, summary_table
 
         console = Console()
         console.print(summary_table(result.results))
+        if (by_k := by_k_table(result.results)) is not None:
+            console.print(by_k)
         for note in notes_of(result.results):
             console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
         where = f" on {result.processes} processes" if result.processes > 1 else ""

@@ -80,6 +80,12 @@ class ModelSection(Section):
         description="Approximate step caching from diffusers (FirstBlockCache, TaylorSeer): faster, not exact.",
     )
     cache_threshold: float = Field(0.05, gt=0, description="first_block cache: residual change that forces a full step.")
+    query_ids: Literal["auto", "clone", "kontext"] = Field(
+        "auto",
+        description="First position axis of the query image's tokens: clone (0, a copy of the target's ids, as "
+        "in the paper) or kontext (1, FLUX.1 Kontext's convention for its context image). auto: kontext when "
+        "model.base's model_index.json names FluxKontextPipeline, clone otherwise.",
+    )
 
 
 class AdapterSection(Section):
@@ -136,6 +142,10 @@ class DataSection(Section):
         None, ge=2, description="prepare: generate the synthetic relation set with N pairs per task instead of INPUT."
     )
     synthetic_size: int = Field(64, ge=16, description="prepare: side of synthetic images (each pair is 2*side x side).")
+    exemplar_pairs: int = Field(
+        1, ge=1, description="prepare: exemplar pairs (k) per test sample, all of its task and none its query; "
+        "above 1, test rows carry an exemplars list instead of cond1/cond2."
+    )
 
 
 class InferSection(Section):
@@ -216,6 +226,10 @@ class TrainSection(Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for image decoding.")
     cache_images_in_memory: bool = Field(
         False, description="Keep decoded training images in memory (small datasets trained for many epochs)."
+    )
+    max_exemplar_pairs: int = Field(
+        1, ge=1, description="Each batch trains with k exemplar pairs, k drawn in [1, N]: the row's own pairs, "
+        "then other pairs of its task in train.data (never the query's own pair)."
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,18 +23,35 @@ DEFAULT_OUTPUT_DIR = Path("outputs")
 
 @dataclass(frozen=True)
 class EditInputs:
+    """The images of one edit: the first exemplar pair, the query, the prompt, and any further pairs."""
+
     exemplar_a: Image.Image
     exemplar_b: Image.Image
     query: Image.Image
     prompt: str
+    more_exemplars: tuple[tuple[Image.Image, Image.Image], ...] = ()
+
+    @property
+    def pairs(self) -> list[tuple[Image.Image, Image.Image]]:
+        """All k exemplar pairs (A, A'), the first one first."""
+        return [(self.exemplar_a, self.exemplar_b), *self.more_exemplars]
 
 
-def open_edit_inputs(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path, prompt: str, where: str = "") -> EditInputs:
+PathPair = tuple[Path, Path]
+
+
+def open_edit_inputs(
+    cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, prompt: str, where: str = ""
+) -> EditInputs:
+    """Open and check every image of one edit; ``exemplars`` is one (A, A') pair of paths or a list of pairs."""
     limit = cfg.data.max_image_pixels
-    a = open_image(exemplars[0], f"{where}exemplar A", limit)
-    b = open_image(exemplars[1], f"{where}exemplar A'", limit)
+    pairs = [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
+    opened = []
+    for n, (a, b) in enumerate(pairs, 1):
+        label = f"{where}exemplar" + (f" pair {n}" if len(pairs) > 1 else "")
+        opened.append((open_image(a, f"{label} A", limit), open_image(b, f"{label} A'", limit)))
     q = open_image(query, f"{where}query", limit)
-    return EditInputs(a, b, q, prompt)
+    return EditInputs(*opened[0], q, prompt, tuple(opened[1:]))
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
             text = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         result = pipe(
             image=inputs.query,
-            exemplars=(inputs.exemplar_a, inputs.exemplar_b),
+            exemplars=[inputs.pairs],
             **text,
             height=height,
             width=width,
@@ -152,7 +170,8 @@ def config_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".yaml")
 
 
-def infer_single(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path, output: Path | None) -> Path:
+def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, output: Path | None) -> Path:
+    """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
     from .model import load_pipeline
     from .progress import progress_bar
 
@@ -189,7 +208,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     todo = [r for r in rows if not (output_dir / f"{r.index:06d}{suffix}").exists()]
 
     def row_inputs(r):
-        return open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text, f"row {r.index + 1} ")
+        return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ")
 
     for r in todo:  # decode everything once before loading the model; images are not kept in memory
         row_inputs(r)

@@ -107,7 +107,7 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora)
     device = device or resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
-    pipe = load_base(sources, dtype, cfg.model.local_files_only)
+    pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
     if sources.lora is not None:
         apply_lora(pipe, sources.lora, fuse=cfg.lora.fuse)
     from . import runtime
@@ -138,8 +138,11 @@ def size_multiple(cfg: RelationConfig) -> int:
     return 2 ** len(vae["block_out_channels"])
 
 
-def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False):
-    """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path."""
+def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False, query_ids: str = "auto"):
+    """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path.
+
+    ``query_ids`` (``model.query_ids``) sets the pipeline's query position ids; ``auto`` reads the base.
+    """
     from transformers import AutoImageProcessor, SiglipVisionModel
 
     from .pipeline import RelationPipeline
@@ -165,7 +168,23 @@ def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool 
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         raise RelationError(f"model.base '{sources.base}': {load_problem(e)}") from None
     pipe.set_progress_bar_config(disable=True)
+    pipe.query_ids = query_ids if query_ids != "auto" else auto_query_ids(sources.base, local_files_only)
     return pipe
+
+
+KONTEXT_PIPELINES = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
+
+
+def auto_query_ids(base: str, local_files_only: bool = False) -> str:
+    """``model.query_ids: auto``: ``kontext`` when the base's model_index.json names a FLUX.1 Kontext
+    pipeline, ``clone`` (the paper's ids) for any other base."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(base, local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        raise RelationError(f"model.base '{base}': cannot read model_index.json ({first_line(e)})") from None
+    return "kontext" if index.get("_class_name") in KONTEXT_PIPELINES else "clone"
 
 
 def load_problem(err: Exception) -> str:

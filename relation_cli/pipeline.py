@@ -29,6 +29,33 @@ from .images import working_size as size_rule
 
 Pair = tuple[PIL.Image.Image, PIL.Image.Image]
 logger = logging.get_logger(__name__)
+QUERY_IDS = {"clone": 0.0, "kontext": 1.0}
+"""First position axis of the query tokens: 0, a clone of the target's ids (the paper, SPEC 2.2.2), or 1,
+FLUX.1 Kontext's convention for its context image (SPEC 6)."""
+
+
+def relation_latent_ids(
+    height: int, width: int, device: torch.device, dtype: torch.dtype, query_ids: str = "clone"
+) -> torch.Tensor:
+    """Position ids ``(2N, 3)`` of ``[target ; query]`` on a ``height x width`` token grid (N = h*w):
+    ``(0, row, col)`` for the target, the same with first axis ``QUERY_IDS[query_ids]`` for the query.
+    Used by the pipeline and by training alike."""
+    ids = latent_ids(height, width, device, dtype)
+    query = ids.clone()
+    query[:, 0] = QUERY_IDS[query_ids]
+    return torch.cat([ids, query], dim=0)
+
+
+def exemplar_pairs(entry) -> list[Pair]:
+    """One query's exemplars as a list of pairs: a pair ``(A, A')`` -> ``[(A, A')]``; a list of pairs as
+    is. Anything else (a pair of the wrong length, a non-image) gives ``[]``."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 2 and all(isinstance(i, PIL.Image.Image) for i in entry):
+        return [tuple(entry)]
+    if isinstance(entry, (tuple, list)) and entry and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(i, PIL.Image.Image) for i in p) for p in entry
+    ):
+        return [tuple(p) for p in entry]
+    return []
 
 
 class RelationPipeline(FluxPipeline):
@@ -60,6 +87,7 @@ class RelationPipeline(FluxPipeline):
             image_encoder=image_encoder, feature_extractor=feature_extractor,
         )  # fmt: skip
         self.register_modules(relation_adapter=None)
+        self.query_ids = "clone"  # "kontext" for a FLUX.1 Kontext base: see relation_latent_ids
         if relation_adapter is not None:
             self.set_relation_adapter(relation_adapter)
 
@@ -143,18 +171,24 @@ class RelationPipeline(FluxPipeline):
             raise ValueError("no relation_adapter: call set_relation_adapter() or pass relation_scale=0")
         if relation_tokens is None:
             pairs = exemplars if isinstance(exemplars, list) else [exemplars]
-            if len(pairs) != batch or any(p is None or len(p) != 2 for p in pairs):
-                raise ValueError(f"need one (A, A') exemplar pair per query image: {batch} queries")
+            if len(pairs) != batch or not all(exemplar_pairs(p) for p in pairs):
+                raise ValueError(f"need (A, A') exemplar pairs (one, or a list) per query image: {batch} queries")
             if self.image_encoder is None or self.feature_extractor is None:
                 raise ValueError("encoding exemplars needs `image_encoder` and `feature_extractor`")
 
-    def encode_exemplars(self, pairs: Sequence[Pair], device: torch.device) -> torch.Tensor:
-        """``B`` pairs (A, A') -> exemplar tokens ``(B, 2T, C)``: each image padded to a regular aspect
-        ratio, through the SigLIP processor, ``pooler_output``, then the adapter's projection."""
-        flat = [pad_exemplar(img) for pair in pairs for img in pair]  # A_0, A'_0, A_1, A'_1, ...
+    def encode_exemplars(self, pairs: Sequence[Pair | Sequence[Pair]], device: torch.device) -> torch.Tensor:
+        """One entry per query image, each one pair (A, A') or a list of k pairs -> exemplar tokens
+        ``(B, 2kT, C)``: each image padded to a regular aspect ratio, through the SigLIP processor,
+        ``pooler_output``, then the adapter's projection. Every entry must have the same k."""
+        per_query = [exemplar_pairs(entry) for entry in pairs]
+        k = len(per_query[0])
+        if any(len(p) != k for p in per_query):
+            raise ValueError(f"every query image needs the same number of exemplar pairs, got {[len(p) for p in per_query]}")
+        flat = [pad_exemplar(img) for entry in per_query for pair in entry for img in pair]  # A_0, A'_0, A_1, ...
         pixels = self.feature_extractor(images=flat, return_tensors="pt").pixel_values
-        pooled = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).pooler_output  # (2B, d)
-        return self.relation_adapter.encode(pooled[0::2], pooled[1::2])
+        pooled = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).pooler_output  # (2Bk, d)
+        pooled = pooled.unflatten(0, (len(per_query), k, 2))  # (B, k, 2, d)
+        return self.relation_adapter.encode(pooled[:, :, 0], pooled[:, :, 1])
 
     def relation_attention_kwargs(self, exemplars, relation_scale: float, relation_tokens, device,
                                   precompute_relation_kv: bool) -> dict[str, Any]:  # fmt: skip
@@ -178,10 +212,11 @@ class RelationPipeline(FluxPipeline):
     def prepare_image_ids(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
         """Position ids ``(N, 3)`` of the target tokens and of the query tokens of a ``height x width`` image.
 
-        RelationAdapter clones them: the query's ids equal the target's, first axis 0 (SPEC 2.2.2).
+        RelationAdapter clones them: the query's ids equal the target's, first axis 0 (SPEC 2.2.2); with
+        ``query_ids = "kontext"`` the query's first axis is 1, FLUX.1 Kontext's convention (SPEC 6).
         """
-        ids = latent_ids(height // self.size_multiple, width // self.size_multiple, device, dtype)
-        return ids, ids.clone()
+        f = self.size_multiple
+        return relation_latent_ids(height // f, width // f, device, dtype, self.query_ids).chunk(2)
 
     def prepare_latents(
         self,
@@ -265,7 +300,8 @@ class RelationPipeline(FluxPipeline):
 
         Args:
             image: query image(s); all are brought to one working size (that of the first).
-            exemplars: one (A, A') pair, or one pair per query image.
+            exemplars: one (A, A') pair, or one entry per query image: a pair or a list of k pairs (the
+                same k for every query image); k pairs give ``(B, 2kT, C)`` exemplar tokens.
             prompt: text instruction(s); None or "" for none.
             height, width: working size in pixels; by default the query's own size, shrunk to about
                 ``max_area`` pixels when larger (aspect ratio kept); floored to ``2 * vae_scale_factor``.
@@ -275,7 +311,7 @@ class RelationPipeline(FluxPipeline):
             latents: initial noise, packed ``(B, N, 4c)``, instead of drawing it from ``generator``.
             prompt_embeds, pooled_prompt_embeds: precomputed text encodings (``encode_prompt``) instead of
                 ``prompt``, e.g. to encode a prompt shared by many images once.
-            relation_tokens: precomputed exemplar tokens ``(B, 2T, C)`` instead of ``exemplars``.
+            relation_tokens: precomputed exemplar tokens ``(B, 2kT, C)`` instead of ``exemplars``.
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers (tensors: ``latents``,
                 ``prompt_embeds``); setting ``pipe._interrupt = True`` there skips the remaining steps.
             precompute_relation_kv: compute every layer's exemplar keys/values once instead of at

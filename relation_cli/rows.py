@@ -1,6 +1,7 @@
 """Run-ready analogy rows (``cond1``, ``cond2``, ``source``, ``target``, ``text``, ``task``) in JSON Lines.
 
-Image paths in a row are relative to the file that holds it and must stay inside its folder.
+Image paths in a row are relative to the file that holds it and must stay inside its folder. Instead of
+``cond1``/``cond2`` a row may carry k exemplar pairs: ``"exemplars": [["a.png", "a2.png"], ["c.png", "c2.png"]]``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from .fs import real_dir, resolve_inside
 T = TypeVar("T")
 
 IMAGE_FIELDS = ("cond1", "cond2", "source", "target")
-FIELDS = (*IMAGE_FIELDS, "text", "task")
+FIELDS = (*IMAGE_FIELDS, "text", "task", "exemplars")
+Pair = tuple[Path, Path]
 
 
 @dataclass(frozen=True)
 class Row:
-    """One analogy sample: exemplar pair (cond1 -> cond2), query ``source``, optional ``target``."""
+    """One analogy sample: exemplar pair (cond1 -> cond2), query ``source``, optional ``target``.
+
+    A row with an ``exemplars`` list keeps all its pairs in ``exemplars``; ``cond1``/``cond2`` are its first.
+    """
 
     index: int
     cond1: Path
@@ -30,6 +35,12 @@ class Row:
     target: Path | None
     text: str
     task: str
+    exemplars: tuple[Pair, ...] = ()
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        """Every exemplar pair (A, A') of the row, k >= 1 of them."""
+        return self.exemplars or ((self.cond1, self.cond2),)
 
 
 def json_problem(err: Exception) -> str:
@@ -76,37 +87,68 @@ def parse_rows(path: str | Path, need_target: bool = False) -> list[Row]:
     """
     path = Path(path)
     root, real_root = path.parent, real_dir(path.parent)
-    needed = ("cond1", "cond2", "source") + (("target",) if need_target else ())
     rows, problems = [], []
     for i, raw in enumerate(read_jsonl(path)):
-        reasons = []
-        unknown = [k for k in raw if k not in FIELDS]
-        if unknown:
-            reasons.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                           f"(known: {', '.join(FIELDS)})")  # fmt: skip
-        missing = [k for k in needed if raw.get(k) in (None, "")]
-        if missing:
-            reasons.append(f"missing or empty {', '.join(missing)}")
-        wrong = [k for k in FIELDS if raw.get(k) is not None and not isinstance(raw[k], str)]
-        if wrong:
-            reasons.append(f"{', '.join(wrong)} must be {'strings' if len(wrong) > 1 else 'a string'}")
-        paths = {}
-        for key in IMAGE_FIELDS:
-            if key not in missing + wrong and raw.get(key):
-                try:
-                    paths[key] = resolve_inside(raw[key], root, root, real_root)[0]
-                except RelationError as e:
-                    reasons.append(f"{key} {e}")
+        reasons, paths = _row_paths(raw, need_target, root, real_root)
+        pairs, why = _exemplar_pairs(raw, root, real_root)
+        reasons += why
         if reasons:
             problems.append(f"row {i + 1}: " + "; ".join(reasons))
             continue
-        rows.append(Row(i, paths["cond1"], paths["cond2"], paths["source"], paths.get("target"), raw.get("text") or "",
-                        raw.get("task") or ""))  # fmt: skip
+        first = pairs[0] if pairs else (paths["cond1"], paths["cond2"])
+        rows.append(Row(i, *first, paths["source"], paths.get("target"), raw.get("text") or "", raw.get("task") or "",
+                        tuple(pairs)))  # fmt: skip
     if problems:
         raise RelationError(f"'{path}': " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     if not rows:
         raise RelationError(f"'{path}': no rows")
     return rows
+
+
+def _row_paths(raw: dict, need_target: bool, root: Path, real_root: Path) -> tuple[list[str], dict[str, Path]]:
+    """Problems of a row's fields other than ``exemplars``, and its resolved image paths."""
+    reasons = []
+    pair_keys = () if raw.get("exemplars") is not None else ("cond1", "cond2")
+    needed = (*pair_keys, "source") + (("target",) if need_target else ())
+    unknown = [k for k in raw if k not in FIELDS]
+    if unknown:
+        reasons.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                       f"(known: {', '.join(FIELDS)})")  # fmt: skip
+    missing = [k for k in needed if raw.get(k) in (None, "")]
+    if missing:
+        reasons.append(f"missing or empty {', '.join(missing)}")
+    wrong = [k for k in FIELDS[:-1] if raw.get(k) is not None and not isinstance(raw[k], str)]
+    if wrong:
+        reasons.append(f"{', '.join(wrong)} must be {'strings' if len(wrong) > 1 else 'a string'}")
+    paths = {}
+    for key in IMAGE_FIELDS:
+        if key not in missing + wrong and raw.get(key):
+            try:
+                paths[key] = resolve_inside(raw[key], root, root, real_root)[0]
+            except RelationError as e:
+                reasons.append(f"{key} {e}")
+    return reasons, paths
+
+
+def _exemplar_pairs(raw: dict, root: Path, real_root: Path) -> tuple[list[Pair], list[str]]:
+    """The ``exemplars`` field: a non-empty list of [A, A'] path pairs, instead of cond1/cond2."""
+    value = raw.get("exemplars")
+    if value is None:
+        return [], []
+    if raw.get("cond1") is not None or raw.get("cond2") is not None:
+        return [], ["give cond1/cond2 or exemplars, not both"]
+    shape_ok = isinstance(value, list) and value and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p) for p in value
+    )
+    if not shape_ok:
+        return [], ['exemplars must be a non-empty list of [A, A\'] path pairs, e.g. [["a.png", "a2.png"]]']
+    pairs, reasons = [], []
+    for n, pair in enumerate(value, 1):
+        try:
+            pairs.append(tuple(resolve_inside(x, root, root, real_root)[0] for x in pair))
+        except RelationError as e:
+            reasons.append(f"exemplars pair {n} {e}")
+    return pairs, reasons
 
 
 def spread_by_task(items: Iterable[T], task_of: Callable[[T], str]) -> list[T]:

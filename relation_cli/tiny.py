@@ -40,6 +40,9 @@ class ArchSpec(BaseModel):
     siglip_image_size: int = Field(32, ge=8)
     siglip_patch_size: int = Field(8, ge=2)
     num_tokens: int = Field(128, ge=1, description="Exemplar tokens per image.")
+    kontext: bool = Field(
+        False, description="Save base/ in FLUX.1 Kontext's layout (model_index.json names FluxKontextPipeline)."
+    )
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -186,16 +189,21 @@ def build_pipeline(spec: ArchSpec | None = None, seed: int = 0):
     return RelationPipeline(**build_components(spec, seed))
 
 
-def save_model(components: dict, out: str | Path) -> Path:
-    """Write components as a relation model folder: ``base/`` (FLUX layout), ``image_encoder/``, ``adapter/``."""
-    from diffusers import FluxPipeline
+def save_model(components: dict, out: str | Path, kontext: bool = False) -> Path:
+    """Write components as a relation model folder: ``base/`` (FLUX layout), ``image_encoder/``, ``adapter/``.
+
+    ``kontext``: ``base/`` is saved by ``FluxKontextPipeline`` (same components, its name in model_index.json).
+    """
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    layout = FluxKontextPipeline if kontext else FluxPipeline
 
     out = Path(out)
     base = {k: components[k] for k in ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
     adapter = components["relation_adapter"]
     transformer = components["transformer"]
     with adapter.detached(transformer) if _installed(adapter, transformer) else nullcontext():
-        FluxPipeline(transformer=transformer, **base).save_pretrained(out / "base")
+        layout(transformer=transformer, **base).save_pretrained(out / "base")
     components["image_encoder"].save_pretrained(out / "image_encoder")
     components["feature_extractor"].save_pretrained(out / "image_encoder")
     adapter.save_pretrained(out / "adapter")
@@ -211,5 +219,5 @@ def init_model(out: str | Path, spec: ArchSpec | None = None, seed: int = 0) -> 
     from .fs import atomic_dir
 
     with atomic_dir(out) as tmp:
-        save_model(build_components(spec, seed), tmp)
+        save_model(build_components(spec, seed), tmp, kontext=spec is not None and spec.kontext)
     return Path(out)

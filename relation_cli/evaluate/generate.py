@@ -69,10 +69,9 @@ def record_settings(output_dir: Path, cfg: RelationConfig) -> None:
 
 
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
-    """Open and check the three images of one job; messages name the split, row and role."""
-    pair = (job.exemplar.cond1, job.exemplar.cond2)
+    """Open and check the images of one job (its k exemplar pairs and query); messages name the split, row and role."""
     prompt = job.row.text if cfg.eval.use_text else ""
-    return open_edit_inputs(cfg, pair, job.row.source, prompt, f"{job.split} row {job.row.index + 1} ")
+    return open_edit_inputs(cfg, job.exemplar.pairs, job.row.source, prompt, f"{job.split} row {job.row.index + 1} ")
 
 
 def copy_query(query: Image.Image, sizes: EditSizes) -> np.ndarray:

@@ -104,6 +104,20 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def by_k_rows(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of the metrics by number of exemplar pairs k (split x method x k); None when every
+    sample had the same k."""
+    entries = results.get("aggregate_by_k") or []
+    ks = sorted({e["k"] for e in entries})
+    if len(ks) < 2:
+        return None
+    table = {(e["split"], e["method"], e["k"], e["metric"]): e for e in entries}
+    metrics = [m for m in METRICS if any(key[3] == m for key in table)]
+    keys = sorted({(e["split"], e["method"], e["k"]) for e in entries}, key=lambda x: (x[0], x[1], x[2]))
+    header = ["split", "method", "k", *(NAMES.get(m, m.upper()) + (" ↓" if m in LOWER_IS_BETTER else " ↑") for m in metrics)]
+    return header, [[s, METHOD_LABELS[m], str(k), *(_cell(table.get((s, m, k, x))) for x in metrics)] for s, m, k in keys]
+
+
 def summary_table(results: dict):
     """The summary as a rich Table, for the console, with the model evaluated (:func:`model_lines`) under it."""
     from rich.console import Group
@@ -117,6 +131,21 @@ def summary_table(results: dict):
     for row in rows:  # the std under the mean keeps the table narrow
         table.add_row(*(cell.replace(" ± ", "\n± ") for cell in row))
     return Group(table, Text("model evaluated:\n  " + "\n  ".join(model_lines(results["model"]))))
+
+
+def by_k_table(results: dict):
+    """:func:`by_k_rows` as a rich Table for the console; None when every sample had the same k."""
+    from rich.table import Table
+
+    found = by_k_rows(results)
+    if found is None:
+        return None
+    table = Table(title="by number of exemplar pairs k: mean ± std", title_justify="left")
+    for i, name in enumerate(found[0]):
+        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i < 3)
+    for row in found[1]:
+        table.add_row(*(cell.replace(" ± ", "\n± ") for cell in row))
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ grids
@@ -227,6 +256,9 @@ def write_html(path: Path, results: dict, grids: dict[str, tuple[list[str], list
     ]
     for note in notes_of(results):
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    by_k = by_k_rows(results)
+    if by_k is not None:
+        parts += ["<h2>By number of exemplar pairs k (mean ± std)</h2>", _table(*by_k)]
     judge = results.get("judge")
     if judge:
         parts.append(

@@ -108,6 +108,7 @@ def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], jud
         "notes": notes,
         "judge": judged,
         "aggregate": aggregate(samples),
+        "aggregate_by_k": aggregate(samples, by=("split", "method", "k")),
         "fid": fid,
         "samples": samples,
     }
@@ -169,8 +170,10 @@ def check_inputs(cfg: RelationConfig, splits: list[Split], jobs: list[Job]) -> N
     for job in jobs:
         if not job.output.is_file():
             where = f"{job.split} row {job.row.index + 1} "
-            images += [(job.exemplar.cond1, where + "exemplar A"), (job.exemplar.cond2, where + "exemplar A'"),
-                       (job.row.source, where + "query")]  # fmt: skip
+            for n, (a, b) in enumerate(job.exemplar.pairs, 1):
+                label = where + "exemplar" + (f" pair {n}" if n > 1 else "")
+                images += [(a, label + " A"), (b, label + " A'")]
+            images.append((job.row.source, where + "query"))
     check_images(images, cfg.data.max_image_pixels)
 
 
@@ -196,6 +199,7 @@ def sample_of(job: Job, out: Path) -> dict:
         "source": _relative(job.row.source, out),
         "exemplar_row": job.exemplar.index,
         "exemplar_task": job.exemplar.task,
+        "k": len(job.exemplar.pairs),  # exemplar pairs given (cond1/cond2 above are the first)
     }
 
 

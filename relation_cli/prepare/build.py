@@ -3,6 +3,7 @@
 Output folder (row paths are relative to it):
 
     train.jsonl  test_seen.jsonl  test_unseen.jsonl    rows: cond1, cond2, source, target, text, task
+                                                        (data.exemplar_pairs > 1: test rows hold exemplars)
     images/<task>/<n>_before.png, <n>_after.png         every usable pair, EXIF-upright RGB, lossless
     manifest.json                                       counts per task and split, seed, input, settings
     config.yaml                                         the resolved configuration
@@ -45,7 +46,7 @@ IMAGES_DIR = "images"
 RAW_DIR = "raw"
 MANIFEST_FORMAT = "relation-prepared/1"
 # recorded in the manifest
-SETTINGS = ("per_task_cap", "test_per_task", "max_test_fraction", "unseen_tasks", "unseen_task_names")
+SETTINGS = ("per_task_cap", "test_per_task", "max_test_fraction", "unseen_tasks", "unseen_task_names", "exemplar_pairs")
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,11 @@ def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any],
     unseen = choose_unseen(sorted(by_task), data.unseen_tasks, data.unseen_task_names, data.seed)
     plans = [
         plan_task(task, [p.index for p in pairs], data.seed, task in unseen, data.per_task_cap, data.test_per_task,
-                  data.max_test_fraction)  # fmt: skip
+                  data.max_test_fraction, data.exemplar_pairs)  # fmt: skip
         for task, pairs in sorted(by_task.items())
     ]
     pairs_by_index = {p.index: p for pairs in by_task.values() for p in pairs}
-    samples = _write_splits(tmp, plans, pairs_by_index, names)
+    samples = _write_splits(tmp, plans, pairs_by_index, names, data.exemplar_pairs > 1)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
     notes = _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
     _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, notes)
@@ -182,21 +183,25 @@ def image_names(pairs: list[Pair]) -> dict[int, tuple[str, str]]:
 
 
 def _write_splits(
-    tmp: Path, plans: list[TaskPlan], pairs: dict[int, Pair], names: dict[int, tuple[str, str]]
+    tmp: Path, plans: list[TaskPlan], pairs: dict[int, Pair], names: dict[int, tuple[str, str]], lists: bool = False
 ) -> dict[str, int]:
-    def chosen(plan: TaskPlan, split: str) -> list[tuple[int, int]]:
-        if split == "train":
-            return plan.train
-        return plan.test if plan.unseen == (split == "test_unseen") else []
+    """train.jsonl, test_seen.jsonl, test_unseen.jsonl; ``lists``: test rows carry an ``exemplars`` list
+    of their k pairs instead of cond1/cond2."""
 
-    def rows(split: str) -> Iterator[dict[str, str]]:
+    def chosen(plan: TaskPlan, split: str) -> list[tuple[tuple[int, int], list[int]]]:
+        if split == "train":
+            return [(sample, [sample[0]]) for sample in plan.train]
+        return list(zip(plan.test, plan.test_exemplars)) if plan.unseen == (split == "test_unseen") else []
+
+    def rows(split: str) -> Iterator[dict]:
         for plan in plans:
-            for exemplar, query in chosen(plan, split):
-                yield {
-                    "cond1": names[exemplar][0], "cond2": names[exemplar][1],
-                    "source": names[query][0], "target": names[query][1],
-                    "text": pairs[query].text, "task": plan.task,
-                }  # fmt: skip
+            for (exemplar, query), exemplars in chosen(plan, split):
+                if lists and split != "train":
+                    pair: dict = {"exemplars": [list(names[e]) for e in exemplars]}
+                else:
+                    pair = {"cond1": names[exemplar][0], "cond2": names[exemplar][1]}
+                yield {**pair, "source": names[query][0], "target": names[query][1], "text": pairs[query].text,
+                       "task": plan.task}  # fmt: skip
 
     for split in SPLITS:
         write_jsonl(tmp / f"{split}.jsonl", rows(split))

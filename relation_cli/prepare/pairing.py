@@ -11,6 +11,11 @@ pairs are removed from the task's training pool, so no test query ever appears i
 query or as exemplar (the paper does not promise this; we do). A small task gives fewer test
 queries: at most ``max_test_fraction`` of its pairs (by default half, so a task never keeps fewer
 training pairs than it has test queries), and never so many that fewer than ``MIN_TRAIN_PAIRS`` remain.
+
+With k exemplar pairs per test sample (``data.exemplar_pairs``), a sample's pairs are its exemplar and
+the pairs after it in the same cycle (the training pool for a seen task, the task's order for an unseen
+one), skipping the sample's query: the query is never among its exemplars, and a seen test query never
+serves as anyone's exemplar.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class TaskPlan:
     pairs: int
     train: list[tuple[int, int]] = field(default_factory=list)
     test: list[tuple[int, int]] = field(default_factory=list)
+    test_exemplars: list[list[int]] = field(default_factory=list)  # per test sample: its k exemplar pairs
 
     @property
     def test_queries(self) -> set[int]:
@@ -63,22 +69,32 @@ def count_test_queries(pairs: int, test_per_task: int, cap: int, max_test_fracti
 
 def plan_task(
     task: str, pair_ids: Sequence[int], seed: int, unseen: bool, cap: int, test_per_task: int,
-    max_test_fraction: float,
+    max_test_fraction: float, exemplar_pairs: int = 1,
 ) -> TaskPlan:  # fmt: skip
     """All samples of one task. ``cap`` bounds the task's samples over all splits together; a seen task's
-    test queries are :func:`count_test_queries` of its size."""
+    test queries are :func:`count_test_queries` of its size; each test sample gets up to ``exemplar_pairs``
+    exemplar pairs (fewer when the task has fewer to give)."""
     order = list(pair_ids)
     random.Random(f"{seed}/{task}").shuffle(order)  # str seeds are hashed with sha512: stable across runs
     plan = TaskPlan(task, unseen, len(order))
     if unseen:
         plan.test = rotate(order, min(test_per_task, cap))
+        plan.test_exemplars = [following(order, e, q, exemplar_pairs) for e, q in plan.test]
         return plan
     n_test = count_test_queries(len(order), test_per_task, cap, max_test_fraction)
     queries, pool = order[:n_test], order[n_test:]
     # Each test query gets its own exemplar from the training pool, cycling through it.
     plan.test = [(pool[j % len(pool)], q) for j, q in enumerate(queries)]
+    plan.test_exemplars = [following(pool, e, q, exemplar_pairs) for e, q in plan.test]
     plan.train = rotate(pool, cap - n_test)
     return plan
+
+
+def following(cycle: Sequence[int], first: int, query: int, k: int) -> list[int]:
+    """``first`` and the pairs after it in ``cycle`` (wrapping around), without ``query``: at most k."""
+    start = cycle.index(first)
+    ring = [cycle[(start + j) % len(cycle)] for j in range(len(cycle))]
+    return [p for p in ring if p != query][:k]
 
 
 def choose_unseen(tasks: Sequence[str], count: int, names: Sequence[str], seed: int) -> list[str]:

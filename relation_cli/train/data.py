@@ -1,7 +1,12 @@
 """Training data: run-ready rows read with ``datasets``, images kept in aspect ratio, batched by size.
 
 The batch order is a pure function of (seed, epoch), so a resumed run sees exactly the batches the
-interrupted one would have seen next. Each process of a distributed run takes every k-th batch.
+interrupted one would have seen next. Each process of a distributed run takes every n-th batch.
+
+With ``train.max_exemplar_pairs`` N > 1, each batch trains with k exemplar pairs, k drawn in [1, N]
+per batch (every sample of a batch needs the same k): a row's own pairs first, then other pairs of its
+task in the training rows, never its query pair. k and the pairs are pure functions of (seed, epoch,
+batch position, row) too, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..errors import RelationError
 from ..images import check_images, open_image, pad_exemplar
-from ..rows import IMAGE_FIELDS, Row, parse_rows
+from ..rows import IMAGE_FIELDS, Pair, Row, parse_rows
 
 
 def load_rows(path: str | Path, max_pixels: int) -> list[Row]:
@@ -30,11 +35,13 @@ def load_rows(path: str | Path, max_pixels: int) -> list[Row]:
         raise RelationError(f"train.data '{path}': not found (run relation prepare first)")
     rows = parse_rows(path, need_target=True)
     check_images(((getattr(r, k), f"row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
+    more = ((p, f"row {r.index + 1} exemplars pair {n}") for r in rows for n, pair in enumerate(r.pairs[1:], 2) for p in pair)
+    check_images(more, max_pixels)
     import datasets
 
     datasets.disable_progress_bars()
     table = datasets.load_dataset("json", data_files=str(path), split="train")
-    if len(table) != len(rows) or not {"cond1", "cond2", "source", "target"} <= set(table.column_names):
+    if len(table) != len(rows) or not {"source", "target"} <= set(table.column_names):
         raise RelationError(f"train.data '{path}': datasets reads {len(table)} rows with columns {table.column_names}")
     return rows
 
@@ -62,17 +69,34 @@ class Item:
     plan: tuple[int, int]  # (epoch, position) of the batch plan once this item's batch is consumed
     source: torch.Tensor  # (3, H, W) in [-1, 1]
     target: torch.Tensor
-    exemplars: torch.Tensor  # (2, 3, s, s): A then A', padded and through the image processor
+    exemplars: torch.Tensor  # (2k, 3, s, s): A_1, A'_1, ..., A_k, A'_k, padded and through the image processor
     text: str
 
 
-class AnalogyDataset(Dataset):
-    """Rows -> tensors. ``memo=True`` keeps every decoded image in memory (small datasets, many epochs)."""
+def task_pairs(rows: list[Row]) -> dict[str, list[Pair]]:
+    """The distinct (A, A') pairs of each task among ``rows``: their exemplar pairs and query pairs."""
+    out: dict[str, dict[Pair, None]] = {}
+    for r in rows:
+        pool = out.setdefault(r.task, {})
+        for pair in (*r.pairs, (r.source, r.target)):
+            pool.setdefault(pair, None)
+    return {task: list(pool) for task, pool in out.items()}
 
-    def __init__(self, rows: list[Row], resolution: int, multiple: int, max_pixels: int, feature_extractor, memo=False):
+
+class AnalogyDataset(Dataset):
+    """Rows -> tensors. ``memo=True`` keeps every decoded image in memory (small datasets, many epochs).
+
+    ``max_pairs`` > 1: a sample may be given up to that many exemplar pairs of its task (see
+    :meth:`exemplar_pairs`); ``seed`` picks which.
+    """
+
+    def __init__(self, rows: list[Row], resolution: int, multiple: int, max_pixels: int, feature_extractor, memo=False,
+                 max_pairs: int = 1, seed: int = 0):  # fmt: skip
         """``feature_extractor=None``: no exemplars (VAE pre-training needs only the images)."""
         self.rows, self.resolution, self.multiple, self.max_pixels = rows, resolution, multiple, max_pixels
         self.feature_extractor = feature_extractor
+        self.max_pairs, self.seed = max_pairs, seed
+        self.pool = task_pairs(rows) if max_pairs > 1 else {}
         self._sizes: list[tuple[int, int]] | None = None
         self._memo: dict | None = {} if memo else None
 
@@ -114,16 +138,40 @@ class AnalogyDataset(Dataset):
             self._sizes = out
         return self._sizes
 
-    def __getitem__(self, key: tuple[int, int, int]) -> Item:
-        i, epoch, position = key
+    def candidates(self, i: int) -> list[Pair]:
+        """Exemplar pairs row ``i`` may be given: its own, then the rest of its task's pool; never its query."""
+        r = self.rows[i]
+        query = (r.source, r.target)
+        own = [p for p in r.pairs if p != query]
+        return own + [p for p in self.pool.get(r.task, []) if p not in own and p != query]
+
+    def pair_counts(self) -> list[int]:
+        """How many exemplar pairs each row can be given (at most ``max_pairs``)."""
+        if self.max_pairs == 1:
+            return [1] * len(self.rows)
+        return [max(1, min(self.max_pairs, len(self.candidates(i)))) for i in range(len(self.rows))]
+
+    def exemplar_pairs(self, i: int, k: int, epoch: int, position: int) -> list[Pair]:
+        """k pairs for row ``i`` in the batch at (epoch, position): the row's first pair, then the others of
+        its candidates in a seeded order (the same pairs however often the run is resumed)."""
+        if k == 1:
+            return [self.rows[i].pairs[0]]
+        first, *rest = self.candidates(i)
+        random.Random(f"{self.seed}:pairs:{epoch}:{position}:{i}").shuffle(rest)
+        return [first, *rest][:k]
+
+    def __getitem__(self, key: tuple[int, ...]) -> Item:
+        """``key`` = (row, epoch, position[, k]) as :class:`BatchPlan` yields it; k exemplar pairs (default 1)."""
+        i, epoch, position, *more = key
         r, size = self.rows[i], self.sizes()[i]
         where = f"row {r.index + 1} "
         source = self.image(r.source, where + "source", size)
         target = self.image(r.target, where + "target", size)
-        pair = torch.empty(0)
+        pairs = torch.empty(0)
         if self.feature_extractor is not None:
-            pair = torch.stack([self.exemplar(r.cond1, where + "cond1"), self.exemplar(r.cond2, where + "cond2")])
-        return Item(i, (epoch, position), source, target, pair, r.text)
+            chosen = self.exemplar_pairs(i, more[0] if more else 1, epoch, position)
+            pairs = torch.stack([self.exemplar(p, where + role) for pair in chosen for p, role in zip(pair, ("A", "A'"))])
+        return Item(i, (epoch, position), source, target, pairs, r.text)
 
 
 def collate(items: list[Item]) -> dict:
@@ -132,7 +180,7 @@ def collate(items: list[Item]) -> dict:
         "plan": {"epoch": items[0].plan[0], "position": items[0].plan[1]},
         "source": torch.stack([it.source for it in items]),
         "target": torch.stack([it.target for it in items]),
-        "exemplars": torch.cat([it.exemplars for it in items]),  # (2B, 3, s, s): A_0, A'_0, A_1, ...
+        "exemplars": torch.cat([it.exemplars for it in items]),  # (2kB, 3, s, s): A, A' of sample 0's k pairs, ...
         "text": [it.text for it in items],
     }
 
@@ -166,9 +214,17 @@ class BatchPlan:
     workers have read ahead.
     """
 
-    def __init__(self, sizes, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, sizes, batch_size: int, seed: int, rank: int = 0, world: int = 1, pair_counts=None):
+        """``pair_counts``: the most exemplar pairs each row can have (:meth:`AnalogyDataset.pair_counts`);
+        None: one pair always."""
         self.sizes, self.batch_size, self.seed, self.rank, self.world = sizes, batch_size, seed, rank, world
+        self.pair_counts = pair_counts
         self.epoch, self.position = 0, 0  # batches of this epoch already trained on (this process)
+
+    def pairs_of(self, batch: list[int], epoch: int, position: int) -> int:
+        """k for one batch: uniform in [1, the fewest pairs any of its rows can have], seeded by its place."""
+        most = min(self.pair_counts[i] for i in batch) if self.pair_counts else 1
+        return 1 if most == 1 else random.Random(f"{self.seed}:k:{epoch}:{position}").randint(1, most)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -183,5 +239,6 @@ class BatchPlan:
             while position < len(mine):
                 batch = mine[position]
                 position += 1
-                yield [(i, epoch, position) for i in batch]
+                k = self.pairs_of(batch, epoch, position)
+                yield [(i, epoch, position, k) for i in batch]
             epoch, position = epoch + 1, 0

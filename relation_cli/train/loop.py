@@ -172,13 +172,15 @@ def set_latent_statistics(run: Run, images: int = 512) -> None:
 
 
 def save_base(run: Run, path: Path) -> None:
-    """A complete FLUX folder with the trained transformer (adapter processors detached for the save)."""
-    from diffusers import FluxPipeline
+    """A complete FLUX folder with the trained transformer (adapter processors detached for the save); in
+    FLUX.1 Kontext's layout when it trained with Kontext's query ids, so ``model.query_ids: auto`` finds them."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
 
     p = run.pipe
+    layout = FluxKontextPipeline if p.query_ids == "kontext" else FluxPipeline
     detached = p.relation_adapter.detached(p.transformer) if p.relation_adapter is not None else nullcontext()
     with atomic_dir(path, replace=True) as tmp, detached:
-        FluxPipeline(
+        layout(
             scheduler=p.scheduler, vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer,
             text_encoder_2=p.text_encoder_2, tokenizer_2=p.tokenizer_2, transformer=p.transformer,
         ).save_pretrained(tmp)  # fmt: skip

@@ -20,10 +20,11 @@ class RelationTrainModel(nn.Module):
         self.image_encoder = image_encoder  # set only when it trains; frozen embeddings come precomputed
 
     def exemplar_tokens(self, embeds: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``(2B, d)`` pooled embeddings (A_0, A'_0, ...) -> tokens ``(B, 2T, C)``; dropped samples get zeros."""
-        a, b = embeds[0::2], embeds[1::2]
-        keep = keep.to(a.dtype)[:, None]
-        return self.adapter.encode(a * keep, b * keep)
+        """``(2kB, d)`` pooled embeddings (sample 0's A_1, A'_1, ..., A_k, A'_k, then sample 1's, ...) ->
+        tokens ``(B, 2kT, C)``; dropped samples get zeros for all their pairs."""
+        pairs = embeds.unflatten(0, (keep.shape[0], -1, 2))  # (B, k, 2, d)
+        keep = keep.to(pairs.dtype)[:, None, None]
+        return self.adapter.encode(pairs[:, :, 0] * keep, pairs[:, :, 1] * keep)
 
     def forward(
         self,
@@ -34,10 +35,10 @@ class RelationTrainModel(nn.Module):
         prompt_embeds: torch.Tensor,  # (B, L, C)
         pooled: torch.Tensor,  # (B, P)
         text_ids: torch.Tensor,  # (L, 3)
-        img_ids: torch.Tensor,  # (2N, 3), query ids cloned from the target's
+        img_ids: torch.Tensor,  # (2N, 3), the target's ids then the query's (relation_latent_ids)
         keep: torch.Tensor,  # (B,) 1 = use the exemplars, 0 = dropped
-        exemplar_embeds: torch.Tensor | None = None,  # (2B, d) from a frozen encoder
-        exemplar_pixels: torch.Tensor | None = None,  # (2B, 3, s, s) when the encoder trains
+        exemplar_embeds: torch.Tensor | None = None,  # (2kB, d) from a frozen encoder, k pairs per sample
+        exemplar_pixels: torch.Tensor | None = None,  # (2kB, 3, s, s) when the encoder trains
     ) -> torch.Tensor:
         if exemplar_embeds is None:
             exemplar_embeds = self.image_encoder(exemplar_pixels.to(self.image_encoder.dtype)).pooler_output

@@ -15,8 +15,8 @@ import torch
 
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
-from ..flux_private import latent_ids
 from ..fs import check_writable
+from ..pipeline import relation_latent_ids
 from ..progress import console
 from . import checkpoint as ckpt
 from .data import AnalogyDataset, BatchPlan, load_rows
@@ -101,7 +101,7 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
     from ..weights import load_adapter
 
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
-    pipe = load_base(sources, dtype, cfg.model.local_files_only)
+    pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
     t = cfg.train
     transformer = pipe.transformer
     if sources.adapter is not None:
@@ -188,9 +188,11 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     multiple = pipe.vae_scale_factor * 2
     extractor = None if t.mode == "vae" else pipe.feature_extractor
     dataset = AnalogyDataset(
-        rows, cfg.data.resolution, multiple, cfg.data.max_image_pixels, extractor, t.cache_images_in_memory
-    )
-    plan = BatchPlan(dataset.sizes(), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes)
+        rows, cfg.data.resolution, multiple, cfg.data.max_image_pixels, extractor, t.cache_images_in_memory,
+        t.max_exemplar_pairs, t.seed,
+    )  # fmt: skip
+    counts = dataset.pair_counts() if extractor is not None else None
+    plan = BatchPlan(dataset.sizes(), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes, counts)
     cache = DiskCache(Path(t.cache_dir or out / "cache") if t.cache_encodings else None)
     ids = {
         "vae": identity(sources.base, dict(pipe.vae.config), str(pipe.vae.dtype)),
@@ -304,7 +306,7 @@ def loss_on(run: Run, batch: dict) -> torch.Tensor:
     noisy = (1 - s) * x0 + s * noise
     h, w = batch["target"].shape[-2:]
     grid = (h // run.pipe.vae_scale_factor // 2, w // run.pipe.vae_scale_factor // 2)
-    ids = latent_ids(*grid, device, dtype)
+    ids = relation_latent_ids(*grid, device, dtype, run.pipe.query_ids)  # (2N, 3): target's, then the query's
     guidance = None
     if run.pipe.transformer.config.guidance_embeds:
         guidance = torch.full((b,), cfg.train.guidance, device=device, dtype=torch.float32)
@@ -314,7 +316,7 @@ def loss_on(run: Run, batch: dict) -> torch.Tensor:
     else:
         exemplars["exemplar_embeds"] = enc.exemplar_embeds(batch["exemplars"])
     pred = run.model(
-        noisy, query, sigma.to(dtype), guidance, prompt_embeds, pooled, text_ids, torch.cat([ids, ids]), keep,
+        noisy, query, sigma.to(dtype), guidance, prompt_embeds, pooled, text_ids, ids, keep,
         **exemplars,
     )  # fmt: skip
     return torch.mean((pred.float() - (noise - x0).float()) ** 2)
