@@ -54,16 +54,38 @@ class PromptCache:
         return self.store[prompt]
 
 
+class NonFiniteResult(RelationError):
+    """The pipeline produced NaN or Inf; raised by :func:`edit` before anything is saved."""
+
+
+def likely_sources(cfg: RelationConfig) -> str:
+    """Where a NaN or Inf most likely came from, for the message of :class:`NonFiniteResult`."""
+    causes = [f"a LoRA ({', '.join(f.path for f in cfg.lora.paths)})"] if cfg.lora.paths else []
+    if cfg.adapter.scale:
+        causes.append(f"the adapter ({cfg.adapter.path or 'the demo adapter'})")
+    dtype = cfg.model.dtype
+    causes.append("the float16 dtype, which overflows (try --set model.dtype=bfloat16)" if dtype == "float16"
+                  else f"the dtype (model.dtype={dtype}; try float32)")  # fmt: skip
+    return ", ".join(causes)
+
+
 def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: PromptCache | None = None) -> np.ndarray:
-    """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at the query's size floored to 16."""
+    """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at the query's size floored to 16.
+
+    Raises :class:`NonFiniteResult` when the latents of a step or the decoded image hold NaN or Inf.
+    """
     import torch
 
     width, height = output_size(*inputs.query.size, multiple=pipe.vae_scale_factor * 2)
-    callback = None
-    if on_step is not None:
-        def callback(_pipe, _i, _t, _kwargs):
+    bad_steps: list[int] = []
+
+    def callback(_pipe, i, _t, kwargs):
+        if not bad_steps and not torch.isfinite(kwargs["latents"]).all():
+            bad_steps.append(i)
+        if on_step is not None:
             on_step()
-            return {}
+        return {}
+
     text = {"prompt": inputs.prompt}
     with torch.inference_mode():
         if prompts is not None:
@@ -83,7 +105,11 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
             output_type="np",
             callback_on_step_end=callback,
         )
-    return result.images[0].astype(np.float32)
+    image = result.images[0].astype(np.float32)
+    if bad_steps or not np.isfinite(image).all():
+        where = f"in the latents from step {bad_steps[0] + 1}" if bad_steps else "in the decoded image"
+        raise NonFiniteResult(f"the result is not finite (NaN or Inf {where}); likely source: {likely_sources(cfg)}")
+    return image
 
 
 def default_output(query: Path) -> Path:
