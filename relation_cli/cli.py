@@ -177,6 +177,10 @@ def infer(
                 raise RelationError("--input needs --output-dir")
             summary = core.infer_batch(cfg, input_file, output_dir)
             typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
+            for failure in summary.failed:
+                typer.echo(f"  {failure}", err=True)
+            if summary.failed:
+                raise RelationError(f"{len(summary.failed)} rows gave no image (listed above)")
             return
         pair = [*(exemplar or []), *(extra or [])]
         if len(pair) != 2:

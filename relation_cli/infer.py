@@ -5,7 +5,7 @@ Everything cheap is checked (images decode, sizes, output paths) before the mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from .config import RelationConfig, save_config
 from .errors import RelationError
 from .fs import check_writable
 from .images import check_output_path, open_image, output_size, save_output
-from .rows import parse_rows
+from .rows import Row, parse_rows
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -146,12 +146,41 @@ class BatchSummary:
     written: int
     skipped: int
     output_dir: Path
+    failed: list[str] = field(default_factory=list)  # "row N: why", for rows that gave no image
+
+
+def row_record(row: Row) -> dict:
+    """What an output of batch infer was made from, as ``generation.json`` records it."""
+    return {"cond1": str(row.cond1.resolve()), "cond2": str(row.cond2.resolve()), "source": str(row.source.resolve()),
+            "text": row.text}  # fmt: skip
+
+
+def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
+    """The outputs already in ``output_dir`` made from the same row and settings (none with infer.overwrite).
+
+    Refuses a folder made with other settings, or holding outputs that ``generation.json`` does not describe.
+    """
+    from .evaluate.generate import SETTINGS_FILE, check_settings, read_settings
+
+    if cfg.infer.overwrite:
+        return {}
+    check_settings(output_dir, cfg, eval_keys=False)
+    recorded = (read_settings(output_dir) or {}).get("rows")
+    present = [names[r.index] for r in rows if (output_dir / names[r.index]).exists()]
+    if present and not isinstance(recorded, dict):
+        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(present[:3])}) that no {SETTINGS_FILE} "
+                            "describes: use another --output-dir, or --overwrite to regenerate them")  # fmt: skip
+    return {names[r.index]: row_record(r) for r in rows
+            if names[r.index] in present and recorded.get(names[r.index]) == row_record(r)}  # fmt: skip
 
 
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
-    """One output per row, named by row number; rows whose output exists are skipped (resumable)."""
-    from .model import load_pipeline
-    from .progress import progress_bar
+    """One output per row, named by row number; an output made from the same row and settings is reused.
+
+    ``generation.json`` in the folder records the settings and the row behind each output; a row whose
+    result is not finite is reported in ``failed`` and leaves no image.
+    """
+    from .evaluate.generate import record_settings
 
     if suffix not in (".png", ".jpg", ".webp", ".npy"):
         raise RelationError(f"batch output format '{suffix}': use .png, .jpg, .webp or .npy")
@@ -159,20 +188,42 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
     check_writable(output_dir, "output dir")
-    todo = [r for r in rows if not (output_dir / f"{r.index:06d}{suffix}").exists()]
-
-    def row_inputs(r):
-        return open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text, f"row {r.index + 1} ")
-
+    names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
+    made = reusable_rows(cfg, rows, output_dir, names)
+    todo = [r for r in rows if names[r.index] not in made]
     for r in todo:  # decode everything once before loading the model; images are not kept in memory
-        row_inputs(r)
+        _row_inputs(cfg, r)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
-    if todo:
-        pipe = load_pipeline(cfg)
-        prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
-        with progress_bar("rows", len(todo)) as advance:
-            for r in todo:
-                save_output(edit(pipe, row_inputs(r), cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
-                advance()
-    return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)
+    record_settings(output_dir, cfg, eval_keys=False, rows=made)
+    failed: list[str] = []
+    try:
+        _generate_rows(cfg, todo, output_dir, names, made, failed)
+    finally:
+        record_settings(output_dir, cfg, eval_keys=False, rows=made)
+    return BatchSummary(len(todo) - len(failed), len(rows) - len(todo), output_dir, failed)
+
+
+def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
+    return open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text, f"row {r.index + 1} ")
+
+
+def _generate_rows(cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
+    """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
+    from .model import load_pipeline
+    from .progress import progress_bar
+
+    if not todo:
+        return
+    pipe = load_pipeline(cfg)
+    prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
+    with progress_bar("rows", len(todo)) as advance:
+        for r in todo:
+            out = output_dir / names[r.index]
+            try:
+                save_output(edit(pipe, _row_inputs(cfg, r), cfg, prompts=prompts), out)
+                made[names[r.index]] = row_record(r)
+            except NonFiniteResult as e:
+                out.unlink(missing_ok=True)  # an older output of this row no longer describes it
+                failed.append(f"row {r.index + 1}: {e}")
+            advance()

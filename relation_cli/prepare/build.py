@@ -108,11 +108,15 @@ def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any],
     pairs_by_index = {p.index: p for pairs in by_task.values() for p in pairs}
     samples = _write_splits(tmp, plans, pairs_by_index, names)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
-    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders)
+    dropped = dropped_tasks(source, problems, set(by_task))
+    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, dropped)
     save_config(cfg, tmp / "config.yaml")
     if data.skip_invalid:
         write_jsonl(tmp / "skipped.jsonl", (_skipped_row(p, source.root) for p in problems))
     notes = _notes(plans, data.test_per_task, data.per_task_cap)
+    if dropped:
+        notes.append(f"{len(dropped)} task(s) dropped, none of their pairs is in the splits (manifest.json "
+                     f"dropped_tasks): " + "; ".join(f"'{t}': {why}" for t, why in dropped.items()))  # fmt: skip
     return PrepareSummary(tmp, len(pairs_by_index), len(plans), unseen, samples, len(problems), notes)
 
 
@@ -205,9 +209,21 @@ def _write_splits(
     }
 
 
+def dropped_tasks(source: Source, problems: list[Problem], kept: set[str]) -> dict[str, str]:
+    """Every task of the input that has no pair in the splits, with why (sorted by name)."""
+    named = {p.task for p in source.pairs} | {p.task for p in problems if p.task}
+    dropped = {}
+    for task in sorted((set(source.folders) | named) - kept):
+        if task in named:  # only with --skip-invalid: invalid entries stop the run otherwise
+            dropped[task] = "fewer than 2 usable pairs (the others are in skipped.jsonl)"
+        else:
+            dropped[task] = f"'{source.folders[task]}' holds no entries"
+    return dropped
+
+
 def _write_manifest(
     tmp: Path, cfg: RelationConfig, info: dict[str, Any], plans: list[TaskPlan], samples: dict[str, int],
-    skipped: int, folders: dict[str, str],
+    skipped: int, folders: dict[str, str], dropped: dict[str, str],
 ) -> None:
     data = cfg.data
     tasks = {}
@@ -228,6 +244,7 @@ def _write_manifest(
         "counts": {"pairs": sum(p.pairs for p in plans), "tasks": len(plans), "skipped": skipped, **samples},
         "unseen_tasks": sorted(p.task for p in plans if p.unseen),
         "tasks": tasks,
+        "dropped_tasks": dropped,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
