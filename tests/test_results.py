@@ -224,3 +224,43 @@ def test_prepare_names_the_tasks_it_drops(tmp_path, capsys):
     assert "1 task(s) dropped" in said and f"'blur': '{root / 'blur' / 'Group1' / 'labels.json'}' holds no entries" in said
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["dropped_tasks"]) == {"blur"} and set(manifest["tasks"]) == {"mirror", "invert"}
+
+
+def test_eval_counts_non_finite_outputs_as_failures(tiny_model, tmp_path, capsys):
+    data = write_test_file(tmp_path / "data", rows=2)
+    out = tmp_path / "out"
+    args = ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1",
+            "--lora", str(nan_lora(tmp_path / "nan.safetensors")),
+            *sets(*tiny_overrides(tiny_model), "eval.clip_model=", "eval.dino_model=", "eval.fid=false",
+                  "infer.max_sequence_length=16", "model.device=cpu", "eval.baselines=[copy_query, adapter_off]")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert "4 outputs were not finite" in capsys.readouterr().out
+    results = json.loads((out / "metrics.json").read_text())
+    failed = results["generation"]["failed"]
+    assert sorted((f["method"], f["index"]) for f in failed) == [("adapter_off", 0), ("adapter_off", 1), ("relation", 0), ("relation", 1)]
+    assert {s["method"] for s in results["samples"]} == {"copy_query"}
+    assert not list(out.rglob("relation/*.png")) and (out / "grids" / "seen.png").is_file()
+
+
+def test_several_lora_options_are_all_recorded(tiny_model, images, tmp_path, capsys):
+    from diffusers import FluxPipeline
+
+    layers = {"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 32),
+              "transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 2)}  # fmt: skip
+    FluxPipeline.save_lora_weights(tmp_path / "one", transformer_lora_layers=layers)
+    FluxPipeline.save_lora_weights(tmp_path / "two", transformer_lora_layers=layers)
+    out = tmp_path / "o.png"
+    code = main(infer_args(tiny_model, images, "--lora", str(tmp_path / "one"), "--lora", f"{tmp_path / 'two'}:0.25",
+                           "-o", str(out)))  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    used = yaml.safe_load((tmp_path / "o.png.yaml").read_text())["lora"]
+    assert used["paths"] == [{"path": str(tmp_path / "one"), "weight": 1.0}, {"path": str(tmp_path / "two"), "weight": 0.25}]
+
+
+def test_lora_option_parsing():
+    from relation_cli.cli import lora_option
+
+    assert lora_option("a/b.safetensors:0.5") == {"path": "a/b.safetensors", "weight": 0.5}
+    assert lora_option("a/b.safetensors") == {"path": "a/b.safetensors"}
+    assert lora_option("C:\\loras\\x.safetensors") == {"path": "C:\\loras\\x.safetensors"}
+    assert lora_option("x:-1e-1") == {"path": "x", "weight": -0.1}
