@@ -253,7 +253,7 @@ def validation_rows(cfg: RelationConfig) -> list:
 def _flat_config(cfg: RelationConfig) -> dict:
     flat = {}
     for section, values in cfg.model_dump(mode="json").items():
-        for k, v in values.items():
+        for k, v in (values or {}).items():  # run: is None until export
             flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
 
