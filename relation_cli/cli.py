@@ -175,13 +175,7 @@ def infer(
                 raise RelationError("--input (batch mode) cannot be combined with --exemplar, --query or --output")
             if output_dir is None:
                 raise RelationError("--input needs --output-dir")
-            summary = core.infer_batch(cfg, input_file, output_dir)
-            typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
-            for failure in summary.failed:
-                typer.echo(f"  {failure}", err=True)
-            if summary.failed:
-                raise RelationError(f"{len(summary.failed)} rows gave no image (listed above)")
-            return
+            return report_batch(core.infer_batch(cfg, input_file, output_dir))
         pair = [*(exemplar or []), *(extra or [])]
         if len(pair) != 2:
             raise RelationError(f"--exemplar needs exactly 2 images (A and A'), got {len(pair)}")
@@ -189,6 +183,15 @@ def infer(
             raise RelationError("--query is required (the image to edit)")
         written = core.infer_single(cfg, (pair[0], pair[1]), query, output)
         typer.echo(f"wrote {written}")
+
+
+def report_batch(summary) -> None:
+    """What batch infer wrote; rows that gave no image are listed and make the exit status 1."""
+    typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
+    for failure in summary.failed:
+        typer.echo(f"  {failure}", err=True)
+    if summary.failed:
+        raise RelationError(f"{len(summary.failed)} rows gave no image (listed above)")
 
 
 # ------------------------------------------------------------------------------------------------ convert
