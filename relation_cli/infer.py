@@ -181,6 +181,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     result is not finite is reported in ``failed`` and leaves no image.
     """
     from .evaluate.generate import record_settings
+    from .model import load_pipeline
 
     if suffix not in (".png", ".jpg", ".webp", ".npy"):
         raise RelationError(f"batch output format '{suffix}': use .png, .jpg, .webp or .npy")
@@ -193,12 +194,13 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     todo = [r for r in rows if names[r.index] not in made]
     for r in todo:  # decode everything once before loading the model; images are not kept in memory
         _row_inputs(cfg, r)
+    pipe = load_pipeline(cfg) if todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
     record_settings(output_dir, cfg, eval_keys=False, rows=made)
     failed: list[str] = []
     try:
-        _generate_rows(cfg, todo, output_dir, names, made, failed)
+        _generate_rows(pipe, cfg, todo, output_dir, names, made, failed)
     finally:
         record_settings(output_dir, cfg, eval_keys=False, rows=made)
     return BatchSummary(len(todo) - len(failed), len(rows) - len(todo), output_dir, failed)
@@ -208,14 +210,12 @@ def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
     return open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text, f"row {r.index + 1} ")
 
 
-def _generate_rows(cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
+def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
     """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
-    from .model import load_pipeline
     from .progress import progress_bar
 
     if not todo:
         return
-    pipe = load_pipeline(cfg)
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:

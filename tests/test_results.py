@@ -264,3 +264,12 @@ def test_lora_option_parsing():
     assert lora_option("a/b.safetensors") == {"path": "a/b.safetensors"}
     assert lora_option("C:\\loras\\x.safetensors") == {"path": "C:\\loras\\x.safetensors"}
     assert lora_option("x:-1e-1") == {"path": "x", "weight": -0.1}
+
+
+def test_batch_refused_for_its_lora_leaves_no_record(tiny_model, tmp_path, capsys):
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    save_file({"transformer.nowhere.lora_A.weight": torch.zeros(2, 3), "transformer.nowhere.lora_B.weight": torch.zeros(3, 2)},
+              tmp_path / "unfit.safetensors")  # fmt: skip
+    assert batch(tiny_model, rows, out, "--lora", str(tmp_path / "unfit.safetensors")) == 1
+    assert "none of its 1 modules is in this model" in capsys.readouterr().err
+    assert not out.exists()
