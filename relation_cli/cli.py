@@ -16,6 +16,7 @@ import typer
 
 from .config import describe_fields, load_config
 from .errors import RelationError, first_line
+from .runs import refuse_run_config, run_settings
 
 app = typer.Typer(
     name="relation",
@@ -45,21 +46,36 @@ AdapterOpt = Annotated[
                  "train starts from it."),
 ]  # fmt: skip
 LoraOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--lora", metavar="PATH[:WEIGHT]", help="LoRA .safetensors file or folder, with its weight "
+                 "(default 1); repeatable (lora.paths); train continues it."),
+]
+RunOpt = Annotated[
     Optional[Path],
-    typer.Option("--lora", help="LoRA .safetensors file or folder (lora.path); train continues it."),
+    typer.Option("--run", help="A finished training run folder: its base, image encoder, adapter, LoRA and "
+                 "infer settings (flags and --set override them)."),
 ]
 DeviceOpt = Annotated[
     Optional[str], typer.Option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps (model.device).")
 ]
 
 
-def model_flags(model: str | None, image_encoder: str | None, adapter: Path | None, lora: Path | None,
+def model_flags(model: str | None, image_encoder: str | None, adapter: Path | None, lora: list[str] | None,
                 device: str | None) -> dict:  # fmt: skip
     """The shared model options as config keys (None = not given)."""
     return {
         "model.base": model, "model.image_encoder": image_encoder, "adapter.path": str(adapter) if adapter else None,
-        "lora.path": str(lora) if lora else None, "model.device": device,
+        "lora.paths": [lora_option(text) for text in lora] if lora else None, "model.device": device,
     }  # fmt: skip
+
+
+def lora_option(text: str) -> dict:
+    """``PATH[:WEIGHT]`` -> ``{"path": PATH, "weight": WEIGHT}``; a tail that is not a number stays in the path."""
+    path, sep, weight = text.rpartition(":")
+    try:
+        return {"path": path, "weight": float(weight)} if sep and path else {"path": text}
+    except ValueError:
+        return {"path": text}
 
 
 CONFIG_EPILOG = "Config keys (--set section.key=value):\n\n" + describe_fields().replace("\n", "\n\n")
@@ -129,6 +145,7 @@ def infer(
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
+    run: RunOpt = None,
     device: DeviceOpt = None,
     memory: Annotated[
         Optional[str],
@@ -153,7 +170,8 @@ def infer(
             "infer.width": width, "infer.height": height,
             **model_flags(model, image_encoder, adapter, lora, device),
         }  # fmt: skip
-        cfg = load_config(config, overrides, flags)
+        cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
+        refuse_run_config(cfg, config)
         quiet_libraries()
         from . import infer as core
 
@@ -162,9 +180,7 @@ def infer(
                 raise RelationError("--input (batch mode) cannot be combined with --exemplar, --query or --output")
             if output_dir is None:
                 raise RelationError("--input needs --output-dir")
-            summary = core.infer_batch(cfg, input_file, output_dir)
-            typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
-            return
+            return report_batch(core.infer_batch(cfg, input_file, output_dir))
         pairs = pairs_from_options(exemplar or [], extra or [])
         if query is None:
             raise RelationError("--query is required (the image to edit)")
@@ -182,6 +198,15 @@ def pairs_from_options(options: list[Path], extra: list[Path]) -> list[tuple[Pat
         raise RelationError(f"--exemplar needs exactly 2 images (A and A') each time, got {given} image(s) for "
                             f"{len(options)} --exemplar option(s)")  # fmt: skip
     return list(zip(options, extra))
+
+
+def report_batch(summary) -> None:
+    """What batch infer wrote; rows that gave no image are listed and make the exit status 1."""
+    typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
+    for failure in summary.failed:
+        typer.echo(f"  {failure}", err=True)
+    if summary.failed:
+        raise RelationError(f"{len(summary.failed)} rows gave no image (listed above)")
 
 
 # ------------------------------------------------------------------------------------------------ convert
@@ -380,6 +405,7 @@ def evaluate(
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
+    run: RunOpt = None,
     device: DeviceOpt = None,
     recompute: RecomputeOpt = None,
     no_encoders: NoEncodersOpt = False,
@@ -406,7 +432,8 @@ def evaluate(
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
             "infer.steps": steps, **model_flags(model, image_encoder, adapter, lora, device),
         }  # fmt: skip
-        cfg = load_config(config, overrides, flags)
+        cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
+        refuse_run_config(cfg, config)
         quiet_libraries()
         from .evaluate import evaluate as core_evaluate
 

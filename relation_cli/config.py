@@ -103,11 +103,20 @@ class AdapterSection(Section):
     )
 
 
+class LoraFile(Section):
+    path: str = Field(description="A LoRA: .safetensors file (diffusers, peft, kohya, BFL or xlabs layout) or the folder holding pytorch_lora_weights.safetensors.")
+    weight: float = Field(1.0, description="Strength of this LoRA; its scale on load is weight x lora.scale x alpha/rank.")
+
+
 class LoraSection(Section):
-    path: str | None = Field(
-        None,
-        description="Diffusers-format LoRA (pytorch_lora_weights.safetensors, or the folder holding it). "
-        "Empty: the demo's LoRA if it has one; none otherwise.",
+    paths: list[LoraFile] = Field(
+        default_factory=list,
+        description="LoRAs fused into the transformer, each with its weight (--lora PATH[:WEIGHT], repeatable). "
+        "Empty: the demo's LoRA if it has one; none otherwise. Training continues the one LoRA given here.",
+    )
+    scale: float = Field(1.0, description="Multiplies the weight of every LoRA in lora.paths.")
+    allow_partial: bool = Field(
+        False, description="Load a LoRA whose keys fit only part of the transformer (the rest is left out, and said)."
     )
     fuse: bool = Field(True, description="Fuse the LoRA into the transformer weights for inference.")
     rank: int = Field(128, ge=1, description="LoRA rank when training.")
@@ -288,6 +297,17 @@ class EvalSection(Section):
     )
 
 
+class RunSection(Section):
+    """What a training run produced; ``relation train`` writes it into the run's ``config.yaml`` and
+    ``--run`` reads it. Paths inside the run are relative to the run folder."""
+
+    base: str = Field(description="FLUX base of the trained model: 'base' inside the run, or the model.base it was trained on.")
+    image_encoder: str | None = Field(None, description="SigLIP of the trained model: 'image_encoder' inside the run, or the model.image_encoder it was trained with.")
+    adapter: str | None = Field(None, description="The trained adapter folder inside the run ('adapter').")
+    lora: str | None = Field(None, description="The trained LoRA folder inside the run ('lora'), if any.")
+    step: int = Field(0, ge=0, description="Optimizer steps the exported weights were trained for.")
+
+
 class RelationConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
@@ -296,6 +316,7 @@ class RelationConfig(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     infer: InferSection = Field(default_factory=InferSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    run: RunSection | None = Field(None, description="Written by relation train: the model a run produced (read by --run).")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -364,13 +385,15 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    under: dict | None = None,
 ) -> RelationConfig:
     """Defaults <- YAML file <- ``section.key=value`` overrides <- command flags (``{'infer.steps': 4}``).
 
     With ``model.base: demo`` the demo model's own defaults (``relation_cli/demo/relation.yaml``) sit
-    between the field defaults and the YAML file.
+    between the field defaults and the YAML file. ``under``: settings between those and the YAML file
+    (``--run``: the run's model and infer settings).
     """
-    tree = read_yaml(path) if path else {}
+    tree = _merged(under or {}, read_yaml(path) if path else {})
     origin = f"'{path}'" if path else "defaults"
     for text in overrides or []:
         parts, value = parse_override(text)
@@ -412,6 +435,8 @@ def describe_fields() -> str:
     """All keys with their descriptions, for ``--help`` epilogs and the README."""
     rows = []
     for name, field in RelationConfig.model_fields.items():
+        if field.default_factory is None:  # run: written by relation train, not set by hand
+            continue
         section = field.default_factory()  # type: ignore[misc]
         for key, f in type(section).model_fields.items():
             rows.append(f"{name}.{key}: {f.description}")

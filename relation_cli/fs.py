@@ -7,19 +7,46 @@ system) and renamed into place only when complete.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from .errors import RelationError
 
-# mkstemp/mkdtemp create private (0600/0700) entries; what we move into place gets the permissions
-# an ordinary open() or mkdir() would have given it, so other users and tools can read the outputs.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+# Temporary entries are created with open(..., 0o666) / mkdir(..., 0o777), so the kernel applies the
+# user's umask as an ordinary open() or mkdir() would. Some writers replace the file they are given with a
+# private one (safetensors' save_file leaves 0600); what is moved into place gets the mode the umask gives
+# (read off the temporary entry, so the process umask is never changed or even read).
+
+
+def _new_temp(parent: Path, name: str, suffix: str = "", folder: bool = False) -> Path:
+    """A new, uniquely named entry ``parent/.name.<random><suffix>``, created with the umask applied."""
+    for _ in range(100):
+        tmp = parent / f".{name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise RelationError(f"cannot create a temporary entry in '{parent}'")
+
+
+def _apply_mode(tmp: Path, file_mode: int, dir_mode: int | None = None) -> None:
+    """``file_mode`` on ``tmp`` (a file) or on every file under it, ``dir_mode`` on the folders."""
+    if not tmp.is_dir():
+        os.chmod(tmp, file_mode)
+        return
+    for root, dirs, files in os.walk(tmp):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), dir_mode)
+        for f in files:
+            os.chmod(os.path.join(root, f), file_mode)
 
 
 @contextmanager
@@ -27,14 +54,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """``with atomic_file(p) as tmp: write(tmp)``; ``tmp`` keeps ``p``'s suffix so writers infer formats."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = _new_temp(path.parent, path.name, path.suffix)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask
     try:
-        yield Path(tmp)
-        os.chmod(tmp, FILE_MODE)
+        yield tmp
+        _apply_mode(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -103,10 +130,11 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     if not replace:
         check_new_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = _new_temp(path.parent, path.name, folder=True)
+    dir_mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o777 less the umask
     try:
         yield tmp
-        os.chmod(tmp, DIR_MODE)
+        _apply_mode(tmp, dir_mode & 0o666, dir_mode)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -6,7 +6,9 @@ alpha, CMYK, 16-bit) comes back as 8-bit RGB, upright according to its EXIF orie
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,11 +23,40 @@ from .fs import atomic_file, check_writable
 MIN_SIDE = 16
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
 
-# data.max_image_pixels is the limit, checked before decoding: PIL's own warning (89 MP) would refuse images
-# a higher configured limit allows. PIL's warnings about damaged metadata of an image that still decodes
-# would print lines beside a command's one-line result. Module-wide filters: open_image runs in threads.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+log = logging.getLogger(__name__)
+
+
+class _QuietPil:
+    """PIL's warnings silenced while images are read, without touching the filters at import.
+
+    data.max_image_pixels is the limit, checked before decoding: PIL's own warning (89 MP) would refuse
+    images a higher configured limit allows. PIL's warnings about damaged metadata of an image that still
+    decodes would print lines beside a command's one-line result. Warning filters are process-wide and
+    images are read in threads, so nested and concurrent readers share one ``catch_warnings``: the first
+    to enter installs it, the last to leave restores the filters as they were.
+    """
+
+    def __init__(self) -> None:
+        self.lock, self.depth, self.guard = threading.Lock(), 0, None
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.depth == 0:
+                self.guard = warnings.catch_warnings()
+                self.guard.__enter__()
+                warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            self.depth += 1
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                self.guard.__exit__(None, None, None)
+
+
+_quiet_pil = _QuietPil()
+_alpha_noted = threading.Event()
 
 # The aspect ratios exemplars are padded to (SPEC 2.1), as (width, height).
 EXEMPLAR_RATIOS = ((3, 4), (4, 3), (1, 1), (16, 9), (9, 16))
@@ -45,14 +76,14 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
     if path.stat().st_size == 0:
         raise RelationError(f"{where}: empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with _quiet_pil, Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise RelationError(
                     f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (data.max_image_pixels)"
                 )
             im.load()
-            image = _to_rgb(ImageOps.exif_transpose(im))
+            image = _to_rgb(ImageOps.exif_transpose(im), where)
     except RelationError:
         raise
     except UnidentifiedImageError:
@@ -81,8 +112,9 @@ def check_images(images: Iterable[tuple[Path, str]], max_pixels: int) -> int:
         unique.setdefault(Path(path), role)
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
     try:
-        for _ in pool.map(lambda item: open_image(item[0], item[1], max_pixels).size, unique.items()):
-            pass  # the first failure, in input order, propagates
+        with _quiet_pil:  # one installation of the filters for the whole pool
+            for _ in pool.map(lambda item: open_image(item[0], item[1], max_pixels).size, unique.items()):
+                pass  # the first failure, in input order, propagates
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return len(unique)
@@ -92,7 +124,7 @@ def _short(err: Exception) -> str:
     return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def _to_rgb(im: Image.Image, where: str = "an image") -> Image.Image:
     """Convert to 8-bit RGB. 16/32-bit integer and float images are scaled, not clipped."""
     if im.mode == "RGB":
         return im.copy()
@@ -108,7 +140,17 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     # Alpha is dropped like the authors' ``Image.open(...).convert("RGB")`` does, so results match theirs.
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") and im.getchannel("A").getextrema()[0] < 255:
+        _note_alpha(where)
     return im.convert("RGB")
+
+
+def _note_alpha(where: str) -> None:
+    """Say once per process that transparency is dropped (the colour under transparent pixels shows)."""
+    if not _alpha_noted.is_set():
+        _alpha_noted.set()
+        log.warning("note: %s is transparent; its alpha is dropped as the authors' code does (the colours under "
+                    "transparent pixels are used; flatten it onto a background first to choose them)", where)  # fmt: skip
 
 
 def pad_exemplar(image: Image.Image, long_side: int = 512) -> Image.Image:

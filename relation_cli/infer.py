@@ -5,7 +5,7 @@ Everything cheap is checked (images decode, sizes, output paths) before the mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -15,8 +15,13 @@ from PIL import Image
 from .config import DEMO, InferSection, RelationConfig, save_config
 from .errors import RelationError
 from .fs import check_writable
+<<<<<<< HEAD
 from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import parse_rows
+=======
+from .images import check_output_path, open_image, output_size, save_output
+from .rows import Row, parse_rows
+>>>>>>> weights
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -121,7 +126,23 @@ class PromptCache:
         return self.store[prompt]
 
 
+class NonFiniteResult(RelationError):
+    """The pipeline produced NaN or Inf; raised by :func:`edit` before anything is saved."""
+
+
+def likely_sources(cfg: RelationConfig) -> str:
+    """Where a NaN or Inf most likely came from, for the message of :class:`NonFiniteResult`."""
+    causes = [f"a LoRA ({', '.join(f.path for f in cfg.lora.paths)})"] if cfg.lora.paths else []
+    if cfg.adapter.scale:
+        causes.append(f"the adapter ({cfg.adapter.path or 'the demo adapter'})")
+    dtype = cfg.model.dtype
+    causes.append("the float16 dtype, which overflows (try --set model.dtype=bfloat16)" if dtype == "float16"
+                  else f"the dtype (model.dtype={dtype}; try float32)")  # fmt: skip
+    return ", ".join(causes)
+
+
 def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: PromptCache | None = None) -> np.ndarray:
+<<<<<<< HEAD
     """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at ``edit_sizes(...).output`` (the working
     size, or the query's own with ``infer.output_size: query``)."""
     import torch
@@ -131,8 +152,24 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     callback = None
     if on_step is not None:
         def callback(_pipe, _i, _t, _kwargs):
+=======
+    """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at the query's size floored to 16.
+
+    Raises :class:`NonFiniteResult` when the latents of a step or the decoded image hold NaN or Inf.
+    """
+    import torch
+
+    width, height = output_size(*inputs.query.size, multiple=pipe.vae_scale_factor * 2)
+    bad_steps: list[int] = []
+
+    def callback(_pipe, i, _t, kwargs):
+        if not bad_steps and not torch.isfinite(kwargs["latents"]).all():
+            bad_steps.append(i)
+        if on_step is not None:
+>>>>>>> weights
             on_step()
-            return {}
+        return {}
+
     text = {"prompt": inputs.prompt}
     with torch.inference_mode():
         if prompts is not None:
@@ -152,7 +189,15 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
             output_type="np",
             callback_on_step_end=callback,
         )
+<<<<<<< HEAD
     return resize_result(result.images[0].astype(np.float32), sizes.output)
+=======
+    image = result.images[0].astype(np.float32)
+    if bad_steps or not np.isfinite(image).all():
+        where = f"in the latents from step {bad_steps[0] + 1}" if bad_steps else "in the decoded image"
+        raise NonFiniteResult(f"the result is not finite (NaN or Inf {where}); likely source: {likely_sources(cfg)}")
+    return image
+>>>>>>> weights
 
 
 def default_output(query: Path) -> Path:
@@ -192,12 +237,42 @@ class BatchSummary:
     written: int
     skipped: int
     output_dir: Path
+    failed: list[str] = field(default_factory=list)  # "row N: why", for rows that gave no image
+
+
+def row_record(row: Row) -> dict:
+    """What an output of batch infer was made from, as ``generation.json`` records it."""
+    return {"cond1": str(row.cond1.resolve()), "cond2": str(row.cond2.resolve()), "source": str(row.source.resolve()),
+            "text": row.text}  # fmt: skip
+
+
+def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
+    """The outputs already in ``output_dir`` made from the same row and settings (none with infer.overwrite).
+
+    Refuses a folder made with other settings, or holding outputs that ``generation.json`` does not describe.
+    """
+    from .evaluate.generate import SETTINGS_FILE, check_settings, read_settings
+
+    if cfg.infer.overwrite:
+        return {}
+    check_settings(output_dir, cfg, eval_keys=False)
+    recorded = (read_settings(output_dir) or {}).get("rows")
+    present = [names[r.index] for r in rows if (output_dir / names[r.index]).exists()]
+    if present and not isinstance(recorded, dict):
+        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(present[:3])}) that no {SETTINGS_FILE} "
+                            "describes: use another --output-dir, or --overwrite to regenerate them")  # fmt: skip
+    return {names[r.index]: row_record(r) for r in rows
+            if names[r.index] in present and recorded.get(names[r.index]) == row_record(r)}  # fmt: skip
 
 
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
-    """One output per row, named by row number; rows whose output exists are skipped (resumable)."""
+    """One output per row, named by row number; an output made from the same row and settings is reused.
+
+    ``generation.json`` in the folder records the settings and the row behind each output; a row whose
+    result is not finite is reported in ``failed`` and leaves no image.
+    """
+    from .evaluate.generate import record_settings
     from .model import load_pipeline
-    from .progress import progress_bar
 
     if suffix not in (".png", ".jpg", ".webp", ".npy"):
         raise RelationError(f"batch output format '{suffix}': use .png, .jpg, .webp or .npy")
@@ -205,15 +280,23 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
     check_writable(output_dir, "output dir")
+<<<<<<< HEAD
     todo = [r for r in rows if not (output_dir / f"{r.index:06d}{suffix}").exists()]
 
     def row_inputs(r):
         return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ")
 
+=======
+    names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
+    made = reusable_rows(cfg, rows, output_dir, names)
+    todo = [r for r in rows if names[r.index] not in made]
+>>>>>>> weights
     for r in todo:  # decode everything once before loading the model; images are not kept in memory
-        row_inputs(r)
+        _row_inputs(cfg, r)
+    pipe = load_pipeline(cfg) if todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
+<<<<<<< HEAD
     if todo:
         print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
         pipe = load_pipeline(cfg)
@@ -226,3 +309,35 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
                 advance()
     return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)
+=======
+    record_settings(output_dir, cfg, eval_keys=False, rows=made)
+    failed: list[str] = []
+    try:
+        _generate_rows(pipe, cfg, todo, output_dir, names, made, failed)
+    finally:
+        record_settings(output_dir, cfg, eval_keys=False, rows=made)
+    return BatchSummary(len(todo) - len(failed), len(rows) - len(todo), output_dir, failed)
+
+
+def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
+    return open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text, f"row {r.index + 1} ")
+
+
+def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
+    """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
+    from .progress import progress_bar
+
+    if not todo:
+        return
+    prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
+    with progress_bar("rows", len(todo)) as advance:
+        for r in todo:
+            out = output_dir / names[r.index]
+            try:
+                save_output(edit(pipe, _row_inputs(cfg, r), cfg, prompts=prompts), out)
+                made[names[r.index]] = row_record(r)
+            except NonFiniteResult as e:
+                out.unlink(missing_ok=True)  # an older output of this row no longer describes it
+                failed.append(f"row {r.index + 1}: {e}")
+            advance()
+>>>>>>> weights

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEMO, DEMO_DIR, AdapterSection, LoraSection, ModelSection, RelationConfig
+from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
 from .errors import RelationError, first_line
 
 SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
@@ -55,7 +55,7 @@ class ModelSources:
     base: str
     image_encoder: str
     adapter: str | None
-    lora: str | None
+    loras: tuple[LoraFile, ...] = ()
 
 
 def resolve_sources(
@@ -74,18 +74,19 @@ def resolve_sources(
             base=str(demo / "base"),
             image_encoder=model.image_encoder or str(demo / "image_encoder"),
             adapter=adapter.path or str(demo / "adapter"),
-            lora=lora.path or (str(lora_default) if lora_default.is_dir() else None),
+            loras=tuple(lora.paths) or ((LoraFile(path=str(lora_default)),) if lora_default.is_dir() else ()),
         )
     else:
-        sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, lora.path)
+        sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, tuple(lora.paths))
     _check_source("model.base", sources.base, "model_index.json")
     _check_source("model.image_encoder", sources.image_encoder, "config.json")
     if sources.adapter is None and adapter.scale != 0 and require_adapter:
         raise RelationError("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
     if sources.adapter is not None and not Path(sources.adapter).exists():
         raise RelationError(f"adapter '{sources.adapter}': not found")
-    if sources.lora is not None and not Path(sources.lora).exists():
-        raise RelationError(f"lora '{sources.lora}': not found")
+    for file in sources.loras:
+        if not Path(file.path).exists():
+            raise RelationError(f"lora '{file.path}': not found")
     return sources
 
 
@@ -99,6 +100,8 @@ def _check_source(key: str, name: str, marker: str) -> None:
         if not path.is_dir():
             raise RelationError(f"{key} '{name}': folder not found (or not a hub id of the form owner/name)")
         if not (path / marker).is_file():
+            if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
+                raise RelationError(f"{key} '{name}': a training run, not a model folder; use --run {name}")
             raise RelationError(f"{key} '{name}': no {marker} in this folder")
 
 
@@ -108,11 +111,13 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     device = device or resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
     pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
-    if sources.lora is not None:
-        apply_lora(pipe, sources.lora, fuse=cfg.lora.fuse)
+    if sources.loras:
+        from .lora import apply_loras
+
+        apply_loras(pipe, sources.loras, cfg.lora.scale, cfg.lora.fuse, cfg.lora.allow_partial)
     from . import runtime
 
-    runtime.prepare_weights(pipe, cfg.model, dtype, device, plain_linears=cfg.lora.fuse or sources.lora is None)
+    runtime.prepare_weights(pipe, cfg.model, dtype, device, plain_linears=cfg.lora.fuse or not sources.loras)
     if sources.adapter is not None:
         from .weights import load_adapter
 
@@ -194,18 +199,3 @@ def load_problem(err: Exception) -> str:
 
         return f"a weights file was {refusal(err)}"
     return f"cannot load ({first_line(err)})"
-
-
-def apply_lora(pipe, path: str, fuse: bool = True) -> None:
-    """Load a diffusers-format LoRA into the transformer; fuse it (scale 1) and drop the peft layers."""
-    from .weights import read_lora
-
-    state = read_lora(path)
-    try:
-        pipe.load_lora_weights(state, adapter_name="relation")
-    except (ValueError, RuntimeError, KeyError) as e:
-        raise RelationError(f"lora '{path}': does not fit this transformer ({first_line(e)})") from None
-    if fuse:
-        pipe.fuse_lora(lora_scale=1.0)
-        pipe.unload_lora_weights()
-

@@ -56,7 +56,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise RelationError(f"'{path}': file not found")
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON text may hold U+2028
+        lines = path.read_text(encoding="utf-8-sig").split("\n")  # BOM allowed; not splitlines: JSON may hold U+2028
     except UnicodeDecodeError as e:
         raise RelationError(f"'{path}': not UTF-8 text (byte {e.start})") from None
     except OSError as e:

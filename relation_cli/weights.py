@@ -7,12 +7,14 @@ Released adapter: a torch pickle ``{"image_proj": {...}, "ip_adapter": {...}}``,
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .adapter import RelationAdapter
@@ -133,8 +135,65 @@ def save_atomic(model, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
-    """A diffusers-format LoRA state dict from a ``.safetensors`` file or the folder holding one."""
+@dataclass(frozen=True)
+class LoraWeights:
+    """A LoRA file as read: its keys put where diffusers' FLUX loader looks, and its own alpha.
+
+    ``state`` holds diffusers-format keys (``transformer.<module>.lora_A.weight``) or a layout that
+    ``FluxLoraLoaderMixin.lora_state_dict`` converts (kohya, BFL, xlabs). ``metadata`` is diffusers'
+    LoRA adapter metadata from the safetensors header (``transformer.r``, ``transformer.lora_alpha``...),
+    which sets the scale alpha/rank; kohya-style files carry ``<module>.alpha`` keys instead.
+    """
+
+    path: Path
+    layout: str
+    state: dict[str, torch.Tensor]
+    metadata: dict | None
+
+
+LAYOUT_HELP = {
+    "diffusers": "diffusers format (keys transformer.<module>.lora_A.weight)",
+    "peft": "raw peft keys with no prefix (get_peft_model_state_dict)",
+    "peft-wrapped": "peft-wrapped keys (base_model.model.<module>.lora_A.weight)",
+    "kohya": "kohya/sd-scripts keys (lora_unet_*.lora_down.weight)",
+    "bfl": "BFL/ai-toolkit keys (double_blocks.N..., single_blocks.N...)",
+    "xlabs": "xlabs keys (double_blocks.N.processor.*)",
+}
+_BFL_BLOCKS = ("double_blocks.", "single_blocks.")
+
+
+def lora_layout(keys: list[str]) -> str:
+    """Which of the common FLUX LoRA layouts ``keys`` are in (see ``LAYOUT_HELP``); ``unknown`` otherwise."""
+    bare = [k.removeprefix("base_model.model.").removeprefix("diffusion_model.") for k in keys]
+    if any(k.endswith((".lora_down.weight", ".lora_up.weight")) for k in keys):
+        return "kohya"
+    if any(".processor." in k and k.startswith(_BFL_BLOCKS) for k in bare):
+        return "xlabs"
+    if any(k.startswith(_BFL_BLOCKS) for k in bare):
+        return "bfl"
+    if not any(".lora_A." in k or ".lora_B." in k for k in keys):
+        return "unknown"
+    if any(k.startswith(("transformer.", "text_encoder.")) for k in keys):
+        return "diffusers"
+    return "peft-wrapped" if any(k.startswith("base_model.model.") for k in keys) else "peft"
+
+
+def to_diffusers_keys(state: dict, layout: str) -> dict:
+    """peft layouts -> diffusers' ``transformer.`` keys; BFL keys -> what diffusers' converter reads; others unchanged."""
+    if layout in ("peft", "peft-wrapped"):
+        return {f"transformer.{k.removeprefix('base_model.model.')}": v for k, v in state.items()}
+    if layout == "bfl" and not any("query_norm.scale" in k for k in state):  # the fal/ai-toolkit converter's prefix
+        return {f"base_model.model.{k.removeprefix('base_model.model.').removeprefix('diffusion_model.')}": v
+                for k, v in state.items()}  # fmt: skip
+    return state
+
+
+def read_lora(path: str | Path) -> LoraWeights:
+    """A LoRA from a ``.safetensors`` file or the folder holding ``pytorch_lora_weights.safetensors``.
+
+    Raises RelationError for a missing or unreadable file and one that holds no LoRA weights in a
+    known layout; the message names the layouts that are read.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / LORA_WEIGHT_NAME
@@ -142,8 +201,24 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
         raise RelationError(f"lora '{path}': not found")
     try:
         state = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise RelationError(f"lora '{path}': not a readable safetensors file ({first_line(e)})") from None
-    if not state or not any(".lora_A." in k or ".lora_down." in k for k in state):
-        raise RelationError(f"lora '{path}': holds no LoRA weights (no *.lora_A.* keys)")
-    return state
+    layout = lora_layout(list(state))
+    if layout == "unknown":
+        raise RelationError(
+            f"lora '{path}': holds no LoRA weights in a layout relation reads (e.g. {sorted(state)[:3]}); "
+            f"it reads {'; '.join(LAYOUT_HELP.values())}"
+        )
+    return LoraWeights(path, layout, to_diffusers_keys(state, layout), _adapter_metadata(header, path))
+
+
+def _adapter_metadata(header: dict, path: Path) -> dict | None:
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    raw = header.get(LORA_ADAPTER_METADATA_KEY)
+    try:
+        return json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        raise RelationError(f"lora '{path}': its {LORA_ADAPTER_METADATA_KEY} header is not valid JSON") from None

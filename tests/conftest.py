@@ -67,5 +67,5 @@ def reference_overrides(ref: Path) -> list[str]:
         f"model.base={ref / 'base'}",
         f"model.image_encoder={ref / 'image_encoder'}",
         f"adapter.path={ref / 'ip_adapter.bin'}",
-        f"lora.path={ref / 'lora' / 'pytorch_lora_weights.safetensors'}",
+        f"lora.paths=[{{path: {ref / 'lora' / 'pytorch_lora_weights.safetensors'}}}]",
     ]

@@ -255,7 +255,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, data, tmp_p
 def test_start_from_the_released_weights(reference, tmp_path):
     data = analogy_dataset(tmp_path / "data", size=(32, 32))
     sets = [f"model.base={reference / 'base'}", f"model.image_encoder={reference / 'image_encoder'}",
-            f"adapter.path={reference / 'ip_adapter.bin'}", f"lora.path={reference / 'lora'}",
+            f"adapter.path={reference / 'ip_adapter.bin'}", f"lora.paths=[{{path: {reference / 'lora'}}}]",
             f"train.data={data}", f"train.output_dir={tmp_path / 'run'}", "train.steps=1", "lora.rank=4",
             "train.validation_samples=0", "train.learning_rate=1e-12"]  # fmt: skip
     assert main(["train"] + [x for s in sets for x in ("--set", s)]) == 0

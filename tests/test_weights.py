@@ -73,8 +73,8 @@ def test_convert_round_trip(reference, tmp_path):
 
 
 def test_lora_reading(reference, tmp_path):
-    state = read_lora(reference / "lora")
-    assert len([k for k in state if ".lora_A." in k]) == 36
+    lora = read_lora(reference / "lora")
+    assert lora.layout == "diffusers" and len([k for k in lora.state if ".lora_A." in k]) == 36
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(RelationError, match="not a readable safetensors"):
         read_lora(tmp_path / "x.safetensors")

@@ -20,42 +20,58 @@ from ..config import RelationConfig
 from ..errors import RelationError
 from ..fs import write_text_atomic
 from ..images import open_image, resize_result, save_output
-from ..infer import EditInputs, EditSizes, PromptCache, edit, edit_sizes, open_edit_inputs
+from ..infer import EditInputs, EditSizes, NonFiniteResult, PromptCache, edit, edit_sizes, open_edit_inputs
 from .plan import Job
 
 SETTINGS_FILE = "generation.json"
 
 
-def generation_settings(cfg: RelationConfig) -> dict:
-    """The config values that change a generated image: outputs made with others must not be reused."""
-    return {
+def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
+    """The config values that change a generated image: outputs made with others must not be reused.
+
+    ``eval_keys=False`` leaves out the eval-only ones (batch ``relation infer``).
+    """
+    settings = {
         "model.base": cfg.model.base,
         "model.image_encoder": cfg.model.image_encoder,
         "model.dtype": cfg.model.dtype,
         "adapter.path": cfg.adapter.path,
         "adapter.scale": cfg.adapter.scale,
-        "lora.path": cfg.lora.path,
+        "lora.paths": [f.model_dump() for f in cfg.lora.paths],
+        "lora.scale": cfg.lora.scale,
         "lora.fuse": cfg.lora.fuse,
+        "lora.allow_partial": cfg.lora.allow_partial,
         "infer.steps": cfg.infer.steps,
         "infer.guidance": cfg.infer.guidance,
         "infer.seed": cfg.infer.seed,
         "infer.max_sequence_length": cfg.infer.max_sequence_length,
         "infer.size": [cfg.infer.width, cfg.infer.height, cfg.infer.max_area, cfg.infer.output_size],
-        "eval.seed": cfg.eval.seed,
-        "eval.use_text": cfg.eval.use_text,
     }
+    if eval_keys:
+        settings.update({"eval.seed": cfg.eval.seed, "eval.use_text": cfg.eval.use_text})
+    return settings
 
 
-def check_settings(output_dir: Path, cfg: RelationConfig) -> None:
-    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is)."""
+def read_settings(output_dir: Path) -> dict | None:
+    """The ``generation.json`` of a folder of outputs; None if there is none."""
     path = output_dir / SETTINGS_FILE
     if not path.is_file():
-        return
+        return None
     try:
-        before = json.loads(path.read_text(encoding="utf-8"))
+        recorded = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RelationError(f"'{path}': not valid JSON; delete it only if every output in '{output_dir}' is current")
-    now = generation_settings(cfg)
+    if not isinstance(recorded, dict):
+        raise RelationError(f"'{path}': expected a JSON object; delete it only if every output in '{output_dir}' is current")
+    return recorded
+
+
+def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True) -> None:
+    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is)."""
+    before = read_settings(output_dir)
+    if before is None:
+        return
+    now = generation_settings(cfg, eval_keys)
     changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
     if changed:
         raise RelationError(
@@ -64,8 +80,10 @@ def check_settings(output_dir: Path, cfg: RelationConfig) -> None:
         )
 
 
-def record_settings(output_dir: Path, cfg: RelationConfig) -> None:
-    write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(generation_settings(cfg), indent=2) + "\n")
+def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None) -> None:
+    """Write ``generation.json``: the settings, and for batch infer what each output was made from."""
+    record = generation_settings(cfg, eval_keys) | ({"rows": rows} if rows is not None else {})
+    write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
@@ -98,26 +116,38 @@ def reconstruct(pipe, target: Image.Image, sizes: EditSizes) -> np.ndarray:
 class Generated:
     written: int  # by all processes together
     reused: int
+    failed: list[Job]  # no output: the result was not finite
 
 
-def generate(cfg: RelationConfig, jobs: list[Job], state) -> Generated:
-    """Make every missing output; ``state`` is an ``accelerate.PartialState`` (one process without launch)."""
+def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda: None) -> Generated:
+    """Make every missing output; ``state`` is an ``accelerate.PartialState`` (one process without launch).
+
+    ``on_ready()`` runs in a process once its model has loaded, before it writes its first output: a
+    refused adapter or LoRA leaves no record that would block the corrected rerun.
+    """
     todo = [j for j in jobs if not j.output.is_file()]  # their inputs were checked by setup
     # Every process must list the missing outputs before any is written, or the shares would differ.
     state.wait_for_everyone()
     with state.split_between_processes(todo) as mine:
-        _generate(cfg, mine, state)
+        _generate(cfg, mine, state, on_ready)
     state.wait_for_everyone()
-    return Generated(written=len(todo), reused=len(jobs) - len(todo))
+    failed = [j for j in todo if not j.output.is_file()]  # every process sees the outputs of all
+    return Generated(written=len(todo) - len(failed), reused=len(jobs) - len(todo), failed=failed)
 
 
-def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
+def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
     from ..model import load_pipeline, size_multiple
     from ..progress import progress_bar
 
     off = cfg.model_copy(deep=True)
     off.adapter.scale = 0.0  # the pipeline skips the exemplar branch entirely at scale 0
     pipe = prompts = None
+    if any(job.method != "copy_query" for job in jobs):
+        # One device per process under accelerate; the configured one otherwise.
+        pipe = load_pipeline(cfg, state.device if state.num_processes > 1 else None)
+        prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
+    if jobs:
+        on_ready()
     multiple = size_multiple(cfg) if jobs else 0
     bar = progress_bar("generating", len(jobs)) if state.is_main_process and jobs else nullcontext(lambda n=1: None)
     with bar as advance:
@@ -127,14 +157,14 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state) -> None:
             if job.method == "copy_query":
                 image = copy_query(inputs.query, sizes)
             else:
-                if pipe is None:
-                    # One device per process under accelerate; the configured one otherwise.
-                    pipe = load_pipeline(cfg, state.device if state.num_processes > 1 else None)
-                    prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
                 if job.method == "vae_reconstruction":
                     target = open_image(job.row.target, f"{job.split} row {job.row.index + 1} target", cfg.data.max_image_pixels)
                     image = reconstruct(pipe, target, sizes)
                 else:
-                    image = edit(pipe, inputs, off if job.method == "adapter_off" else cfg, prompts=prompts)
+                    try:
+                        image = edit(pipe, inputs, off if job.method == "adapter_off" else cfg, prompts=prompts)
+                    except NonFiniteResult:  # no image; counted as a failure by the caller
+                        advance()
+                        continue
             save_output(image, job.output)
             advance()

@@ -176,8 +176,9 @@ def grid_images(samples: list[dict], root: Path, methods: list[str], grid_rows: 
     grid = []
     for index in grid_indices(samples, grid_rows):
         row = by_row[index]
-        own = row[MODEL]
-        paths = [root / own[k] for k in ("cond1", "cond2", "source", "output", "target")]
+        own = row.get(MODEL) or next(iter(row.values()))  # a non-finite output has no sample: a grey cell
+        paths = [root / own[k] for k in ("cond1", "cond2", "source")]
+        paths += [root / own["output"] if MODEL in row else None, root / own["target"]]
         paths += [root / row[m]["output"] if m in row else None for m in methods if m != MODEL]
         cells = [thumbnail(p) for p in paths]
         if own["task"]:

@@ -51,15 +51,21 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
     splits, jobs, judge = setup(cfg, out)
     # accelerate needs cpu=True to form a process group without GPUs (launch with --multi_gpu there).
     state = PartialState(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
-    if state.is_main_process:
+    def record() -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
         save_config(cfg, out / "config.yaml")
         record_settings(out, cfg)
-    state.wait_for_everyone()
-    made = generate(cfg, jobs, state)
+
+    made = generate(cfg, jobs, state, record)
     if not state.is_main_process:
         return None
-    results = score_all(cfg, splits, [sample_of(job, out) for job in jobs], judge, fid_feature)
+    record()
+    failed = {id(job) for job in made.failed}
+    results = score_all(cfg, splits, [sample_of(job, out) for job in jobs if id(job) not in failed], judge, fid_feature)
     results["generation"] = {"written": made.written, "reused": made.reused, "processes": state.num_processes}
+    if made.failed:
+        results["generation"]["failed"] = [failure_of(job) for job in made.failed]
+        results["notes"].append(f"{len(made.failed)} outputs were not finite (NaN or Inf) and are left out of the "
+                                "scores: see generation.failed in metrics.json")  # fmt: skip
     return write_all(cfg, splits, results, made, state.num_processes)
 
 
@@ -183,6 +189,12 @@ def _relative(path: Path, root: Path) -> str:
         return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
     except ValueError:  # another drive (Windows)
         return str(path.resolve())
+
+
+def failure_of(job: Job) -> dict:
+    """A job that gave no output, as metrics.json lists it."""
+    return {"split": job.split, "method": job.method, "index": job.row.index, "task": job.row.task,
+            "reason": "the result is not finite"}  # fmt: skip
 
 
 def sample_of(job: Job, out: Path) -> dict:

@@ -111,8 +111,12 @@ def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any],
     pairs_by_index = {p.index: p for pairs in by_task.values() for p in pairs}
     samples = _write_splits(tmp, plans, pairs_by_index, names, data.exemplar_pairs > 1)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
+    dropped = dropped_tasks(source, problems, set(by_task))
     notes = _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
-    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, notes)
+    if dropped:
+        notes.append(f"{len(dropped)} task(s) dropped, none of their pairs is in the splits (manifest.json "
+                     f"dropped_tasks): " + "; ".join(f"'{t}': {why}" for t, why in dropped.items()))  # fmt: skip
+    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, notes, dropped)
     save_config(cfg, tmp / "config.yaml")
     if data.skip_invalid:
         write_jsonl(tmp / "skipped.jsonl", (_skipped_row(p, source.root) for p in problems))
@@ -212,9 +216,21 @@ def _write_splits(
     }
 
 
+def dropped_tasks(source: Source, problems: list[Problem], kept: set[str]) -> dict[str, str]:
+    """Every task of the input that has no pair in the splits, with why (sorted by name)."""
+    named = {p.task for p in source.pairs} | {p.task for p in problems if p.task}
+    dropped = {}
+    for task in sorted((set(source.folders) | named) - kept):
+        if task in named:  # only with --skip-invalid: invalid entries stop the run otherwise
+            dropped[task] = "fewer than 2 usable pairs (the others are in skipped.jsonl)"
+        else:
+            dropped[task] = f"'{source.folders[task]}' holds no entries"
+    return dropped
+
+
 def _write_manifest(
     tmp: Path, cfg: RelationConfig, info: dict[str, Any], plans: list[TaskPlan], samples: dict[str, int],
-    skipped: int, folders: dict[str, str], notes: list[str],
+    skipped: int, folders: dict[str, str], notes: list[str], dropped: dict[str, str],
 ) -> None:
     data = cfg.data
     tasks = {}
@@ -236,6 +252,7 @@ def _write_manifest(
         "unseen_tasks": sorted(p.task for p in plans if p.unseen),
         "tasks": tasks,
         "notes": notes,
+        "dropped_tasks": dropped,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 

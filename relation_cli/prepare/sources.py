@@ -67,6 +67,7 @@ class Source:
     # real (symlink-free) paths: the root's, and each pair's images' -> the first pair naming them
     real_root: str = ""
     seen: dict[tuple[str, ...], Pair] = field(default_factory=dict, repr=False)
+    folders: dict[str, Path] = field(default_factory=dict)  # task -> its labels.json (folder layout)
 
     def __post_init__(self) -> None:
         self.real_root = real_dir(self.root)
@@ -102,6 +103,7 @@ def read_source(path: str | Path) -> Source:
             )
         source = Source(path)
         for labels in files:
+            source.folders[labels.parent.parent.name] = labels
             _read_file(source, labels, task=labels.parent.parent.name)
     elif path.suffix.lower() in (".jsonl", ".json"):
         source = Source(path.parent)
@@ -116,7 +118,7 @@ def read_source(path: str | Path) -> Source:
 
 def _read_file(source: Source, file: Path, task: str | None) -> None:
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
     except UnicodeDecodeError as e:
         _file_problem(source, file, task, "file", f"not UTF-8 text (byte {e.start})")
         return

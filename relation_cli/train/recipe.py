@@ -97,7 +97,8 @@ class Run:
 def build_components(cfg: RelationConfig, dtype: torch.dtype):
     """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point."""
     from ..adapter import RelationAdapter
-    from ..model import apply_lora, load_base, resolve_sources
+    from ..lora import apply_loras, continue_lora
+    from ..model import load_base, resolve_sources
     from ..weights import load_adapter
 
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
@@ -119,10 +120,8 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
         pipe.vae.requires_grad_(True)
         return pipe, sources
     if t.mode == "lora":
-        if sources.lora is not None:  # continue training that LoRA (its own rank), not a new one on top
-            from ..weights import read_lora
-
-            pipe.load_lora_weights(read_lora(sources.lora), adapter_name=LORA_NAME)
+        if sources.loras:  # continue training that LoRA (its own rank and alpha), not a new one on top
+            continue_lora(pipe, sources.loras, LORA_NAME, cfg.lora.allow_partial)
         else:
             from peft import LoraConfig
 
@@ -138,8 +137,8 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
             if "lora_" in name:
                 p.requires_grad_(True)
     else:
-        if sources.lora is not None:  # full / adapter mode start from the base with that LoRA merged in
-            apply_lora(pipe, sources.lora, fuse=True)
+        if sources.loras:  # full / adapter mode start from the base with the LoRAs merged in
+            apply_loras(pipe, sources.loras, cfg.lora.scale, fuse=True, allow_partial=cfg.lora.allow_partial)
         if t.mode == "full":
             transformer.requires_grad_(True)
     pipe.set_relation_adapter(adapter)
@@ -256,7 +255,7 @@ def validation_rows(cfg: RelationConfig) -> list:
 def _flat_config(cfg: RelationConfig) -> dict:
     flat = {}
     for section, values in cfg.model_dump(mode="json").items():
-        for k, v in values.items():
+        for k, v in (values or {}).items():  # run: is None until export
             flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
 

@@ -1,0 +1,129 @@
+"""LoRAs into the pipeline: every common FLUX layout is loaded whole, at its own alpha/rank, or refused.
+
+diffusers does the reading: ``FluxLoraLoaderMixin.lora_state_dict`` converts the kohya, BFL and xlabs
+layouts, ``load_lora_into_transformer`` builds the peft layers from the file's metadata (alpha and
+rank) or its ``.alpha`` keys, ``set_adapters`` gives each LoRA its weight and ``fuse_lora`` merges them.
+What relation adds: peft keys without diffusers' ``transformer.`` prefix get it, and every module a
+file names is checked against the transformer first, so a LoRA is never half-applied in silence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from .config import LoraFile
+from .errors import RelationError, first_line
+from .weights import LAYOUT_HELP, LoraWeights, read_lora
+
+log = logging.getLogger(__name__)
+CONVERT_HINT = (
+    "save it in diffusers format (FluxPipeline.save_lora_weights, keys transformer.<module>.lora_A.weight) "
+    "for the transformer of model.base"
+)
+
+
+def converted(lora: LoraWeights) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """``lora.state`` in diffusers' layout, by diffusers' own converters; returns ``(state, network_alphas)``."""
+    from diffusers import FluxPipeline
+
+    try:
+        state, alphas = FluxPipeline.lora_state_dict(dict(lora.state), return_alphas=True)
+    except (KeyError, ValueError, AssertionError, IndexError, RuntimeError) as e:
+        raise RelationError(
+            f"lora '{lora.path}': {LAYOUT_HELP[lora.layout]} that diffusers' converter cannot read "
+            f"({first_line(e) or type(e).__name__}; it expects FLUX.1's 19 double and 38 single blocks); {CONVERT_HINT}"
+        ) from None
+    return state, alphas or None
+
+
+def _fits(module: torch.nn.Module | None, part: str, value: torch.Tensor) -> bool:
+    """A ``lora_A``/``lora_B`` tensor fits a linear layer: A is ``(r, in_features)``, B ``(out_features, r)``."""
+    module = getattr(module, "base_layer", module)  # a layer that already holds another LoRA
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    if part == "A.weight":
+        return value.ndim == 2 and value.shape[1] == module.in_features
+    if part.startswith("B."):
+        return value.shape[0] == module.out_features
+    return True
+
+
+def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The keys whose module exists in the pipeline with matching sizes, and the modules (sorted) that do not."""
+    components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
+    modules = {name: dict(c.named_modules()) for name, c in components.items() if c is not None}
+    fitting, misfits = {}, set()
+    for key, value in state.items():
+        component, _, rest = key.partition(".")
+        name, _, part = rest.partition(".lora_")
+        if _fits(modules.get(component, {}).get(name), part, value):
+            fitting[key] = value
+        else:
+            misfits.add(f"{component}.{name}")
+    return fitting, sorted(misfits)
+
+
+def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> dict[str, torch.Tensor]:
+    """The keys to load; refuses a LoRA that fits nothing, or only part of the model unless ``allow_partial``."""
+    fitting, misfits = split_by_fit(state, pipe)
+    modules = {k.split(".lora_")[0] for k in fitting}
+    where = f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]})"
+    if not fitting:
+        raise RelationError(f"{where}: none of its {len(misfits)} modules is in this model (e.g. {misfits[:3]}); {CONVERT_HINT}")
+    if misfits:
+        what = f"{len(misfits)} of its {len(misfits) + len(modules)} modules are not in this model (e.g. {misfits[:3]})"
+        if not allow_partial:
+            raise RelationError(f"{where}: {what}; it was made for another model or layout. {CONVERT_HINT}, "
+                                "or load the rest with --set lora.allow_partial=true")  # fmt: skip
+        log.warning("%s: %s; loading the other %d (lora.allow_partial)", where, what, len(modules))
+    return fitting
+
+
+def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = False) -> None:
+    """Install ``lora`` as peft layers named ``adapter_name`` (unfused), at scale alpha/rank.
+
+    The alpha comes from the file's diffusers metadata, else from its ``.alpha`` keys (kohya files
+    have it baked into the weights by diffusers' converter), else alpha = rank (scale 1).
+    """
+    state, alphas = converted(lora)
+    state = fitting_state(lora, state, pipe, allow_partial)
+    metadata = lora.metadata
+    alphas = None if metadata is not None else alphas  # diffusers takes one or the other
+    parts = {key.split(".", 1)[0] for key in state}
+    try:
+        if "transformer" in parts:
+            pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
+                                            adapter_name=adapter_name, metadata=metadata, _pipeline=pipe)  # fmt: skip
+        if "text_encoder" in parts:
+            pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
+                                             prefix="text_encoder", adapter_name=adapter_name, metadata=metadata,
+                                             _pipeline=pipe)  # fmt: skip
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise RelationError(f"lora '{lora.path}': does not fit this model ({first_line(e)})") from None
+
+
+def apply_loras(pipe, loras: Sequence[LoraFile], scale: float = 1.0, fuse: bool = True, allow_partial: bool = False) -> None:
+    """Load every LoRA at ``weight x scale`` (x its alpha/rank); fuse them and drop the peft layers if ``fuse``.
+
+    The weight is peft's adapter weight (``set_adapters``), so each LoRA's delta is
+    ``weight * scale * (alpha / r) * B @ A`` (Hu et al., 2021, eq. 3 with peft's alpha/r scaling).
+    """
+    names = [f"lora{i}" for i in range(len(loras))]
+    for name, lora in zip(names, loras):
+        load_lora(pipe, read_lora(lora.path), name, allow_partial)
+    if not names:
+        return
+    pipe.set_adapters(names, adapter_weights=[lora.weight * scale for lora in loras])
+    if fuse:
+        pipe.fuse_lora(adapter_names=names)
+        pipe.unload_lora_weights()
+
+
+def continue_lora(pipe, loras: Sequence[LoraFile], adapter_name: str, allow_partial: bool = False) -> None:
+    """Training in lora mode: the one LoRA of ``lora.paths`` is trained further, at its own rank and alpha."""
+    if len(loras) != 1:
+        raise RelationError(f"train.mode=lora continues one LoRA; lora.paths has {len(loras)}")
+    load_lora(pipe, read_lora(loras[0].path), adapter_name, allow_partial)

@@ -1,0 +1,168 @@
+"""LoRA files in every common layout: loaded at weight x scale x alpha/rank, or refused whole (SPEC 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from relation_cli.config import load_config
+from relation_cli.errors import RelationError
+from tests.conftest import tiny_overrides
+
+RANK, ALPHA = 4, 16.0
+MODULES = ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.to_out.0", "single_transformer_blocks.0.attn.to_k")
+
+
+def _base_weights(tiny_model) -> dict[str, torch.Tensor]:
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_model / "base" / "transformer")
+    modules = dict(transformer.named_modules())
+    return {name: modules[name].weight.detach().clone() for name in MODULES}
+
+
+def _factors(weights: dict, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) per module: A is (r, in_features), B is (out_features, r)."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.randn(RANK, w.shape[1], generator=g) * 0.1, torch.randn(w.shape[0], RANK, generator=g) * 0.1)
+            for n, w in weights.items()}  # fmt: skip
+
+
+def _peft_state(factors: dict, prefix: str = "") -> dict:
+    """What ``get_peft_model_state_dict(transformer)`` gives (prefix ''), or its wrapped / diffusers forms."""
+    state = {}
+    for name, (a, b) in factors.items():
+        state[f"{prefix}{name}.lora_A.weight"] = a.contiguous()
+        state[f"{prefix}{name}.lora_B.weight"] = b.contiguous()
+    return state
+
+
+def _load(tiny_model, *overrides: str):
+    from relation_cli.model import load_pipeline
+
+    cfg = load_config(None, [*tiny_overrides(tiny_model), "model.device=cpu", "model.dtype=float32", *overrides])
+    return load_pipeline(cfg)
+
+
+def _fused(pipe) -> dict[str, torch.Tensor]:
+    modules = dict(pipe.transformer.named_modules())
+    return {name: modules[name].weight.detach() for name in MODULES}
+
+
+def _expected(base: dict, *loras: tuple[dict, float]) -> dict:
+    """W + sum of factor * B @ A, computed by hand."""
+    out = {n: w.clone() for n, w in base.items()}
+    for factors, factor in loras:
+        for n, (a, b) in factors.items():
+            out[n] += factor * (b @ a)
+    return out
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5)
+
+
+def test_diffusers_file_with_alpha_metadata_loads_at_alpha_over_rank(tiny_model, tmp_path):
+    """save_lora_weights(..., transformer_lora_adapter_metadata) with rank 4, alpha 16: scale 4."""
+    from diffusers import FluxPipeline
+
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 0)
+    metadata = {"r": RANK, "lora_alpha": ALPHA, "target_modules": list(MODULES)}
+    FluxPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=_peft_state(factors),
+                                   transformer_lora_adapter_metadata=metadata)  # fmt: skip
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'lora'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, ALPHA / RANK)))
+
+
+@pytest.mark.parametrize("prefix", ["", "base_model.model.", "transformer."])
+def test_peft_layouts_load(tiny_model, tmp_path, prefix):
+    """Raw peft keys (no prefix), peft-wrapped and diffusers keys all load, at scale 1 without an alpha."""
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 1)
+    save_file(_peft_state(factors, prefix), tmp_path / "l.safetensors")
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'l.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+
+
+def test_alpha_keys_set_the_scale(tiny_model, tmp_path):
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 2)
+    state = _peft_state(factors, "transformer.")
+    state.update({f"transformer.{n}.alpha": torch.tensor(8.0) for n in MODULES})
+    save_file(state, tmp_path / "l.safetensors")
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'l.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 8.0 / RANK)))
+
+
+def test_kohya_layout_is_converted_by_diffusers(tiny_model, tmp_path):
+    """kohya keys (lora_unet_*, lora_down/lora_up, .alpha) for the double blocks' image attention output."""
+    base = _base_weights(tiny_model)
+    factors = {n: f for n, f in _factors(base, 3).items() if n.endswith("to_out.0")}
+    down, up = factors["transformer_blocks.1.attn.to_out.0"]
+    key = "lora_unet_double_blocks_1_img_attn_proj"
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)},
+              tmp_path / "kohya.safetensors")  # fmt: skip
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'kohya.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 2.0 / RANK)))
+
+
+def test_xlabs_layout_is_converted_by_diffusers(tiny_model, tmp_path):
+    base = _base_weights(tiny_model)
+    factors = {n: f for n, f in _factors(base, 4).items() if n.endswith("to_out.0")}
+    down, up = factors["transformer_blocks.1.attn.to_out.0"]
+    key = "double_blocks.1.processor.proj_lora1"
+    save_file({f"{key}.down.weight": down, f"{key}.up.weight": up}, tmp_path / "xlabs.safetensors")
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'xlabs.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+
+
+def test_bfl_layout_for_another_transformer_is_refused_with_its_name(tiny_model, tmp_path):
+    a, b = torch.zeros(RANK, 32), torch.zeros(32, RANK)
+    save_file({"diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight": a,
+               "diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight": b}, tmp_path / "bfl.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match="BFL/ai-toolkit keys .* diffusers format"):
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'bfl.safetensors'}}}]")
+
+
+def test_partly_fitting_lora_is_refused_unless_allowed(tiny_model, tmp_path):
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 5)
+    state = _peft_state(factors, "transformer.")
+    state["transformer.transformer_blocks.7.attn.to_q.lora_A.weight"] = torch.zeros(RANK, 32)
+    state["transformer.transformer_blocks.7.attn.to_q.lora_B.weight"] = torch.zeros(32, RANK)
+    save_file(state, tmp_path / "part.safetensors")
+    path = f"lora.paths=[{{path: {tmp_path / 'part.safetensors'}}}]"
+    with pytest.raises(RelationError, match=r"1 of its 4 modules are not in this model .*transformer_blocks\.7\.attn\.to_q.*allow_partial"):
+        _load(tiny_model, path)
+    pipe = _load(tiny_model, path, "lora.allow_partial=true")
+    _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+
+
+def test_lora_that_fits_nothing_is_refused(tiny_model, tmp_path):
+    save_file({"transformer.nowhere.lora_A.weight": torch.zeros(2, 3), "transformer.nowhere.lora_B.weight": torch.zeros(3, 2)},
+              tmp_path / "none.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match="none of its 1 modules is in this model"):
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'none.safetensors'}}}]")
+
+
+def test_wrong_sizes_do_not_fit(tiny_model, tmp_path):
+    save_file({f"{n}.lora_A.weight": torch.zeros(RANK, 5) for n in MODULES} | {f"{n}.lora_B.weight": torch.zeros(5, RANK) for n in MODULES},
+              tmp_path / "sizes.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match="raw peft keys .* none of its 3 modules"):
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'sizes.safetensors'}}}]")
+
+
+def test_several_loras_each_at_its_weight_times_scale(tiny_model, tmp_path):
+    from diffusers import FluxPipeline
+
+    base = _base_weights(tiny_model)
+    first, second = _factors(base, 6), _factors(base, 7)
+    FluxPipeline.save_lora_weights(tmp_path / "one", transformer_lora_layers=_peft_state(first),
+                                   transformer_lora_adapter_metadata={"r": RANK, "lora_alpha": ALPHA, "target_modules": list(MODULES)})  # fmt: skip
+    save_file(_peft_state(second), tmp_path / "two.safetensors")
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'one'}, weight: 0.5}}, {{path: {tmp_path / 'two.safetensors'}, weight: -2}}]",
+                 "lora.scale=0.5")  # fmt: skip
+    _assert_close(_fused(pipe), _expected(base, (first, 0.5 * 0.5 * ALPHA / RANK), (second, -2 * 0.5)))

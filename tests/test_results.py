@@ -1,0 +1,275 @@
+"""What infer and eval leave behind: no non-finite image, reuse only of matching outputs, --run, file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import tiny_overrides
+from eval_helpers import write_test_file
+from helpers import random_image
+from relation_cli.cli import main
+
+
+def sets(*overrides: str) -> list[str]:
+    return [x for o in overrides for x in ("--set", o)]
+
+
+@pytest.fixture()
+def images(tmp_path):
+    return [random_image(tmp_path / f"{n}.png", (32, 32), seed=i) for i, n in enumerate(("a", "b", "q"))]
+
+
+def nan_lora(path):
+    """A raw peft LoRA on one module of the tiny transformer whose B holds NaN."""
+    save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(2, 32),
+               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.full((32, 2), float("nan"))}, path)  # fmt: skip
+    return path
+
+
+def infer_args(tiny_model, images, *extra):
+    a, b, q = images
+    return ["infer", "--exemplar", str(a), str(b), "--query", str(q), "--steps", "1",
+            *sets(*tiny_overrides(tiny_model), "model.device=cpu", "infer.max_sequence_length=16"), *extra]  # fmt: skip
+
+
+def test_non_finite_result_writes_no_image(tiny_model, images, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    lora = nan_lora(tmp_path / "nan.safetensors")
+    assert main(infer_args(tiny_model, images, "--lora", str(lora), "-o", str(out))) == 1
+    err = capsys.readouterr().err
+    assert "error: the result is not finite (NaN or Inf in the latents from step 1)" in err
+    assert f"likely source: a LoRA ({lora})" in err and "the dtype" in err
+    assert not out.exists() and not (tmp_path / "out.png.yaml").exists()
+
+
+def batch_rows(folder, texts=("one", "two")):
+    for i in range(3):
+        random_image(folder / f"{i}.png", (32, 32), seed=i)
+    rows = [{"cond1": "0.png", "cond2": "1.png", "source": "2.png", "text": t} for t in texts]
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "rows.jsonl"
+
+
+def batch(tiny_model, rows, out, *extra):
+    return main(["infer", "--input", str(rows), "--output-dir", str(out), "--steps", "1",
+                 *sets(*tiny_overrides(tiny_model), "model.device=cpu", "infer.max_sequence_length=16"), *extra])  # fmt: skip
+
+
+def test_batch_counts_non_finite_rows_as_failures(tiny_model, tmp_path, capsys):
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    assert batch(tiny_model, rows, out, "--lora", str(nan_lora(tmp_path / "nan.safetensors"))) == 1
+    captured = capsys.readouterr()
+    assert "wrote 0 images" in captured.out
+    assert "row 1: the result is not finite" in captured.err and "row 2: the result is not finite" in captured.err
+    assert "error: 2 rows gave no image" in captured.err
+    assert not list(out.glob("*.png"))
+    assert json.loads((out / "generation.json").read_text())["rows"] == {}
+
+
+def test_batch_reuses_only_outputs_of_the_same_row_and_settings(tiny_model, tmp_path, capsys, monkeypatch):
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    assert batch(tiny_model, rows, out) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert sorted(stamps) == ["000000.png", "000001.png"]
+    recorded = json.loads((out / "generation.json").read_text())
+    assert recorded["infer.steps"] == 1 and recorded["rows"]["000001.png"]["text"] == "two"
+    assert yaml.safe_load((out / "config.yaml").read_text())["infer"]["steps"] == 1
+    batch_rows(tmp_path, texts=("one", "changed"))  # row 2 is another row now: only it is made again
+    assert batch(tiny_model, rows, out) == 0
+    assert "wrote 1 images" in capsys.readouterr().out
+    assert (out / "000000.png").stat().st_mtime_ns == stamps["000000.png"]
+    assert (out / "000001.png").stat().st_mtime_ns != stamps["000001.png"]
+    assert batch(tiny_model, rows, out, "--set", "infer.guidance=2.0") == 1  # other settings: refused
+    assert "were generated with other settings (infer.guidance" in capsys.readouterr().err
+    (out / "generation.json").unlink()  # outputs nobody can vouch for: refused, or --overwrite
+    assert batch(tiny_model, rows, out) == 1
+    assert "that no generation.json describes" in capsys.readouterr().err
+    assert batch(tiny_model, rows, out, "--overwrite") == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+
+
+def make_run(tiny_model, root):
+    """A run folder as relation train exports it (contract A): adapter/, lora/, config.yaml with run:."""
+    from diffusers import FluxPipeline
+
+    run = root / "run"
+    shutil.copytree(tiny_model / "adapter", run / "adapter")
+    a, b = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)), torch.randn(32, 4) * 0.1
+    FluxPipeline.save_lora_weights(run / "lora", transformer_lora_layers={
+        "transformer_blocks.0.attn.to_q.lora_A.weight": a, "transformer_blocks.0.attn.to_q.lora_B.weight": b})  # fmt: skip
+    config = {"model": {"base": str(tiny_model / "base")}, "infer": {"steps": 2, "guidance": 1.5},
+              "run": {"base": str(tiny_model / "base"), "image_encoder": str(tiny_model / "image_encoder"),
+                      "adapter": "adapter", "lora": "lora", "step": 2}}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def test_infer_with_a_run_uses_its_model_and_infer_settings(tiny_model, images, tmp_path, capsys):
+    run = make_run(tiny_model, tmp_path)
+    a, b, q = images
+    out = tmp_path / "out.png"
+    args = ["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(out), "--run", str(run)]
+    assert main([*args, "--set", "model.device=cpu", "--set", "infer.max_sequence_length=16"]) == 0, capsys.readouterr().err
+    used = yaml.safe_load((tmp_path / "out.png.yaml").read_text())
+    assert used["model"]["base"] == str(tiny_model / "base")
+    assert used["model"]["image_encoder"] == str(tiny_model / "image_encoder")
+    assert used["adapter"]["path"] == str(run / "adapter")
+    assert used["lora"]["paths"] == [{"path": str(run / "lora"), "weight": 1.0}]
+    assert used["infer"]["steps"] == 2 and used["infer"]["guidance"] == 1.5 and used["run"] is None
+
+
+def test_a_run_is_not_a_config_or_a_base(tiny_model, images, tmp_path, capsys):
+    run = make_run(tiny_model, tmp_path)
+    a, b, q = images
+    args = ["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(tmp_path / "o.png")]
+    assert main([*args, "--config", str(run / "config.yaml")]) == 1
+    assert f"is a training run's config: use --run {run}" in capsys.readouterr().err
+    assert main([*args, "--model", str(run)]) == 1
+    assert f"a training run, not a model folder; use --run {run}" in capsys.readouterr().err
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": 2}}))
+    assert main([*args, "--run", str(run)]) == 1
+    assert "has no run: section" in capsys.readouterr().err
+
+
+def test_eval_refused_for_an_unfit_adapter_leaves_no_record(tiny_model, tmp_path, capsys):
+    data = write_test_file(tmp_path / "data", rows=2)
+    bad = tmp_path / "bad.bin"
+    torch.save({"image_proj": {}, "ip_adapter": {}}, bad)
+    out = tmp_path / "out"
+    args = ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1",
+            *sets(*tiny_overrides(tiny_model), "eval.clip_model=", "eval.dino_model=", "eval.fid=false",
+                  "infer.max_sequence_length=16", "model.device=cpu")]  # fmt: skip
+    assert main([*args, "--adapter", str(bad)]) == 1
+    assert "image_proj keys" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists() and not (out / "generation.json").exists()
+    assert main(args) == 0, capsys.readouterr().err  # the corrected rerun is not blocked
+    assert (out / "generation.json").is_file()
+
+
+def test_weights_and_json_get_the_umask_mode(tmp_path):
+    from relation_cli.adapter import RelationAdapter
+    from relation_cli.fs import write_text_atomic
+    from relation_cli.weights import save_atomic
+
+    old = os.umask(0o022)
+    try:
+        adapter = RelationAdapter(image_embed_dim=8, cross_attention_dim=8, num_tokens=2, num_layers=1,
+                                  hidden_size=8, attention_head_dim=4)  # fmt: skip
+        save_atomic(adapter, tmp_path / "adapter")
+        write_text_atomic(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "x.json", *(tmp_path / "adapter").iterdir()]}
+    assert modes == {"x.json": 0o644, "config.json": 0o644, "diffusion_pytorch_model.safetensors": 0o644}
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
+
+
+def test_no_global_state_changes_at_import(monkeypatch):
+    import importlib
+    import warnings
+
+    import relation_cli.fs as fs
+    import relation_cli.images as images
+
+    def no_umask(*a):
+        raise AssertionError("os.umask called at import")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    before = list(warnings.filters)
+    importlib.reload(fs)
+    importlib.reload(images)
+    assert warnings.filters == before
+
+
+def test_dropped_alpha_is_said_once(tmp_path, caplog):
+    from relation_cli.images import _alpha_noted, open_image
+
+    _alpha_noted.clear()
+    rgba = Image.new("RGBA", (16, 16), (10, 20, 30, 255))
+    rgba.putpixel((0, 0), (200, 0, 0, 0))
+    rgba.save(tmp_path / "t.png")
+    with caplog.at_level("WARNING", logger="relation_cli.images"):
+        first = open_image(tmp_path / "t.png", "query", 10**6)
+        open_image(tmp_path / "t.png", "query", 10**6)
+    assert first.getpixel((0, 0)) == (200, 0, 0)  # the authors' convert("RGB"): the hidden colour shows
+    notes = [r.getMessage() for r in caplog.records if "alpha is dropped" in r.getMessage()]
+    assert len(notes) == 1 and f"query '{tmp_path / 't.png'}' is transparent" in notes[0]
+
+
+def test_byte_order_mark_is_read(tmp_path):
+    from relation_cli.rows import parse_rows
+
+    rows = batch_rows(tmp_path)
+    rows.write_bytes(b"\xef\xbb\xbf" + rows.read_bytes())
+    assert [r.text for r in parse_rows(rows)] == ["one", "two"]
+
+
+def test_prepare_names_the_tasks_it_drops(tmp_path, capsys):
+    from relation_cli.prepare import make_synthetic
+
+    root = make_synthetic(tmp_path / "raw", pairs_per_task=3, size=16, tasks=["mirror", "invert", "blur"])
+    (root / "blur" / "Group1" / "labels.json").write_bytes(b"\xef\xbb\xbf[]")  # with a byte-order mark, too
+    out = tmp_path / "out"
+    assert main(["prepare", str(root), "--output", str(out), "--workers", "1", "--test-per-task", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "1 task(s) dropped" in said and f"'blur': '{root / 'blur' / 'Group1' / 'labels.json'}' holds no entries" in said
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["dropped_tasks"]) == {"blur"} and set(manifest["tasks"]) == {"mirror", "invert"}
+
+
+def test_eval_counts_non_finite_outputs_as_failures(tiny_model, tmp_path, capsys):
+    data = write_test_file(tmp_path / "data", rows=2)
+    out = tmp_path / "out"
+    args = ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1",
+            "--lora", str(nan_lora(tmp_path / "nan.safetensors")),
+            *sets(*tiny_overrides(tiny_model), "eval.clip_model=", "eval.dino_model=", "eval.fid=false",
+                  "infer.max_sequence_length=16", "model.device=cpu", "eval.baselines=[copy_query, adapter_off]")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert "4 outputs were not finite" in capsys.readouterr().out
+    results = json.loads((out / "metrics.json").read_text())
+    failed = results["generation"]["failed"]
+    assert sorted((f["method"], f["index"]) for f in failed) == [("adapter_off", 0), ("adapter_off", 1), ("relation", 0), ("relation", 1)]
+    assert {s["method"] for s in results["samples"]} == {"copy_query"}
+    assert not list(out.rglob("relation/*.png")) and (out / "grids" / "seen.png").is_file()
+
+
+def test_several_lora_options_are_all_recorded(tiny_model, images, tmp_path, capsys):
+    from diffusers import FluxPipeline
+
+    layers = {"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 32),
+              "transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(32, 2)}  # fmt: skip
+    FluxPipeline.save_lora_weights(tmp_path / "one", transformer_lora_layers=layers)
+    FluxPipeline.save_lora_weights(tmp_path / "two", transformer_lora_layers=layers)
+    out = tmp_path / "o.png"
+    code = main(infer_args(tiny_model, images, "--lora", str(tmp_path / "one"), "--lora", f"{tmp_path / 'two'}:0.25",
+                           "-o", str(out)))  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    used = yaml.safe_load((tmp_path / "o.png.yaml").read_text())["lora"]
+    assert used["paths"] == [{"path": str(tmp_path / "one"), "weight": 1.0}, {"path": str(tmp_path / "two"), "weight": 0.25}]
+
+
+def test_lora_option_parsing():
+    from relation_cli.cli import lora_option
+
+    assert lora_option("a/b.safetensors:0.5") == {"path": "a/b.safetensors", "weight": 0.5}
+    assert lora_option("a/b.safetensors") == {"path": "a/b.safetensors"}
+    assert lora_option("C:\\loras\\x.safetensors") == {"path": "C:\\loras\\x.safetensors"}
+    assert lora_option("x:-1e-1") == {"path": "x", "weight": -0.1}
+
+
+def test_batch_refused_for_its_lora_leaves_no_record(tiny_model, tmp_path, capsys):
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    save_file({"transformer.nowhere.lora_A.weight": torch.zeros(2, 3), "transformer.nowhere.lora_B.weight": torch.zeros(3, 2)},
+              tmp_path / "unfit.safetensors")  # fmt: skip
+    assert batch(tiny_model, rows, out, "--lora", str(tmp_path / "unfit.safetensors")) == 1
+    assert "none of its 1 modules is in this model" in capsys.readouterr().err
+    assert not out.exists()
