@@ -15,13 +15,8 @@ from PIL import Image
 from .config import DEMO, InferSection, RelationConfig, save_config
 from .errors import RelationError
 from .fs import check_writable
-<<<<<<< HEAD
 from .images import check_output_path, open_image, resize_result, save_output, working_size
-from .rows import parse_rows
-=======
-from .images import check_output_path, open_image, output_size, save_output
 from .rows import Row, parse_rows
->>>>>>> weights
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
 
@@ -142,31 +137,21 @@ def likely_sources(cfg: RelationConfig) -> str:
 
 
 def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: PromptCache | None = None) -> np.ndarray:
-<<<<<<< HEAD
     """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at ``edit_sizes(...).output`` (the working
-    size, or the query's own with ``infer.output_size: query``)."""
-    import torch
-
-    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple)
-    width, height = sizes.working
-    callback = None
-    if on_step is not None:
-        def callback(_pipe, _i, _t, _kwargs):
-=======
-    """Run the pipeline once; returns float32 ``HxWx3`` in [0, 1] at the query's size floored to 16.
+    size, or the query's own with ``infer.output_size: query``).
 
     Raises :class:`NonFiniteResult` when the latents of a step or the decoded image hold NaN or Inf.
     """
     import torch
 
-    width, height = output_size(*inputs.query.size, multiple=pipe.vae_scale_factor * 2)
+    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple)
+    width, height = sizes.working
     bad_steps: list[int] = []
 
     def callback(_pipe, i, _t, kwargs):
         if not bad_steps and not torch.isfinite(kwargs["latents"]).all():
             bad_steps.append(i)
         if on_step is not None:
->>>>>>> weights
             on_step()
         return {}
 
@@ -189,15 +174,11 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
             output_type="np",
             callback_on_step_end=callback,
         )
-<<<<<<< HEAD
-    return resize_result(result.images[0].astype(np.float32), sizes.output)
-=======
     image = result.images[0].astype(np.float32)
     if bad_steps or not np.isfinite(image).all():
         where = f"in the latents from step {bad_steps[0] + 1}" if bad_steps else "in the decoded image"
         raise NonFiniteResult(f"the result is not finite (NaN or Inf {where}); likely source: {likely_sources(cfg)}")
-    return image
->>>>>>> weights
+    return resize_result(image, sizes.output)
 
 
 def default_output(query: Path) -> Path:
@@ -242,8 +223,8 @@ class BatchSummary:
 
 def row_record(row: Row) -> dict:
     """What an output of batch infer was made from, as ``generation.json`` records it."""
-    return {"cond1": str(row.cond1.resolve()), "cond2": str(row.cond2.resolve()), "source": str(row.source.resolve()),
-            "text": row.text}  # fmt: skip
+    return {"exemplars": [[str(a.resolve()), str(b.resolve())] for a, b in row.pairs],
+            "source": str(row.source.resolve()), "text": row.text}  # fmt: skip
 
 
 def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
@@ -280,36 +261,14 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
     check_writable(output_dir, "output dir")
-<<<<<<< HEAD
-    todo = [r for r in rows if not (output_dir / f"{r.index:06d}{suffix}").exists()]
-
-    def row_inputs(r):
-        return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ")
-
-=======
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
     made = reusable_rows(cfg, rows, output_dir, names)
     todo = [r for r in rows if names[r.index] not in made]
->>>>>>> weights
     for r in todo:  # decode everything once before loading the model; images are not kept in memory
         _row_inputs(cfg, r)
     pipe = load_pipeline(cfg) if todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
-<<<<<<< HEAD
-    if todo:
-        print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
-        pipe = load_pipeline(cfg)
-        prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
-        with progress_bar("rows", len(todo)) as advance:
-            for r in todo:
-                inputs = row_inputs(r)
-                note = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer)
-                print_note(note and f"row {r.index + 1}: {note}")
-                save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
-                advance()
-    return BatchSummary(written=len(todo), skipped=len(rows) - len(todo), output_dir=output_dir)
-=======
     record_settings(output_dir, cfg, eval_keys=False, rows=made)
     failed: list[str] = []
     try:
@@ -320,7 +279,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
 
 
 def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
-    return open_edit_inputs(cfg, (r.cond1, r.cond2), r.source, r.text, f"row {r.index + 1} ")
+    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ")
 
 
 def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
@@ -329,15 +288,18 @@ def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, ma
 
     if not todo:
         return
+    print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:
             out = output_dir / names[r.index]
+            inputs = _row_inputs(cfg, r)
+            note = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer)
+            print_note(note and f"row {r.index + 1}: {note}")
             try:
-                save_output(edit(pipe, _row_inputs(cfg, r), cfg, prompts=prompts), out)
+                save_output(edit(pipe, inputs, cfg, prompts=prompts), out)
                 made[names[r.index]] = row_record(r)
             except NonFiniteResult as e:
                 out.unlink(missing_ok=True)  # an older output of this row no longer describes it
                 failed.append(f"row {r.index + 1}: {e}")
             advance()
->>>>>>> weights
