@@ -153,14 +153,14 @@ def config_path_for(output: Path) -> Path:
 
 
 def infer_single(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path, output: Path | None) -> Path:
-    from .model import load_pipeline
+    from .model import load_pipeline, size_multiple
     from .progress import progress_bar
 
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
     print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
+    print_note(edit_sizes(cfg.infer, inputs.query.size, size_multiple(cfg)).note(cfg.infer))
     pipe = load_pipeline(cfg)
-    print_note(edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer))
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
@@ -177,7 +177,7 @@ class BatchSummary:
 
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
     """One output per row, named by row number; rows whose output exists are skipped (resumable)."""
-    from .model import load_pipeline
+    from .model import load_pipeline, size_multiple
     from .progress import progress_bar
 
     if suffix not in (".png", ".jpg", ".webp", ".npy"):
@@ -197,12 +197,13 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     save_config(cfg, output_dir / "config.yaml")
     if todo:
         print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
+        multiple = size_multiple(cfg)
         pipe = load_pipeline(cfg)
         prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
         with progress_bar("rows", len(todo)) as advance:
             for r in todo:
                 inputs = row_inputs(r)
-                note = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer)
+                note = edit_sizes(cfg.infer, inputs.query.size, multiple).note(cfg.infer)
                 print_note(note and f"row {r.index + 1}: {note}")
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / f"{r.index:06d}{suffix}")
                 advance()
