@@ -198,14 +198,14 @@ def config_path_for(output: Path) -> Path:
 
 def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, output: Path | None) -> Path:
     """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
-    from .model import load_pipeline
+    from .model import load_pipeline, size_multiple
     from .progress import progress_bar
 
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
     print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
+    print_note(edit_sizes(cfg.infer, inputs.query.size, size_multiple(cfg)).note(cfg.infer))
     pipe = load_pipeline(cfg)
-    print_note(edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer))
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
@@ -284,17 +284,19 @@ def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
 
 def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
     """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
+    from .model import size_multiple
     from .progress import progress_bar
 
     if not todo:
         return
     print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
+    multiple = size_multiple(cfg)
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:
             out = output_dir / names[r.index]
             inputs = _row_inputs(cfg, r)
-            note = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple).note(cfg.infer)
+            note = edit_sizes(cfg.infer, inputs.query.size, multiple).note(cfg.infer)
             print_note(note and f"row {r.index + 1}: {note}")
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), out)

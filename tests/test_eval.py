@@ -126,7 +126,7 @@ def test_metrics_and_report_name_the_model_evaluated(run, tiny_model):
     assert model["adapter"]["sha256"] == sha256_file(adapter_file)[:12]  # one weight file: its own sha256
     assert model["adapter"]["files"] == {"diffusion_pytorch_model.safetensors": sha256_file(adapter_file)[:12]}
     assert model["base"]["path"] == str((tiny_model / "base").resolve()) and len(model["base"]["files"]) >= 4
-    assert model["lora"] is None and model["adapter_scale"] == 1.0
+    assert model["loras"] == [] and model["adapter_scale"] == 1.0
     line = f"adapter: {(tiny_model / 'adapter').resolve()} (sha256 {model['adapter']['sha256']})"
     assert line in (run["out"] / "report.html").read_text()
     console = Console(record=True, width=400)

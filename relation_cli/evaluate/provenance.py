@@ -69,12 +69,13 @@ def describe_model(cfg: RelationConfig) -> dict:
     try:
         sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora)
     except RelationError as e:
-        configured = {"base": cfg.model.base, "image_encoder": cfg.model.image_encoder, "adapter": cfg.adapter.path,
-                      "lora": cfg.lora.path}  # fmt: skip
-        return {"unresolved": str(e), **{k: {"configured": v} if v else None for k, v in configured.items()}}
-    parts = {"base": sources.base, "image_encoder": sources.image_encoder, "adapter": sources.adapter,
-             "lora": sources.lora}  # fmt: skip
-    return {**{name: describe_source(value) for name, value in parts.items()}, "adapter_scale": cfg.adapter.scale}
+        configured = {"base": cfg.model.base, "image_encoder": cfg.model.image_encoder, "adapter": cfg.adapter.path}
+        return {"unresolved": str(e), **{k: {"configured": v} if v else None for k, v in configured.items()},
+                "loras": [{"configured": f.path, "weight": f.weight * cfg.lora.scale} for f in cfg.lora.paths]}
+    parts = {"base": sources.base, "image_encoder": sources.image_encoder, "adapter": sources.adapter}
+    loras = [{**describe_source(f.path), "weight": f.weight * cfg.lora.scale} for f in sources.loras]
+    return {**{name: describe_source(value) for name, value in parts.items()}, "loras": loras,
+            "adapter_scale": cfg.adapter.scale}
 
 
 def source_line(part: str, entry: dict | None) -> str:
@@ -91,9 +92,11 @@ def source_line(part: str, entry: dict | None) -> str:
 
 def model_lines(model: dict) -> list[str]:
     """The evaluated model in lines a person reads (console and report.html)."""
-    lines = [source_line(part, model.get(part)) for part in ("base", "image_encoder", "adapter", "lora")]
+    lines = [source_line(part, model.get(part)) for part in ("base", "image_encoder", "adapter")]
     if "adapter_scale" in model and model["adapter_scale"] != 1:
         lines[2] += f", scale {model['adapter_scale']:g}"
+    loras = model.get("loras") or []
+    lines += [source_line("lora", entry) + f", weight {entry['weight']:g}" for entry in loras] or ["lora: none"]
     if "unresolved" in model:
         lines.append(f"(the sources do not resolve now: {model['unresolved']})")
     return lines
