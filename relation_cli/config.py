@@ -199,6 +199,10 @@ class TrainSection(Section):
     cache_images_in_memory: bool = Field(
         False, description="Keep decoded training images in memory (small datasets trained for many epochs)."
     )
+    resumes: list[dict] = Field(
+        default_factory=list,
+        description="Written by relation train --resume: one entry per resume: the step and each changed setting as [before, after].",
+    )
 
 
 EVAL_BASELINES = ("copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction")
@@ -253,6 +257,17 @@ class EvalSection(Section):
     )
 
 
+class RunSection(Section):
+    """What a training run produced; ``relation train`` writes it into the run's ``config.yaml`` and
+    ``--run`` reads it. Paths inside the run are relative to the run folder."""
+
+    base: str = Field(description="FLUX base of the trained model: 'base' inside the run, or the model.base it was trained on.")
+    image_encoder: str | None = Field(None, description="SigLIP of the trained model: 'image_encoder' inside the run, or the model.image_encoder it was trained with.")
+    adapter: str | None = Field(None, description="The trained adapter folder inside the run ('adapter').")
+    lora: str | None = Field(None, description="The trained LoRA folder inside the run ('lora'), if any.")
+    step: int = Field(0, ge=0, description="Optimizer steps the exported weights were trained for.")
+
+
 class RelationConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
@@ -261,6 +276,7 @@ class RelationConfig(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     infer: InferSection = Field(default_factory=InferSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    run: RunSection | None = Field(None, description="Written by relation train: the model a run produced (read by --run).")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -377,7 +393,7 @@ def describe_fields() -> str:
     """All keys with their descriptions, for ``--help`` epilogs and the README."""
     rows = []
     for name, field in RelationConfig.model_fields.items():
-        section = field.default_factory()  # type: ignore[misc]
-        for key, f in type(section).model_fields.items():
+        kind = type(field.default_factory()) if field.default_factory else RunSection  # run: written, not set
+        for key, f in kind.model_fields.items():
             rows.append(f"{name}.{key}: {f.description}")
     return "\n".join(rows)
