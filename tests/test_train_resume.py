@@ -32,12 +32,12 @@ def tree(folder):
 def test_a_new_learning_rate_is_used_announced_and_recorded(tiny_model, data, tmp_path, monkeypatch, capsys):
     import relation_cli.train.step as step
 
-    out = tmp_path / "run"
-    assert main(train_args(tiny_model, data, out, 2, *QUIET)) == 0
+    out, start = tmp_path / "run", (f"adapter.path={tiny_model / 'adapter'}", "adapter.num_tokens=4")  # the adapter has its own
+    assert main(train_args(tiny_model, data, out, 2, *QUIET, *start)) == 0
     capsys.readouterr()
     used, real = [], step.loss_on
     monkeypatch.setattr(step, "loss_on", lambda run, batch: used.append(run.optimizer.param_groups[0]["lr"]) or real(run, batch))
-    assert main(train_args(tiny_model, data, out, 3, *QUIET, "train.learning_rate=1e-2") + ["--resume"]) == 0
+    assert main(train_args(tiny_model, data, out, 3, *QUIET, *start, "train.learning_rate=1e-2") + ["--resume"]) == 0
     assert used == [1e-2]  # today's value, not the 1e-3 the restored optimizer state holds
     assert "train.learning_rate 0.001 -> 0.01 from step 2" in capsys.readouterr().err
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -45,7 +45,7 @@ def test_a_new_learning_rate_is_used_announced_and_recorded(tiny_model, data, tm
     assert saved["train"]["resumes"] == [{"step": 2, "train.steps": [2, 3], "train.learning_rate": [1e-3, 1e-2]}]
     # contract A: the run's config names what it made, with the adapter's real token count
     adapter = yaml.safe_load((tiny_model / "adapter" / "config.json").read_text())
-    assert saved["adapter"]["num_tokens"] == adapter["num_tokens"] != 128
+    assert saved["adapter"]["num_tokens"] == adapter["num_tokens"] == 128  # not the 4 asked for
     assert saved["run"] == {"base": str((tiny_model / "base").resolve()), "image_encoder": str((tiny_model / "image_encoder").resolve()),
                             "adapter": "adapter", "lora": "lora", "step": 3}  # fmt: skip
     checkpoint = yaml.safe_load((out / "checkpoints" / "checkpoint-00000003" / "config.yaml").read_text())

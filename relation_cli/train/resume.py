@@ -37,7 +37,8 @@ def continue_config(cfg: RelationConfig, folder: Path, warn=console.print) -> Re
     step = int(load_tree(folder, "trainer")["step"])
     saved_tree = read_yaml(folder / CONFIG)
     before, now = settings(saved_tree), settings(cfg.model_dump(mode="json"))
-    changed = {k: [before.get(k), v] for k, v in now.items() if k not in NOT_SETTINGS and before.get(k) != v}
+    ignored = NOT_SETTINGS + (("adapter.num_tokens",) if cfg.adapter.path else ())  # a loaded adapter has its own
+    changed = {k: [before.get(k), v] for k, v in now.items() if k not in ignored and before.get(k) != v}
     refused = [k for k in changed if k in fixed_settings(cfg)]
     if refused:
         what = "; ".join(f"{k} is {_show(changed[k][0])} in the checkpoint and {_show(changed[k][1])} now" for k in refused)
@@ -65,10 +66,7 @@ def settings(tree: dict) -> dict[str, Any]:
 def fixed_settings(cfg: RelationConfig) -> tuple[str, ...]:
     """The settings of this mode that a checkpoint fixes."""
     mode = cfg.train.mode
-    fixed = SHAPE + STATE + (LORA_SHAPE if mode == "lora" else ()) + (ADAPTER_SHAPE if mode != "vae" else ())
-    if cfg.adapter.path:  # the adapter file decides its own token count
-        fixed = tuple(k for k in fixed if k != "adapter.num_tokens")
-    return fixed
+    return SHAPE + STATE + (LORA_SHAPE if mode == "lora" else ()) + (ADAPTER_SHAPE if mode != "vae" else ())
 
 
 def _show(value: Any) -> str:
