@@ -83,17 +83,18 @@ def test_cuda_refused_where_there_is_none(monkeypatch):
 
 
 def test_rows_with_null_text_first_and_text_later_train(tiny_model, tmp_path):
-    """40,000 rows: the first 30,000 (over 10 MB, more than one block of a json reader) with "text": null,
-    the rest with text. Read once, no column type guessed from the first rows."""
+    """12,000 rows: the first 10,000 (12 MB: more than the 10 MB block a json reader such as datasets' infers
+    the column types from) with "text": null, the rest with text. Read once, no type guessed from the first rows."""
     from relation_cli.train.data import load_rows
 
     row = json.loads((analogy_dataset(tmp_path / "d")).read_text().splitlines()[0])
     big = tmp_path / "d" / "big.jsonl"
     with open(big, "w") as f:
-        for i in range(40_000):
-            f.write(json.dumps({**row, "text": None if i < 30_000 else "make it so", "task": "t" * 400}) + "\n")
+        for i in range(12_000):
+            f.write(json.dumps({**row, "text": None if i < 10_000 else "make it so", "task": "t" * 1100}) + "\n")
+    assert big.stat().st_size > 1.1 * 12_000 * 1000
     rows = load_rows(big, 64_000_000)
-    assert len(rows) == 40_000 and rows[0].text == "" and rows[-1].text == "make it so"
+    assert len(rows) == 12_000 and rows[0].text == "" and rows[-1].text == "make it so"
     out = tmp_path / "run"
     assert main(train_args(tiny_model, big, out, 1, "train.validation_samples=0")) == 0
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
