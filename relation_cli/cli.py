@@ -336,7 +336,8 @@ def train(
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
     device: DeviceOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest complete checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest complete checkpoint; shape settings must match it, "
+                                      "other changes (steps, learning rate, data, ...) apply from its step.")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check config, data and paths; print parameter counts and a memory estimate.")
     ] = False,

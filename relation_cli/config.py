@@ -240,6 +240,10 @@ class TrainSection(Section):
         1, ge=1, description="Each batch trains with k exemplar pairs, k drawn in [1, N]: the row's own pairs, "
         "then other pairs of its task in train.data (never the query's own pair)."
     )
+    resumes: list[dict] = Field(
+        default_factory=list,
+        description="Written by relation train --resume: one entry per resume: the step and each changed setting as [before, after].",
+    )
 
 
 EVAL_BASELINES = ("copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction")
@@ -435,9 +439,7 @@ def describe_fields() -> str:
     """All keys with their descriptions, for ``--help`` epilogs and the README."""
     rows = []
     for name, field in RelationConfig.model_fields.items():
-        if field.default_factory is None:  # run: written by relation train, not set by hand
-            continue
-        section = field.default_factory()  # type: ignore[misc]
-        for key, f in type(section).model_fields.items():
+        kind = type(field.default_factory()) if field.default_factory else RunSection  # run: written, not set
+        for key, f in kind.model_fields.items():
             rows.append(f"{name}.{key}: {f.description}")
     return "\n".join(rows)

@@ -6,6 +6,7 @@ Model classes never see a config; these functions read it and pass flat argument
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ def demo_dir() -> Path:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``model.device`` -> the device: the one rule of infer, train and eval (auto: cuda, then mps, then cpu).
+
+    Raises :class:`RelationError` for a name torch does not know or a device this machine lacks.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -43,9 +48,46 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``model.dtype`` on ``device`` (from :func:`resolve_device`): auto is bfloat16 on CUDA, float32 elsewhere."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_mixed_precision(name: str, device: torch.device) -> str:
+    """``train.mixed_precision`` for accelerate on ``device``, by the rule of :func:`resolve_dtype`: auto is
+    bf16 on CUDA and no elsewhere (so ``--device cpu`` on a GPU machine trains in float32)."""
+    if name != "auto":
+        return name
+    return "bf16" if resolve_dtype("auto", device) == torch.bfloat16 else "no"
+
+
+def build_process_state(factory, device_name: str, **kwargs):
+    """accelerate's ``Accelerator`` or ``PartialState`` (``factory``) on the device of :func:`resolve_device`.
+
+    One process: exactly that device, ``cuda:N`` included (accelerate reads ``ACCELERATE_TORCH_DEVICE``
+    while the state is made; the variable is restored after). Several processes (``accelerate launch``,
+    torchrun): each takes its local GPU, so a device with an index is refused. A CPU device passes
+    ``cpu=True``, which also makes processes launched on a machine without GPUs form a gloo group.
+    Raises :class:`RelationError` for an unknown or unavailable device.
+    """
+    device = resolve_device(device_name)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and device.index is not None:
+        raise RelationError(
+            f"model.device '{device_name}': under a multi-process launch each process uses its own GPU; use auto or cuda"
+        )
+    pinned = str(device) if device.type != "cpu" and not launched else None
+    saved = os.environ.get("ACCELERATE_TORCH_DEVICE")
+    if pinned:
+        os.environ["ACCELERATE_TORCH_DEVICE"] = pinned
+    try:
+        return factory(cpu=device.type == "cpu", **kwargs)
+    finally:
+        if pinned and saved is None:
+            os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
+        elif pinned:
+            os.environ["ACCELERATE_TORCH_DEVICE"] = saved
 
 
 @dataclass(frozen=True)

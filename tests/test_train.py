@@ -97,18 +97,18 @@ def test_interrupted_then_resumed_equals_straight(tiny_model, data, tmp_path, mo
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert main(train_args(tiny_model, data, straight, 4, *extra)) == 0
 
-    import relation_cli.train.loop as loop
+    import relation_cli.train.checkpoint as checkpoint
 
-    real_save = loop.save_checkpoint
+    real_save = checkpoint.save_checkpoint
 
     def save_then_die(run):
         real_save(run)
         raise KeyboardInterrupt  # killed right after the first checkpoint
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
     assert main(train_args(tiny_model, data, broken, 4, *extra)) == 130
     assert not (broken / "lora").exists()
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     assert main(train_args(tiny_model, data, broken, 4, *extra) + ["--resume"]) == 0
     a, b = _weights(straight), _weights(broken)
     assert a.keys() == b.keys()
@@ -132,9 +132,9 @@ def test_corrupted_checkpoint_is_skipped_on_resume(tiny_model, data, tmp_path, c
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_model, data, tmp_path, monkeypatch, capsys):
-    import relation_cli.train.loop as loop
+    import relation_cli.train.step as step
 
-    real = loop.loss_on
+    real = step.loss_on
     calls = {"n": 0}
 
     def poisoned(run, batch):
@@ -142,7 +142,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_model, data, tmp_path, 
         loss = real(run, batch)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(loop, "loss_on", poisoned)
+    monkeypatch.setattr(step, "loss_on", poisoned)
     out = tmp_path / "run"
     assert main(train_args(tiny_model, data, out, 5, "train.checkpoint_every=2", "train.validation_samples=0")) == 1
     err = capsys.readouterr().err

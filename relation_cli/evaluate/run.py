@@ -44,13 +44,14 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
 
     ``fid_feature``: a feature network for FID in place of torch-fidelity's Inception v3 (tests).
     """
-    import torch
     from accelerate import PartialState
+
+    from ..model import build_process_state
 
     out = Path(cfg.eval.output_dir)
     splits, jobs, judge = setup(cfg, out)
-    # accelerate needs cpu=True to form a process group without GPUs (launch with --multi_gpu there).
-    state = PartialState(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    state = build_process_state(PartialState, cfg.model.device)  # the device rule of infer and train
+
     def record() -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
         save_config(cfg, out / "config.yaml")
         record_settings(out, cfg)

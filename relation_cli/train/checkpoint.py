@@ -3,7 +3,10 @@
 A checkpoint is written into a temporary folder, every file's sha256 goes into ``checksums.json``,
 the ``COMPLETE`` marker is written last, and only then is the folder renamed to
 ``checkpoint-<step>``. On resume the newest folder whose marker and checksums are intact is used;
-incomplete or corrupted ones are skipped with a warning.
+incomplete or corrupted ones are skipped with a warning. Every checkpoint holds the resolved config
+it was trained with (``config.yaml``), which ``--resume`` compares with the current one
+(:mod:`relation_cli.train.resume`), and only finite weights: a step that made them non-finite stops
+the run instead of being saved.
 """
 
 from __future__ import annotations
@@ -13,17 +16,23 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import save_config
 from ..errors import RelationError
+from ..progress import console
+
+if TYPE_CHECKING:
+    from .recipe import Run
 
 MARKER = "COMPLETE"
 CHECKSUMS = "checksums.json"
 PREFIX = "checkpoint-"
+CONFIG = "config.yaml"
 
 
 # ------------------------------------------------------------------------------ tensors <-> json trees
@@ -181,3 +190,128 @@ def require_resumable(root: Path, warn=print) -> Path:
     if found is None:
         raise RelationError(f"--resume: no complete checkpoint under '{root}'")
     return found
+
+
+# ------------------------------------------------------------------------------ a run's checkpoints
+
+
+def uses_native_state(accelerator) -> bool:
+    """DeepSpeed owns its optimizer: its state is saved through accelerate's save_state."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def unwrapped(run: Run):
+    """The job's trained module without accelerate's wrappers (DDP, DeepSpeed)."""
+    return run.accelerator.unwrap_model(run.model)
+
+
+def non_finite(run: Run, what: str) -> RelationError:
+    """The error that stops a run whose loss or weights stopped being finite, naming the last good checkpoint."""
+    good = latest_valid(run.out / "checkpoints", warn=lambda m: None)
+    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+    return RelationError(f"{what}; training stopped, {where}")
+
+
+def save_checkpoint(run: Run) -> Path | None:
+    """Atomic, checksummed, pickle-free; each process writes its own random and data-plan state.
+
+    Raises :class:`RelationError` instead of saving weights that are not finite (a step with finite
+    loss can still leave them NaN, e.g. after an infinite gradient), so "the last good checkpoint" is one.
+    """
+    acc, root = run.accelerator, run.out / "checkpoints"
+    trained = unwrapped(run).trainable_state()
+    bad = [k for k, v in trained.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise non_finite(run, f"weights became non-finite at step {run.step} ({bad[0]})")
+    tmp = root / f".tmp-{PREFIX}{run.step:08d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    save_tree({"rng": rng_state(run.generator), "plan": run.plan.state()}, tmp, f"process_{acc.process_index}")
+    if uses_native_state(acc):
+        acc.save_state(str(tmp / "accelerate"))  # collective; DeepSpeed's own format
+    if acc.is_main_process:
+        _save_main(run, trained, tmp)
+    acc.wait_for_everyone()
+    final = None
+    if acc.is_main_process:
+        seal(tmp)
+        final = publish(tmp, root, run.step, run.cfg.train.keep_checkpoints)
+    acc.wait_for_everyone()
+    return final
+
+
+def _save_main(run: Run, trained: dict[str, torch.Tensor], tmp: Path) -> None:
+    """What only the main process writes: weights, optimizer and schedule, EMA, step, config."""
+    save_file({k: v.contiguous() for k, v in trained.items()}, tmp / "trainable.safetensors")
+    if not uses_native_state(run.accelerator):
+        save_tree(run.optimizer.state_dict(), tmp, "optimizer")
+        save_tree(run.scheduler.state_dict(), tmp, "scheduler")
+    if run.ema is not None:
+        save_tree(run.ema.state_dict(), tmp, "ema")
+    save_tree({"step": run.step, "num_processes": run.accelerator.num_processes}, tmp, "trainer")
+    save_config(run.cfg, tmp / CONFIG)
+
+
+def load_checkpoint(run: Run, folder: Path) -> None:
+    """Restore weights, optimizer, schedule, EMA, random and data state; then apply the current settings."""
+    acc = run.accelerator
+    trainer = load_tree(folder, "trainer")
+    if trainer["num_processes"] != acc.num_processes:
+        raise RelationError(
+            f"checkpoint '{folder}' was written by {trainer['num_processes']} processes; resume with the same number"
+        )
+    _load_weights(run, folder)
+    if uses_native_state(acc):
+        acc.load_state(str(folder / "accelerate"))
+    else:
+        run.optimizer.load_state_dict(load_tree(folder, "optimizer"))
+        run.scheduler.load_state_dict(load_tree(folder, "scheduler"))
+    if run.ema is not None:
+        run.ema.load_state_dict(load_tree(folder, "ema"))
+    mine = load_tree(folder, f"process_{acc.process_index}")
+    set_rng_state(mine["rng"], run.generator)
+    run.plan.load_state(mine["plan"])
+    run.step = int(trainer["step"])
+    apply_settings(run)
+    if acc.is_main_process:
+        console.print(f"resumed from {folder} at step {run.step}")
+
+
+def _load_weights(run: Run, folder: Path) -> None:
+    state = load_file(folder / "trainable.safetensors")
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise RelationError(f"checkpoint '{folder}' holds non-finite weights ({bad[0]}): remove it to resume from an earlier one")
+    try:
+        missing = unwrapped(run).load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a size mismatch: a checkpoint of another shape that holds no config to compare
+        raise RelationError(f"checkpoint '{folder}' does not fit this model ({str(e).splitlines()[-1].strip()})") from None
+    if missing.unexpected_keys:
+        raise RelationError(f"checkpoint '{folder}' does not fit this model: {missing.unexpected_keys[:3]}")
+
+
+def apply_settings(run: Run) -> None:
+    """The current optimizer settings over the restored state, from the restored step on.
+
+    ``load_state_dict`` brings back the learning rate, betas, weight decay and epsilon of the run that
+    wrote the checkpoint, and the schedule's base rate; here the current config's values replace them,
+    and the learning rate is recomputed from the current schedule at the restored step (the schedule's
+    lambdas are always the current config's: ``LambdaLR`` saves no function). Unchanged settings give
+    the same numbers, bit for bit.
+    """
+    t = run.cfg.train
+    schedule = getattr(run.scheduler, "scheduler", run.scheduler)  # accelerate's AcceleratedScheduler wraps it
+    for group in run.optimizer.param_groups:
+        group.update(initial_lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay,
+                     eps=t.adam_epsilon)  # fmt: skip
+    schedule.base_lrs = [t.learning_rate] * len(schedule.base_lrs)
+    rates = [base * f(schedule.last_epoch) for base, f in zip(schedule.base_lrs, schedule.lr_lambdas)]
+    for group, rate in zip(run.optimizer.param_groups, rates):
+        group["lr"] = rate
+    schedule._last_lr = rates  # what get_last_lr() reports until the next step
+    if run.ema is not None:
+        run.ema.decay = t.ema_decay

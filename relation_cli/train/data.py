@@ -1,4 +1,4 @@
-"""Training data: run-ready rows read with ``datasets``, images kept in aspect ratio, batched by size.
+"""Training data: run-ready rows read once by relation's row checks, images kept in aspect ratio, batched by size.
 
 The batch order is a pure function of (seed, epoch), so a resumed run sees exactly the batches the
 interrupted one would have seen next. Each process of a distributed run takes every n-th batch.
@@ -11,11 +11,11 @@ batch position, row) too, so resume stays exact.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -26,9 +26,10 @@ from ..rows import IMAGE_FIELDS, Pair, Row, parse_rows
 
 
 def load_rows(path: str | Path, max_pixels: int) -> list[Row]:
-    """Rows of a run-ready jsonl through ``datasets`` (the format prepare writes), paths resolved.
+    """Rows of a run-ready jsonl (the format prepare writes), read once by relation's own row checks.
 
-    Every image is decoded once here, before any model is loaded or file written.
+    Every field is checked as a string or empty (no column types guessed from the first rows), every
+    image is decoded once here, before any model is loaded or file written.
     """
     path = Path(path)
     if not path.is_file():
@@ -37,12 +38,6 @@ def load_rows(path: str | Path, max_pixels: int) -> list[Row]:
     check_images(((getattr(r, k), f"row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
     more = ((p, f"row {r.index + 1} exemplars pair {n}") for r in rows for n, pair in enumerate(r.pairs[1:], 2) for p in pair)
     check_images(more, max_pixels)
-    import datasets
-
-    datasets.disable_progress_bars()
-    table = datasets.load_dataset("json", data_files=str(path), split="train")
-    if len(table) != len(rows) or not {"source", "target"} <= set(table.column_names):
-        raise RelationError(f"train.data '{path}': datasets reads {len(table)} rows with columns {table.column_names}")
     return rows
 
 
@@ -55,10 +50,16 @@ def fit_size(width: int, height: int, resolution: int, multiple: int) -> tuple[i
 
 
 def to_pixels(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """PIL -> ``(3, H, W)`` in [-1, 1], resized with Lanczos as diffusers' VaeImageProcessor does."""
-    if image.size != size:
-        image = image.resize(size, Image.LANCZOS)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    """PIL -> ``(3, H, W)`` in [-1, 1] through diffusers' VaeImageProcessor (Lanczos resize to ``size``)."""
+    width, height = size
+    return _pixel_processor().preprocess(image, height=height, width=width)[0]
+
+
+@functools.cache
+def _pixel_processor():
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(vae_scale_factor=1)  # sizes come from fit_size, already multiples of the latent grid
 
 
 @dataclass(frozen=True)

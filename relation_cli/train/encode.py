@@ -87,11 +87,11 @@ class FrozenEncoders:
         return torch.stack([f["moments"].to(self.device) for f in found])
 
     def sample_latents(self, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Posterior sample with ``generator`` (CPU), scaled and shifted as FLUX expects, packed to tokens."""
-        mean, logvar = moments.chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
-        z = mean + std * eps
+        """``(B, 2c, h, w)`` posterior parameters -> ``(B, N, 4c)`` tokens: diffusers' posterior sample with
+        ``generator`` (CPU), scaled and shifted as FLUX expects, packed 2x2."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        z = DiagonalGaussianDistribution(moments).sample(generator)
         cfg = self.pipe.vae.config
         return pack_latents((z - cfg.shift_factor) * cfg.scaling_factor).to(self.dtype)
 

@@ -85,6 +85,7 @@ def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int)
 
 def estimate(cfg: RelationConfig) -> Estimate:
     from ..adapter import RelationAdapter
+    from ..model import resolve_device, resolve_mixed_precision
     from .data import load_rows
 
     t = cfg.train
@@ -112,7 +113,7 @@ def estimate(cfg: RelationConfig) -> Estimate:
     frozen_modules += [] if t.mode == "full" else [transformer]
     frozen = sum(count(m) for m in frozen_modules)
 
-    half = t.mixed_precision in ("bf16", "fp16") or (t.mixed_precision == "auto" and torch.cuda.is_available())
+    half = resolve_mixed_precision(t.mixed_precision, resolve_device(cfg.model.device)) != "no"
     per = 2 if half else 4
     n_train = sum(trainable.values())
     state = 2 + 2 if t.optimizer == "adamw8bit" else 8  # Adam moments

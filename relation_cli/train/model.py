@@ -60,19 +60,3 @@ class RelationTrainModel(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
-
-class VaeTrainModel(nn.Module):
-    """``train.mode: vae``: reconstruction of images through the VAE of a small model."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 3, H, W)`` in [-1, 1] and posterior noise -> (reconstruction, mean KL per sample)."""
-        posterior = self.vae.encode(pixels).latent_dist
-        recon = self.vae.decode(posterior.mean + posterior.std * eps).sample
-        return recon, posterior.kl().mean() / eps[0].numel()
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items()}

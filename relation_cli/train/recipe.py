@@ -1,74 +1,43 @@
-"""``relation train``: setup -> train -> cleanup, with every device and process concern in accelerate.
+"""``relation train``: setup -> train -> export, with every device and process concern in accelerate.
 
-One optimizer step (SPEC 2.4): target and query images go through the frozen VAE (posterior
-sample), the exemplar pair through SigLIP and the adapter's projection (zeroed for a sample with
-probability ``exemplar_dropout``); ``x_s = (1 - s) x0 + s * noise``; the transformer sees
-``[x_s ; clean query]`` with cloned ids and predicts ``noise - x0`` on the target tokens (MSE).
+The recipe is the same for every job: a job (:mod:`.job` for the RelationAdapter, :mod:`.vae` for VAE
+pre-training) supplies the trained module, the loss of one micro-batch, validation and export. One
+optimizer step is :func:`relation_cli.train.step.optimizer_step`; checkpoints are
+:mod:`relation_cli.train.checkpoint`; what a resume may change is :mod:`relation_cli.train.resume`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.progress import ProgressColumn, TextColumn
+from rich.text import Text
 
-from ..config import RelationConfig, save_config
+from ..config import DEMO, RelationConfig, save_config
 from ..errors import RelationError
-from ..fs import check_writable
-from ..pipeline import relation_latent_ids
-from ..progress import console
+from ..fs import atomic_dir, check_writable
+from ..progress import console, make_progress
 from . import checkpoint as ckpt
-from .data import AnalogyDataset, BatchPlan, load_rows
+from .data import AnalogyDataset, BatchPlan, collate, load_rows
 from .encode import DiskCache, FrozenEncoders, identity
-from .model import RelationTrainModel, VaeTrainModel
+from .job import LORA_NAME, Job, job_for
+from .resume import continue_config
+from .step import loss_on, optimizer_step
 
-LORA_NAME = "relation"
-
-
-def build_accelerator(cfg: RelationConfig):
-    """The one place the Accelerator is made: precision, accumulation, tensorboard logging."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    from ..model import resolve_device
-
-    t = cfg.train
-    precision = t.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
-    out = Path(t.output_dir)
-    return Accelerator(
-        gradient_accumulation_steps=t.gradient_accumulation,
-        mixed_precision=precision,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        # cpu=True also makes processes started by torchrun / `accelerate launch --multi_gpu` on a machine
-        # without GPUs form a gloo process group (accelerate's MULTI_CPU) instead of N lone processes.
-        cpu=resolve_device(cfg.model.device).type == "cpu",
-    )
+__all__ = ["LORA_NAME", "Run", "loss_on", "setup", "train", "validation_rows"]
 
 
-def check_distribution(accelerator) -> None:
-    """Exports and checkpoints read replicated parameters: DDP and DeepSpeed ZeRO-1/2 keep them so."""
-    from accelerate.utils import DistributedType
-
-    kind = accelerator.distributed_type
-    if kind == DistributedType.FSDP:
-        raise RelationError("FSDP shards parameters, which relation's export does not gather: use DDP or DeepSpeed ZeRO-2 (configs/accelerate/)")
-    if kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        raise RelationError("DeepSpeed ZeRO-3 shards parameters: use ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml)")
-
-
-def uses_native_state(accelerator) -> bool:
-    """DeepSpeed owns its optimizer: its state is saved through accelerate's save_state."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.DEEPSPEED
-
-
-def weight_dtype(accelerator) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+def train(cfg: RelationConfig, resume: bool = False) -> Path:
+    """Train until ``train.steps``; returns the folder holding the exported weights (contract A)."""
+    run = setup(cfg, resume)
+    try:
+        loop(run)
+        return export(run)
+    finally:
+        run.accelerator.end_training()
 
 
 @dataclass
@@ -76,9 +45,11 @@ class Run:
     """Everything the loop needs, made by :func:`setup`."""
 
     cfg: RelationConfig
+    job: Job
     accelerator: object
     pipe: object  # RelationPipeline over the training components (frozen parts + installed adapter)
-    model: object  # RelationTrainModel, prepared by accelerate
+    sources: object  # ModelSources: where the base, image encoder, adapter and LoRA came from
+    model: object  # the job's trained module, prepared by accelerate
     optimizer: object
     scheduler: object
     encoders: FrozenEncoders
@@ -94,122 +65,139 @@ class Run:
 # ------------------------------------------------------------------------------------------ setup
 
 
-def build_components(cfg: RelationConfig, dtype: torch.dtype):
-    """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point."""
-    from ..adapter import RelationAdapter
-    from ..lora import apply_loras, continue_lora
-    from ..model import load_base, resolve_sources
-    from ..weights import load_adapter
-
-    sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
-    pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
-    t = cfg.train
-    transformer = pipe.transformer
-    if sources.adapter is not None:
-        adapter = load_adapter(sources.adapter, transformer.config.attention_head_dim)
-    elif t.mode == "vae":
-        adapter = None
-    else:
-        torch.manual_seed(t.seed)
-        adapter = RelationAdapter.for_transformer(
-            transformer, pipe.image_encoder.config.hidden_size, cfg.adapter.num_tokens, cfg.adapter.role_embeddings
-        )
-    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder, transformer):
-        module.requires_grad_(False)
-    if t.mode == "vae":
-        pipe.vae.requires_grad_(True)
-        return pipe, sources
-    if t.mode == "lora":
-        if sources.loras:  # continue training that LoRA (its own rank and alpha), not a new one on top
-            continue_lora(pipe, sources.loras, LORA_NAME, cfg.lora.allow_partial)
-        else:
-            from peft import LoraConfig
-
-            torch.manual_seed(t.seed + 1)
-            config = LoraConfig(
-                r=cfg.lora.rank,
-                lora_alpha=cfg.lora.alpha or cfg.lora.rank,
-                init_lora_weights="gaussian",
-                target_modules=list(cfg.lora.targets),
-            )
-            transformer.add_adapter(config, adapter_name=LORA_NAME)
-        for name, p in transformer.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
-    else:
-        if sources.loras:  # full / adapter mode start from the base with the LoRAs merged in
-            apply_loras(pipe, sources.loras, cfg.lora.scale, fuse=True, allow_partial=cfg.lora.allow_partial)
-        if t.mode == "full":
-            transformer.requires_grad_(True)
-    pipe.set_relation_adapter(adapter)
-    adapter.requires_grad_(True)
-    if t.train_image_encoder:
-        pipe.image_encoder.requires_grad_(True)
-    return pipe, sources
-
-
 def setup(cfg: RelationConfig, resume: bool) -> Run:
-    from diffusers.optimization import get_scheduler
+    """Cheap checks first (output folder, the checkpoint and its config, every image), then the models.
+
+    Nothing is written before all of them pass: a refused ``--resume`` leaves the folder as it was.
+    """
     from diffusers.training_utils import cast_training_params
 
-    t = cfg.train
-    out = check_output_dir(Path(t.output_dir), resume)
+    out = check_output_dir(Path(cfg.train.output_dir), resume)
+    folder = ckpt.require_resumable(out / "checkpoints", warn=_warn) if resume else None
+    if folder is not None:
+        cfg = continue_config(cfg, folder, warn=_warn)
+    t, job = cfg.train, job_for(cfg.train.mode)
     rows = load_rows(t.data, cfg.data.max_image_pixels)  # every image decoded: before anything is loaded or written
     accelerator = build_accelerator(cfg)
     check_distribution(accelerator)
     dtype = weight_dtype(accelerator)
-    pipe, sources = build_components(cfg, dtype)
-    transformer = pipe.transformer
+    pipe, sources = job.build(cfg, dtype)
     if t.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    trainable_encoder = pipe.image_encoder if t.train_image_encoder else None
-    if t.mode == "vae":
-        model = VaeTrainModel(pipe.vae)
-    else:
-        model = RelationTrainModel(transformer, pipe.relation_adapter, trainable_encoder)
+        pipe.transformer.enable_gradient_checkpointing()
+    model = job.model(pipe, cfg)
     cast_training_params(model, torch.float32)  # trainable weights in fp32, frozen ones in `dtype`
     pipe.to(accelerator.device)
-
     params = [p for p in model.parameters() if p.requires_grad]
+    model, optimizer, scheduler = accelerator.prepare(model, *build_optimization(cfg, params, accelerator.num_processes))
+    ema = build_ema(cfg, params)
+    extractor = pipe.feature_extractor if job.exemplars else None
+    dataset = AnalogyDataset(rows, cfg.data.resolution, pipe.vae_scale_factor * 2, cfg.data.max_image_pixels, extractor,
+                             t.cache_images_in_memory, t.max_exemplar_pairs, t.seed)  # fmt: skip
+    counts = dataset.pair_counts() if extractor is not None else None
+    plan = BatchPlan(dataset.sizes(), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes, counts)
+    encoders = build_encoders(cfg, pipe, sources, accelerator.device, dtype, out)
+    generator = torch.Generator().manual_seed(t.seed * 1000 + accelerator.process_index)
+    cfg = truthful(cfg, pipe)
+    run = Run(cfg, job, accelerator, pipe, sources, model, optimizer, scheduler, encoders, dataset, plan, generator, out,
+              ema=ema, validation_rows=validation_rows(cfg))  # fmt: skip
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        accelerator.init_trackers("relation", config=_flat_config(cfg))
+    if folder is not None:
+        ckpt.load_checkpoint(run, folder)
+    return run
+
+
+def build_accelerator(cfg: RelationConfig):
+    """The one place the Accelerator is made: device and precision by the one rule of
+    :mod:`relation_cli.model`, accumulation, tensorboard logging."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    from ..model import build_process_state, resolve_device, resolve_mixed_precision
+
+    t, out = cfg.train, Path(cfg.train.output_dir)
+    return build_process_state(
+        Accelerator,
+        cfg.model.device,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        mixed_precision=resolve_mixed_precision(t.mixed_precision, resolve_device(cfg.model.device)),
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+
+
+def check_distribution(accelerator) -> None:
+    """Exports and checkpoints read replicated parameters: DDP and DeepSpeed ZeRO-1/2 keep them so."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise RelationError("FSDP shards parameters, which relation's export does not gather: use DDP or DeepSpeed ZeRO-2 (configs/accelerate/)")
+    if kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        raise RelationError("DeepSpeed ZeRO-3 shards parameters: use ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml)")
+
+
+def weight_dtype(accelerator) -> torch.dtype:
+    """The dtype frozen weights are stored in: accelerate's mixed precision, else float32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def build_optimization(cfg: RelationConfig, params: list, num_processes: int) -> tuple:
+    """AdamW (or 8-bit AdamW) and diffusers' learning-rate schedule; accelerate steps the schedule once per process."""
+    from diffusers.optimization import get_scheduler
+
+    t = cfg.train
     optimizer = make_optimizer(cfg, params)
-    n = accelerator.num_processes  # accelerate steps the schedule once per process
+    n = num_processes
     scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * n, num_training_steps=t.steps * n
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return optimizer, scheduler
 
-    ema = None
-    if t.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(params, decay=t.ema_decay)
+def make_optimizer(cfg: RelationConfig, params):
+    t = cfg.train
+    kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay, eps=t.adam_epsilon)
+    if t.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise RelationError("train.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
-    multiple = pipe.vae_scale_factor * 2
-    extractor = None if t.mode == "vae" else pipe.feature_extractor
-    dataset = AnalogyDataset(
-        rows, cfg.data.resolution, multiple, cfg.data.max_image_pixels, extractor, t.cache_images_in_memory,
-        t.max_exemplar_pairs, t.seed,
-    )  # fmt: skip
-    counts = dataset.pair_counts() if extractor is not None else None
-    plan = BatchPlan(dataset.sizes(), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes, counts)
+
+def build_ema(cfg: RelationConfig, params: list):
+    """diffusers' EMAModel over the trained parameters, or ``None`` (``train.ema_decay: 0``)."""
+    if cfg.train.ema_decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=cfg.train.ema_decay)
+
+
+def build_encoders(cfg: RelationConfig, pipe, sources, device, dtype, out: Path) -> FrozenEncoders:
+    """The frozen encoders, with the encoding cache keyed by each encoder's identity."""
+    t = cfg.train
     cache = DiskCache(Path(t.cache_dir or out / "cache") if t.cache_encodings else None)
     ids = {
         "vae": identity(sources.base, dict(pipe.vae.config), str(pipe.vae.dtype)),
         "text": identity(sources.base, dict(pipe.text_encoder_2.config.to_dict()), str(dtype)),
         "image_encoder": identity(sources.image_encoder, pipe.image_encoder.config.to_dict(), str(dtype)),
     }
-    encoders = FrozenEncoders(pipe, cache, ids, accelerator.device, dtype)
-    generator = torch.Generator().manual_seed(t.seed * 1000 + accelerator.process_index)
-    run = Run(cfg, accelerator, pipe, model, optimizer, scheduler, encoders, dataset, plan, generator, out, ema=ema)
-    run.validation_rows = validation_rows(cfg)
+    return FrozenEncoders(pipe, cache, ids, device, dtype)
 
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        accelerator.init_trackers("relation", config=_flat_config(cfg))
-    if resume:
-        load_checkpoint(run, ckpt.require_resumable(out / "checkpoints", warn=_warn))
-    return run
+
+def truthful(cfg: RelationConfig, pipe) -> RelationConfig:
+    """``cfg`` with ``adapter.num_tokens`` of the adapter that trains (a loaded one brings its own)."""
+    adapter = pipe.relation_adapter
+    if adapter is None or adapter.config.num_tokens == cfg.adapter.num_tokens:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.adapter.num_tokens = adapter.config.num_tokens
+    return cfg
 
 
 def check_output_dir(out: Path, resume: bool) -> Path:
@@ -223,18 +211,6 @@ def check_output_dir(out: Path, resume: bool) -> Path:
             "or choose another train.output_dir"
         )
     return out
-
-
-def make_optimizer(cfg: RelationConfig, params):
-    t = cfg.train
-    kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay, eps=t.adam_epsilon)
-    if t.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise RelationError("train.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
 
 
 def validation_rows(cfg: RelationConfig) -> list:
@@ -255,134 +231,144 @@ def validation_rows(cfg: RelationConfig) -> list:
 def _flat_config(cfg: RelationConfig) -> dict:
     flat = {}
     for section, values in cfg.model_dump(mode="json").items():
-        for k, v in (values or {}).items():  # run: is None until export
+        for k, v in (values or {}).items():
             flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
 
 
 def _warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {message.removeprefix('warning: ')}")
 
 
-# ------------------------------------------------------------------------------------------ step
+# ------------------------------------------------------------------------------------------ train
 
 
-def sample_sigmas(cfg: RelationConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
-    from diffusers.training_utils import compute_density_for_timestep_sampling
+class SpeedColumn(ProgressColumn):
+    """Optimizer steps per second as rich estimates it (``Task.speed``), with two decimals: slow steps
+    (0.03 it/s on a CPU) would read 0.0 in ``TaskProgressColumn.render_speed``'s one."""
 
-    t = cfg.train
-    scheme = "logit_normal" if t.timestep_sampling == "logit_normal" else "none"
-    u = compute_density_for_timestep_sampling(scheme, batch, t.logit_mean, t.logit_std, generator=generator)
-    return t.timestep_shift * u / (1 + (t.timestep_shift - 1) * u)
-
-
-def vae_loss_on(run: Run, batch: dict) -> torch.Tensor:
-    """Reconstruction MSE (pixels in [-1, 1]) + ``kl_weight`` x KL, on the targets and queries of a batch."""
-    pixels = torch.cat([batch["target"], batch["source"]]).to(run.accelerator.device)
-    vae = run.pipe.vae
-    f = run.pipe.vae_scale_factor
-    shape = (pixels.shape[0], vae.config.latent_channels, pixels.shape[-2] // f, pixels.shape[-1] // f)
-    eps = torch.randn(shape, generator=run.generator).to(pixels.device)
-    recon, kl = run.model(pixels, eps)
-    return torch.mean((recon.float() - pixels.float()) ** 2) + run.cfg.train.kl_weight * kl
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.2f} it/s", style="progress.percentage")
 
 
-def loss_on(run: Run, batch: dict) -> torch.Tensor:
-    """The rectified-flow loss of one micro-batch (all randomness from ``run.generator``)."""
-    if run.cfg.train.mode == "vae":
-        return vae_loss_on(run, batch)
-    cfg, enc, gen = run.cfg, run.encoders, run.generator
-    device, dtype = run.accelerator.device, enc.dtype
-    b = len(batch["index"])
-    x0 = enc.sample_latents(enc.latent_moments(batch["target"]), gen)  # (B, N, 4c)
-    query = enc.sample_latents(enc.latent_moments(batch["source"]), gen)
-    texts = batch["text"] if cfg.train.use_text else [""] * b
-    prompt_embeds, pooled, text_ids = enc.text(texts, cfg.infer.max_sequence_length)
-    noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
-    sigma = sample_sigmas(cfg, b, gen).to(device)
-    keep = (torch.rand(b, generator=gen) >= cfg.train.exemplar_dropout).to(device)
-    s = sigma.view(-1, 1, 1).to(dtype)
-    noisy = (1 - s) * x0 + s * noise
-    h, w = batch["target"].shape[-2:]
-    grid = (h // run.pipe.vae_scale_factor // 2, w // run.pipe.vae_scale_factor // 2)
-    ids = relation_latent_ids(*grid, device, dtype, run.pipe.query_ids)  # (2N, 3): target's, then the query's
-    guidance = None
-    if run.pipe.transformer.config.guidance_embeds:
-        guidance = torch.full((b,), cfg.train.guidance, device=device, dtype=torch.float32)
-    exemplars = {}
-    if cfg.train.train_image_encoder:
-        exemplars["exemplar_pixels"] = batch["exemplars"].to(device)
-    else:
-        exemplars["exemplar_embeds"] = enc.exemplar_embeds(batch["exemplars"])
-    pred = run.model(
-        noisy, query, sigma.to(dtype), guidance, prompt_embeds, pooled, text_ids, ids, keep,
-        **exemplars,
-    )  # fmt: skip
-    return torch.mean((pred.float() - (noise - x0).float()) ** 2)
+def loop(run: Run) -> None:
+    """Optimizer steps until ``train.steps``: log, checkpoint and validate on their schedules; stop on a
+    non-finite loss. The last step is always checkpointed and validated."""
+    t, acc = run.cfg.train, run.accelerator
+    batches = iter(torch.utils.data.DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate, num_workers=t.num_workers))
+    run.model.train()
+    progress = make_progress(TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e}"), SpeedColumn())
+    progress.disable = progress.disable or not acc.is_main_process
+    progress.speed_estimate_period = 600.0  # seconds of steps the speed is averaged over (slow steps too)
+    last_saved = run.step
+    with progress:
+        task = progress.add_task("training", total=t.steps, completed=run.step, loss=float("nan"), lr=0.0)
+        while run.step < t.steps:
+            value = optimizer_step(run, batches)
+            if not math.isfinite(value):
+                raise ckpt.non_finite(run, f"loss became {value} at step {run.step + 1}")
+            run.step += 1
+            if run.ema is not None:
+                run.ema.step([p for p in ckpt.unwrapped(run).parameters() if p.requires_grad])
+            lr = run.scheduler.get_last_lr()[0]
+            progress.update(task, advance=1, loss=value, lr=lr)
+            log_step(run, value, lr, progress.tasks[0].speed)
+            if run.step % t.checkpoint_every == 0 and run.step < t.steps:
+                ckpt.save_checkpoint(run)
+                last_saved = run.step
+            if t.validate_every and run.step % t.validate_every == 0 and run.step < t.steps:
+                validate(run)
+    if last_saved != run.step:
+        ckpt.save_checkpoint(run)
+    validate(run)
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
+def log_step(run: Run, loss: float, lr: float, speed: float | None) -> None:
+    """Every ``log_every`` steps: tensorboard, and a plain line where no live bar shows (nohup, CI, clusters)."""
+    t, acc = run.cfg.train, run.accelerator
+    if run.step % t.log_every and run.step != t.steps:
+        return
+    acc.log({"train/loss": loss, "train/lr": lr}, step=run.step)
+    if acc.is_main_process and not console.is_terminal:
+        rate = speed or 0.0
+        eta = f" eta {(t.steps - run.step) / rate / 60:.1f} min" if rate else ""
+        console.print(f"step {run.step}/{t.steps} loss {loss:.4f} lr {lr:.2e} {rate:.2f} it/s{eta}")
 
 
-def unwrapped(run: Run) -> RelationTrainModel:
-    return run.accelerator.unwrap_model(run.model)
-
-
-def save_checkpoint(run: Run) -> Path | None:
-    """Atomic, checksummed, pickle-free; each process writes its own random and data-plan state."""
-    acc, root = run.accelerator, run.out / "checkpoints"
-    tmp = root / f".tmp-{ckpt.PREFIX}{run.step:08d}"
-    if acc.is_main_process:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    rank = acc.process_index
-    ckpt.save_tree({"rng": ckpt.rng_state(run.generator), "plan": run.plan.state()}, tmp, f"process_{rank}")
-    if uses_native_state(acc):
-        acc.save_state(str(tmp / "accelerate"))  # collective; DeepSpeed's own format
-    if acc.is_main_process:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in unwrapped(run).trainable_state().items()}, tmp / "trainable.safetensors")
-        if not uses_native_state(acc):
-            ckpt.save_tree(run.optimizer.state_dict(), tmp, "optimizer")
-            ckpt.save_tree(run.scheduler.state_dict(), tmp, "scheduler")
-        if run.ema is not None:
-            ckpt.save_tree(run.ema.state_dict(), tmp, "ema")
-        ckpt.save_tree({"step": run.step, "num_processes": acc.num_processes}, tmp, "trainer")
-    acc.wait_for_everyone()
-    final = None
-    if acc.is_main_process:
-        ckpt.seal(tmp)
-        final = ckpt.publish(tmp, root, run.step, run.cfg.train.keep_checkpoints)
-    acc.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(run: Run, folder: Path) -> None:
-    from safetensors.torch import load_file
-
+def validate(run: Run) -> None:
+    """The job's validation on the main process (with the EMA weights, if any); the other processes wait."""
     acc = run.accelerator
-    trainer = ckpt.load_tree(folder, "trainer")
-    if trainer["num_processes"] != acc.num_processes:
-        raise RelationError(
-            f"checkpoint '{folder}' was written by {trainer['num_processes']} processes; resume with the same number"
-        )
-    missing = unwrapped(run).load_state_dict(load_file(folder / "trainable.safetensors"), strict=False)
-    if missing.unexpected_keys:
-        raise RelationError(f"checkpoint '{folder}' does not fit this model: {missing.unexpected_keys[:3]}")
-    if uses_native_state(acc):
-        acc.load_state(str(folder / "accelerate"))
-    else:
-        run.optimizer.load_state_dict(ckpt.load_tree(folder, "optimizer"))
-        run.scheduler.load_state_dict(ckpt.load_tree(folder, "scheduler"))
-    if run.ema is not None:
-        run.ema.load_state_dict(ckpt.load_tree(folder, "ema"))
-    mine = ckpt.load_tree(folder, f"process_{acc.process_index}")
-    ckpt.set_rng_state(mine["rng"], run.generator)
-    run.plan.load_state(mine["plan"])
-    run.step = int(trainer["step"])
+    if acc.is_main_process and run.validation_rows:
+        model = ckpt.unwrapped(run)
+        model.eval()
+        with ema_weights(run):
+            metrics = run.job.validate(run)
+        model.train()
+        acc.log(metrics, step=run.step)
+        console.print(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    acc.wait_for_everyone()
+
+
+class ema_weights:
+    """Swap the EMA weights in for the duration of a block (no-op without EMA)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.params = [p for p in ckpt.unwrapped(run).parameters() if p.requires_grad]
+
+    def __enter__(self):
+        if self.run.ema is not None:
+            self.run.ema.store(self.params)
+            self.run.ema.copy_to(self.params)
+
+    def __exit__(self, *exc):
+        if self.run.ema is not None:
+            self.run.ema.restore(self.params)
+        return False
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def export(run: Run) -> Path:
+    """The job's weights (with the EMA weights, if any), ``image_encoder/`` when it trained, and the run's
+    ``config.yaml`` with its ``run:`` section (contract A), in formats ``relation infer`` and diffusers read."""
+    acc, cfg, out = run.accelerator, run.cfg, run.out
+    acc.wait_for_everyone()
     if acc.is_main_process:
-        console.print(f"resumed from {folder} at step {run.step}")
+        with ema_weights(run):
+            made = run.job.export(run)
+            if cfg.train.train_image_encoder:
+                with atomic_dir(out / "image_encoder", replace=True) as tmp:
+                    run.pipe.image_encoder.save_pretrained(tmp)
+                    run.pipe.feature_extractor.save_pretrained(tmp)
+                made["image_encoder"] = "image_encoder"
+        save_config(run_config(run, made), out / "config.yaml")
+    acc.wait_for_everyone()
+    return out
+
+
+def run_config(run: Run, made: dict[str, str]) -> RelationConfig:
+    """The run's config: the training config and a ``run:`` section naming the model it produced.
+
+    Parts the run did not write are its sources: ``model.base`` as written when it is not a folder
+    (``demo``, a hub id), else the folder's absolute path; likewise the image encoder; in adapter mode
+    the LoRA that was fused into the base while the adapter trained.
+    """
+    from ..config import RunSection
+
+    cfg, sources = run.cfg.model_copy(deep=True), run.sources
+    base = made.get("base") or (DEMO if cfg.model.base == DEMO else _where(sources.base))
+    lora = made.get("lora")
+    if lora is None and cfg.train.mode == "adapter" and len(sources.loras) == 1:
+        lora = _where(sources.loras[0].path)
+    cfg.run = RunSection(base=base, image_encoder=made.get("image_encoder") or _where(sources.image_encoder),
+                         adapter=made.get("adapter"), lora=lora, step=run.step)  # fmt: skip
+    return cfg
+
+
+def _where(source: str) -> str:
+    """A local source as an absolute path; a hub id as written."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source

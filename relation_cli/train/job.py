@@ -1,0 +1,165 @@
+"""What a training job supplies to the shared recipe, and the RelationAdapter job (modes lora, full, adapter).
+
+A job builds the pipeline with its trainable parts, wraps them in one module, defines the loss of one
+micro-batch, validates, and exports; :mod:`relation_cli.train.recipe` does the rest (accelerate,
+optimizer, data, loop, checkpoints). The other job is VAE pre-training (:mod:`relation_cli.train.vae`).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from ..config import RelationConfig
+from ..fs import atomic_dir
+from .model import RelationTrainModel
+from .step import flow_loss
+
+if TYPE_CHECKING:
+    from .recipe import Run
+
+LORA_NAME = "relation"
+
+
+class Job(Protocol):
+    exemplars: bool
+    """Whether the dataset prepares the exemplar pair for the image encoder."""
+
+    def build(self, cfg: RelationConfig, dtype: torch.dtype):
+        """``(pipe, sources)``: the pipeline in ``dtype`` with ``requires_grad`` set on what trains."""
+
+    def model(self, pipe, cfg: RelationConfig) -> torch.nn.Module:
+        """One module holding every trained part, with a ``trainable_state()`` (what checkpoints keep)."""
+
+    def loss(self, run: Run, batch: dict) -> torch.Tensor:
+        """The scalar loss of one micro-batch; all randomness from ``run.generator``."""
+
+    def validate(self, run: Run) -> dict[str, float]:
+        """Metrics (and grids under ``run.out / 'validation'``) at ``run.step``."""
+
+    def export(self, run: Run) -> dict[str, str]:
+        """Write the trained weights under ``run.out``; returns the ``run:`` entries made (contract A)."""
+
+
+def job_for(mode: str) -> Job:
+    """``train.mode`` -> its job."""
+    if mode == "vae":
+        from .vae import VaeJob
+
+        return VaeJob()
+    return RelationJob()
+
+
+class RelationJob:
+    """The RelationAdapter (and a LoRA, or the whole transformer, or neither) learns the edit (SPEC 2.4)."""
+
+    exemplars = True
+
+    def build(self, cfg: RelationConfig, dtype: torch.dtype):
+        return build_components(cfg, dtype)
+
+    def model(self, pipe, cfg: RelationConfig) -> RelationTrainModel:
+        trainable_encoder = pipe.image_encoder if cfg.train.train_image_encoder else None
+        return RelationTrainModel(pipe.transformer, pipe.relation_adapter, trainable_encoder)
+
+    def loss(self, run: Run, batch: dict) -> torch.Tensor:
+        return flow_loss(run, batch)
+
+    def validate(self, run: Run) -> dict[str, float]:
+        from .validate import run_validation
+
+        return run_validation(run.pipe, run.cfg, run.validation_rows, run.out / "validation", run.step)
+
+    def export(self, run: Run) -> dict[str, str]:
+        """``adapter/``; lora: ``lora/pytorch_lora_weights.safetensors``; full: ``base/`` (a whole FLUX folder)."""
+        model, out, mode = run.accelerator.unwrap_model(run.model), run.out, run.cfg.train.mode
+        with atomic_dir(out / "adapter", replace=True) as tmp:
+            model.adapter.save_pretrained(tmp)
+        made = {"adapter": "adapter"}
+        if mode == "lora":
+            save_lora(model.transformer, out / "lora")
+            made["lora"] = "lora"
+        elif mode == "full":
+            save_base(run, out / "base")
+            made["base"] = "base"
+        return made
+
+
+def build_components(cfg: RelationConfig, dtype: torch.dtype):
+    """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point."""
+    from ..adapter import RelationAdapter
+    from ..lora import apply_loras, continue_lora
+    from ..model import load_base, resolve_sources
+    from ..weights import load_adapter
+
+    sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
+    pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
+    t = cfg.train
+    transformer = pipe.transformer
+    if sources.adapter is not None:
+        adapter = load_adapter(sources.adapter, transformer.config.attention_head_dim)
+    else:
+        torch.manual_seed(t.seed)
+        adapter = RelationAdapter.for_transformer(
+            transformer, pipe.image_encoder.config.hidden_size, cfg.adapter.num_tokens, cfg.adapter.role_embeddings
+        )
+    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder, transformer):
+        module.requires_grad_(False)
+    if t.mode == "lora":
+        if sources.loras:  # continue training that LoRA (its own rank and alpha), not a new one on top
+            continue_lora(pipe, sources.loras, LORA_NAME, cfg.lora.allow_partial)
+        else:
+            from peft import LoraConfig
+
+            torch.manual_seed(t.seed + 1)
+            config = LoraConfig(
+                r=cfg.lora.rank,
+                lora_alpha=cfg.lora.alpha or cfg.lora.rank,
+                init_lora_weights="gaussian",
+                target_modules=list(cfg.lora.targets),
+            )
+            transformer.add_adapter(config, adapter_name=LORA_NAME)
+        for name, p in transformer.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+    else:
+        if sources.loras:  # full / adapter mode start from the base with the LoRAs merged in
+            apply_loras(pipe, sources.loras, cfg.lora.scale, fuse=True, allow_partial=cfg.lora.allow_partial)
+        if t.mode == "full":
+            transformer.requires_grad_(True)
+    pipe.set_relation_adapter(adapter)
+    adapter.requires_grad_(True)
+    if t.train_image_encoder:
+        pipe.image_encoder.requires_grad_(True)
+    return pipe, sources
+
+
+def save_lora(transformer, path: Path) -> None:
+    """diffusers' LoRA file, with peft's LoraConfig of the trained LoRA as its adapter metadata
+    (``transformer_lora_adapter_metadata``): rank and ``lora_alpha`` travel with the weights, so every
+    loader applies them at the trained scale alpha/rank."""
+    from diffusers import FluxPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    layers = get_peft_model_state_dict(transformer, adapter_name=LORA_NAME)
+    metadata = transformer.peft_config[LORA_NAME].to_dict()
+    with atomic_dir(path, replace=True) as tmp:
+        FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata)
+
+
+def save_base(run: Run, path: Path) -> None:
+    """A complete FLUX folder with the trained transformer (adapter processors detached for the save); in
+    FLUX.1 Kontext's layout when it trained with Kontext's query ids, so ``model.query_ids: auto`` finds them."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    p = run.pipe
+    layout = FluxKontextPipeline if p.query_ids == "kontext" else FluxPipeline
+    detached = p.relation_adapter.detached(p.transformer) if p.relation_adapter is not None else nullcontext()
+    with atomic_dir(path, replace=True) as tmp, detached:
+        layout(
+            scheduler=p.scheduler, vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer,
+            text_encoder_2=p.text_encoder_2, tokenizer_2=p.tokenizer_2, transformer=p.transformer,
+        ).save_pretrained(tmp)  # fmt: skip
