@@ -30,6 +30,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 """The repository's example images; absent from a wheel install, then the page has no examples."""
 EXAMPLE_FILES = ("exemplar_before.png", "exemplar_after.png", "query.png")
+SOURCES = ("upload", "clipboard")
+IMAGE_BOX = {"height": 240, "elem_classes": "relation-image"}
+CSS = ".relation-image img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}"
+"""Small images (the demo works at 32x32) are enlarged to the box, every pixel a visible square."""
 GRID_MAX_PIXELS = 10**9  # grids are relation eval's own PNGs, not user input
 
 
@@ -229,10 +233,10 @@ def build_page(editor: Editor, files: Path):
 def _edit_tab(gr, editor: Editor, files: Path) -> None:
     infer, adapter = editor.cfg.infer, editor.cfg.adapter
     with gr.Row():
-        a = gr.Image(type="filepath", label="exemplar A (before)", elem_id="exemplar_a")
-        b = gr.Image(type="filepath", label="exemplar A' (after)", elem_id="exemplar_b")
-        q = gr.Image(type="filepath", label="query B", elem_id="query")
-        out = gr.Image(label="B' (output)", format="png", interactive=False, elem_id="output")
+        a = gr.Image(type="filepath", label="exemplar A (before)", elem_id="exemplar_a", sources=SOURCES, **IMAGE_BOX)
+        b = gr.Image(type="filepath", label="exemplar A' (after)", elem_id="exemplar_b", sources=SOURCES, **IMAGE_BOX)
+        q = gr.Image(type="filepath", label="query B", elem_id="query", sources=SOURCES, **IMAGE_BOX)
+        out = gr.Image(label="B' (output)", format="png", interactive=False, elem_id="output", **IMAGE_BOX)
     prompt = gr.Textbox(infer.prompt, label="prompt (optional)")
     with gr.Row():
         steps = gr.Slider(1, max(50, infer.steps), infer.steps, step=1, label="steps (infer.steps)")
@@ -270,7 +274,7 @@ def _results_tab(gr, cfg: RelationConfig) -> None:
     notes = gr.Markdown()
     summary = gr.Dataframe(label="summary: mean ± std per split and method", interactive=False)
     per_task = gr.Dataframe(label="per task (per_task.csv)", interactive=False)
-    grids = gr.Gallery(label="grids", columns=1, object_fit="contain", height="auto")
+    grids = gr.Gallery(label="grids", columns=1, object_fit="contain", height="auto", format="png")
 
     def on_open(folder):
         results = read_eval(folder)
@@ -292,5 +296,6 @@ def serve(cfg: RelationConfig, host: str = "127.0.0.1", port: int = 7860, block:
     files = Path(tempfile.mkdtemp(prefix="relation-ui-"))
     page = build_page(editor, files).queue(default_concurrency_limit=1)
     examples = [str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
-    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=examples, quiet=not block)
+    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=examples, quiet=not block,
+                css=CSS)
     return page

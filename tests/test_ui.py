@@ -196,8 +196,8 @@ def test_results_tab_shows_summary_per_task_and_grids(server, client, eval_dir):
     assert summary["headers"] == header and summary["data"] == rows
     assert per_task["headers"][:4] == ["split", "task", "method", "n"] and len(per_task["data"]) == 2 * 4
     assert [g["caption"] for g in grids] == ["seen"]
-    shown = read_png(grids[0]["image"]["path"])
-    assert shown.shape == read_png(eval_dir / "grids" / "seen.png").shape
+    assert np.array_equal(read_png(grids[0]["image"]), read_png(eval_dir / "grids" / "seen.png"))
+    assert "fid skipped: off (eval.fid is false)" in notes
     with pytest.raises(gradio_client.exceptions.AppError, match="no metrics.json here"):
         client.predict(str(eval_dir / "nothing"), api_name="/results")
 
@@ -244,7 +244,7 @@ def test_page_in_a_headless_browser(server, tmp_path):
         expect(page.locator("#output img")).to_be_visible(timeout=120_000)
         expect(page.locator("#status textarea")).to_have_value(re.compile("^done in "), timeout=30_000)
         page.screenshot(path=os.environ.get("RELATION_UI_SCREENSHOT") or str(tmp_path / "ui.png"), full_page=True)
-        page.locator("#query button[aria-label='Clear']").first.click()
+        page.locator("#query button[aria-label='Remove Image']").first.click()
         page.locator("#run").click()
         expect(page.get_by_text("query: no image given").first).to_be_visible(timeout=30_000)
         browser.close()
