@@ -174,7 +174,9 @@ def infer(
 
 @app.command(epilog=CONFIG_EPILOG)
 def ui(
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 makes the page reachable by others.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 makes the page reachable by others.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,

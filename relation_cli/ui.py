@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -64,7 +65,8 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise RelationError(f"--port {port} on {host}: cannot listen there ({first_line(e)}); pick another --port") from None
+            why = first_line(e)
+            raise RelationError(f"--port {port} on {host}: cannot listen there ({why}); pick another --port") from None
 
 
 # ------------------------------------------------------------------------------------------------ edits
@@ -114,7 +116,9 @@ class Editor:
         self.pipe = pipe if pipe is not None else load_pipeline(cfg)
         self._lock = threading.Lock()  # the queue runs one edit at a time; this keeps it so for any caller
 
-    def run(self, exemplar: tuple[str | None, str | None], query: str | None, settings: Settings, on_step=None) -> EditResult:
+    def run(
+        self, exemplar: tuple[str | None, str | None], query: str | None, settings: Settings, on_step=None
+    ) -> EditResult:
         """One edit of the image files at ``exemplar`` (A, A') and ``query``.
 
         Raises RelationError for a missing or bad image, a refused setting or a non-finite result.
@@ -137,11 +141,6 @@ def _given(path: str | None, role: str) -> Path:
     return Path(path)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float HxWx3 in [0, 1] -> uint8, rounded exactly as ``relation infer`` writes its PNG."""
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-
 def describe(result: EditResult) -> str:
     """One status line: time taken, working size and the settings that made the image."""
     h, w = result.image.shape[:2]
@@ -152,10 +151,14 @@ def describe(result: EditResult) -> str:
     )
 
 
-def save_request_config(result: EditResult, folder: Path) -> Path:
-    """The request's resolved config as ``edited.png.yaml``: the file ``relation infer`` writes beside an output."""
-    target = Path(tempfile.mkdtemp(dir=folder)) / "edited.png.yaml"
-    return save_config(result.config, target)
+def save_request(result: EditResult, folder: Path) -> tuple[Path, Path]:
+    """The output and its resolved config exactly as ``relation infer`` writes them: ``edited.png`` and
+    ``edited.png.yaml``, in a new subfolder of ``folder``."""
+    from .images import save_output
+    from .infer import config_path_for
+
+    image = save_output(result.image, Path(tempfile.mkdtemp(dir=folder)) / "edited.png")
+    return image, save_config(result.config, config_path_for(image))
 
 
 # ------------------------------------------------------------------------------------------------ eval results
@@ -252,14 +255,16 @@ def _edit_tab(gr, editor: Editor, files: Path) -> None:
         gr.Examples([[str(EXAMPLES_DIR / name) for name in EXAMPLE_FILES]], inputs=[a, b, q], label="examples")
 
     def on_run(a, b, q, prompt, steps, guidance, scale, seed, progress=gr.Progress()):
-        settings = Settings(prompt or "", int(steps), float(guidance), float(scale), int(seed if seed is not None else -1))
+        seed = int(seed) if seed is not None else -1  # an empty seed box: refused by the config's check
+        settings = Settings(prompt or "", int(steps), float(guidance), float(scale), seed)
         progress(0, desc="denoising")
         done = iter(range(1, settings.steps + 1))
         result = editor.run(
             (_file_path(a), _file_path(b)), _file_path(q), settings,
             on_step=lambda: progress(next(done, settings.steps) / settings.steps, desc="denoising"),
         )  # fmt: skip
-        return to_uint8(result.image), describe(result), dump_config(result.config), str(save_request_config(result, files))
+        image, settings_file = save_request(result, files)
+        return str(image), describe(result), dump_config(result.config), str(settings_file)
 
     run.click(
         _in_page(on_run), [a, b, q, prompt, steps, guidance, scale, seed], [out, status, settings_yaml, settings_file],
@@ -296,6 +301,10 @@ def serve(cfg: RelationConfig, host: str = "127.0.0.1", port: int = 7860, block:
     files = Path(tempfile.mkdtemp(prefix="relation-ui-"))
     page = build_page(editor, files).queue(default_concurrency_limit=1)
     examples = [str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
-    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=examples, quiet=not block,
-                css=CSS)
+    try:
+        page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=examples,
+                    quiet=not block, css=CSS)  # fmt: skip
+    finally:
+        if block:  # the page has stopped (Ctrl+C): its per-request files go with it
+            shutil.rmtree(files, ignore_errors=True)
     return page

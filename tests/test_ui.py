@@ -84,11 +84,14 @@ def read_png(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def infer_cli(tmp_path: Path, steps=2, guidance=1.0, scale=1.0, seed=7) -> Path:
-    out = tmp_path / f"infer-{steps}-{seed}.png"
-    args = ["infer", "--exemplar", *map(str, PAIR), "--query", str(QUERY), "-o", str(out), "--steps", str(steps),
-            "--guidance", str(guidance), "--scale", str(scale), "--seed", str(seed),
-            "--set", f"data.max_image_pixels={MAX_PIXELS}"]  # fmt: skip
+def infer_cli(tmp_path: Path, steps=2, guidance=1.0, scale=1.0, seed=7, config: str | None = None) -> Path:
+    out = tmp_path / f"infer-{steps}-{seed}{'-config' if config else ''}.png"
+    args = ["infer", "--exemplar", *map(str, PAIR), "--query", str(QUERY), "-o", str(out)]
+    if config:
+        args += ["--config", config]
+    else:
+        args += ["--steps", str(steps), "--guidance", str(guidance), "--scale", str(scale), "--seed", str(seed),
+                 "--set", f"data.max_image_pixels={MAX_PIXELS}"]  # fmt: skip
     assert main(args) == 0
     return out
 
@@ -101,6 +104,8 @@ def test_page_result_equals_relation_infer(server, client, tmp_path):
     assert Path(settings_file).read_text() == saved_by_infer and Path(settings_file).name == "edited.png.yaml"
     assert settings == saved_by_infer.rstrip("\n")  # the page's code box drops the final newline
     assert status.startswith("done in ") and "32x32 · 2 steps · guidance 1 · adapter scale 1 · seed 7" in status
+    again = infer_cli(tmp_path, config=settings_file)  # the downloaded YAML reproduces the image
+    assert np.array_equal(read_png(again), read_png(image))
 
 
 def test_concurrent_requests_queue_and_keep_their_own_settings(server, client, tmp_path):
@@ -183,7 +188,8 @@ def eval_dir(tmp_path_factory):
     data = write_test_file(root / "data", rows=3)
     out = root / "out"
     sets = ["eval.clip_model=", "eval.dino_model=", "eval.fid=false", "eval.grid_rows=3"]
-    args = ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1", *[x for s in sets for x in ("--set", s)]]
+    args = ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1"]
+    args += [x for s in sets for x in ("--set", s)]
     assert main(args) == 0
     return out
 
