@@ -252,7 +252,8 @@ def _edit_tab(gr, editor: Editor, files: Path) -> None:
         settings_yaml = gr.Code(language="yaml", interactive=False)
         settings_file = gr.File(label="download", interactive=False)
     if all((EXAMPLES_DIR / name).is_file() for name in EXAMPLE_FILES):
-        gr.Examples([[str(EXAMPLES_DIR / name) for name in EXAMPLE_FILES]], inputs=[a, b, q], label="examples")
+        example = [str(EXAMPLES_DIR / name) for name in EXAMPLE_FILES]
+        gr.Examples([example], inputs=[a, b, q], label="examples", elem_id="examples")
 
     def on_run(a, b, q, prompt, steps, guidance, scale, seed, progress=gr.Progress()):
         seed = int(seed) if seed is not None else -1  # an empty seed box: refused by the config's check

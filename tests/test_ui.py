@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -234,7 +235,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_page_in_a_headless_browser(server, tmp_path):
-    """Upload the examples, run, see B'; then run without a query and see the message. Screenshot:
+    """Upload the examples, run, see B'; run without a query and see the message; click the example row
+    and the query is back. Screenshot:
     RELATION_UI_SCREENSHOT=docs/ui-edit.png saves it there (the README's picture)."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -253,4 +255,37 @@ def test_page_in_a_headless_browser(server, tmp_path):
         page.locator("#query button[aria-label='Remove Image']").first.click()
         page.locator("#run").click()
         expect(page.get_by_text("query: no image given").first).to_be_visible(timeout=30_000)
+        page.locator("#examples tbody tr").first.click()  # the bundled example is one click away
+        expect(page.locator("#query img")).to_be_visible(timeout=30_000)
         browser.close()
+
+
+def test_ui_help_imports_neither_gradio_nor_torch():
+    import subprocess
+
+    code = "import sys; from relation_cli.cli import main; main(['ui', '--help']); "
+    code += "print('gradio' in sys.modules, 'torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert "--memory" in out and out.strip().endswith("False False")
+
+
+def test_cli_flags_reach_the_page_config(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(ui, "serve", lambda cfg, host, port: seen.update(cfg=cfg, host=host, port=port))
+    adapter = tmp_path / "adapter"
+    args = ["ui", "--port", "8123", "--model", "some/flux", "--adapter", str(adapter), "--memory", "model_offload",
+            "--device", "cpu", "--set", "infer.steps=3"]  # fmt: skip
+    assert main(args) == 0
+    cfg = seen["cfg"]
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert (cfg.model.base, cfg.adapter.path, cfg.model.memory, cfg.model.device) == (
+        "some/flux", str(adapter), "model_offload", "cpu")  # fmt: skip
+    assert cfg.infer.steps == 3
+
+
+def test_without_gradio_the_command_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
+    monkeypatch.setattr("relation_cli.model.load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["ui", "--port", str(free_port())]) == 1
+    assert "error: relation ui needs gradio: pip install 'relation[ui]'" in capsys.readouterr().err
