@@ -10,6 +10,7 @@ failed check becomes a message in the page (``gr.Error``), never a traceback, an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -220,6 +222,19 @@ def _file_path(payload) -> str | None:
     return payload.get("path") if isinstance(payload, dict) else payload
 
 
+@contextlib.contextmanager
+def _upload_names(*payloads) -> Iterator[None]:
+    """Messages name an upload by its own file name, not by the path of gradio's copy on the server."""
+    try:
+        yield
+    except RelationError as e:
+        message = str(e)
+        for p in payloads:
+            if isinstance(p, dict) and p.get("path") and p.get("orig_name"):
+                message = message.replace(f"'{p['path']}'", f"'{p['orig_name']}'")
+        raise RelationError(message) from None
+
+
 def build_page(editor: Editor, files: Path):
     """The gradio Blocks: an edit tab and a results tab. ``files``: folder for the per-request YAML."""
     gr = require_gradio()
@@ -260,10 +275,11 @@ def _edit_tab(gr, editor: Editor, files: Path) -> None:
         settings = Settings(prompt or "", int(steps), float(guidance), float(scale), seed)
         progress(0, desc="denoising")
         done = iter(range(1, settings.steps + 1))
-        result = editor.run(
-            (_file_path(a), _file_path(b)), _file_path(q), settings,
-            on_step=lambda: progress(next(done, settings.steps) / settings.steps, desc="denoising"),
-        )  # fmt: skip
+        with _upload_names(a, b, q):
+            result = editor.run(
+                (_file_path(a), _file_path(b)), _file_path(q), settings,
+                on_step=lambda: progress(next(done, settings.steps) / settings.steps, desc="denoising"),
+            )  # fmt: skip
         image, settings_file = save_request(result, files)
         return str(image), describe(result), dump_config(result.config), str(settings_file)
 

@@ -150,8 +150,8 @@ class _FakePipe:
     "case, message",
     [
         ("missing", "query: no image given"),
-        ("unreadable", "not an image PIL can read"),
-        ("too_large", "80x80 is 6,400 pixels, over the limit of 4,096 (data.max_image_pixels)"),
+        ("unreadable", "query 'notes.png': not an image PIL can read"),
+        ("too_large", "query 'big.png': 80x80 is 6,400 pixels, over the limit of 4,096 (data.max_image_pixels)"),
         ("bad_setting", "infer.steps: Input should be greater than or equal to 1"),
     ],
 )
