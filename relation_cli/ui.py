@@ -201,7 +201,7 @@ def read_eval(folder: str | Path) -> EvalResults:
 
 
 def _in_page(fn):
-    """Run ``fn``; a RelationError becomes the page's message, an unexpected error one line too."""
+    """Run ``fn``; a RelationError becomes the page's message, an unexpected error one line too (as the CLI's)."""
     gr = require_gradio()
 
     @functools.wraps(fn)  # gradio reads fn's signature (its gr.Progress argument) through the wrapper
@@ -211,7 +211,10 @@ def _in_page(fn):
         except RelationError as e:
             raise gr.Error(str(e), print_exception=False) from None
         except Exception as e:  # a bug, not the user's input: still a message, and the server goes on
-            raise gr.Error(f"internal error: {type(e).__name__}: {first_line(e)}", print_exception=False) from None
+            debug = os.environ.get("RELATION_DEBUG", "") not in ("", "0")  # the traceback in the server's log
+            why = f"{type(e).__name__}: {first_line(e)}"
+            message = f"internal error: {why} (set RELATION_DEBUG=1 for the traceback)"
+            raise gr.Error(message, print_exception=debug) from e
 
     return wrapped
 
