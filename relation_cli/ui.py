@@ -10,6 +10,7 @@ failed check becomes a message in the page (``gr.Error``), never a traceback, an
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -310,9 +311,9 @@ def _results_tab(gr, cfg: RelationConfig) -> None:
 
 
 def serve(cfg: RelationConfig, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Load the model once and serve the page at ``http://host:port``.
+    """Load the model once and serve the page at ``http://host:port`` until Ctrl+C.
 
-    ``block=False`` returns the running gradio Blocks (tests; ``.close()`` stops it). Raises RelationError
+    ``block=False`` returns the running gradio Blocks at once (tests; ``.close()`` stops it). Raises RelationError
     when gradio is missing or the port is taken, before the model is loaded.
     """
     require_gradio()
@@ -320,11 +321,12 @@ def serve(cfg: RelationConfig, host: str = "127.0.0.1", port: int = 7860, block:
     editor = Editor(cfg)
     files = Path(tempfile.mkdtemp(prefix="relation-ui-"))
     page = build_page(editor, files).queue(default_concurrency_limit=1)
+    atexit.register(shutil.rmtree, files, ignore_errors=True)  # the per-request files go with the process
     examples = [str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
-    try:
-        page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=examples,
-                    quiet=not block, css=CSS)  # fmt: skip
-    finally:
-        if block:  # the page has stopped (Ctrl+C): its per-request files go with it
-            shutil.rmtree(files, ignore_errors=True)
+    page.launch(
+        server_name=host, server_port=port, prevent_thread_lock=True, allowed_paths=examples, quiet=True, css=CSS
+    )
+    if block:
+        print(f"relation ui: serving http://{host}:{port} (Ctrl+C stops it)", flush=True)
+        page.block_thread()
     return page
