@@ -11,10 +11,11 @@ PYTEST_ARGS ?=
 DEMO_BUILD := build/demo
 RELATION := $(BIN)/relation
 
-.PHONY: install demo test demo-model demo-eval benchmarks clean help
+.PHONY: install install-ui demo test demo-model demo-eval benchmarks clean help
 
 help:
 	@echo "make install   create $(VENV)/ and install relation (+ test tools)"
+	@echo "make install-ui  add the ui extra (gradio) and the browser driver of its tests"
 	@echo "make demo      run relation infer on the bundled example images with the embedded model"
 	@echo "make test      run the whole test suite"
 	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 1 h)"
@@ -27,13 +28,20 @@ $(BIN)/relation: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(BIN)/relation
 
+# `relation ui` and its tests (tests/test_ui.py); the browser itself is Debian's chromium (.ci/run installs it).
+$(VENV)/.ui-extra: $(BIN)/relation
+	$(BIN)/python -m pip install -q -e ".[dev,ui-test]"
+	touch $@
+
+install-ui: $(VENV)/.ui-extra
+
 install: $(BIN)/relation
 
 demo: install
 	$(BIN)/relation infer --exemplar examples/exemplar_before.png examples/exemplar_after.png \
 		--query examples/query.png
 
-test: install
+test: install install-ui
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The embedded demo model, rebuilt from nothing by relation's own commands (configs/demo-*.yaml):

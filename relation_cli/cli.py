@@ -209,6 +209,46 @@ def report_batch(summary) -> None:
         raise RelationError(f"{len(summary.failed)} rows gave no image (listed above)")
 
 
+# ------------------------------------------------------------------------------------------------ ui
+
+
+@app.command(epilog=CONFIG_EPILOG)
+def ui(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 makes the page reachable by others.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+    model: ModelOpt = None,
+    image_encoder: ImageEncoderOpt = None,
+    adapter: AdapterOpt = None,
+    lora: LoraOpt = None,
+    run: RunOpt = None,
+    device: DeviceOpt = None,
+    memory: Annotated[
+        Optional[str],
+        typer.Option(help="none, model_offload, sequential_offload, group_offload or fp8_storage (model.memory)."),
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Try edits in a local web page, and browse relation eval results (needs pip install 'relation\\[ui]').
+
+    relation ui [--model DIR --adapter DIR | --run runs/x] [--port 7860]
+    """
+    from .progress import quiet_libraries
+
+    with user_errors():
+        flags = {"model.memory": memory, **model_flags(model, image_encoder, adapter, lora, device)}
+        cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
+        refuse_run_config(cfg, config)
+        quiet_libraries()
+        from . import ui as core
+
+        if (warning := core.host_warning(host)) is not None:
+            typer.echo(warning, err=True)
+        core.serve(cfg, host, port)
+
+
 # ------------------------------------------------------------------------------------------------ convert
 
 
