@@ -102,11 +102,11 @@ def config_path_for(output: Path) -> Path:
 
 
 def infer_single(cfg: RelationConfig, exemplars: tuple[Path, Path], query: Path, output: Path | None) -> Path:
-    from .model import load_pipeline
-    from .progress import progress_bar
-
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
+    from .model import load_pipeline  # torch and diffusers load only after the cheap checks
+    from .progress import progress_bar
+
     pipe = load_pipeline(cfg)
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
