@@ -18,13 +18,13 @@ from .checks import LOADS_A_MODEL, SIGLIP_DEFAULT, looks_local
 from .config import DEMO, RelationConfig
 from .errors import RelationError, first_line
 
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 2.0
 """Seconds the one reachability request may take (huggingface_hub's own timeouts are 10 s per file)."""
 REQUIRED = {"model.base": "model_index.json", "model.image_encoder": "config.json"}
 """Models a command cannot run without, and the file that shows one is in the cache."""
-HOW_TO_POINT = {
-    "model.base": "pass a local folder in the diffusers layout: --model /path/to/FLUX.1-dev",
-    "model.image_encoder": "pass a local SigLIP folder: --image-encoder /path/to/siglip-so400m-patch14-384",
+LOCAL_FLAGS = {
+    "model.base": "--model /path/to/FLUX.1-dev (diffusers layout)",
+    "model.image_encoder": "--image-encoder /path/to/siglip-so400m-patch14-384",
 }
 
 
@@ -57,7 +57,7 @@ def unreachable(repo_id: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     try:
         get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=timeout)
     except Exception as e:  # httpx2's connect/read timeouts and network errors; any failure means "not usable"
-        return f"the hub ({constants.ENDPOINT}) cannot be reached ({type(e).__name__}: {first_line(e, 80)})"
+        return f"the model hub ({constants.ENDPOINT}) cannot be reached ({type(e).__name__}: {first_line(e, 80)})"
     return None
 
 
@@ -89,17 +89,18 @@ def settle_hub(cfg: RelationConfig, command: str) -> None:
     if reason is None:
         return
     go_offline()
-    refused = [f"{key} '{name}': not in the local cache and {reason}; {HOW_TO_POINT[key]}"
-               for key, name in ids.items() if key in REQUIRED and not cached(name, REQUIRED[key])]  # fmt: skip
-    if refused:
-        raise RelationError("; ".join(refused))
+    missing = {key: name for key, name in ids.items() if key in REQUIRED and not cached(name, REQUIRED[key])}
+    if missing:
+        named = " and ".join(f"{key} '{name}'" for key, name in missing.items())
+        flags = " ".join(LOCAL_FLAGS[key] for key in missing)
+        raise RelationError(f"{reason}, and the local cache lacks {named}: point at local folders instead: {flags}")
 
 
 def _offline_reason(cfg: RelationConfig, repo_id: str) -> str | None:
     from huggingface_hub import constants
 
     if cfg.model.local_files_only:
-        return "model.local_files_only is on (--offline)"
+        return "model.local_files_only is on (--offline): the model hub is not asked"
     if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
+        return "HF_HUB_OFFLINE is set: the model hub is not asked"
     return unreachable(repo_id)
