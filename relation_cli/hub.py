@@ -4,15 +4,14 @@ huggingface_hub retries a request that cannot connect five times with back-off, 
 ``HF_HUB_ETAG_TIMEOUT`` (10 s) for each file's metadata; a FLUX pipeline has dozens of files, so an
 offline load used to spend minutes before failing. Before anything loads, :func:`settle_hub` sends
 one request with a short timeout for a hub id the configuration names. If the hub does not answer
-(or ``model.local_files_only`` is on), the process switches to huggingface_hub's own offline mode
-(``HF_HUB_OFFLINE``): cached models load at once, and a model missing from the cache is refused here,
-in one line that says how to point at a local folder. Eval's optional encoders are not refused: in
-offline mode they fail at once and their metric is skipped with a note.
+(or ``model.local_files_only`` / ``HF_HUB_OFFLINE`` is on), the run sets ``model.local_files_only``
+(the saved config says so), which every ``from_pretrained`` of relation passes on: cached models load
+at once, and a model missing from the cache is refused here, in one line that says how to point at a
+local folder. Eval's optional encoders are not refused: they fail at once and their metric is
+skipped with a note. No process-wide state is changed.
 """
 
 from __future__ import annotations
-
-import os
 
 from .checks import LOADS_A_MODEL, SIGLIP_DEFAULT, looks_local
 from .config import DEMO, RelationConfig
@@ -61,14 +60,6 @@ def unreachable(repo_id: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     return None
 
 
-def go_offline() -> None:
-    """huggingface_hub's offline mode for this process and its children: no request, no retry, no wait."""
-    from huggingface_hub import constants
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True  # read at each call by huggingface_hub and transformers; diffusers reads the env
-
-
 def cached(repo_id: str, marker: str) -> bool:
     """``repo_id`` is in the local hub cache (its ``marker`` file at least)."""
     from huggingface_hub import try_to_load_from_cache
@@ -77,7 +68,8 @@ def cached(repo_id: str, marker: str) -> bool:
 
 
 def settle_hub(cfg: RelationConfig, command: str) -> None:
-    """Decide online or offline before anything loads; refuse required models the cache lacks.
+    """Decide online or offline before anything loads (sets ``cfg.model.local_files_only`` when offline);
+    refuse required models the cache lacks.
 
     Raises :class:`RelationError` naming every required model that is neither reachable nor cached,
     and how to give a local folder instead. Optional ones (eval's encoders) are left to fail at once.
@@ -88,7 +80,7 @@ def settle_hub(cfg: RelationConfig, command: str) -> None:
     reason = _offline_reason(cfg, next(iter(ids.values())))
     if reason is None:
         return
-    go_offline()
+    cfg.model.local_files_only = True  # every from_pretrained of this run: cache only, no request, no retry
     missing = {key: name for key, name in ids.items() if key in REQUIRED and not cached(name, REQUIRED[key])}
     if missing:
         named = " and ".join(f"{key} '{name}'" for key, name in missing.items())
