@@ -7,26 +7,37 @@ BIN := $(VENV)/bin
 # e.g. `make install TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'`.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Quiet by default: `make demo` prints relation's own lines only. `make demo V=1` shows pip's full log.
+V ?= 0
+ifeq ($(V),1)
+PIP_QUIET :=
+Q :=
+else
+PIP_QUIET := --quiet --quiet --disable-pip-version-check
+Q := @
+endif
 
 DEMO_BUILD := build/demo
 RELATION := $(BIN)/relation
 
-.PHONY: install install-ui demo test demo-model demo-eval benchmarks clean help
+.PHONY: install install-ui demo test demo-model demo-eval benchmarks first-hour clean help
 
 help:
 	@echo "make install   create $(VENV)/ and install relation (+ test tools)"
 	@echo "make install-ui  add the ui extra (gradio) and the browser driver of its tests"
-	@echo "make demo      run relation infer on the bundled example images with the embedded model"
+	@echo "make demo      run relation infer on the bundled example images with the embedded model (V=1: full log)"
 	@echo "make test      run the whole test suite"
 	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 1 h)"
 	@echo "make benchmarks  CPU inference speed, step-cache quality, the demo on photos (prints figures, writes benchmarks/results/)"
+	@echo "make first-hour  error latency, offline refusal, demo and photo times of a new user (prints figures)"
 	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
 
 $(BIN)/relation: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
-	$(BIN)/python -m pip install -e ".[dev]"
-	touch $(BIN)/relation
+	@echo "installing relation into $(VENV)/ (a few minutes the first time; V=1 shows pip's log)"
+	$(Q)test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(Q)$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	$(Q)$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]"
+	$(Q)touch $(BIN)/relation
 
 # `relation ui` and its tests (tests/test_ui.py); the browser itself is Debian's chromium (.ci/run installs it).
 $(VENV)/.ui-extra: $(BIN)/relation
@@ -38,11 +49,11 @@ install-ui: $(VENV)/.ui-extra
 install: $(BIN)/relation
 
 demo: install
-	$(BIN)/relation infer --exemplar examples/exemplar_before.png examples/exemplar_after.png \
+	$(Q)$(BIN)/relation infer --exemplar examples/exemplar_before.png examples/exemplar_after.png \
 		--query examples/query.png
 
 test: install install-ui
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 # The embedded demo model, rebuilt from nothing by relation's own commands (configs/demo-*.yaml):
 # synthetic data -> random init -> VAE pre-training -> full training -> install -> eval.
@@ -70,6 +81,10 @@ benchmarks: install
 	$(BIN)/python benchmarks/infer_speed.py --target cpu-mid --out benchmarks/results/infer_cpu_mid.json
 	$(BIN)/python benchmarks/cache_quality.py --rows 40 --steps 24 --out benchmarks/results/cache_quality.json
 	$(BIN)/python benchmarks/demo_photo.py --out benchmarks/results/demo_photo.json
+
+# The time budgets of a new user's first hour (README, "Time budgets"): prints measured figures.
+first-hour: install
+	$(BIN)/python benchmarks/first_hour.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build

@@ -1,7 +1,8 @@
 """The ``relation`` command line: parse a few options, resolve the config, call one core function.
 
 Known errors become one line on stderr and exit status 1 (``RELATION_DEBUG=1`` shows the traceback).
-Nothing heavy is imported at module level, so ``relation --help`` is fast.
+Nothing heavy is imported at module level, so ``relation --help`` is fast, and every command runs its
+cheap checks (options, files, :func:`~relation_cli.checks.check_config`) before torch is imported.
 """
 
 from __future__ import annotations
@@ -10,16 +11,31 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Iterator, Literal, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from .config import describe_fields, load_config
+from .config import DEMO_DEFAULTS, RelationConfig, describe_fields, dump_config, load_config, read_yaml
 from .errors import RelationError, first_line
 from .runs import refuse_run_config, run_settings
 
+class RelationGroup(TyperGroup):
+    """The ``relation`` group: its ``--help`` shows as a flag too."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _as_flag(super().get_help_option(ctx))
+
+
+def _as_flag(option):
+    if option is not None:
+        option.metavar = ""  # Typer would show "<bool>" beside a flag that takes no value
+    return option
+
+
 app = typer.Typer(
     name="relation",
+    cls=RelationGroup,
     help="Exemplar-based image editing with RelationAdapter on FLUX: prepare data, train, infer, evaluate.",
     add_completion=False,
     no_args_is_help=True,
@@ -27,45 +43,113 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+PAIRED = ("exemplar",)
+"""Options that take two values each time they are given (``--exemplar A A'``)."""
+
+
+class RelationCommand(TyperCommand):
+    """A Typer command whose flags show as flags and whose ``PAIRED`` options take two values per use.
+
+    Typer cannot declare ``list[tuple[Path, Path]]`` ("List types with complex sub-types are not
+    currently supported"), so a paired option is declared as ``list[Path]`` and becomes click's
+    ``nargs=2, multiple=True`` here: ``--exemplar A A'`` gives one pair, and a third path is an
+    unexpected extra argument instead of a silent third image.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.name in PAIRED:
+                param.nargs, param.__class__ = 2, PairOption
+            if getattr(param, "is_flag", False):
+                _as_flag(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _as_flag(super().get_help_option(ctx))
+
+
+class PairOption(TyperOption):
+    """``--exemplar A A'`` (repeatable): a list of ``(Path, Path)``, or None when not given."""
+
+    def process_value(self, ctx: Any, value: Any) -> Any:
+        for pair in value or ():
+            if pair[1].startswith("--"):  # click took the next option as the second image
+                raise typer.BadParameter(f"takes exactly 2 images (A and A'), got 1 before {pair[1]}", ctx, self)
+        pairs = [(Path(a), Path(b)) for a, b in value or ()]
+        return pairs or None
+
+
+def key_help(key: str, text: str) -> str:
+    """Help of an option that sets config ``key``: ``text``, the key, its choices and default (the demo's too)."""
+    from typing import get_args, get_origin
+
+    section, name = key.split(".")
+    field = RelationConfig.model_fields[section].annotation.model_fields[name]
+    parts = [key]
+    if get_origin(field.annotation) is Literal:
+        parts.append("one of " + ", ".join(map(str, get_args(field.annotation))))
+    default = field.get_default(call_default_factory=True)
+    if default not in (None, "", [], False):
+        parts.append(f"default {default}")
+    demo = DEMO_SETTINGS.get(section, {}).get(name)
+    if demo is not None:
+        parts.append(f"demo model {demo}")
+    return f"{text.rstrip('.')} ({'; '.join(parts)})."
+
+
+DEMO_SETTINGS = read_yaml(DEMO_DEFAULTS) if DEMO_DEFAULTS.is_file() else {}
+
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/). Flags override it.")
+    Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/); options override it.")
 ]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override one config key, e.g. --set infer.steps=8 (repeatable)."),
-]
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Set a config key, e.g. infer.steps=8 (repeatable; "
+                 "see relation config)."),
+]  # fmt: skip
 ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", help="FLUX base: hub id or folder (model.base). Default: the embedded demo.")
+    Optional[str], typer.Option("--model", help=key_help("model.base", "FLUX base: hub id or diffusers folder."))
 ]
 ImageEncoderOpt = Annotated[
-    Optional[str], typer.Option("--image-encoder", help="SigLIP: hub id or folder (model.image_encoder).")
+    Optional[str], typer.Option("--image-encoder", help=key_help("model.image_encoder", "SigLIP: hub id or folder."))
 ]
 AdapterOpt = Annotated[
     Optional[Path],
-    typer.Option("--adapter", help="Adapter: released ip_adapter-*.bin or relation folder (adapter.path); "
-                 "train starts from it."),
-]  # fmt: skip
+    typer.Option("--adapter", help=key_help("adapter.path", "Released ip_adapter-*.bin or relation adapter folder.")),
+]
 LoraOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--lora", metavar="PATH[:WEIGHT]", help="LoRA .safetensors file or folder, with its weight "
-                 "(default 1); repeatable (lora.paths); train continues it."),
+    typer.Option("--lora", metavar="PATH[:W]", help=key_help("lora.paths", "LoRA file or folder, weight W "
+                 "(default 1); repeatable.")),
 ]
 RunOpt = Annotated[
     Optional[Path],
-    typer.Option("--run", help="A finished training run folder: its base, image encoder, adapter, LoRA and "
-                 "infer settings (flags and --set override them)."),
+    typer.Option("--run", metavar="DIR", help="A finished run folder: its model and infer settings."),
 ]
 DeviceOpt = Annotated[
-    Optional[str], typer.Option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps (model.device).")
+    Optional[str], typer.Option("--device", help=key_help("model.device", "auto, cpu, cuda, cuda:N or mps."))
 ]
+OfflineOpt = Annotated[
+    bool, typer.Option("--offline", help="Never contact the model hub: local folders and cached hub ids only "
+                       "(model.local_files_only)."),
+]  # fmt: skip
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Check options, files and settings, then stop; nothing loads.")
+]
+MemoryOpt = Annotated[
+    Optional[Literal["none", "model_offload", "sequential_offload", "group_offload", "fp8_storage"]],
+    typer.Option(metavar="MODE", help=key_help("model.memory", "Memory mode for small GPUs.")),
+]
+StepsOpt = Annotated[Optional[int], typer.Option(help=key_help("infer.steps", "Denoising steps."))]
 
 
 def model_flags(model: str | None, image_encoder: str | None, adapter: Path | None, lora: list[str] | None,
-                device: str | None) -> dict:  # fmt: skip
+                device: str | None, offline: bool = False) -> dict:  # fmt: skip
     """The shared model options as config keys (None = not given)."""
     return {
         "model.base": model, "model.image_encoder": image_encoder, "adapter.path": str(adapter) if adapter else None,
         "lora.paths": [lora_option(text) for text in lora] if lora else None, "model.device": device,
+        "model.local_files_only": True if offline else None,
     }  # fmt: skip
 
 
@@ -78,9 +162,6 @@ def lora_option(text: str) -> dict:
         return {"path": text}
 
 
-CONFIG_EPILOG = "Config keys (--set section.key=value):\n\n" + describe_fields().replace("\n", "\n\n")
-
-
 def debug() -> bool:
     return os.environ.get("RELATION_DEBUG", "") not in ("", "0")
 
@@ -88,6 +169,25 @@ def debug() -> bool:
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+class MissingInputs(RelationError):
+    """A command given none of its inputs: its usage line is shown above the error."""
+
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
+def before_loading(cfg: RelationConfig, command: str) -> None:
+    """Everything that needs no weights, then the hub decision, then quiet libraries: just before loading."""
+    from .checks import check_config
+    from .hub import settle_hub
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    check_config(cfg, command)
+    settle_hub(cfg, command)
 
 
 @contextmanager
@@ -100,6 +200,8 @@ def user_errors() -> Iterator[None]:
     except RelationError as e:
         if debug():
             raise
+        if isinstance(e, MissingInputs):
+            typer.echo(e.usage, err=True)
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         if debug():
@@ -114,90 +216,116 @@ def user_errors() -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------ infer
 
+ExemplarOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option(metavar="A A'", help="The exemplar pair: the image before and the image after the edit."),
+]
 
-@app.command(epilog=CONFIG_EPILOG)
+
+INFER_USAGE = "--exemplar A A' --query B [OPTIONS]"
+
+
+@app.command(cls=RelationCommand, options_metavar=INFER_USAGE)
 def infer(
-    exemplar: Annotated[
-        Optional[list[Path]],
-        typer.Option(metavar="A A'", help="An exemplar pair: the image before and the image after the edit. "
-                     "Repeat for k pairs of the same edit: --exemplar A A' --exemplar C C'."),
-    ] = None,
-    query: Annotated[Optional[Path], typer.Option(help="The image B to edit the same way.")] = None,
-    extra: Annotated[Optional[list[Path]], typer.Argument(hidden=True)] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Text instruction to go with the pair (infer.prompt).")] = None,
+    exemplar: ExemplarOpt = None,
+    query: Annotated[Optional[Path], typer.Option(metavar="B", help="The image to edit the same way.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help=key_help("infer.prompt", "Text instruction for the edit."))] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Output file: .png, .jpg, .webp or .npy (float32 HxWx3 in [0, 1]). "
-                     "Default: outputs/<query>-edited.png."),
+        typer.Option("--output", "-o", help=".png, .jpg, .webp or .npy (float32 HxWx3) "
+                     "(default outputs/<query>-edited.png)."),
     ] = None,
     input_file: Annotated[
-        Optional[Path], typer.Option("--input", help="Batch mode: a run-ready jsonl (cond1, cond2, source, text).")
+        Optional[Path], typer.Option("--input", help="Batch mode: a run-ready jsonl of rows.")
     ] = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="Batch mode: folder for one output per row.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (infer.seed, default 1000).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance embedding (infer.guidance; default 3.5, 1.0 for the demo model).")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Adapter strength, 0 = off (adapter.scale, default 1).")] = None,
-    width: Annotated[Optional[int], typer.Option(min=8, help="Working width in pixels (infer.width). Default: the "
-                     "query's, shrunk to infer.max_area; alone, the height keeps the query's aspect ratio.")] = None,
-    height: Annotated[Optional[int], typer.Option(min=8, help="Working height in pixels (infer.height); see --width.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=key_help("infer.seed", "Random seed."))] = None,
+    steps: StepsOpt = None,
+    guidance: Annotated[Optional[float], typer.Option(help=key_help("infer.guidance", "FLUX guidance embedding."))] = None,
+    scale: Annotated[Optional[float], typer.Option(help=key_help("adapter.scale", "Adapter strength, 0 = off."))] = None,
+    width: Annotated[Optional[int], typer.Option(min=8, metavar="PX", help=key_help("infer.width", "Working width; "
+                     "alone, keeps the aspect ratio."))] = None,
+    height: Annotated[Optional[int], typer.Option(min=8, metavar="PX", help=key_help("infer.height", "Working height."))] = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
     lora: LoraOpt = None,
     run: RunOpt = None,
     device: DeviceOpt = None,
-    memory: Annotated[
-        Optional[str],
-        typer.Option(help="none, model_offload, sequential_offload, group_offload or fp8_storage (model.memory)."),
-    ] = None,
+    memory: MemoryOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    offline: OfflineOpt = False,
+    dry_run: DryRunOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Edit the query image the way the exemplar pair shows.
+    """Edit the query image B the way the exemplar pair A -> A' shows.
 
-    relation infer --exemplar a.jpg a2.jpg --query b.jpg [--prompt TEXT] [-o out.png]
-
-    relation infer --input samples.jsonl --output-dir DIR
+    Example: relation infer --exemplar examples/exemplar_before.png examples/exemplar_after.png --query examples/query.png
     """
-    from .progress import quiet_libraries
-
     with user_errors():
         flags = {
             "infer.prompt": prompt, "infer.seed": seed, "infer.steps": steps, "infer.guidance": guidance,
             "adapter.scale": scale, "model.memory": memory, "infer.overwrite": True if overwrite else None,
             "infer.width": width, "infer.height": height,
-            **model_flags(model, image_encoder, adapter, lora, device),
+            **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
         refuse_run_config(cfg, config)
-        quiet_libraries()
-        from . import infer as core
-
         if input_file is not None:
-            if exemplar or query or extra or output:
+            if exemplar or query or output:
                 raise RelationError("--input (batch mode) cannot be combined with --exemplar, --query or --output")
             if output_dir is None:
                 raise RelationError("--input needs --output-dir")
-            return report_batch(core.infer_batch(cfg, input_file, output_dir))
-        pairs = pairs_from_options(exemplar or [], extra or [])
-        if query is None:
-            raise RelationError("--query is required (the image to edit)")
-        written = core.infer_single(cfg, pairs[0] if len(pairs) == 1 else pairs, query, output)
+            return _infer_batch(cfg, input_file, output_dir, dry_run)
+        pair = _one_pair(exemplar, query)
+        from . import infer as core
+
+        if dry_run:
+            return _dry_run(cfg, "infer", lambda: _check_edit_inputs(cfg, pair, query, output))
+        before_loading(cfg, "infer")
+        written = core.infer_single(cfg, pair, query, output)
         typer.echo(f"wrote {written}")
 
 
-def pairs_from_options(options: list[Path], extra: list[Path]) -> list[tuple[Path, Path]]:
-    """``--exemplar A A' --exemplar C C'`` -> [(A, A'), (C, C')]. Each --exemplar takes its A, and the image
-    after it (its A') arrives as an extra argument; ``--exemplar A --exemplar A'`` is one pair too."""
-    if not extra and len(options) == 2:
-        return [(options[0], options[1])]
-    if not options or len(extra) != len(options):
-        given = len(options) + len(extra)
-        raise RelationError(f"--exemplar needs exactly 2 images (A and A') each time, got {given} image(s) for "
-                            f"{len(options)} --exemplar option(s)")  # fmt: skip
-    return list(zip(options, extra))
+def _one_pair(exemplar: list[tuple[Path, Path]] | None, query: Path | None):
+    """The exemplar pair, or the list of k pairs (``--exemplar`` repeated), after the usage checks."""
+    if not exemplar and query is None:
+        raise MissingInputs("give the exemplar pair and the query: --exemplar A A' --query B (or --input ROWS.jsonl "
+                            "--output-dir DIR); relation infer --help lists every option", f"Usage: relation infer {INFER_USAGE}")  # fmt: skip
+    if not exemplar:
+        raise RelationError("--exemplar is required: the image before and the image after the edit (--exemplar A A')")
+    if query is None:
+        raise RelationError("--query is required (the image to edit)")
+    return exemplar[0] if len(exemplar) == 1 else exemplar
+
+
+def _check_edit_inputs(cfg: RelationConfig, pair: tuple[Path, Path], query: Path, output: Path | None) -> None:
+    """What ``infer_single`` checks before it loads the model: the output path, and that every image decodes."""
+    from .images import check_output_path
+    from .infer import default_output, open_edit_inputs
+
+    check_output_path(output or default_output(query), cfg.infer.overwrite)
+    open_edit_inputs(cfg, pair, query, cfg.infer.prompt)
+
+
+def _infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, dry_run: bool) -> None:
+    from . import infer as core
+
+    if dry_run:
+        return _dry_run(cfg, "infer", lambda: core.parse_rows(input_file))
+    before_loading(cfg, "infer")
+    report_batch(core.infer_batch(cfg, input_file, output_dir))
+
+
+def _dry_run(cfg: RelationConfig, command: str, check_inputs=None) -> None:
+    """``--dry-run``: every cheap check (all config problems together), then one line; nothing loads."""
+    from .checks import check_config
+
+    check_config(cfg, command)
+    if check_inputs is not None:
+        check_inputs()
+    typer.echo(f"dry run: the {command} configuration and its files are fine; nothing was loaded")
 
 
 def report_batch(summary) -> None:
@@ -212,7 +340,7 @@ def report_batch(summary) -> None:
 # ------------------------------------------------------------------------------------------------ ui
 
 
-@app.command(epilog=CONFIG_EPILOG)
+@app.command(cls=RelationCommand)
 def ui(
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 makes the page reachable by others.")
@@ -224,10 +352,8 @@ def ui(
     lora: LoraOpt = None,
     run: RunOpt = None,
     device: DeviceOpt = None,
-    memory: Annotated[
-        Optional[str],
-        typer.Option(help="none, model_offload, sequential_offload, group_offload or fp8_storage (model.memory)."),
-    ] = None,
+    memory: MemoryOpt = None,
+    offline: OfflineOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -238,9 +364,10 @@ def ui(
     from .progress import quiet_libraries
 
     with user_errors():
-        flags = {"model.memory": memory, **model_flags(model, image_encoder, adapter, lora, device)}
+        flags = {"model.memory": memory, **model_flags(model, image_encoder, adapter, lora, device, offline)}
         cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
         refuse_run_config(cfg, config)
+        before_loading(cfg, "ui")
         quiet_libraries()
         from . import ui as core
 
@@ -252,7 +379,7 @@ def ui(
 # ------------------------------------------------------------------------------------------------ convert
 
 
-@app.command()
+@app.command(cls=RelationCommand)
 def convert(
     source: Annotated[Path, typer.Argument(help="The authors' ip_adapter-*.bin (a torch pickle).")],
     destination: Annotated[Path, typer.Argument(help="New folder for relation's safetensors format.")],
@@ -270,7 +397,7 @@ def convert(
         typer.echo(f"wrote {convert_released(source, destination, head_dim)}")
 
 
-@app.command(name="init-model")
+@app.command(name="init-model", cls=RelationCommand)
 def init_model(
     destination: Annotated[Path, typer.Argument(help="New folder: base/ (FLUX layout), image_encoder/, adapter/.")],
     spec: Annotated[
@@ -304,7 +431,7 @@ def init_model(
 # ------------------------------------------------------------------------------------------------ data, train, eval
 
 
-@app.command(epilog=CONFIG_EPILOG)
+@app.command(cls=RelationCommand)
 def prepare(
     input_path: Annotated[
         Optional[Path],
@@ -314,38 +441,39 @@ def prepare(
     output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the splits, images and manifest.")] = ...,
     synthetic: Annotated[
         Optional[int],
-        typer.Option(metavar="N", help="Instead of INPUT, generate the synthetic relation set: N pairs per task, "
-                     "14 tasks, written to OUTPUT/raw and prepared like real data (data.synthetic_pairs)."),
+        typer.Option(metavar="N", help=key_help("data.synthetic_pairs", "Instead of INPUT, generate the synthetic "
+                     "relation set: N pairs per task, 14 tasks.")),
     ] = None,
-    per_task_cap: Annotated[Optional[int], typer.Option(help="Most samples per task (data.per_task_cap, default 2000).")] = None,
+    per_task_cap: Annotated[Optional[int], typer.Option(help=key_help("data.per_task_cap", "Most samples per task."))] = None,
     unseen_tasks: Annotated[
-        Optional[int], typer.Option(help="Whole tasks held out for test_unseen, named ones first (data.unseen_tasks).")
+        Optional[int], typer.Option(help=key_help("data.unseen_tasks", "Whole tasks held out for test_unseen."))
     ] = None,
     unseen_task: Annotated[
-        Optional[list[str]], typer.Option(metavar="NAME", help="Hold out this task (repeatable; data.unseen_task_names).")
+        Optional[list[str]],
+        typer.Option(metavar="NAME", help="Hold out this task (repeatable; data.unseen_task_names)."),
     ] = None,
     test_per_task: Annotated[
-        Optional[int], typer.Option(help="test_seen samples per seen task (data.test_per_task, default 30).")
+        Optional[int], typer.Option(help=key_help("data.test_per_task", "test_seen samples per seen task."))
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of pairing, splits and synthetic scenes (data.seed).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=key_help("data.seed", "Seed of pairing, splits and scenes."))] = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Leave invalid entries out (see OUTPUT/skipped.jsonl) instead of failing.")
     ] = False,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding processes; 0 = min(4, CPUs) (data.workers).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help=key_help("data.workers", "Decoding processes; 0 = min(4, CPUs)."))] = None,
+    offline: OfflineOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Turn paired edits into validated, leak-free analogy samples: train / test_seen / test_unseen.
 
-    relation prepare data/Relation252K --output data/prepared --unseen-tasks 10
-
-    relation prepare --synthetic 200 --output data/synthetic --unseen-task flip_vertical --unseen-task frame
+    Example: relation prepare --synthetic 40 --output data/synthetic --unseen-task flip_vertical
     """
     with user_errors():
         flags = {
             "data.synthetic_pairs": synthetic, "data.per_task_cap": per_task_cap, "data.unseen_tasks": unseen_tasks,
             "data.unseen_task_names": unseen_task or None, "data.test_per_task": test_per_task, "data.seed": seed,
             "data.skip_invalid": True if skip_invalid else None, "data.workers": workers,
+            "model.local_files_only": True if offline else None,
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
         from .prepare import DatasetProblems
@@ -365,12 +493,17 @@ def prepare(
             typer.echo(f"note: {note}")
 
 
-@app.command(epilog=CONFIG_EPILOG)
+@app.command(cls=RelationCommand)
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="Run-ready train.jsonl from relation prepare (train.data).")] = None,
-    output_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints, weights, logs (train.output_dir).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (train.steps).")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="lora, full, adapter or vae (train.mode).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help=key_help("train.data", "Run-ready train.jsonl from prepare."))] = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option(help=key_help("train.output_dir", "Checkpoints, weights, logs."))
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(help=key_help("train.steps", "Optimizer steps."))] = None,
+    mode: Annotated[
+        Optional[Literal["lora", "full", "adapter", "vae"]],
+        typer.Option(metavar="MODE", help=key_help("train.mode", "What is trained (relation config train explains each).")),
+    ] = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
@@ -378,25 +511,26 @@ def train(
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest complete checkpoint; shape settings must match it, "
                                       "other changes (steps, learning rate, data, ...) apply from its step.")] = False,
+    offline: OfflineOpt = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check config, data and paths; print parameter counts and a memory estimate.")
     ] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Train the RelationAdapter (+ LoRA, or the whole transformer) on a frozen FLUX.
+    """Train the RelationAdapter (+ LoRA, or the whole transformer) on a frozen FLUX; --adapter and --lora continue them.
 
     Runs on CPU, one GPU, or many under `accelerate launch` (see configs/accelerate/).
-    """
-    from .progress import quiet_libraries
 
+    Example: relation train --data data/synthetic/train.jsonl --output-dir runs/x --steps 300
+    """
     with user_errors():
         flags = {
             "train.data": str(data) if data else None, "train.output_dir": str(output_dir) if output_dir else None,
-            "train.steps": steps, "train.mode": mode, **model_flags(model, image_encoder, adapter, lora, device),
+            "train.steps": steps, "train.mode": mode, **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
-        quiet_libraries()
+        before_loading(cfg, "train")
         if dry_run:
             from .train.estimate import estimate
 
@@ -430,18 +564,18 @@ def recompute_metrics(metrics: Path | None, no_encoders: bool) -> None:
         typer.echo(line)
 
 
-@app.command(name="eval", epilog=CONFIG_EPILOG)
+@app.command(name="eval", cls=RelationCommand)
 def evaluate(
     input_files: Annotated[
         Optional[list[Path]],
-        typer.Option("--input", "-i", help="Run-ready jsonl with targets, one split each, e.g. prepare's "
-                     "test_seen.jsonl and test_unseen.jsonl (repeatable; eval.inputs)."),
+        typer.Option("--input", "-i", metavar="FILE", help="Run-ready jsonl with targets, one split each, e.g. prepare's "
+                     "test_seen.jsonl (repeatable; eval.inputs)."),
     ] = None,
     output_dir: Annotated[
-        Optional[Path], typer.Option(help="Outputs, metrics.json, per_task.csv, report.html (eval.output_dir).")
+        Optional[Path], typer.Option(help=key_help("eval.output_dir", "Outputs, metrics.json, per_task.csv, report.html."))
     ] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only N rows of each file, spread over its tasks (eval.limit).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (infer.steps; default 24, 8 for the demo model).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help=key_help("eval.limit", "Only N rows of each file, spread over its tasks."))] = None,
+    steps: StepsOpt = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,
@@ -450,56 +584,95 @@ def evaluate(
     device: DeviceOpt = None,
     recompute: RecomputeOpt = None,
     no_encoders: NoEncodersOpt = False,
+    offline: OfflineOpt = False,
+    dry_run: DryRunOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Generate outputs for every test row, score them against the targets with baselines, write a report.
+    """Generate outputs for every test row, score them against the targets beside baselines, write a report.
 
-    relation eval --input data/test_seen.jsonl --input data/test_unseen.jsonl [--limit 20]
+    Resumable: outputs already there are reused. `accelerate launch -m relation_cli eval ...` shares the work.
 
-    Resumable: outputs already there are reused.
+    Example: relation eval --input data/synthetic/test_seen.jsonl --input data/synthetic/test_unseen.jsonl --limit 20
 
-    accelerate launch -m relation_cli eval ... shares the generation between processes (no GPU: --multi_gpu).
-
-    relation eval --recompute runs/eval/metrics.json [--no-encoders]
+    relation eval --recompute runs/eval/metrics.json [--no-encoders] recomputes a finished eval's numbers.
     """
-    from .progress import quiet_libraries
-
     with user_errors():
         if recompute is not None or no_encoders:
             return recompute_metrics(recompute, no_encoders)
         flags = {
             "eval.inputs": [str(p) for p in input_files] if input_files else None,
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
-            "infer.steps": steps, **model_flags(model, image_encoder, adapter, lora, device),
+            "infer.steps": steps, **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
         refuse_run_config(cfg, config)
-        quiet_libraries()
+        if dry_run:
+            return _dry_run(cfg, "eval")
+        before_loading(cfg, "eval")
         from .evaluate import evaluate as core_evaluate
 
         result = core_evaluate(cfg)
         if result is None:  # not the main process of a distributed run: it only generated
             return
-        from rich.console import Console
+        _print_eval(result)
 
-        from .evaluate.report import by_k_table, notes_of, summary_table
 
-        console = Console()
-        console.print(summary_table(result.results))
-        if (by_k := by_k_table(result.results)) is not None:
-            console.print(by_k)
-        for note in notes_of(result.results):
-            console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
-        where = f" on {result.processes} processes" if result.processes > 1 else ""
-        typer.echo(f"generated {result.generated} outputs{where} ({result.reused} reused) in {result.output_dir}")
-        typer.echo(f"wrote {result.metrics}, {result.per_task} and {result.report}")
+def _print_eval(result) -> None:
+    from rich.console import Console
+
+    from .evaluate.report import by_k_table, notes_of, summary_table
+
+    console = Console()
+    console.print(summary_table(result.results))
+    if (by_k := by_k_table(result.results)) is not None:
+        console.print(by_k)
+    for note in notes_of(result.results):
+        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
+    where = f" on {result.processes} processes" if result.processes > 1 else ""
+    typer.echo(f"generated {result.generated} outputs{where} ({result.reused} reused) in {result.output_dir}")
+    typer.echo(f"wrote {result.metrics}, {result.per_task} and {result.report}")
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@app.command(name="config", cls=RelationCommand)
+def show_config(
+    section: Annotated[
+        Optional[str], typer.Argument(help="Only this section: model, adapter, lora, data, train, infer or eval.")
+    ] = None,
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="Print the resolved values as YAML instead of the reference.")] = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Every config key with its type, choices, default and help; with --config/--set, the resolved YAML.
+
+    Example: relation config infer;  relation config --config configs/demo-train.yaml --set train.steps=10
+    """
+    with user_errors():
+        if not (as_yaml or config or overrides):
+            typer.echo(describe_fields(section))
+            return
+        describe_fields(section)  # an unknown section is refused the same way
+        cfg = load_config(config, overrides)
+        typer.echo(dump_config(cfg) if section is None else dump_section(cfg, section), nl=False)
+
+
+def dump_section(cfg: RelationConfig, section: str) -> str:
+    import yaml
+
+    return yaml.safe_dump({section: cfg.model_dump(mode="json")[section]}, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Usage errors are one line and exit 1, like every other bad input."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=argv, prog_name="relation", standalone_mode=False)
+        code = app(args=args, prog_name="relation", standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -508,12 +681,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if getattr(e, "exit_code", None) != 2 or not hasattr(e, "format_message"):
             raise
-        ctx = getattr(e, "ctx", None)  # a usage error of the command line itself
-        name = getattr(ctx, "info_name", None)
-        hint = f" (see relation {name} --help)" if name and name != "relation" else ""
-        typer.echo(f"error: {e.format_message()}{hint}", err=True)
+        typer.echo(f"error: {usage_problem(e, args)}", err=True)  # a usage error of the command line itself
         return 1
     return code if isinstance(code, int) else 0
+
+
+def usage_problem(err: Any, args: list[str]) -> str:
+    """Click's usage message, said as what it is: a value given to a flag, an image too many for a pair."""
+    ctx = getattr(err, "ctx", None)
+    name = getattr(ctx, "info_name", None)
+    hint = f" (see relation {name} --help)" if name and name != "relation" else ""
+    message = err.format_message()
+    extra = message.startswith("Got unexpected extra argument") and ctx is not None
+    word = message[message.rfind("(") + 1 : message.rfind(")")].split()[0] if extra else None
+    if word is None or word not in args:
+        return f"{message}{hint}"
+    at = args.index(word)
+    flags = {opt for p in ctx.command.params if getattr(p, "is_flag", False) for opt in p.opts}
+    if at >= 1 and args[at - 1] in flags:
+        return f"{args[at - 1]} is a flag and takes no value (got '{word}'){hint}"
+    if at >= 3 and args[at - 3] == "--exemplar":
+        return f"--exemplar takes exactly 2 images (A and A'); '{word}' is one too many{hint}"
+    return f"unexpected argument '{word}'{hint}"
 
 
 if __name__ == "__main__":

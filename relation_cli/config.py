@@ -7,8 +7,10 @@ This module imports pydantic and yaml only, so ``relation --help`` stays fast.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -435,11 +437,38 @@ def save_config(cfg: RelationConfig, path: str | Path) -> Path:
     return path
 
 
-def describe_fields() -> str:
-    """All keys with their descriptions, for ``--help`` epilogs and the README."""
+def describe_fields(section: str | None = None) -> str:
+    """Every key of ``section`` (all sections if None) with its type, choices, default and help text.
+
+    What ``relation config [SECTION]`` prints. Raises :class:`RelationError` for an unknown section.
+    """
+    sections = RelationConfig.model_fields
+    if section is not None and section not in sections:
+        raise RelationError(f"no config section '{section}': use one of {', '.join(sections)}")
+    demo = read_yaml(DEMO_DEFAULTS) if DEMO_DEFAULTS.is_file() else {}
     rows = []
-    for name, field in RelationConfig.model_fields.items():
-        kind = type(field.default_factory()) if field.default_factory else RunSection  # run: written, not set
-        for key, f in kind.model_fields.items():
-            rows.append(f"{name}.{key}: {f.description}")
+    for name in [section] if section else list(sections):
+        for key, f in _section_class(sections[name]).model_fields.items():
+            default = json.dumps(f.get_default(call_default_factory=True))
+            if key in demo.get(name, {}):
+                default += f" (demo model: {json.dumps(demo[name][key])})"
+            rows.append(f"{name}.{key}: {type_name(f.annotation)} = {default}\n    {f.description or ''}")
     return "\n".join(rows)
+
+
+def _section_class(field) -> type[BaseModel]:
+    """The section model of a RelationConfig field (``RunSection | None`` -> ``RunSection``)."""
+    candidates = [field.annotation, *get_args(field.annotation)]
+    return next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
+
+
+def type_name(annotation: Any) -> str:
+    """``int``, ``str | None``, ``list[str]``; a Literal shows its choices: ``none | int8 | fp8``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is list:
+        return f"list[{type_name(args[0])}]"
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))

@@ -81,9 +81,20 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RelationError(f"{what} '{path}': '{ancestor}' is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    if not os.access(ancestor, os.W_OK | os.X_OK) or not _can_create_in(ancestor):
         raise RelationError(f"{what} '{path}': folder '{ancestor}' is not writable")
     return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Create and remove a file there: permission bits lie for root, /proc, read-only mounts."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".relation-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def check_new_dir(path: str | Path) -> Path:

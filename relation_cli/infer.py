@@ -198,11 +198,11 @@ def config_path_for(output: Path) -> Path:
 
 def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, output: Path | None) -> Path:
     """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
-    from .model import load_pipeline, size_multiple
-    from .progress import progress_bar
-
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
+    from .model import load_pipeline, size_multiple  # torch and diffusers load only after the cheap checks
+    from .progress import progress_bar
+
     print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
     print_note(edit_sizes(cfg.infer, inputs.query.size, size_multiple(cfg)).note(cfg.infer))
     pipe = load_pipeline(cfg)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from .checks import SIGLIP_DEFAULT, source_problem
+from .checks import looks_local as _looks_local  # noqa: F401 (the one rule that tells a hub id from a folder)
 from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
 from .errors import RelationError, first_line
 
-SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
 log = logging.getLogger(__name__)
 
 
@@ -132,19 +133,10 @@ def resolve_sources(
     return sources
 
 
-def _looks_local(name: str) -> bool:
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
-
-
 def _check_source(key: str, name: str, marker: str) -> None:
-    if _looks_local(name):
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise RelationError(f"{key} '{name}': folder not found (or not a hub id of the form owner/name)")
-        if not (path / marker).is_file():
-            if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
-                raise RelationError(f"{key} '{name}': a training run, not a model folder; use --run {name}")
-            raise RelationError(f"{key} '{name}': no {marker} in this folder")
+    problem = source_problem(key, name, marker)
+    if problem:
+        raise RelationError(problem)
 
 
 def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):

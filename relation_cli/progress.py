@@ -4,46 +4,57 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: messages stay greppable in logs
 
 
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_VERBOSITY": "error",  # huggingface_hub's "Retrying in 1s [Retry 1/5]" lines
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # diffusers' "Loading pipeline components" bars (tqdm reads it when imported)
+}
+"""Settings the libraries read when they are imported; a user's own values win."""
+
+
 def quiet_libraries() -> None:
-    """Silence the progress bars and advisory warnings of diffusers/transformers/datasets."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Silence the progress bars and advisory warnings of diffusers/transformers/huggingface_hub/datasets.
+
+    Imports none of them: environment variables and logger levels only, so a command calls this first
+    and its cheap checks still answer before the ML stack is imported. Libraries already imported
+    (tests, benchmarks) are quieted through their own switches.
+    """
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|peft|torch)\..*")
     for name in ("diffusers", "transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        if name in sys.modules:
+            sys.modules[name].set_verbosity_error()
+            sys.modules[name].disable_progress_bar()
 
 
-def make_progress(*extra_columns) -> Progress:
+def make_progress(*extra_columns):
+    """A rich ``Progress`` on stderr (imported here: quiet_libraries callers need not pay for it)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -18,29 +18,26 @@ def prepare_weights(
 ) -> None:
     """Transformer weight transforms that must happen before the adapter is installed.
 
-    ``plain_linears=False`` (an unfused LoRA is active): q/k/v fusion is skipped, casting and
-    quantization are refused, since both need the LoRA merged into the weights.
+    ``plain_linears=False`` (an unfused LoRA is active): q/k/v fusion is skipped. Settings that cannot go
+    together (fp8 or quantization with an unfused LoRA, a missing torchao) were refused by
+    :func:`relation_cli.checks.check_config` before anything loaded.
     """
     transformer = pipe.transformer
-    if not plain_linears and (model.memory == "fp8_storage" or model.quantize != "none"):
-        raise RelationError("model.memory=fp8_storage and model.quantize need the LoRA fused (lora.fuse=true)")
     fuse = device.type != "cpu" if model.fuse_qkv == "auto" else model.fuse_qkv
     if fuse and plain_linears:
         transformer.fuse_qkv_projections()
     if model.memory == "fp8_storage":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
     if model.quantize != "none":
-        try:
-            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
-        except ImportError:
-            raise RelationError(f"model.quantize={model.quantize} needs torchao: pip install torchao") from None
+        from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
         quantize_(transformer, Int8WeightOnlyConfig() if model.quantize == "int8" else Float8WeightOnlyConfig())
 
 
 def place(pipe, model: ModelSection, device: torch.device):
     """Move the pipeline to ``device``, or set up offloading to it."""
     if model.memory in ("model_offload", "sequential_offload", "group_offload"):
-        if device.type == "cpu":
+        if device.type == "cpu":  # model.device=auto on a machine without a GPU (check_config saw only the name)
             raise RelationError(f"model.memory={model.memory} offloads to a GPU; this run is on the CPU")
         if model.memory == "model_offload":
             pipe.enable_model_cpu_offload(device=device)

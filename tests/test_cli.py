@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +137,251 @@ def test_npy_output_is_float(tiny_model, images, tmp_path):
                  "-o", str(out), "--steps", "1", *sets]) == 0  # fmt: skip
     arr = np.load(out)
     assert arr.dtype == np.float32 and arr.shape == (32, 48, 3) and 0 <= arr.min() and arr.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------ precise usage errors
+
+
+USAGE = [
+    ("stray word", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "stray"], "unexpected argument 'stray'"),
+    ("value given to a flag", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--overwrite", "true"],
+     "--overwrite is a flag and takes no value (got 'true')"),
+    ("one image before an option", lambda p: ["--exemplar", p["a"], "--query", p["q"]],
+     "takes exactly 2 images (A and A'), got 1 before --query"),
+    ("third exemplar image", lambda p: ["--exemplar", p["a"], p["b"], p["q"], "--query", p["q"]],
+     "--exemplar takes exactly 2 images (A and A'); "),
+    ("bad choice", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--memory", "lots"], "'lots' is not one of"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("make_args, message", [u[1:] for u in USAGE], ids=[u[0] for u in USAGE])
+def test_usage_errors_say_what_they_are(images, capsys, make_args, message):
+    code = main(["infer", *map(str, make_args(images))])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("error: ") and "\n" not in err and message in err, err
+    assert "exactly 2 images" not in err or "exemplar" in message or "--query" in message, err
+
+
+def test_infer_without_arguments_shows_the_usage_line(capsys):
+    assert main(["infer"]) == 1
+    usage, error = capsys.readouterr().err.strip().splitlines()
+    assert usage == "Usage: relation infer --exemplar A A' --query B [OPTIONS]"
+    assert error.startswith("error: give the exemplar pair and the query")
+
+
+# Each runs in a fresh interpreter, which then says which of the ML libraries were imported.
+EARLY = """
+import sys
+from relation_cli.cli import main
+code = main(sys.argv[1:])
+print(code, sorted({"torch", "diffusers", "transformers"} & set(sys.modules)))
+"""
+
+
+def early(args: list[str], cwd) -> tuple[str, str]:
+    proc = subprocess.run([sys.executable, "-c", EARLY, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    return proc.stdout.strip().splitlines()[-1], proc.stderr.strip()
+
+
+def _early_cases(p, tmp):
+    edit = ["--exemplar", p["a"], p["b"], "--query", p["q"]]
+    return [
+        (["infer", "--exemplar", "nope.png", p["b"], "--query", p["q"]], "exemplar A 'nope.png': file not found"),
+        (["infer", *edit, "-o", "/proc/relation/out.png"], "is not writable"),
+        (["infer", *edit, "--model", tmp / "nowhere"], "model.base"),
+        (["infer", *edit, "--steps", "0"], "infer.steps"),
+        (["train", "--data", tmp / "none.jsonl"], "train.data"),
+        (["eval", "--input", tmp / "none.jsonl"], "eval input"),
+        (["prepare", tmp / "none", "--output", tmp / "out"], "none"),
+    ]
+
+
+def test_file_path_and_option_errors_come_before_the_ml_stack(images, tmp_path):
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc (an existing folder nobody can write in)")
+    for args, message in _early_cases(images, tmp_path):
+        result, err = early(args, tmp_path)
+        assert result == "1 []", (args, result, err)
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, (args, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "outputs").exists()
+
+
+# ------------------------------------------------------------------------------------------ check_config
+
+
+def test_every_config_problem_is_reported_before_any_model_file_is_opened(tiny_model, tmp_path):
+    """Five problems, one message, and not one file of the model folder opened (an audit hook watches)."""
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"")
+    script = (
+        "import sys\n"
+        f"model = {str(tiny_model)!r}\n"
+        "def watch(event, args):\n"
+        "    if event == 'open' and isinstance(args[0], str) and args[0].startswith(model):\n"
+        "        raise RuntimeError('model file opened: ' + args[0])\n"
+        "sys.addaudithook(watch)\n" + EARLY
+    )
+    args = ["eval", "--input", tmp_path / "missing.jsonl", "--output-dir", tmp_path / "eval", "--model",
+            tiny_model / "base", "--adapter", tiny_model / "adapter", "--lora", lora, "--device", "cpu",
+            "--set", "lora.fuse=false", "--set", "model.quantize=int8", "--set", "model.memory=model_offload"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    err = proc.stderr.strip()
+    assert proc.stdout.strip().splitlines()[-1] == "1 []", err
+    assert err.startswith("error: 5 problems in the configuration: (1) ") and len(err.splitlines()) == 1, err
+    for fragment in ("model.image_encoder is empty", "need the LoRA fused", "offloads to a GPU",
+                     "model.quantize=int8 needs torchao", "eval input"):  # fmt: skip
+        assert fragment in err, (fragment, err)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_check_config_gathers_training_problems(tmp_path):
+    from relation_cli.checks import check_config
+    from relation_cli.config import load_config
+    from relation_cli.errors import RelationError
+
+    (tmp_path / "train.jsonl").write_text("")
+    cfg = load_config(None, [f"train.data={tmp_path / 'train.jsonl'}", "train.optimizer=adamw8bit",
+                             f"train.validation_data={tmp_path / 'held_out.jsonl'}", "data.resolution=100",
+                             f"train.output_dir={tmp_path / 'train.jsonl'}"])  # fmt: skip
+    with pytest.raises(RelationError) as caught:
+        check_config(cfg, "train")
+    message = str(caught.value)
+    assert message.startswith("4 problems") or message.startswith("3 problems"), message
+    assert "train.validation_data" in message and "data.resolution=100: not a multiple of 8" in message
+    assert "train.output_dir" in message and "exists and is not a folder" in message
+    assert ("bitsandbytes" in message) == (importlib.util.find_spec("bitsandbytes") is None)
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_dry_run_checks_and_loads_nothing(images, tmp_path, command):
+    if command == "infer":
+        args = ["infer", "--exemplar", images["a"], images["b"], "--query", images["q"], "-o", tmp_path / "o.png"]
+    else:
+        from eval_helpers import write_test_file
+
+        args = ["eval", "--input", write_test_file(tmp_path / "data"), "--output-dir", tmp_path / "eval"]
+    result, err = early([*args, "--dry-run"], tmp_path)
+    assert result == "0 []", err
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "eval").exists()
+    bad, err = early([*args, "--dry-run", "--set", "model.memory=group_offload", "--device", "cpu"], tmp_path)
+    assert bad == "1 []" and "offloads to a GPU" in err
+
+
+# ------------------------------------------------------------------------------------------ --offline and the hub
+
+
+@pytest.mark.parametrize("command", ["infer", "train", "eval", "prepare"])
+def test_every_command_takes_offline(monkeypatch, tmp_path, command):
+    seen = {}
+    target = {"infer": "relation_cli.infer.infer_single", "train": "relation_cli.train.train",
+              "eval": "relation_cli.evaluate.evaluate", "prepare": "relation_cli.prepare.prepare"}[command]  # fmt: skip
+    monkeypatch.setattr(target, lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and None)
+    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command: None)
+    args = {"infer": ["--exemplar", "a.png", "b.png", "--query", "q.png"], "train": [], "eval": [],
+            "prepare": ["--output", str(tmp_path / "p")]}[command]  # fmt: skip
+    CliRunner().invoke(app, [command, *args, "--offline"])
+    assert seen["cfg"].model.local_files_only is True
+
+
+class BlackHole:
+    """A hub endpoint that accepts connections and never answers (a firewall that drops packets)."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+
+def offline_run(args: list[str], tmp_path, endpoint: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "relation_cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+
+
+def test_an_unreachable_hub_is_refused_in_one_line_that_says_how_to_use_folders(images, tiny_model, tmp_path):
+    hole = BlackHole()
+    args = ["infer", "--exemplar", images["a"], images["b"], "--query", images["q"], "-o", tmp_path / "o.png",
+            "--model", "acme/flux", "--adapter", tiny_model / "adapter"]  # fmt: skip
+    for endpoint in (hole.url, "http://127.0.0.1:9"):  # packets dropped; connection refused
+        proc = offline_run(args, tmp_path, endpoint)
+        err = proc.stderr.strip()
+        assert proc.returncode == 1 and len(err.splitlines()) == 1, err
+        assert "cannot be reached" in err and "model.base 'acme/flux'" in err and "model.image_encoder" in err
+        assert "--model /path/to/FLUX.1-dev" in err and "--image-encoder /path/to/" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_local_model_without_image_encoder_names_the_setting(tiny_model, tmp_path):
+    proc = offline_run(["train", "--model", tiny_model / "base", "--dry-run"], tmp_path, "http://127.0.0.1:9")
+    assert proc.returncode == 1 and "model.image_encoder is empty" in proc.stderr
+    assert f"--image-encoder {tiny_model / 'image_encoder'}" in proc.stderr
+
+
+def test_eval_skips_unreachable_encoders_with_a_note_on_how_to_enable_them(tiny_model, tmp_path):
+    from eval_helpers import write_test_file
+
+    data = write_test_file(tmp_path / "data", rows=2)
+    args = ["eval", "--input", data, "--output-dir", tmp_path / "eval", "--limit", "1", "--steps", "1",
+            "--model", tiny_model / "base", "--image-encoder", tiny_model / "image_encoder",
+            "--adapter", tiny_model / "adapter", "--set", "eval.baselines=[]", "--set", "eval.fid=false",
+            "--set", "infer.max_sequence_length=16"]  # fmt: skip
+    proc = offline_run(args, tmp_path, BlackHole().url)
+    assert proc.returncode == 0, proc.stderr
+    assert "Retry" not in proc.stderr + proc.stdout  # huggingface_hub's retry lines
+    notes = " ".join(proc.stdout.split())  # rich wraps long notes at the terminal's width
+    for metric, field in (("clip_i", "clip_model"), ("dino", "dino_model")):
+        assert f"note: {metric} skipped:" in notes and f"set eval.{field} to a local folder" in notes
+
+
+# ------------------------------------------------------------------------------------------ help and relation config
+
+
+@pytest.mark.parametrize("command", ["infer", "train", "eval", "prepare", "config", "convert", "init-model"])
+def test_help_is_short_and_shows_defaults_choices_and_flags(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    flat = " ".join(text.replace("│", " ").split())
+    assert len(text.rstrip().splitlines()) <= 60, len(text.splitlines())
+    assert "<bool>" not in text  # flags show as flags
+    assert "Config keys" not in text and "train.kl_weight" not in text  # the full reference is relation config
+    if command in ("infer", "train", "eval", "prepare"):
+        assert "Example: relation " + command in flat
+    if command in ("infer", "eval"):
+        assert "(infer.steps; default 24; demo model 8)" in flat
+        assert "train" not in text  # no help text that speaks of another command
+    if command == "infer":
+        assert "one of none, model_offload, sequential_offload, group_offload, fp8_storage" in flat
+
+
+def test_config_reference_lists_every_key_with_type_default_and_help(capsys):
+    from relation_cli.config import RelationConfig
+
+    assert main(["config", "infer"]) == 0
+    text = capsys.readouterr().out
+    for key in RelationConfig.model_fields["infer"].annotation.model_fields:
+        assert f"infer.{key}: " in text
+    assert "infer.steps: int = 24 (demo model: 8)\n    Denoising steps." in text
+    assert main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "model.memory: none | model_offload | sequential_offload | group_offload | fp8_storage = \"none\"" in text
+    assert "train.kl_weight: float = 1e-06" in text
+    assert main(["config", "nonsense"]) == 1
+    assert "no config section 'nonsense'" in capsys.readouterr().err
+
+
+def test_config_prints_the_resolved_yaml(capsys):
+    import yaml
+
+    assert main(["config", "--config", str(ROOT / "configs" / "demo-train.yaml"), "--set", "train.steps=7"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["train"]["steps"] == 7 and resolved["data"]["resolution"] == 32
+    assert main(["config", "train", "--set", "train.steps=9"]) == 0
+    only = yaml.safe_load(capsys.readouterr().out)
+    assert list(only) == ["train"] and only["train"]["steps"] == 9

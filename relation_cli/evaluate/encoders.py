@@ -88,7 +88,7 @@ def load_embedders(
         except MetricUnavailable as e:
             if section.strict:
                 raise RelationError(f"eval.{field}: {e} (eval.strict is on)") from None
-            skipped[metric] = str(e)
+            skipped[metric] = f"{e}; to enable it, set eval.{field} to a local folder (or run once online)"
     return loaded, skipped
 
 

@@ -1,0 +1,208 @@
+"""Every check that needs no weights, run before anything loads; ``--dry-run`` runs only these.
+
+:func:`check_config` asks each ``_*_problems(cfg, command)`` function for the problems it sees and
+reports them all in one :class:`RelationError`, as torchtune's config validation does, so a user
+fixes a configuration in one round instead of one error per run. Only the standard library and
+relation's config are imported here: the answer comes before torch, diffusers or transformers load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from importlib.util import find_spec
+from pathlib import Path
+
+from .config import DEMO, DEMO_DIR, RelationConfig
+from .errors import RelationError
+from .fs import check_writable
+
+SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
+"""``model.image_encoder`` for a hub ``model.base``: the SigLIP the paper uses (SPEC 2.1)."""
+LOADS_A_MODEL = ("infer", "eval", "train", "ui")
+INFERS = ("infer", "eval", "ui")
+OFFLOADING = ("model_offload", "sequential_offload", "group_offload")
+ATTENTION_PACKAGES = {
+    "flash": "flash_attn", "flash_varlen": "flash_attn", "_flash_3": "flash_attn_interface",
+    "sage": "sageattention", "sage_varlen": "sageattention", "xformers": "xformers", "aiter": "aiter",
+}  # fmt: skip
+"""diffusers attention backends (``model.attention_backend``) and the module each one imports."""
+
+
+def check_config(cfg: RelationConfig, command: str) -> None:
+    """Raise one :class:`RelationError` listing every problem of ``cfg`` for ``command`` that needs no weights.
+
+    ``command``: ``infer``, ``eval``, ``train``, ``ui`` or ``prepare``. Looks at setting combinations,
+    files and folders the config names, optional packages and output folders; reads no weights.
+    """
+    problems = [p for find in PROBLEM_FINDERS for p in find(cfg, command)]
+    if len(problems) == 1:
+        raise RelationError(problems[0])
+    if problems:
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise RelationError(f"{len(problems)} problems in the configuration: {listed}")
+
+
+# ------------------------------------------------------------------------------------------ model sources
+
+
+def looks_local(name: str) -> bool:
+    """A folder, not a hub id: it exists, starts like a path, or is not of the form ``owner/name``."""
+    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def source_problem(key: str, name: str, marker: str) -> str | None:
+    """What is wrong with a local model folder (``marker``: the file its layout must hold), or None."""
+    if not looks_local(name):
+        return None
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return f"{key} '{name}': folder not found (or not a hub id of the form owner/name)"
+    if not (path / marker).is_file():
+        if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
+            return f"{key} '{name}': a training run, not a model folder; use --run {name}"
+        return f"{key} '{name}': no {marker} in this folder"
+    return None
+
+
+def has_lora(cfg: RelationConfig) -> bool:
+    """A LoRA will be loaded: ``lora.paths``, or the demo model's own LoRA."""
+    return bool(cfg.lora.paths) or (cfg.model.base == DEMO and (DEMO_DIR / "lora").is_dir())
+
+
+def _source_problems(cfg: RelationConfig, command: str) -> list[str]:
+    if command not in LOADS_A_MODEL:
+        return []
+    m, demo = cfg.model, cfg.model.base == DEMO
+    if demo and not (DEMO_DIR / "base" / "model_index.json").is_file():
+        return [f"the embedded demo model is missing from {DEMO_DIR}; run `make demo-model`"]
+    problems = [] if demo else [source_problem("model.base", m.base, "model_index.json")]
+    if m.image_encoder:
+        problems.append(source_problem("model.image_encoder", m.image_encoder, "config.json"))
+    elif not demo and looks_local(m.base):
+        problems.append(_missing_image_encoder(m.base))
+    problems += _weights_problems(cfg, command, demo)
+    return [p for p in problems if p]
+
+
+def _missing_image_encoder(base: str) -> str:
+    beside = Path(base).expanduser().parent / "image_encoder"
+    hint = f" (e.g. --image-encoder {beside})" if (beside / "config.json").is_file() else ""
+    return (f"model.image_encoder is empty: a local model.base needs a local SigLIP too: pass --image-encoder "
+            f"FOLDER{hint}, or --image-encoder {SIGLIP_DEFAULT} to download it")  # fmt: skip
+
+
+def _weights_problems(cfg: RelationConfig, command: str, demo: bool) -> list[str]:
+    problems = []
+    adapter = cfg.adapter.path
+    if adapter and not Path(adapter).exists():
+        problems.append(f"adapter '{adapter}': not found")
+    elif not adapter and not demo and cfg.adapter.scale != 0 and command != "train":
+        problems.append("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
+    problems += [f"lora '{f.path}': not found" for f in cfg.lora.paths if not Path(f.path).exists()]
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def _memory_problems(cfg: RelationConfig, command: str) -> list[str]:
+    m, problems = cfg.model, []
+    if command not in INFERS:
+        return []
+    if (m.memory == "fp8_storage" or m.quantize != "none") and not cfg.lora.fuse and has_lora(cfg):
+        problems.append("model.memory=fp8_storage and model.quantize need the LoRA fused (lora.fuse=true)")
+    if m.memory in OFFLOADING and m.device == "cpu":
+        problems.append(f"model.memory={m.memory} offloads to a GPU; model.device is cpu")
+    return problems
+
+
+def _package_problems(cfg: RelationConfig, command: str) -> list[str]:
+    needed = []  # (setting, module, pip name)
+    if command in INFERS and cfg.model.quantize != "none":
+        needed.append((f"model.quantize={cfg.model.quantize}", "torchao", "torchao"))
+    backend = cfg.model.attention_backend
+    if command in LOADS_A_MODEL and backend in ATTENTION_PACKAGES:
+        module = ATTENTION_PACKAGES[backend]
+        needed.append((f"model.attention_backend={backend}", module, module.replace("_interface", "")))
+    if command == "train" and cfg.train.optimizer == "adamw8bit":
+        needed.append(("train.optimizer=adamw8bit", "bitsandbytes", "bitsandbytes"))
+    if command == "eval" and cfg.eval.fid and cfg.eval.strict and not cfg.eval.fid_weights:
+        needed.append(("eval.fid with eval.strict", "torch_fidelity", "'relation[fid]'"))
+    return [f"{setting} needs {module}: pip install {pip}" for setting, module, pip in needed if find_spec(module) is None]
+
+
+def _size_problems(cfg: RelationConfig, command: str) -> list[str]:
+    if command != "train" or cfg.train.mode == "vae":
+        return []
+    multiple = 2 * vae_scale_factor(cfg)
+    side = cfg.data.resolution
+    if side % multiple:
+        low = side // multiple * multiple
+        return [f"data.resolution={side}: not a multiple of {multiple} (2 x the VAE's scale factor); use {low or multiple} "
+                f"or {low + multiple}"]  # fmt: skip
+    return []
+
+
+def vae_scale_factor(cfg: RelationConfig) -> int:
+    """The VAE's downsampling factor, read from a local ``vae/config.json`` (8 for FLUX when unknown)."""
+    base = DEMO_DIR / "base" if cfg.model.base == DEMO else Path(cfg.model.base).expanduser()
+    try:
+        blocks = json.loads((base / "vae" / "config.json").read_text())["block_out_channels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 8
+    return 2 ** (len(blocks) - 1)
+
+
+# ------------------------------------------------------------------------------------------ data and outputs
+
+
+def _data_problems(cfg: RelationConfig, command: str) -> list[str]:
+    problems = []
+    if command == "train":
+        if not Path(cfg.train.data).is_file():
+            problems.append(f"train.data '{cfg.train.data}': not found (run relation prepare first)")
+        held_out = cfg.train.validation_data
+        if held_out and cfg.train.validation_samples and not Path(held_out).is_file():
+            problems.append(f"train.validation_data '{held_out}': not found")
+    if command == "eval":
+        if not cfg.eval.inputs:
+            problems.append("no input to evaluate: pass --input FILE (e.g. prepare's test_seen.jsonl) or set eval.inputs")
+        problems += [f"eval input '{p}': not found" for p in cfg.eval.inputs if not Path(p).is_file()]
+        problems += _eval_source_problems(cfg)
+    return problems
+
+
+def _eval_source_problems(cfg: RelationConfig) -> list[str]:
+    e, problems = cfg.eval, []
+    for field in ("clip_model", "dino_model"):
+        name = getattr(e, field)
+        if name and looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
+            problems.append(f"eval.{field} '{name}': no such model folder (config.json missing)")
+    if e.fid and e.fid_weights and not Path(e.fid_weights).expanduser().is_file():
+        problems.append(f"eval.fid_weights '{e.fid_weights}': file not found")
+    if e.judge_model and not os.environ.get(e.judge_api_key_env):
+        problems.append(f"eval.judge_model is set but ${e.judge_api_key_env} is empty: export the judge's API key "
+                        "(or name another variable with eval.judge_api_key_env)")  # fmt: skip
+    return problems
+
+
+def _output_problems(cfg: RelationConfig, command: str) -> list[str]:
+    folder = {"train": ("train.output_dir", cfg.train.output_dir), "eval": ("eval.output_dir", cfg.eval.output_dir)}
+    if command not in folder:
+        return []
+    key, path = folder[command]
+    if Path(path).exists() and not Path(path).is_dir():
+        return [f"{key} '{path}': exists and is not a folder"]
+    try:
+        check_writable(path, key)
+    except RelationError as e:
+        return [str(e)]
+    return []
+
+
+PROBLEM_FINDERS: list[Callable[[RelationConfig, str], list[str]]] = [
+    _source_problems, _memory_problems, _package_problems, _size_problems, _data_problems, _output_problems,
+]  # fmt: skip
+"""Every finder ``check_config`` asks, in the order their problems are listed. Other checks go here."""
