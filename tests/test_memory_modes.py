@@ -100,3 +100,68 @@ def test_without_layer_key_values_offloading_breaks(monkeypatch, plain, memory, 
     with pytest.raises((NotImplementedError, RuntimeError, AssertionError)):
         out = _run(pipe, tokens)
         assert np.abs(out - token_out).max() <= 1e-5
+
+
+def _edit(cfg):
+    from relation_cli.infer import EditInputs, edit
+    from relation_cli.model import load_pipeline
+
+    a, b, q = _images()
+    pipe = load_pipeline(cfg)
+    return pipe, edit(pipe, EditInputs(a, b, q, ""), cfg)
+
+
+def test_fp8_storage_is_the_plain_run_on_rounded_weights(tiny_model):
+    """fp8_storage = the plain run with the transformer's stored weights rounded to float8; the adapter's
+    processors are never cast."""
+    from conftest import tiny_overrides
+    from relation_cli.config import load_config
+
+    sets = tiny_overrides(tiny_model) + ["infer.steps=2", "model.device=cpu"]
+    fp8, out = _edit(load_config(None, sets + ["model.memory=fp8_storage"]))
+    plain_cfg = load_config(None, sets)
+    plain, _ = _edit(plain_cfg)
+    rounded = dict(plain.transformer.named_parameters())
+    for name, p in fp8.transformer.named_parameters():
+        if p.dtype == torch.float8_e4m3fn:
+            rounded[name].data = p.data.to(torch.float32)
+    assert fp8.relation_adapter.processors[0].to_k_ip.weight.dtype == torch.float32
+    a, b, q = _images()
+    from relation_cli.infer import EditInputs, edit
+
+    assert np.abs(edit(plain, EditInputs(a, b, q, ""), plain_cfg) - out).max() <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------ on a GPU
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GPU_MODES = ["model_offload", "sequential_offload", "group_offload:leaf_level", "group_offload:block_level",
+             "fp8_storage", "quantize:int8", "quantize:fp8"]  # fmt: skip
+
+
+def _gpu_sets(mode: str) -> list[str]:
+    key, _, value = mode.partition(":")
+    if key == "quantize":
+        return [f"model.quantize={value}"]
+    return [f"model.memory={key}"] + ([f"model.offload_type={value}"] if value else [])
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("mode", GPU_MODES)
+def test_memory_mode_on_gpu(tiny_model, mode):
+    """Each mode on a CUDA device, float32: offloading equals the plain run (1e-5); fp8_storage and
+    torchao equal the plain run on the rounded/quantized transformer within their rounding, and the
+    adapter is never cast or quantized."""
+    from conftest import tiny_overrides
+    from relation_cli.config import load_config
+
+    if mode.startswith("quantize"):
+        pytest.importorskip("torchao", reason="model.quantize needs torchao")
+    sets = tiny_overrides(tiny_model) + ["infer.steps=2", "model.device=cuda", "model.dtype=float32"]
+    _, plain = _edit(load_config(None, sets))
+    pipe, out = _edit(load_config(None, sets + _gpu_sets(mode)))
+    assert type(pipe.relation_adapter.processors[0].to_k_ip.weight) is torch.nn.Parameter
+    assert pipe.relation_adapter.processors[0].to_k_ip.weight.dtype == torch.float32
+    exact = "offload" in mode
+    assert np.abs(out - plain).max() <= (1e-5 if exact else 0.1)
