@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO_BUILD := build/demo
 RELATION := $(BIN)/relation
 
-.PHONY: install demo test demo-model demo-eval benchmarks clean help
+.PHONY: install demo test demo-model demo-eval benchmarks clean help gpu-wheels gpu-check
 
 help:
 	@echo "make install   create $(VENV)/ and install relation (+ test tools)"
@@ -20,6 +20,8 @@ help:
 	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 1 h)"
 	@echo "make benchmarks  CPU inference speed and step-cache quality (prints figures, writes benchmarks/results/)"
 	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
+	@echo "make gpu-wheels  download the wheels make gpu-check installs on a GPU machine without network (.whl/)"
+	@echo "make gpu-check   the prepared GPU check: full-size FLUX.1-dev + adapter, random weights (H100/H200, < 8 min)"
 
 $(BIN)/relation: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +63,26 @@ benchmarks: install
 	$(BIN)/python benchmarks/infer_speed.py --target cpu-demo --out benchmarks/results/infer_cpu_demo.json
 	$(BIN)/python benchmarks/infer_speed.py --target cpu-mid --out benchmarks/results/infer_cpu_mid.json
 	$(BIN)/python benchmarks/cache_quality.py --rows 40 --steps 24 --out benchmarks/results/cache_quality.json
+
+# The GPU check runs where torch, transformers, peft and accelerate are installed but not diffusers, and
+# nothing can be downloaded: `make gpu-wheels` here (with network) puts the missing packages in .whl/
+# (52 MB, measured), `make gpu-check` there installs them into /tmp/site and runs benchmarks/gpu_check.py
+# and the gpu-marked tests. Wheels for Python 3.12 on x86-64 Linux (the GPU machines' python3).
+GPU_PYTHON ?= python3
+GPU_WHEELS := diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 typing-inspection==0.4.5 \
+	annotated-types==0.8.0 typing_extensions==4.16.0 bitsandbytes==0.50.2
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_24 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+
+gpu-wheels:
+	rm -rf .whl && mkdir .whl
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	du -ch .whl/*.whl | tail -1
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_memory_modes.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build
