@@ -107,17 +107,18 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def generation_flops(spec: ArchSpec, size: int, steps: int, text_tokens: int = 512) -> float:
-    """Matmul FLOPs of the transformer over ``steps`` (2 per multiply-add): linear layers on the joint
-    sequence (text + target + query tokens), attention scores and values, the adapter's side attention."""
+    """Matmul FLOPs of the transformer over ``steps`` (2 per multiply-add): per token, 12 w^2 multiply-adds
+    a layer (double-stream: q/k/v/out 4 w^2 + MLP 8 w^2 in the token's own stream; single-stream: q/k/v
+    3 w^2 + MLP in 4 w^2 + out 5 w^2), over the joint sequence (text + target + query tokens); attention
+    scores and values (4 S^2 w); the adapter's side attention from the queries to the 2T exemplar tokens.
+    The per-sample modulation (adaLN) and the encoders are left out: the limit is a floor."""
     width = spec.num_attention_heads * spec.attention_head_dim
     image = 2 * (size // 16) ** 2
     seq = text_tokens + image
-    double = 2 * (4 * width * width + 2 * 4 * width * width + 6 * width * width)  # qkv+out, mlp, adaLN per stream
-    single = 3 * width * width + 4 * width * width + 5 * width * width + 3 * width * width
-    linear = 2 * seq * (spec.num_layers * double + spec.num_single_layers * single)
     layers = spec.num_layers + spec.num_single_layers
-    attention = layers * 4 * seq * seq * width + layers * 4 * image * 2 * spec.num_tokens * width
-    return steps * (linear + attention)
+    linear = 2 * seq * layers * 12 * width * width
+    side = (spec.num_layers * image + spec.num_single_layers * seq) * 4 * 2 * spec.num_tokens * width
+    return steps * (linear + layers * 4 * seq * seq * width + side)
 
 
 def build_pipeline(base: Base, device: torch.device, dtype: torch.dtype):
@@ -178,6 +179,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     checkpointing, optimizer = TRAIN[label]
     pipe = build_pipeline(base, run.device, run.dtype)
     transformer, adapter = pipe.transformer, pipe.relation_adapter
+    del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
     if checkpointing:
