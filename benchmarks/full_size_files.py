@@ -3,8 +3,9 @@
 Writes a released-format adapter with the exact full-size shapes of RelationAdapter on FLUX.1-dev, in the
 authors' pickle layout (``{"image_proj": {"module.proj.0.weight", ...}, "ip_adapter": {"module.0.to_k_ip.weight",
 ...}}``; 57 processors for 3072-wide attention from 4096-wide tokens; a 1152 -> 2304 -> 128 x 4096 projection;
-random bf16, 5.3 GB), then measures, each in its own subprocess: wall time and peak RSS (``os.wait4``'s
-``ru_maxrss``, file-backed pages of memory-mapped files included) of
+random bf16, 5.3 GB), then measures, each in its own subprocess: wall time and peak RSS (the process's
+``VmHWM`` read at exit, file-backed pages of memory-mapped files included; ``ru_maxrss`` would also
+count the parent's memory copied at fork) of
 
 - ``relation convert`` (pickle -> safetensors folder),
 - loading the converted folder (``relation_cli.weights.load_adapter``),
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
 # RelationAdapter on FLUX.1-dev: SigLIP so400m width, T5/joint width, tokens per image, 19 + 38 layers, 24 x 128
 FULL = {"image_embed_dim": 1152, "cross_attention_dim": 4096, "num_tokens": 128, "num_layers": 57, "hidden_size": 3072}
-LOAD = "import sys; from relation_cli.weights import load_adapter; load_adapter(sys.argv[1], int(sys.argv[2]))"
+CONVERT = "from relation_cli.cli import main; sys.argv = ['relation', 'convert', *args, '--head-dim', '128']; main()"
+LOAD = "from relation_cli.weights import load_adapter; load_adapter(args[0], 128)"
 BASELINE = "import relation_cli.cli, relation_cli.weights"
+# Runs one of the above as the whole process; at exit writes the process's peak RSS (KiB) to argv[1].
+WRAP = """
+import atexit, sys
+def report():
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]
+    open(out, "w").write(hwm)
+out, code, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+atexit.register(report)
+exec(code)
+"""
 
 
 def shapes(scale: int = 1) -> dict[str, int]:
@@ -48,8 +61,9 @@ def released_state(s: dict[str, int], seed: int = 0) -> dict:
     """Random bf16 weights in the authors' layout and key names (``module.`` prefixes included)."""
     g = torch.Generator().manual_seed(seed)
 
-    def rand(*shape):
-        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+    def rand(*shape):  # random bits with the top exponent bit cleared: finite bf16 values in (-2, 2)
+        bits = torch.randint(-(2**15), 2**15, shape, generator=g, dtype=torch.int16)
+        return (bits & 0x3FFF | bits & -(2**15)).view(torch.bfloat16)
 
     d, c, t, h = s["image_embed_dim"], s["cross_attention_dim"], s["num_tokens"], s["hidden_size"]
     proj = {
@@ -67,15 +81,19 @@ def write_released(path: Path, s: dict[str, int]) -> int:
     return path.stat().st_size
 
 
-def measure(args: list[str]) -> tuple[float, int]:
-    """Run ``python args`` in the repository; (wall seconds, peak RSS in bytes) of that process alone."""
+def measure(code: str, *args: str) -> tuple[float, int]:
+    """Run ``code`` as a whole Python process in the repository; (wall seconds, its peak RSS in bytes)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    report = Path(tempfile.mkstemp(suffix=".hwm")[1])
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: python {' '.join(args)}")
-    return time.perf_counter() - start, usage.ru_maxrss * 1024  # Linux reports KiB
+    done = subprocess.run([sys.executable, "-c", WRAP, str(report), code, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL)  # fmt: skip
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {code} {' '.join(args)}")
+    peak = int(report.read_text()) * 1024  # KiB
+    report.unlink()
+    return wall, peak
 
 
 def folder_bytes(path: Path) -> int:
@@ -91,10 +109,10 @@ def run(work: Path, scale: int = 1) -> dict:
     t0 = time.perf_counter()
     pickle_bytes = write_released(src, s)
     write_s = time.perf_counter() - t0
-    base_s, base_rss = measure(["-c", BASELINE])
-    conv_s, conv_rss = measure(["-m", "relation_cli", "convert", str(src), str(dst), "--head-dim", "128"])
+    base_s, base_rss = measure(BASELINE)
+    conv_s, conv_rss = measure(CONVERT, str(src), str(dst))
     st_bytes = folder_bytes(dst)
-    load_s, load_rss = measure(["-c", LOAD, str(dst), "128"])
+    load_s, load_rss = measure(LOAD, str(dst))
     return {
         "shapes": s, "pickle_bytes": pickle_bytes, "safetensors_bytes": st_bytes, "write_s": write_s,
         "baseline": {"s": base_s, "peak_rss": base_rss},
