@@ -20,7 +20,7 @@ endif
 DEMO_BUILD := build/demo
 RELATION := $(BIN)/relation
 
-.PHONY: install install-ui demo test demo-model demo-eval benchmarks first-hour clean help
+.PHONY: install install-ui demo test demo-model demo-eval benchmarks first-hour clean help gpu-wheels gpu-check
 
 help:
 	@echo "make install   create $(VENV)/ and install relation (+ test tools)"
@@ -31,6 +31,8 @@ help:
 	@echo "make benchmarks  CPU inference speed, step-cache quality, the demo on photos (prints figures, writes benchmarks/results/)"
 	@echo "make first-hour  error latency, offline refusal, demo and photo times of a new user (prints figures)"
 	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
+	@echo "make gpu-wheels  download the wheels make gpu-check installs on a GPU machine without network (.whl/)"
+	@echo "make gpu-check   the prepared GPU check: full-size FLUX.1-dev + adapter, random weights (H100/H200, < 8 min)"
 
 $(BIN)/relation: pyproject.toml
 	@echo "installing relation into $(VENV)/ (a few minutes the first time; V=1 shows pip's log)"
@@ -85,6 +87,26 @@ benchmarks: install
 # The time budgets of a new user's first hour (README, "Time budgets"): prints measured figures.
 first-hour: install
 	$(BIN)/python benchmarks/first_hour.py
+
+# The GPU check runs where torch, transformers, peft and accelerate are installed but not diffusers, and
+# nothing can be downloaded: `make gpu-wheels` here (with network) puts the missing packages in .whl/
+# (52 MB, measured), `make gpu-check` there installs them into /tmp/site and runs benchmarks/gpu_check.py
+# and the gpu-marked tests. Wheels for Python 3.12 on x86-64 Linux (the GPU machines' python3).
+GPU_PYTHON ?= python3
+GPU_WHEELS := diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 typing-inspection==0.4.5 \
+	annotated-types==0.8.0 typing_extensions==4.16.0 bitsandbytes==0.50.2
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_24 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+
+gpu-wheels:
+	rm -rf .whl && mkdir .whl
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	du -ch .whl/*.whl | tail -1
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_memory_modes.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build

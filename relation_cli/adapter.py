@@ -6,6 +6,7 @@ H heads of D = ``attention_head_dim``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -130,6 +131,28 @@ class RelationAttnProcessor(nn.Module):
         return out, attn.to_add_out(enc_out.contiguous())
 
 
+class LayerKeyValues(Sequence):
+    """Every layer's ip key/value, each computed by its own layer on first use, then kept for the
+    following denoising steps.
+
+    The same values as :meth:`RelationAdapter.key_values` computes at once, but computed inside the
+    transformer's ``forward``: offloading (diffusers' model, sequential and group offload) puts a layer's
+    weights on the device only there.
+    """
+
+    def __init__(self, processors: Sequence[RelationAttnProcessor], tokens: torch.Tensor):
+        self._processors, self._tokens = processors, tokens
+        self._kv: list[KV | None] = [None] * len(processors)
+
+    def __len__(self) -> int:
+        return len(self._kv)
+
+    def __getitem__(self, index: int) -> KV:
+        if self._kv[index] is None:
+            self._kv[index] = self._processors[index].key_value(self._tokens)
+        return self._kv[index]
+
+
 class RelationAdapter(ModelMixin, ConfigMixin):
     """Projection + per-layer processors, saved as ``config.json`` + safetensors by ``save_pretrained``.
 
@@ -180,7 +203,10 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             role_embeddings=role_embeddings,
         )
 
-    def encode(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor) -> torch.Tensor:
+    # Set by relation_cli.runtime when the transformer is offloaded: see key_values.
+    kv_in_layers = False
+
+    def forward(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings of A and A' -> exemplar tokens: ``(B, d)`` each (one pair) -> ``(B, 2T, C)``;
         ``(B, k, d)`` each (k pairs) -> ``(B, 2kT, C)``, pair by pair: A_1's T tokens, A'_1's, A_2's, ...
 
@@ -198,9 +224,32 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             a, b = a + self.role[0], b + self.role[1]
         return torch.stack([a, b], dim=1).reshape(batch, 2 * k * a.shape[1], a.shape[2])
 
-    def key_values(self, tokens: torch.Tensor) -> list[KV]:
-        """Every layer's ip key/value for ``tokens``; computed once, reused at every denoising step."""
+    def encode(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`, called through the module so that offloading hooks (which wrap ``forward``)
+        put the projection on the device first."""
+        return self(embeds_a, embeds_b)
+
+    def key_values(self, tokens: torch.Tensor) -> Sequence[KV]:
+        """Every layer's ip key/value for ``tokens`` ``(B, 2kT, C)``; computed once, reused at every step.
+
+        The processors are submodules of the transformer's attention layers, so offloading moves their
+        weights with the transformer's. With ``kv_in_layers`` set (the transformer is offloaded) each
+        layer computes its own pair on first use, inside the transformer's forward
+        (:class:`LayerKeyValues`); otherwise all are computed now.
+        """
+        if self.kv_in_layers:
+            return LayerKeyValues(self.processors, tokens)
         return [p.key_value(tokens) for p in self.processors]
+
+    @contextmanager
+    def projection_only(self) -> Iterator[None]:
+        """Hide the processors from this module for a while, e.g. while offloading hooks are attached to
+        every component: the processors are the transformer's submodules too, and must be hooked once."""
+        processors = self._modules.pop("processors")
+        try:
+            yield
+        finally:
+            self._modules["processors"] = processors
 
     def check_compatible(self, transformer: FluxTransformer2DModel) -> None:
         c, a = transformer.config, self.config

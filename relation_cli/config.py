@@ -63,6 +63,11 @@ class ModelSection(Section):
         "streams), fp8_storage (transformer weights stored in float8, computed in bf16). The adapter stays "
         "in full precision in every mode.",
     )
+    offload_type: Literal["leaf_level", "block_level"] = Field(
+        "leaf_level",
+        description="What model.memory=group_offload moves at a time (diffusers' offload_type): leaf_level "
+        "(each layer, overlapped with CUDA streams) or block_level (one transformer block).",
+    )
     quantize: Literal["none", "int8", "fp8"] = Field(
         "none",
         description="Weight quantization of the transformer with torchao (int8 or fp8 weight-only), after the "

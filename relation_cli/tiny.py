@@ -31,14 +31,20 @@ class ArchSpec(BaseModel):
     axes_dims_rope: tuple[int, int, int] = (4, 6, 6)
     text_hidden: int = Field(32, ge=8, description="Width of the CLIP and T5 text encoders.")
     text_layers: int = Field(2, ge=1)
+    t5_layers: int | None = Field(None, ge=1, description="T5 layers; empty: text_layers.")
+    t5_heads: int = Field(4, ge=1, description="T5 attention heads (FLUX.1-dev's T5-XXL: 64).")
+    t5_head_dim: int = Field(8, ge=1, description="T5 d_kv (T5-XXL: 64).")
+    t5_ff: int | None = Field(None, ge=1, description="T5 feed-forward width; empty: 2 x joint_attention_dim.")
     vae_channels: tuple[int, ...] = Field((8, 16, 16, 16), description="VAE block widths (4 blocks = 8x).")
     vae_latent_channels: int = Field(16, ge=1, description="in_channels of the transformer is 4x this.")
     vae_norm_groups: int = Field(4, ge=1)
+    vae_layers_per_block: int = Field(1, ge=1, description="ResNet layers per VAE block (FLUX.1-dev: 2).")
     siglip_hidden: int = Field(16, ge=4)
     siglip_layers: int = Field(2, ge=1)
     siglip_heads: int = Field(2, ge=1)
     siglip_image_size: int = Field(32, ge=8)
     siglip_patch_size: int = Field(8, ge=2)
+    siglip_intermediate: int | None = Field(None, ge=1, description="SigLIP MLP width; empty: 2 x siglip_hidden.")
     num_tokens: int = Field(128, ge=1, description="Exemplar tokens per image.")
     kontext: bool = Field(
         False, description="Save base/ in FLUX.1 Kontext's layout (model_index.json names FluxKontextPipeline)."
@@ -127,7 +133,7 @@ def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
         down_block_types=["DownEncoderBlock2D"] * n,
         up_block_types=["UpDecoderBlock2D"] * n,
         block_out_channels=list(spec.vae_channels),
-        layers_per_block=1,
+        layers_per_block=spec.vae_layers_per_block,
         latent_channels=spec.vae_latent_channels,
         norm_num_groups=spec.vae_norm_groups,
         use_quant_conv=False,
@@ -146,14 +152,15 @@ def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
     )  # fmt: skip
     text_encoder_2 = T5EncoderModel(
         T5Config(
-            vocab_size=len(t5_tok), d_model=spec.joint_attention_dim, d_kv=8, d_ff=spec.joint_attention_dim * 2,
-            num_layers=spec.text_layers, num_heads=4, relative_attention_num_buckets=8,
+            vocab_size=len(t5_tok), d_model=spec.joint_attention_dim, d_kv=spec.t5_head_dim,
+            d_ff=spec.t5_ff or spec.joint_attention_dim * 2, num_layers=spec.t5_layers or spec.text_layers,
+            num_heads=spec.t5_heads, relative_attention_num_buckets=8,
             feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
         )
     )  # fmt: skip
     image_encoder = SiglipVisionModel(
         SiglipVisionConfig(
-            hidden_size=spec.siglip_hidden, intermediate_size=spec.siglip_hidden * 2,
+            hidden_size=spec.siglip_hidden, intermediate_size=spec.siglip_intermediate or spec.siglip_hidden * 2,
             num_hidden_layers=spec.siglip_layers, num_attention_heads=spec.siglip_heads,
             image_size=spec.siglip_image_size, patch_size=spec.siglip_patch_size,
         )

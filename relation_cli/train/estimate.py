@@ -84,8 +84,7 @@ def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int)
 
 
 def estimate(cfg: RelationConfig) -> Estimate:
-    from ..adapter import RelationAdapter
-    from ..model import resolve_device, resolve_mixed_precision
+    """Check the training config's data and output folder, then estimate memory (:func:`estimate_parts`)."""
     from .data import load_rows
 
     t = cfg.train
@@ -99,7 +98,15 @@ def estimate(cfg: RelationConfig) -> Estimate:
     if not os.access(probe, os.W_OK):
         raise RelationError(f"train.output_dir '{out}': '{probe}' is not writable")
 
-    transformer, vae, clip, t5, image_encoder = _meta_pipeline_parts(cfg)
+    return estimate_parts(cfg, len(rows), *_meta_pipeline_parts(cfg))
+
+
+def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, image_encoder) -> Estimate:
+    """The memory arithmetic of :func:`estimate` for given (meta) components; no file is read."""
+    from ..adapter import RelationAdapter
+    from ..model import resolve_device, resolve_mixed_precision
+
+    t = cfg.train
     with torch.device("meta"):
         adapter = RelationAdapter.for_transformer(transformer, image_encoder.config.hidden_size, cfg.adapter.num_tokens)
     trainable = {"adapter": count(adapter)}
@@ -127,7 +134,7 @@ def estimate(cfg: RelationConfig) -> Estimate:
     keep = 2 * tokens * width * per * t.batch_size
     activations = (layers * keep + per_layer) if t.gradient_checkpointing else layers * per_layer
     return Estimate(
-        rows=len(rows),
+        rows=rows,
         trainable=trainable,
         frozen=frozen,
         weight_bytes=frozen * per,

@@ -1,0 +1,325 @@
+"""The prepared GPU check (``make gpu-check``): full-size architectures, random weights, bf16, no downloads.
+
+For each base in ``BASES`` (FLUX.1-dev now; FLUX.1 Kontext and FLUX.2 [klein] join as one entry each):
+inference at 512x512 and 1024x1024, 24 steps, s/image and peak GPU memory for relation's default path,
+the reference-equivalent eager path (unfused q/k/v, exemplar keys/values recomputed every step),
+``torch.compile`` and each memory mode; one training step (LoRA r128 on the paper's targets + the
+adapter, 512x512, batch 1): peak memory and s/step with and without gradient checkpointing and with
+8-bit Adam. The FLOP limit of a generation is its matmul FLOPs over the bf16 rate measured first.
+Writes one JSON (``--out``) and prints the README's GPU table. ``--tiny`` runs the same code on the
+CPU at tiny size (a test in ``make test`` calls it). Entries over ``--budget-s`` are skipped, and
+say so. Run: ``make gpu-check`` (see the Makefile for the wheels it installs first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from relation_cli.config import PAPER_LORA_TARGETS, ModelSection
+from relation_cli.tiny import ArchSpec, build_components
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Base:
+    """One base model of the check: its architecture and what it needs to run."""
+
+    name: str
+    spec: ArchSpec
+    sizes: tuple[int, ...] = (512, 1024)
+    steps: int = 24
+
+
+FLUX1_DEV = ArchSpec(
+    num_layers=19, num_single_layers=38, num_attention_heads=24, attention_head_dim=128,
+    joint_attention_dim=4096, axes_dims_rope=(16, 56, 56), text_hidden=768, text_layers=12,
+    t5_layers=24, t5_heads=64, t5_head_dim=64, t5_ff=10240,
+    vae_channels=(128, 256, 512, 512), vae_latent_channels=16, vae_norm_groups=32, vae_layers_per_block=2,
+    siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
+    siglip_intermediate=4304, num_tokens=128,
+)  # fmt: skip
+BASES = {"flux1-dev": Base("FLUX.1-dev", FLUX1_DEV)}
+TINY = Base("tiny", ArchSpec(), sizes=(64,), steps=1)
+
+# label -> (ModelSection overrides, pipeline call overrides)
+INFER = {
+    "default": ({}, {}),
+    "reference-equivalent eager": ({"fuse_qkv": False}, {"precompute_relation_kv": False}),
+    "torch.compile": ({"compile": True}, {}),
+    "fp8_storage": ({"memory": "fp8_storage"}, {}),
+    "model_offload": ({"memory": "model_offload"}, {}),
+    "group_offload block": ({"memory": "group_offload", "offload_type": "block_level"}, {}),
+    "group_offload leaf": ({"memory": "group_offload", "offload_type": "leaf_level"}, {}),
+    "sequential_offload": ({"memory": "sequential_offload"}, {}),  # slowest: last
+}
+TRAIN = {"checkpointing": (True, "adamw"), "no checkpointing": (False, "adamw"), "checkpointing + 8-bit Adam": (True, "adamw8bit")}
+
+
+@dataclass
+class Run:
+    device: torch.device
+    dtype: torch.dtype
+    budget_s: float
+    start: float = field(default_factory=time.perf_counter)
+    results: list[dict] = field(default_factory=list)
+
+    def left(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul rate (the ceiling for the FLOP limit): 8192^3 on a GPU, 512^3 on the CPU."""
+    n = 8192 if device.type == "cuda" else 512
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 10 * 2 * n**3 / (time.perf_counter() - t) / 1e12
+
+
+def generation_flops(spec: ArchSpec, size: int, steps: int, text_tokens: int = 512) -> float:
+    """Matmul FLOPs of the transformer over ``steps`` (2 per multiply-add): per token, 12 w^2 multiply-adds
+    a layer (double-stream: q/k/v/out 4 w^2 + MLP 8 w^2 in the token's own stream; single-stream: q/k/v
+    3 w^2 + MLP in 4 w^2 + out 5 w^2), over the joint sequence (text + target + query tokens); attention
+    scores and values (4 S^2 w); the adapter's side attention from the queries to the 2T exemplar tokens.
+    The per-sample modulation (adaLN) and the encoders are left out: the limit is a floor."""
+    width = spec.num_attention_heads * spec.attention_head_dim
+    image = 2 * (size // 16) ** 2
+    seq = text_tokens + image
+    layers = spec.num_layers + spec.num_single_layers
+    linear = 2 * seq * layers * 12 * width * width
+    side = (spec.num_layers * image + spec.num_single_layers * seq) * 4 * 2 * spec.num_tokens * width
+    return steps * (linear + layers * 4 * seq * seq * width + side)
+
+
+def build_pipeline(base: Base, device: torch.device, dtype: torch.dtype):
+    """Random-weight components made directly on the device in ``dtype`` (no CPU copy, no download)."""
+    from relation_cli.pipeline import RelationPipeline
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            pipe = RelationPipeline(**build_components(base.spec, seed=0))
+    finally:
+        torch.set_default_dtype(default)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def configure(pipe, overrides: dict, device: torch.device, dtype: torch.dtype):
+    """relation's own runtime code (``relation_cli.runtime``) applied as ``relation infer`` applies it."""
+    from relation_cli import runtime
+
+    model = ModelSection(base="demo", **overrides)
+    with pipe.relation_adapter.detached(pipe.transformer):  # as load_pipeline: the adapter is never cast
+        runtime.prepare_weights(pipe, model, dtype, device)
+    if model.memory in runtime.OFFLOAD_MODES:
+        pipe.to("cpu")
+        runtime.enable_offload(pipe, model.memory, device, model.offload_type)
+    else:
+        pipe.to(device)
+    runtime.speed_up(pipe, model)
+    return pipe
+
+
+def generate(pipe, size: int, steps: int, **call) -> None:
+    q = Image.new("RGB", (size, size), (90, 140, 200))
+    pipe(image=q, exemplars=(q, q), num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(0),
+         output_type="np", **call)  # fmt: skip
+
+
+def time_inference(run: Run, base: Base, label: str, size: int) -> dict:
+    model, call = INFER[label]
+    pipe = configure(build_pipeline(base, run.device, run.dtype), model, run.device, run.dtype)
+    generate(pipe, size, 2 if model.get("compile") else 1, **call)  # warm-up (compilation)
+    reset_peak(run.device)
+    sync(run.device)
+    t = time.perf_counter()
+    generate(pipe, size, base.steps, **call)
+    sync(run.device)
+    return {"s_per_image": time.perf_counter() - t, "peak_gib": peak_gib(run.device)}
+
+
+def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
+    """One LoRA r128 + adapter training step on relation's RelationTrainModel, bf16 weights."""
+    from peft import LoraConfig
+
+    from relation_cli.train.model import RelationTrainModel
+
+    checkpointing, optimizer = TRAIN[label]
+    pipe = build_pipeline(base, run.device, run.dtype)
+    transformer, adapter = pipe.transformer, pipe.relation_adapter
+    del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
+    if checkpointing:
+        transformer.enable_gradient_checkpointing()
+    model = RelationTrainModel(transformer, adapter)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:  # as relation train: trainable weights in float32, frozen ones in bf16, autocast
+        p.data = p.data.float()
+    opt = _optimizer(optimizer, params)
+    batch = _batch(base.spec, size, run.device, run.dtype)
+    step = _train_step(model, opt, batch, run.device)
+    step()  # warm-up
+    reset_peak(run.device)
+    sync(run.device)
+    t = time.perf_counter()
+    step()
+    sync(run.device)
+    return {"s_per_step": time.perf_counter() - t, "peak_gib": peak_gib(run.device),
+            "trainable_m": sum(p.numel() for p in params) / 1e6}  # fmt: skip
+
+
+def _optimizer(name: str, params):
+    if name == "adamw8bit":
+        import bitsandbytes as bnb  # carried as a wheel by make gpu-wheels
+
+        return bnb.optim.AdamW8bit(params, lr=1e-4)
+    return torch.optim.AdamW(params, lr=1e-4)
+
+
+def _batch(spec: ArchSpec, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    n, c = (size // 16) ** 2, 4 * spec.vae_latent_channels
+    g = {"device": device, "dtype": dtype}
+    side = size // 16
+    ids = torch.zeros(side, side, 3, device=device)
+    ids[..., 1], ids[..., 2] = torch.arange(side, device=device)[:, None], torch.arange(side, device=device)[None]
+    ids = ids.reshape(-1, 3).to(dtype)
+    return {
+        "noisy": torch.randn(1, n, c, **g), "query": torch.randn(1, n, c, **g), "sigma": torch.rand(1, **g),
+        "guidance": torch.full((1,), 1.0, **g), "prompt_embeds": torch.randn(1, 512, spec.joint_attention_dim, **g),
+        "pooled": torch.randn(1, spec.text_hidden, **g), "text_ids": torch.zeros(512, 3, **g),
+        "img_ids": torch.cat([ids, ids]), "keep": torch.ones(1, device=device),
+        "exemplar_embeds": torch.randn(2, spec.siglip_hidden, **g),
+    }  # fmt: skip
+
+
+def _train_step(model, opt, batch: dict, device: torch.device) -> Callable[[], None]:
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        with autocast:
+            pred = model(**batch)
+        loss = torch.nn.functional.mse_loss(pred.float(), batch["noisy"].float())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def entries(base: Base, tiny: bool) -> list[tuple[str, str, int, Callable]]:
+    """(kind, label, size, measure) in the order they run: cheap and important first."""
+    cpu_only = tiny  # offloading, compile and 8-bit Adam need a CUDA device
+    infer = [l for l in INFER if not (cpu_only and (l == "torch.compile" or "offload" in l))]
+    out = [("inference", l, s, time_inference) for s in base.sizes for l in infer[:2]]
+    out += [("training", l, 512 if not tiny else 64, time_training) for l in TRAIN if not (cpu_only and "8-bit" in l)]
+    out += [("inference", l, base.sizes[0], time_inference) for l in infer[2:]]
+    out += [("inference", l, s, time_inference) for s in base.sizes[1:] for l in infer[2:]]
+    return out
+
+
+def check(base: Base, run: Run, tiny: bool) -> None:
+    tflops = matmul_tflops(run.device, run.dtype)
+    for kind, label, size, measure in entries(base, tiny):
+        row = {"base": base.name, "kind": kind, "label": label, "size": size}
+        if run.left() <= 0:
+            row["skipped"] = "time budget"
+        else:
+            try:
+                row.update(measure(run, base, label, size))
+            except Exception as e:  # one failing mode must not hide the others' figures
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if "s_per_image" in row:
+                row["flop_limit_s"] = generation_flops(base.spec, size, base.steps) / (tflops * 1e12)
+        run.results.append(row)
+        print(json.dumps(row), flush=True)
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+    run.results.append({"base": base.name, "kind": "ceiling", "matmul_tflops": tflops})
+
+
+def table(results: list[dict]) -> str:
+    """The README's GPU table, with the goals' ratios."""
+    lines = ["| base | what | size | s/image or s/step | peak GiB | note |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if r["kind"] == "ceiling":
+            continue
+        t = r.get("s_per_image", r.get("s_per_step"))
+        peak = r.get("peak_gib")
+        note = r.get("skipped") or r.get("error") or (f"FLOP limit {r['flop_limit_s']:.2f} s" if "flop_limit_s" in r else "")
+        lines.append(f"| {r['base']} | {r['kind']}: {r['label']} | {r['size']} | {'' if t is None else f'{t:.2f}'} | "
+                     f"{'' if peak is None else f'{peak:.1f}'} | {note} |")  # fmt: skip
+    return "\n".join(lines + goals(results))
+
+
+def goals(results: list[dict]) -> list[str]:
+    def find(label, size):
+        return next((r for r in results if r.get("label") == label and r.get("size") == size and "s_per_image" in r), None)
+
+    out = [""]
+    for r in [r for r in results if r.get("label") == "default" and "s_per_image" in r]:
+        eager = find("reference-equivalent eager", r["size"])
+        if eager:
+            out.append(f"- {r['base']} {r['size']}: default / reference-equivalent = {r['s_per_image'] / eager['s_per_image']:.2f} (goal <= 0.5)")
+        out.append(f"- {r['base']} {r['size']}: default / FLOP limit = {r['s_per_image'] / r['flop_limit_s']:.2f} (goal <= 1.3)")
+    under = [r for r in results if r["kind"] == "inference" and r.get("peak_gib") is not None and r["peak_gib"] < 24]
+    out.append(f"- inference under 24 GB peak: {', '.join(sorted({r['label'] for r in under})) or 'none'}")
+    train = [r for r in results if r["kind"] == "training" and r.get("peak_gib") is not None and r["peak_gib"] < 40]
+    out.append(f"- training step under 40 GB peak: {', '.join(r['label'] for r in train) or 'none'}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (checks the script)")
+    parser.add_argument("--bases", nargs="*", default=list(BASES), help=f"bases to check: {', '.join(BASES)}")
+    parser.add_argument("--budget-s", type=float, default=330, help="start no entry after this many seconds")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
+    args = parser.parse_args()
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device; run with --tiny to check the script on the CPU")
+    device = torch.device("cpu" if args.tiny else "cuda")
+    run = Run(device, torch.float32 if args.tiny else torch.bfloat16, args.budget_s)
+    for base in [TINY] if args.tiny else [BASES[b] for b in args.bases]:
+        check(base, run, args.tiny)
+    meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "seconds": time.perf_counter() - run.start}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": run.results}, indent=2) + "\n")
+    print(table(run.results))
+
+
+if __name__ == "__main__":
+    main()
