@@ -70,7 +70,7 @@ def _as_args(sets):
 
 
 def test_prepare_train_infer_eval_on_a_kontext_base(kontext_model, tmp_path, monkeypatch, one_thread):
-    import relation_cli.train.recipe as recipe
+    import relation_cli.train.step as recipe
 
     src = side_by_side_jsonl(tmp_path / "src", {"t1": 4, "t2": 4})
     data = tmp_path / "data"
@@ -106,7 +106,7 @@ def test_full_mode_exports_a_kontext_base(kontext_model, tmp_path, one_thread):
 
 
 def test_exact_resume_on_a_kontext_base(kontext_model, tmp_path, monkeypatch, one_thread):
-    import relation_cli.train.loop as loop
+    import relation_cli.train.checkpoint as loop
 
     src = side_by_side_jsonl(tmp_path / "src", {"t1": 4, "t2": 4})
     data = tmp_path / "data"

@@ -189,7 +189,7 @@ def test_exact_resume_with_k_pairs(tiny_model, tmp_path, monkeypatch, one_thread
     def args(out):
         return ["train", *(x for o in [*sets, f"train.output_dir={out}"] for x in ("--set", o))]
 
-    import relation_cli.train.loop as loop
+    import relation_cli.train.checkpoint as loop
     from relation_cli.train.model import RelationTrainModel
 
     seen = []
