@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import reference_overrides, tiny_overrides
@@ -13,7 +15,7 @@ from PIL import Image
 from prepare_helpers import SPLITS, side_by_side_jsonl
 
 from relation_cli.adapter import RelationAdapter
-from relation_cli.cli import main, pairs_from_options
+from relation_cli.cli import main
 from relation_cli.errors import RelationError
 from relation_cli.rows import parse_rows, read_jsonl
 
@@ -53,13 +55,19 @@ def test_a_and_a_prime_keep_their_roles_in_every_pair():
     assert torch.allclose(on.encode(swapped_a, swapped_b)[:, : 2 * T], on.encode(a, b)[:, : 2 * T])
 
 
-def test_cli_exemplar_options_make_pairs(tmp_path):
-    a, b, c, d = (tmp_path / n for n in "abcd")
-    assert pairs_from_options([a, c], [b, d]) == [(a, b), (c, d)]  # --exemplar a b --exemplar c d
-    assert pairs_from_options([a, b], []) == [(a, b)]  # --exemplar a --exemplar b
-    for options, extra in (([a], [b, c]), ([a], []), ([], [a, b]), ([a, b, c], [])):
-        with pytest.raises(RelationError, match="exactly 2 images"):
-            pairs_from_options(options, extra)
+def test_cli_exemplar_options_make_pairs(tmp_path, monkeypatch):
+    import relation_cli.infer as core
+
+    a, b, c, d, q = (str(tmp_path / n) for n in "abcdq")
+    seen = []
+    monkeypatch.setattr(core, "infer_single", lambda cfg, exemplars, query, output: seen.append(exemplars) or Path(q))
+    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command: None)
+    assert main(["infer", "--exemplar", a, b, "--exemplar", c, d, "--query", q]) == 0  # k = 2 pairs
+    assert main(["infer", "--exemplar", a, b, "--query", q]) == 0  # one pair stays a pair
+    assert seen == [[(Path(a), Path(b)), (Path(c), Path(d))], (Path(a), Path(b))]
+    assert main(["infer", "--exemplar", a, "--query", q]) == 1  # one image is not a pair
+    assert main(["infer", "--exemplar", a, b, c, "--query", q]) == 1  # a third image is one too many
+    assert len(seen) == 2
 
 
 # ------------------------------------------------------------------------------------------ pipeline
