@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, tiny_overrides
@@ -50,6 +51,13 @@ def test_train_then_infer_end_to_end(tiny_model, data, tmp_path):
                  "--model", str(tiny_model / "base"), "--image-encoder", str(tiny_model / "image_encoder"),
                  "--adapter", str(out / "adapter"), "--lora", str(out / "lora")])  # fmt: skip
     assert code == 0 and (tmp_path / "o.png").is_file()
+    # --run takes the same base, image encoder, adapter and LoRA from the run's config.yaml
+    pair = ["--exemplar", str(a), str(b), "--query", str(q), "--steps", "2"]
+    assert main(["infer", *pair, "--run", str(out), "-o", str(tmp_path / "run.npy")]) == 0
+    assert main(["infer", *pair, "-o", str(tmp_path / "flags.npy"), "--model", str(tiny_model / "base"),
+                 "--image-encoder", str(tiny_model / "image_encoder"), "--adapter", str(out / "adapter"),
+                 "--lora", str(out / "lora")]) == 0  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "run.npy"), np.load(tmp_path / "flags.npy"))
 
 
 def test_lora_file_loads_in_plain_diffusers(tiny_model, data, tmp_path):
@@ -235,6 +243,12 @@ def test_full_mode_exports_a_base_that_infer_loads(tiny_model, data, tmp_path):
     assert main(["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(tmp_path / "o.png"), "--steps", "1",
                  "--model", str(out / "base"), "--image-encoder", str(out / "image_encoder"),
                  "--adapter", str(out / "adapter")]) == 0  # fmt: skip
+    # --run finds the exported base and image encoder inside the run
+    pair = ["--exemplar", str(a), str(b), "--query", str(q), "--steps", "1"]
+    assert main(["infer", *pair, "--run", str(out), "-o", str(tmp_path / "run.npy")]) == 0
+    assert main(["infer", *pair, "-o", str(tmp_path / "flags.npy"), "--model", str(out / "base"),
+                 "--image-encoder", str(out / "image_encoder"), "--adapter", str(out / "adapter")]) == 0  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "run.npy"), np.load(tmp_path / "flags.npy"))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, data, tmp_path):
