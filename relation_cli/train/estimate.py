@@ -111,8 +111,10 @@ def process_baseline_bytes(cfg: RelationConfig) -> int:
     On the CPU the weights live in the process's own memory beside the imported libraries (torch,
     diffusers, transformers, accelerate: about 0.5-0.7 GB resident on Linux), so the estimate adds this
     process's resident set (``VmRSS`` of ``/proc/self/status``) measured here, after those imports and
-    before any weight is loaded. On a GPU the figure is device memory, which the libraries do not use.
-    Where ``/proc`` is absent (not Linux) it is 0.
+    before any weight is loaded (``relation train --dry-run`` is a fresh process; a long-lived caller
+    counts what it already holds). On a GPU the figure is device memory, which the libraries do not use.
+    Where ``/proc`` is absent (not Linux) it is 0. Checked against a measured step's peak RSS in
+    ``tests/test_full_widths.py``.
     """
     from ..model import resolve_device
 
