@@ -454,7 +454,7 @@ def describe_fields(section: str | None = None) -> str:
     rows = []
     for name in [section] if section else list(sections):
         for key, f in _section_class(sections[name]).model_fields.items():
-            default = json.dumps(f.get_default(call_default_factory=True))
+            default = "(required)" if f.is_required() else json.dumps(f.get_default(call_default_factory=True))
             if key in demo.get(name, {}):
                 default += f" (demo model: {json.dumps(demo[name][key])})"
             rows.append(f"{name}.{key}: {type_name(f.annotation)} = {default}\n    {f.description or ''}")
