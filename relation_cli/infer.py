@@ -203,8 +203,9 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     from .model import load_pipeline, size_multiple  # torch and diffusers load only after the cheap checks
     from .progress import progress_bar
 
-    print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
-    print_note(edit_sizes(cfg.infer, inputs.query.size, size_multiple(cfg)).note(cfg.infer))
+    sizes = edit_sizes(cfg.infer, inputs.query.size, size_multiple(cfg))
+    print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
+    print_note(sizes.note(cfg.infer))
     pipe = load_pipeline(cfg)
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
@@ -289,14 +290,16 @@ def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, ma
 
     if not todo:
         return
-    print_note(DEMO_NOTE if cfg.model.base == DEMO else None)
-    multiple = size_multiple(cfg)
+    multiple, demo_noted = size_multiple(cfg), False
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:
             out = output_dir / names[r.index]
             inputs = _row_inputs(cfg, r)
             note = edit_sizes(cfg.infer, inputs.query.size, multiple).note(cfg.infer)
+            if note and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
+                print_note(DEMO_NOTE)
+                demo_noted = True
             print_note(note and f"row {r.index + 1}: {note}")
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), out)

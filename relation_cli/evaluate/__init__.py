@@ -6,6 +6,14 @@ DINO, FID), ``judge`` (an OpenAI-compatible vision model), ``report`` (metrics.j
 grids, report.html) and ``recompute`` (the saved numbers, again, from the saved files).
 """
 
-from .run import EvalResult, evaluate
-
 __all__ = ["EvalResult", "evaluate"]
+
+
+def __getattr__(name: str):
+    """``evaluate`` and ``EvalResult`` load ``run`` (and with it torch) on first use, so ``relation eval
+    --recompute`` can refuse a missing file before any heavy import."""
+    if name in __all__:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..errors import RelationError
 from ..rows import json_problem
-from .metrics import EMBEDDING, PIXEL, aggregate, score_samples
 
 SAMPLE_KEYS = ("split", "method", "index", "task", "text", "output", "target")
 RESULT_KEYS = ("samples", "aggregate", "encoders", "batch_size")
@@ -67,6 +66,7 @@ def _embedders(results: dict, encoders: bool) -> dict:
     import torch
 
     from .encoders import Embedder, MetricUnavailable
+    from .metrics import EMBEDDING
 
     saved, embedders = results["samples"], {}
     for metric in EMBEDDING if encoders else ():
@@ -85,7 +85,9 @@ def recompute(metrics_json: str | Path, encoders: bool = True) -> dict[str, floa
     or (with ``encoders``) an encoder that does not load.
     """
     path = Path(metrics_json)
-    results = read_results(path)
+    results = read_results(path)  # before the metrics (and torch) are imported: a bad file fails fast
+    from .metrics import PIXEL, aggregate, score_samples
+
     saved = results["samples"]
     fresh = [{k: s[k] for k in SAMPLE_KEYS} for s in saved]
     embedders = _embedders(results, encoders)
