@@ -94,19 +94,21 @@ first-hour: install
 # and the gpu-marked tests. Wheels for Python 3.12 on x86-64 Linux (the GPU machines' python3).
 GPU_PYTHON ?= python3
 GPU_WHEELS := diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 typing-inspection==0.4.5 \
-	annotated-types==0.8.0 typing_extensions==4.16.0 bitsandbytes==0.50.2
+	annotated-types==0.8.0 typing_extensions==4.16.0 bitsandbytes==0.50.2 torchao==0.17.0
 GPU_PLATFORMS := $(foreach n,2_28 2_27 2_24 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
 
 gpu-wheels:
 	rm -rf .whl && mkdir .whl
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	$(PYTHON) benchmarks/slim_wheel.py .whl/bitsandbytes-*.whl 'libbitsandbytes_(cuda1[0-2]|rocm|xpu)'
 	du -ch .whl/*.whl | tail -1
 
 gpu-check:
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
-	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_memory_modes.py
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) -m pytest -q -rA -p no:cacheprovider -m gpu tests/test_memory_modes.py \
+		--junitxml=benchmarks/results/gpu_tests.xml
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache build

@@ -8,14 +8,20 @@ adapter, 512x512, batch 1): peak memory and s/step with and without gradient che
 8-bit Adam. The FLOP limit of a generation is its matmul FLOPs over the bf16 rate measured first.
 Writes one JSON (``--out``) and prints the README's GPU table. ``--tiny`` runs the same code on the
 CPU at tiny size (a test in ``make test`` calls it). Entries over ``--budget-s`` are skipped, and
-say so. Run: ``make gpu-check`` (see the Makefile for the wheels it installs first).
+say so. Each entry runs in its own process (``--in-process`` turns that off): a CUDA fault in one entry
+poisons its process's CUDA context, and must not end the others; a training entry that dies with a CUDA
+error is run once more with ``CUDA_LAUNCH_BLOCKING=1`` and the failing call's stack is kept in the JSON.
+Run: ``make gpu-check`` (see the Makefile for the wheels it installs first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +109,11 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     for _ in range(10):
         a @ b
     sync(device)
-    return 10 * 2 * n**3 / (time.perf_counter() - t) / 1e12
+    rate = 10 * 2 * n**3 / (time.perf_counter() - t) / 1e12
+    del a, b
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the entries' children need the memory
+    return rate
 
 
 def generation_flops(spec: ArchSpec, size: int, steps: int, text_tokens: int = 512) -> float:
@@ -226,13 +236,18 @@ def _batch(spec: ArchSpec, size: int, device: torch.device, dtype: torch.dtype) 
 
 
 def _train_step(model, opt, batch: dict, device: torch.device) -> Callable[[], None]:
+    from torch.nn.attention import sdpa_kernel
+
+    from relation_cli.train.step import TRAIN_ATTENTION
+
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
-    def step() -> None:
-        with autocast:
-            pred = model(**batch)
-        loss = torch.nn.functional.mse_loss(pred.float(), batch["noisy"].float())
-        loss.backward()
+    def step() -> None:  # as relation_cli.train.step.optimizer_step: cuDNN attention left out
+        with sdpa_kernel(TRAIN_ATTENTION):
+            with autocast:
+                pred = model(**batch)
+            loss = torch.nn.functional.mse_loss(pred.float(), batch["noisy"].float())
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -243,30 +258,69 @@ def entries(base: Base, tiny: bool) -> list[tuple[str, str, int, Callable]]:
     """(kind, label, size, measure) in the order they run: cheap and important first."""
     cpu_only = tiny  # offloading, compile and 8-bit Adam need a CUDA device
     infer = [l for l in INFER if not (cpu_only and (l == "torch.compile" or "offload" in l))]
-    out = [("inference", l, s, time_inference) for s in base.sizes for l in infer[:2]]
+    first, rest = base.sizes[0], base.sizes[1:]
+    out = [("inference", l, first, time_inference) for l in infer[:2]]
     out += [("training", l, 512 if not tiny else 64, time_training) for l in TRAIN if not (cpu_only and "8-bit" in l)]
-    out += [("inference", l, base.sizes[0], time_inference) for l in infer[2:]]
-    out += [("inference", l, s, time_inference) for s in base.sizes[1:] for l in infer[2:]]
+    out += [("inference", l, first, time_inference) for l in infer[2:]]
+    out += [("inference", l, s, time_inference) for s in rest for l in infer]
     return out
 
 
-def check(base: Base, run: Run, tiny: bool) -> None:
+def measure_entry(run: Run, base: Base, index: int, tiny: bool) -> dict:
+    """Entry ``index`` of :func:`entries` in this process: the row's figures, or ``error`` with the
+    exception's first line."""
+    kind, label, size, measure = entries(base, tiny)[index]
+    row: dict = {}
+    try:
+        row.update(measure(run, base, label, size))
+    except Exception as e:  # one failing mode must not hide the others' figures
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return row
+
+
+CHILD_TIMEOUT_S = 150  # one entry; sequential offload at full size can take longer, and is then reported so
+
+
+def measure_isolated(args: argparse.Namespace, base_key: str, index: int, timeout: float, env: dict | None = None) -> dict:
+    """Entry ``index`` in a child process (``--entry``): its last stdout line is the row's JSON. A child
+    that dies (a CUDA fault, the kernel's OOM killer) or runs over ``timeout`` seconds becomes ``error``;
+    ``trace`` keeps the last 25 lines of its stderr."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--entry", str(index), "--bases", base_key]
+    cmd += ["--tiny"] if args.tiny else []
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = done.stderr.strip().splitlines()
+        last = tail[-1] if tail else f"exit status {done.returncode}"
+        return {"error": f"child died: {last[:200]}", "trace": tail[-25:]}
+
+
+def check(base_key: str, base: Base, run: Run, args: argparse.Namespace) -> None:
     tflops = matmul_tflops(run.device, run.dtype)
-    for kind, label, size, measure in entries(base, tiny):
+    for index, (kind, label, size, _) in enumerate(entries(base, args.tiny)):
+        if args.labels and label not in args.labels:
+            continue
         row = {"base": base.name, "kind": kind, "label": label, "size": size}
         if run.left() <= 0:
             row["skipped"] = "time budget"
+        elif args.in_process:
+            row.update(measure_entry(run, base, index, args.tiny))
         else:
-            try:
-                row.update(measure(run, base, label, size))
-            except Exception as e:  # one failing mode must not hide the others' figures
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            if "s_per_image" in row:
-                row["flop_limit_s"] = generation_flops(base.spec, size, base.steps) / (tflops * 1e12)
+            t = time.perf_counter()
+            row.update(measure_isolated(args, base_key, index, min(CHILD_TIMEOUT_S, run.left() + 60)))
+            row["wall_s"] = time.perf_counter() - t  # the child's whole life: start, build, warm-up, timing
+            if kind == "training" and "CUDA error" in row.get("error", ""):
+                again = measure_isolated(args, base_key, index, CHILD_TIMEOUT_S, {"CUDA_LAUNCH_BLOCKING": "1"})
+                row["blocking_rerun"] = again
+        if "s_per_image" in row:
+            row["flop_limit_s"] = generation_flops(base.spec, size, base.steps) / (tflops * 1e12)
         run.results.append(row)
         print(json.dumps(row), flush=True)
-        if run.device.type == "cuda":
-            torch.cuda.empty_cache()
     run.results.append({"base": base.name, "kind": "ceiling", "matmul_tflops": tflops})
 
 
@@ -305,19 +359,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (checks the script)")
     parser.add_argument("--bases", nargs="*", default=list(BASES), help=f"bases to check: {', '.join(BASES)}")
+    parser.add_argument("--labels", nargs="*", default=None, help="measure only these entries (e.g. default)")
     parser.add_argument("--budget-s", type=float, default=330, help="start no entry after this many seconds")
+    parser.add_argument("--in-process", action="store_true", help="run every entry in this process")
+    parser.add_argument("--entry", type=int, default=None, help=argparse.SUPPRESS)  # a child: one entry
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; run with --tiny to check the script on the CPU")
     device = torch.device("cpu" if args.tiny else "cuda")
     run = Run(device, torch.float32 if args.tiny else torch.bfloat16, args.budget_s)
-    for base in [TINY] if args.tiny else [BASES[b] for b in args.bases]:
-        check(base, run, args.tiny)
+    keys = ["tiny"] if args.tiny else args.bases
+    if args.entry is not None:
+        print(json.dumps(measure_entry(run, TINY if args.tiny else BASES[keys[0]], args.entry, args.tiny)), flush=True)
+        return
+    for key in keys:
+        check(key, TINY if args.tiny else BASES[key], run, args)
     meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "seconds": time.perf_counter() - run.start}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": run.results}, indent=2) + "\n")
+    tmp = args.out.with_suffix(".partial")
+    tmp.write_text(json.dumps({"meta": meta, "results": run.results}, indent=2) + "\n")
+    tmp.replace(args.out)
     print(table(run.results))
 
 

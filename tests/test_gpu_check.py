@@ -17,7 +17,7 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     import gpu_check
 
     out = tmp_path / "gpu.json"
-    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--in-process", "--out", str(out)])
     gpu_check.main()
     rows = json.loads(out.read_text())["results"]
     measured = [r for r in rows if r["kind"] != "ceiling"]
@@ -25,6 +25,23 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     assert {r["kind"] for r in measured} == {"inference", "training"}
     assert all(r.get("s_per_image", r.get("s_per_step", 0)) > 0 for r in measured)
     assert "| tiny | inference: default | 64 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_each_entry_runs_in_its_own_process(tmp_path, monkeypatch, capsys):
+    """The GPU run's default: each entry in a child process whose last line is its row, so that a CUDA
+    fault in one entry (as the H200's first training entry had) cannot end the others; a child that dies
+    becomes that row's error, with its stderr's tail."""
+    import gpu_check
+
+    out = tmp_path / "gpu.json"
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--labels", "default", "--out", str(out)])
+    gpu_check.main()
+    (row,) = [r for r in json.loads(out.read_text())["results"] if r["kind"] != "ceiling"]
+    assert row["label"] == "default" and row["s_per_image"] > 0 and row["wall_s"] >= row["s_per_image"]
+    args = gpu_check.argparse.Namespace(tiny=True)
+    died = gpu_check.measure_isolated(args, "tiny", 999, timeout=120)  # no entry 999: the child raises
+    assert died["error"].startswith("child died: IndexError") and died["trace"]
 
 
 def test_every_base_is_a_full_size_architecture():

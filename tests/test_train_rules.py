@@ -144,3 +144,20 @@ def test_training_pixels_and_posterior_sample_match_the_hand_written_ones(tmp_pa
 
     expected = pack_latents((z - 0.1) * 1.3)
     assert torch.equal(enc.sample_latents(moments, torch.Generator().manual_seed(1)), expected)
+
+
+def test_training_attention_leaves_out_cudnn(tiny_model, data, tmp_path, monkeypatch):
+    """cuDNN's fused attention failed in the backward pass of a full-size training step on an H200
+    (benchmarks/results/gpu_check_h200_run1.json); every attention call of a training forward runs with
+    it switched off, so that torch picks flash, memory-efficient or math attention instead."""
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+
+    def recording(*args, **kwargs):
+        if torch.is_grad_enabled():
+            seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    assert main(train_args(tiny_model, data, tmp_path / "run", 1, "train.validation_samples=0")) == 0
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the step

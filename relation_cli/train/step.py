@@ -12,12 +12,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import RelationConfig
 from ..pipeline import relation_latent_ids
 
 if TYPE_CHECKING:
     from .recipe import Run
+
+
+# cuDNN's fused attention failed in the backward pass of every full-size FLUX.1-dev training step on an
+# H200 (torch 2.11+cu130: an illegal memory access; under CUDA_LAUNCH_BLOCKING=1 "mha_graph.execute(...)
+# .is_good()"; benchmarks/results/gpu_check_h200.json), while inference through it ran. Training therefore
+# lets torch.nn.functional.scaled_dot_product_attention choose among the other fused kernels.
+TRAIN_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def optimizer_step(run: Run, batches: Iterator[dict]) -> float:
@@ -27,7 +35,7 @@ def optimizer_step(run: Run, batches: Iterator[dict]) -> float:
     losses = []
     for _ in range(t.gradient_accumulation):
         batch = next(batches)
-        with acc.accumulate(run.model):
+        with acc.accumulate(run.model), sdpa_kernel(TRAIN_ATTENTION):
             loss = loss_on(run, batch)
             acc.backward(loss)
             if acc.sync_gradients and t.max_grad_norm > 0:

@@ -1,0 +1,38 @@
+"""Drop files from a wheel in place (and from its RECORD): ``make gpu-wheels`` keeps only the
+bitsandbytes libraries for the GPU machines' CUDA 13, so that every carried wheel fits the device's
+64 MiB working-tree limit (bitsandbytes ships one 20-26 MB library per CUDA/ROCm version: 43 MB zipped).
+
+Usage: ``python benchmarks/slim_wheel.py WHEEL REGEX``, where REGEX matches (``re.search``) the member
+names to drop. Prints the wheel's size before and after.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+
+def slim(wheel: Path, drop: str) -> tuple[int, int]:
+    """Rewrite ``wheel`` without the members whose names match ``drop``; returns (bytes before, after).
+    The new wheel is written beside it and renamed over it, so a failure leaves the original."""
+    before, pattern, tmp = wheel.stat().st_size, re.compile(drop), wheel.with_suffix(".partial")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if pattern.search(info.filename):
+                continue
+            data = src.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                rows = data.decode().splitlines()
+                data = "\n".join(r for r in rows if not pattern.search(r.split(",")[0])).encode() + b"\n"
+            dst.writestr(info, data)
+    tmp.replace(wheel)
+    return before, wheel.stat().st_size
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python benchmarks/slim_wheel.py WHEEL REGEX")
+    old, new = slim(Path(sys.argv[1]), sys.argv[2])
+    print(f"{sys.argv[1]}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")
