@@ -44,6 +44,7 @@ class Base:
     spec: ArchSpec
     sizes: tuple[int, ...] = (512, 1024)
     steps: int = 24
+    query_ids: str = "clone"  # the query tokens' first position axis: "kontext" for FLUX.1 Kontext
 
 
 FLUX1_DEV = ArchSpec(
@@ -54,7 +55,12 @@ FLUX1_DEV = ArchSpec(
     siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
     siglip_intermediate=4304, num_tokens=128,
 )  # fmt: skip
-BASES = {"flux1-dev": Base("FLUX.1-dev", FLUX1_DEV)}
+# FLUX.1 Kontext [dev] is FLUX.1-dev's architecture (the same FluxTransformer2DModel config, its context
+# image's first id axis set to 1): what differs at run time is only the query's ids.
+BASES = {
+    "flux1-dev": Base("FLUX.1-dev", FLUX1_DEV),
+    "flux1-kontext": Base("FLUX.1 Kontext [dev]", FLUX1_DEV, query_ids="kontext"),
+}
 TINY = Base("tiny", ArchSpec(), sizes=(64,), steps=1)
 
 # label -> (ModelSection overrides, pipeline call overrides)
@@ -142,6 +148,7 @@ def build_pipeline(base: Base, device: torch.device, dtype: torch.dtype):
             pipe = RelationPipeline(**build_components(base.spec, seed=0))
     finally:
         torch.set_default_dtype(default)
+    pipe.query_ids = base.query_ids
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -199,7 +206,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     for p in params:  # as relation train: trainable weights in float32, frozen ones in bf16, autocast
         p.data = p.data.float()
     opt = _optimizer(optimizer, params)
-    batch = _batch(base.spec, size, run.device, run.dtype)
+    batch = _batch(base, size, run.device, run.dtype)
     step = _train_step(model, opt, batch, run.device)
     step()  # warm-up
     reset_peak(run.device)
@@ -219,19 +226,19 @@ def _optimizer(name: str, params):
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-def _batch(spec: ArchSpec, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+def _batch(base: Base, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """One 512x512 sample as ``RelationTrainModel.forward`` takes it, random, with the base's query ids."""
+    from relation_cli.pipeline import relation_latent_ids
+
+    spec = base.spec
     n, c = (size // 16) ** 2, 4 * spec.vae_latent_channels
     g = {"device": device, "dtype": dtype}
-    side = size // 16
-    ids = torch.zeros(side, side, 3, device=device)
-    ids[..., 1], ids[..., 2] = torch.arange(side, device=device)[:, None], torch.arange(side, device=device)[None]
-    ids = ids.reshape(-1, 3).to(dtype)
     return {
         "noisy": torch.randn(1, n, c, **g), "query": torch.randn(1, n, c, **g), "sigma": torch.rand(1, **g),
         "guidance": torch.full((1,), 1.0, **g), "prompt_embeds": torch.randn(1, 512, spec.joint_attention_dim, **g),
         "pooled": torch.randn(1, spec.text_hidden, **g), "text_ids": torch.zeros(512, 3, **g),
-        "img_ids": torch.cat([ids, ids]), "keep": torch.ones(1, device=device),
-        "exemplar_embeds": torch.randn(2, spec.siglip_hidden, **g),
+        "img_ids": relation_latent_ids(size // 16, size // 16, device, dtype, base.query_ids),
+        "keep": torch.ones(1, device=device), "exemplar_embeds": torch.randn(2, spec.siglip_hidden, **g),
     }  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -50,3 +51,17 @@ def test_every_base_is_a_full_size_architecture():
     spec = gpu_check.BASES["flux1-dev"].spec
     assert (spec.num_layers, spec.num_single_layers, spec.num_attention_heads * spec.attention_head_dim) == (19, 38, 3072)
     assert sum(spec.axes_dims_rope) == spec.attention_head_dim
+
+
+def test_kontext_entry_measures_with_kontext_query_ids():
+    """FLUX.1 Kontext joins the check as FLUX.1-dev's architecture whose query tokens carry first id axis 1,
+    in the pipeline and in the training step alike."""
+    import gpu_check
+
+    base = gpu_check.BASES["flux1-kontext"]
+    assert base.spec == gpu_check.BASES["flux1-dev"].spec and base.query_ids == "kontext"
+    tiny = gpu_check.Base("tiny kontext", gpu_check.TINY.spec, sizes=(64,), query_ids="kontext")
+    ids = gpu_check._batch(tiny, 64, torch.device("cpu"), torch.float32)["img_ids"]
+    target, query = ids.chunk(2)
+    assert (target[:, 0] == 0).all() and (query[:, 0] == 1).all() and (query[:, 1:] == target[:, 1:]).all()
+    assert gpu_check.build_pipeline(tiny, torch.device("cpu"), torch.float32).query_ids == "kontext"
