@@ -252,6 +252,9 @@ def save_output(array: np.ndarray, path: str | Path) -> Path:
             np.save(tmp, np.asarray(array, dtype=np.float32))
         else:
             image = Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+            # PNG at zlib level 3, not PIL's 6: a 12-megapixel result saved in 1.6 s instead of 3.9 s
+            # (2 CPU cores; 3.6 s and 1.4 s in a second run), the file 18% larger; pixels are the same.
             kwargs = {"quality": 95} if suffix in (".jpg", ".jpeg", ".webp") else {}
+            kwargs = {"compress_level": 3} if suffix == ".png" else kwargs
             image.save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, suffix[1:].upper()), **kwargs)
     return path
