@@ -113,11 +113,9 @@ class PromptCache:
         if prompt not in self.store:
             if len(self.store) >= self.size:
                 self.store.pop(next(iter(self.store)))
-            embeds, pooled, _ = self.pipe.encode_prompt(
-                prompt=[prompt], prompt_2=None, device=self.pipe._execution_device,
-                max_sequence_length=self.max_sequence_length,
-            )  # fmt: skip
-            self.store[prompt] = (embeds, pooled)
+            self.store[prompt] = self.pipe.encode_instruction(
+                prompt, self.pipe._execution_device, self.max_sequence_length
+            )  # the pipeline's text inputs: prompt_embeds (and pooled_prompt_embeds on FLUX.1)
         return self.store[prompt]
 
 
@@ -158,8 +156,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     text = {"prompt": inputs.prompt}
     with torch.inference_mode():
         if prompts is not None:
-            embeds, pooled = prompts(inputs.prompt)
-            text = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+            text = prompts(inputs.prompt)
         result = pipe(
             image=inputs.query,
             exemplars=[inputs.pairs],
