@@ -44,6 +44,7 @@ class Base:
     spec: ArchSpec
     sizes: tuple[int, ...] = (512, 1024)
     steps: int = 24
+    call: dict = field(default_factory=dict)  # pipeline arguments of this base's usual setting
 
 
 FLUX1_DEV = ArchSpec(
@@ -54,8 +55,28 @@ FLUX1_DEV = ArchSpec(
     siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
     siglip_intermediate=4304, num_tokens=128,
 )  # fmt: skip
-BASES = {"flux1-dev": Base("FLUX.1-dev", FLUX1_DEV)}
+# FLUX.2 [klein] 4B. Transformer: 5 double + 20 single blocks, 24 heads x 128 (ServeurpersoCom/flux2.c README and
+# its transformer config; mflux's flux2 docstring), MLP ratio 3, RoPE (32, 32, 32, 32), no guidance embedding
+# (Flux2KleinPipeline passes guidance=None): diffusers' Flux2Transformer2DModel defaults. C = 7680 = 3 x 2560,
+# the three stacked Qwen3-4B hidden states klein reads (layers 9, 18, 27). Qwen3-4B: 36 layers, width 2560, MLP
+# 9728, 32 heads, 8 key/value heads, head 128, vocabulary 151936 (Qwen3-4B's config.json as on the hub). VAE:
+# AutoencoderKLFlux2's defaults (128/256/512/512, 32 latent channels, 2 layers per block). SigLIP as FLUX.1-dev's.
+# Measured as the distilled klein 4B runs: 4 steps, guidance 1.0 (no CFG pass).
+FLUX2_KLEIN_4B = ArchSpec(
+    base="flux2-klein", num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
+    joint_attention_dim=7680, axes_dims_rope=(32, 32, 32, 32), text_hidden=2560, qwen_layers=36, qwen_heads=32,
+    qwen_kv_heads=8, qwen_head_dim=128, qwen_intermediate=9728, qwen_vocab=151936,
+    vae_channels=(128, 256, 512, 512), vae_latent_channels=32, vae_norm_groups=32, vae_layers_per_block=2,
+    siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
+    siglip_intermediate=4304, num_tokens=128,
+)  # fmt: skip
+BASES = {
+    "flux1-dev": Base("FLUX.1-dev", FLUX1_DEV),
+    "flux2-klein-4b": Base("FLUX.2 [klein] 4B", FLUX2_KLEIN_4B, steps=4, call={"guidance_scale": 1.0}),
+}
 TINY = Base("tiny", ArchSpec(), sizes=(64,), steps=1)
+TINY_BASES = {"tiny": TINY, "tiny-klein": Base("tiny klein", ArchSpec(base="flux2-klein"), sizes=(64,), steps=1,
+                                               call={"guidance_scale": 1.0})}  # fmt: skip
 
 # label -> (ModelSection overrides, pipeline call overrides)
 INFER = {
@@ -126,20 +147,26 @@ def generation_flops(spec: ArchSpec, size: int, steps: int, text_tokens: int = 5
     image = 2 * (size // 16) ** 2
     seq = text_tokens + image
     layers = spec.num_layers + spec.num_single_layers
-    linear = 2 * seq * layers * 12 * width * width
-    side = (spec.num_layers * image + spec.num_single_layers * seq) * 4 * 2 * spec.num_tokens * width
+    # FLUX.2: MLP ratio 3 with SwiGLU, 13 w^2 a layer; its RelationAdapter processors also project the side
+    # query and the side output (2 w^2 per side-attending token: relation_cli.adapter's Flux2 processors).
+    per_layer, side_proj = (13, 2) if spec.base == "flux2-klein" else (12, 0)
+    linear = 2 * seq * layers * per_layer * width * width
+    side_tokens = spec.num_layers * image + spec.num_single_layers * seq
+    side = side_tokens * (4 * 2 * spec.num_tokens * width + 2 * side_proj * width * width)
     return steps * (linear + layers * 4 * seq * seq * width + side)
 
 
 def build_pipeline(base: Base, device: torch.device, dtype: torch.dtype):
     """Random-weight components made directly on the device in ``dtype`` (no CPU copy, no download)."""
+    from relation_cli.klein import RelationKleinPipeline
     from relation_cli.pipeline import RelationPipeline
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            pipe = RelationPipeline(**build_components(base.spec, seed=0))
+            cls = RelationKleinPipeline if base.spec.base == "flux2-klein" else RelationPipeline
+            pipe = cls(**build_components(base.spec, seed=0))
     finally:
         torch.set_default_dtype(default)
     pipe.set_progress_bar_config(disable=True)
@@ -171,6 +198,7 @@ def generate(pipe, size: int, steps: int, **call) -> None:
 def time_inference(run: Run, base: Base, label: str, size: int) -> dict:
     model, call = INFER[label]
     pipe = configure(build_pipeline(base, run.device, run.dtype), model, run.device, run.dtype)
+    call = {**base.call, **call}
     generate(pipe, size, 2 if model.get("compile") else 1, **call)  # warm-up (compilation)
     reset_peak(run.device)
     sync(run.device)
@@ -189,6 +217,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     checkpointing, optimizer = TRAIN[label]
     pipe = build_pipeline(base, run.device, run.dtype)
     transformer, adapter = pipe.transformer, pipe.relation_adapter
+    klein = _klein_batch(pipe, size, run.device, run.dtype) if base.spec.base == "flux2-klein" else {}
     del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
@@ -199,7 +228,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     for p in params:  # as relation train: trainable weights in float32, frozen ones in bf16, autocast
         p.data = p.data.float()
     opt = _optimizer(optimizer, params)
-    batch = _batch(base.spec, size, run.device, run.dtype)
+    batch = {**_batch(base.spec, size, run.device, run.dtype), **klein}
     step = _train_step(model, opt, batch, run.device)
     step()  # warm-up
     reset_peak(run.device)
@@ -233,6 +262,14 @@ def _batch(spec: ArchSpec, size: int, device: torch.device, dtype: torch.dtype) 
         "img_ids": torch.cat([ids, ids]), "keep": torch.ones(1, device=device),
         "exemplar_embeds": torch.randn(2, spec.siglip_hidden, **g),
     }  # fmt: skip
+
+
+def _klein_batch(pipe, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """What a FLUX.2 [klein] training step feeds instead: klein's position ids (the pipeline's ``relation_ids``
+    and ``text_ids``), no pooled text embedding, no guidance embedding."""
+    side = size // 16
+    return {"img_ids": pipe.relation_ids(side, side, device, dtype), "text_ids": pipe.text_ids(512, device, dtype),
+            "pooled": None, "guidance": None}  # fmt: skip
 
 
 def _train_step(model, opt, batch: dict, device: torch.device) -> Callable[[], None]:
@@ -358,7 +395,8 @@ def goals(results: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (checks the script)")
-    parser.add_argument("--bases", nargs="*", default=list(BASES), help=f"bases to check: {', '.join(BASES)}")
+    parser.add_argument("--bases", nargs="*", default=None, help=f"bases to check: {', '.join(BASES)} (all); "
+                        f"with --tiny: {', '.join(TINY_BASES)}")  # fmt: skip
     parser.add_argument("--labels", nargs="*", default=None, help="measure only these entries (e.g. default)")
     parser.add_argument("--budget-s", type=float, default=330, help="start no entry after this many seconds")
     parser.add_argument("--in-process", action="store_true", help="run every entry in this process")
@@ -369,12 +407,13 @@ def main() -> None:
         raise SystemExit("error: no CUDA device; run with --tiny to check the script on the CPU")
     device = torch.device("cpu" if args.tiny else "cuda")
     run = Run(device, torch.float32 if args.tiny else torch.bfloat16, args.budget_s)
-    keys = ["tiny"] if args.tiny else args.bases
+    bases = TINY_BASES if args.tiny else BASES
+    keys = args.bases or list(bases)
     if args.entry is not None:
-        print(json.dumps(measure_entry(run, TINY if args.tiny else BASES[keys[0]], args.entry, args.tiny)), flush=True)
+        print(json.dumps(measure_entry(run, bases[keys[0]], args.entry, args.tiny)), flush=True)
         return
     for key in keys:
-        check(key, TINY if args.tiny else BASES[key], run, args)
+        check(key, bases[key], run, args)
     meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "seconds": time.perf_counter() - run.start}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

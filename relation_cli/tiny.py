@@ -62,6 +62,13 @@ class ArchSpec(BaseModel):
     qwen_layers: int = Field(
         27, ge=27, description="FLUX.2 [klein] only: Qwen3 layers (klein reads the hidden states of layers 9, 18, 27)."
     )
+    qwen_heads: int = Field(2, ge=1, description="FLUX.2 [klein] only: Qwen3 attention heads (Qwen3-4B: 32).")
+    qwen_kv_heads: int = Field(1, ge=1, description="FLUX.2 [klein] only: Qwen3 key/value heads (Qwen3-4B: 8).")
+    qwen_head_dim: int | None = Field(None, ge=1, description="Qwen3 head width; empty: text_hidden / qwen_heads.")
+    qwen_intermediate: int | None = Field(None, ge=1, description="Qwen3 MLP width; empty: 2 x text_hidden.")
+    qwen_vocab: int | None = Field(
+        None, ge=259, description="Qwen3 vocabulary (Qwen3-4B: 151936); empty: the offline tokenizer's 259."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -262,7 +269,7 @@ def build_klein_components(spec: ArchSpec, seed: int = 0) -> dict:
         patch_size=1, in_channels=4 * spec.vae_latent_channels, num_layers=spec.num_layers,
         num_single_layers=spec.num_single_layers, attention_head_dim=spec.attention_head_dim,
         num_attention_heads=spec.num_attention_heads, joint_attention_dim=spec.joint_attention_dim,
-        timestep_guidance_channels=32, axes_dims_rope=spec.axes_dims_rope, guidance_embeds=False,
+        axes_dims_rope=spec.axes_dims_rope, guidance_embeds=False,
     )  # fmt: skip
     n = len(spec.vae_channels)
     vae = AutoencoderKLFlux2(
@@ -273,9 +280,10 @@ def build_klein_components(spec: ArchSpec, seed: int = 0) -> dict:
     tokenizer = build_qwen_tokenizer()
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
-            vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
-            num_hidden_layers=spec.qwen_layers, num_attention_heads=2, num_key_value_heads=1,
-            head_dim=spec.text_hidden // 2, max_position_embeddings=1024, tie_word_embeddings=True,
+            vocab_size=spec.qwen_vocab or len(tokenizer), hidden_size=spec.text_hidden,
+            intermediate_size=spec.qwen_intermediate or spec.text_hidden * 2, num_hidden_layers=spec.qwen_layers,
+            num_attention_heads=spec.qwen_heads, num_key_value_heads=spec.qwen_kv_heads,
+            head_dim=spec.qwen_head_dim or spec.text_hidden // spec.qwen_heads, tie_word_embeddings=True,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
     )  # fmt: skip

@@ -24,7 +24,9 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     assert [r for r in measured if "error" in r] == []
     assert {r["kind"] for r in measured} == {"inference", "training"}
     assert all(r.get("s_per_image", r.get("s_per_step", 0)) > 0 for r in measured)
-    assert "| tiny | inference: default | 64 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| tiny | inference: default | 64 |" in out
+    assert "| tiny klein | inference: default | 64 |" in out and "| tiny klein | training: checkpointing | 64 |" in out
 
 
 @pytest.mark.slow
@@ -50,3 +52,22 @@ def test_every_base_is_a_full_size_architecture():
     spec = gpu_check.BASES["flux1-dev"].spec
     assert (spec.num_layers, spec.num_single_layers, spec.num_attention_heads * spec.attention_head_dim) == (19, 38, 3072)
     assert sum(spec.axes_dims_rope) == spec.attention_head_dim
+
+
+def test_the_klein_entry_is_flux2_klein_4b():
+    """Built on the meta device (no memory): klein 4B's transformer has 3.9 B parameters, its Qwen3-4B text
+    encoder 4.0 B, and the adapter takes klein's widths."""
+    import gpu_check
+    import torch
+
+    from relation_cli.tiny import build_components
+
+    base = gpu_check.BASES["flux2-klein-4b"]
+    assert base.sizes == (512, 1024) and base.steps == 4 and base.call == {"guidance_scale": 1.0}
+    with torch.device("meta"):
+        parts = build_components(base.spec)
+    count = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("transformer", "text_encoder")}
+    assert 3.8e9 < count["transformer"] < 4.0e9 and 3.9e9 < count["text_encoder"] < 4.1e9
+    c = parts["transformer"].config
+    assert (c.num_layers, c.num_single_layers, c.num_attention_heads * c.attention_head_dim, c.joint_attention_dim) == (5, 20, 3072, 7680)
+    assert parts["relation_adapter"].config.cross_attention_dim == 7680 and parts["relation_adapter"].config.num_layers == 25
