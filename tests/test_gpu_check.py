@@ -37,7 +37,7 @@ def test_each_entry_runs_in_its_own_process(tmp_path, monkeypatch, capsys):
     import gpu_check
 
     out = tmp_path / "gpu.json"
-    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--labels", "default", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--bases", "tiny", "--labels", "default", "--out", str(out)])
     gpu_check.main()
     (row,) = [r for r in json.loads(out.read_text())["results"] if r["kind"] != "ceiling"]
     assert row["label"] == "default" and row["s_per_image"] > 0 and row["wall_s"] >= row["s_per_image"]

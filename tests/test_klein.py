@@ -4,18 +4,22 @@ prepare -> train -> infer -> eval through the CLI on a tiny klein model, exact r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import tiny_overrides
 from helpers import random_image
+from PIL import Image
 from prepare_helpers import side_by_side_jsonl
 from safetensors.torch import load_file
 
 from relation_cli.cli import main
 from relation_cli.config import load_config
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = ("infer.width=64", "infer.height=64")  # klein's reference images are at least 64 px a side
 
 
@@ -128,7 +132,7 @@ def test_k_pairs_and_scale_change_the_klein_edit(klein_model, tmp_path, one_thre
     assert main([*common, "--exemplar", a, b, "-o", str(tmp_path / "k1.png")]) == 0
     assert main([*common, "--exemplar", a, b, "--exemplar", c, d, "-o", str(tmp_path / "k2.png")]) == 0
     assert main([*common, "--exemplar", a, b, "--scale", "0", "-o", str(tmp_path / "s0.png")]) == 0
-    k1, k2, s0 = (np.asarray(__import__("PIL.Image").Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("k1", "k2", "s0"))
+    k1, k2, s0 = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("k1", "k2", "s0"))
     assert k1.shape == (64, 64, 3)
     assert np.abs(k1 - k2).max() > 0 and np.abs(k1 - s0).max() > 0
 
@@ -149,9 +153,11 @@ def test_prepare_train_infer_eval_on_a_klein_base(klein_model, tmp_path, one_thr
     data = tmp_path / "data"
     assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
     run = tmp_path / "run"
-    assert main(["train", *_as_args(_sets(klein_model, data / "train.jsonl", run))]) == 0
+    targets = yaml.safe_load((ROOT / "configs" / "train-flux2-klein.yaml").read_text())["lora"]["targets"]
+    assert main(["train", *_as_args(_sets(klein_model, data / "train.jsonl", run, f"lora.targets={targets}"))]) == 0
     lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
-    assert lora and all(k.startswith("transformer.transformer_blocks.") for k in lora)  # the paper's targets that klein has
+    assert lora and all(k.startswith("transformer.transformer_blocks.") for k in lora)  # double-stream blocks only
+    assert any(".ff_context.linear_in." in k for k in lora)  # the klein config's targets, FLUX.2's names
     model = ["--model", str(klein_model / "base"), "--image-encoder", str(klein_model / "image_encoder"),
              "--adapter", str(run / "adapter"), "--lora", str(run / "lora")]  # fmt: skip
     a, b, q = _images(tmp_path)
