@@ -144,6 +144,9 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple)
     width, height = sizes.working
+    if min(width, height) < pipe.min_working_side:
+        raise RelationError(f"working size {width}x{height}: this base needs at least {pipe.min_working_side} px a side "
+                            "(set --width/--height, or use a larger query)")  # fmt: skip
     bad_steps: list[int] = []
 
     def callback(_pipe, i, _t, kwargs):

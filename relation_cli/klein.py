@@ -32,6 +32,7 @@ class RelationKleinPipeline(RelationMixin, Flux2KleinPipeline):
 
     model_cpu_offload_seq = "text_encoder->image_encoder->relation_adapter->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor", "relation_adapter"]
+    min_working_side = 64  # Flux2ImageProcessor.check_image_input's minimum for reference images
 
     def __init__(
         self,

@@ -64,6 +64,9 @@ class RelationMixin:
     adapter projection) and the attention kwargs the RelationAdapter processors read. Subclasses:
     :class:`RelationPipeline` (FLUX.1, Kontext) and :class:`~relation_cli.klein.RelationKleinPipeline`."""
 
+    min_working_side = 0
+    """Smallest working width/height in pixels the base accepts (beyond :attr:`size_multiple`)."""
+
     def set_relation_adapter(self, adapter: RelationAdapter) -> None:
         """Register ``adapter`` and install its processors on every attention layer of the transformer."""
         adapter.install(self.transformer)

@@ -85,6 +85,17 @@ def test_query_ids_other_than_auto_are_refused_on_klein(klein_model, tmp_path, c
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_query_under_64_px_is_refused_in_one_line(klein_model, tmp_path, capsys):
+    a, b = _images(tmp_path, "ab")
+    (q,) = _images(tmp_path, "q", size=32)
+    args = ["infer", "--exemplar", a, b, "--query", q, "-o", str(tmp_path / "o.png"),
+            *(x for o in tiny_overrides(klein_model) for x in ("--set", o))]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "working size 32x32: this base needs at least 64 px a side" in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
 def _layer_outputs(pipe, scale: float, tokens: torch.Tensor):
     """Output of the first double-stream and the first single-stream attention at ``relation_scale``."""
     torch.manual_seed(0)
@@ -195,3 +206,19 @@ def test_exact_resume_on_a_klein_base_with_two_pairs(klein_model, tmp_path, monk
     for part in ("lora/pytorch_lora_weights.safetensors", "adapter/diffusion_pytorch_model.safetensors"):
         a, b = load_file(straight / part), load_file(broken / part)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_dry_run_estimates_a_klein_base(klein_model, tmp_path, capsys):
+    """``relation train --dry-run`` builds klein's own classes on the meta device (Qwen3, no T5)."""
+    from relation_cli.tiny import ArchSpec, build_components
+
+    src = side_by_side_jsonl(tmp_path / "src", {"t1": 3, "t2": 3})
+    data = tmp_path / "data"
+    assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--dry-run", *_as_args(_sets(klein_model, data / "train.jsonl", tmp_path / "run"))]) == 0
+    out = capsys.readouterr().out
+    parts = build_components(ArchSpec(base="flux2-klein"))
+    frozen = sum(sum(p.numel() for p in parts[k].parameters()) for k in ("transformer", "vae", "text_encoder", "image_encoder"))
+    adapter = sum(p.numel() for p in parts["relation_adapter"].parameters())
+    assert f"adapter {adapter / 1e6:.1f}M" in out and f"frozen parameters: {frozen / 1e6:.1f}M" in out
