@@ -55,13 +55,16 @@ FLUX1_DEV = ArchSpec(
     siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
     siglip_intermediate=4304, num_tokens=128,
 )  # fmt: skip
-# FLUX.2 [klein] 4B. Transformer: 5 double + 20 single blocks, 24 heads x 128 (ServeurpersoCom/flux2.c README and
-# its transformer config; mflux's flux2 docstring), MLP ratio 3, RoPE (32, 32, 32, 32), no guidance embedding
-# (Flux2KleinPipeline passes guidance=None): diffusers' Flux2Transformer2DModel defaults. C = 7680 = 3 x 2560,
-# the three stacked Qwen3-4B hidden states klein reads (layers 9, 18, 27). Qwen3-4B: 36 layers, width 2560, MLP
-# 9728, 32 heads, 8 key/value heads, head 128, vocabulary 151936 (Qwen3-4B's config.json as on the hub). VAE:
-# AutoencoderKLFlux2's defaults (128/256/512/512, 32 latent channels, 2 layers per block). SigLIP as FLUX.1-dev's.
-# Measured as the distilled klein 4B runs: 4 steps, guidance 1.0 (no CFG pass).
+# FLUX.2 [klein] 4B; no official config.json was reachable here, so each number has a second-hand source:
+# - transformer: 5 double + 20 single blocks (ServeurpersoCom/flux2.c README); 24 heads x 128 = 3072, MLP 9216
+#   (ratio 3), text width 7680, 128 latent channels, RoPE 4 x 32, theta 2000 (a public Zig port's klein-4B
+#   Config, found by the code search); no guidance embedding (Flux2KleinPipeline passes guidance=None);
+# - C = 7680 = 3 x 2560: klein stacks Qwen3 layers 9, 18, 27 (Flux2KleinPipeline._get_qwen3_prompt_embeds);
+# - Qwen3-4B: 36 layers, width 2560 (flux2.c README), MLP 9728, 32 heads, 8 key/value heads, head 128,
+#   vocabulary 151936 (Qwen3-4B's config.json as copied on the hub, e.g. jaman21/Qwen3-4B-Instruct);
+# - VAE: AutoencoderKLFlux2's defaults (128/256/512/512, 32 latent channels = 128 / 4); SigLIP as FLUX.1-dev's.
+# Built on the meta device this gives 3.88 B transformer and 4.02 B text-encoder parameters (tests/test_gpu_check.py).
+# Measured as the distilled klein 4B runs: 4 steps, guidance 1.0, no CFG pass (flux-2-swift-mlx's klein-4B docs).
 FLUX2_KLEIN_4B = ArchSpec(
     base="flux2-klein", num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
     joint_attention_dim=7680, axes_dims_rope=(32, 32, 32, 32), text_hidden=2560, qwen_layers=36, qwen_heads=32,
