@@ -16,6 +16,7 @@ import torch
 from diffusers import Flux2KleinPipeline
 
 from .adapter import RelationAdapter
+from .checks import KLEIN_MIN_SIDE
 from .pipeline import Pair, RelationMixin
 
 KLEIN_PIPELINES = ("Flux2KleinPipeline",)
@@ -32,7 +33,7 @@ class RelationKleinPipeline(RelationMixin, Flux2KleinPipeline):
 
     model_cpu_offload_seq = "text_encoder->image_encoder->relation_adapter->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor", "relation_adapter"]
-    min_working_side = 64  # Flux2ImageProcessor.check_image_input's minimum for reference images
+    min_working_side = KLEIN_MIN_SIDE  # Flux2ImageProcessor.check_image_input's minimum for reference images
 
     def __init__(
         self,

@@ -96,6 +96,16 @@ def test_a_query_under_64_px_is_refused_in_one_line(klein_model, tmp_path, capsy
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_training_resolution_under_64_is_refused_before_loading(klein_model, tmp_path, capsys):
+    src = side_by_side_jsonl(tmp_path / "src", {"t1": 3, "t2": 3})
+    data = tmp_path / "data"
+    assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", *_as_args(_sets(klein_model, data / "train.jsonl", run, "data.resolution=32"))]) == 1
+    assert "data.resolution=32: a FLUX.2 [klein] base needs at least 64" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def _layer_outputs(pipe, scale: float, tokens: torch.Tensor):
     """Output of the first double-stream and the first single-stream attention at ``relation_scale``."""
     torch.manual_seed(0)
