@@ -11,10 +11,9 @@ from __future__ import annotations
 import string
 from contextlib import nullcontext
 from pathlib import Path
-
-import torch
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .adapter import RelationAdapter
@@ -33,7 +32,7 @@ class ArchSpec(BaseModel):
     axes_dims_rope: tuple[int, ...] = Field(
         (4, 6, 6), description="RoPE axes: 3 for FLUX.1, 4 for FLUX.2 (default (4, 4, 4, 4) with base flux2-klein)."
     )
-    text_hidden: int = Field(32, ge=8, description="Width of the CLIP and T5 text encoders.")
+    text_hidden: int = Field(32, ge=8, description="Width of the CLIP and T5 text encoders (flux2-klein: of Qwen3).")
     text_layers: int = Field(2, ge=1)
     t5_layers: int | None = Field(None, ge=1, description="T5 layers; empty: text_layers.")
     t5_heads: int = Field(4, ge=1, description="T5 attention heads (FLUX.1-dev's T5-XXL: 64).")
@@ -75,7 +74,8 @@ class ArchSpec(BaseModel):
     def _klein_defaults(cls, data):
         """With ``base: flux2-klein``, unset ``axes_dims_rope`` and ``joint_attention_dim`` take klein's shape."""
         if isinstance(data, dict) and data.get("base") == "flux2-klein":
-            return {"axes_dims_rope": (4, 4, 4, 4), "joint_attention_dim": 3 * data.get("text_hidden", 32), **data}
+            text_hidden = data.get("text_hidden", cls.model_fields["text_hidden"].default)
+            return {"axes_dims_rope": (4, 4, 4, 4), "joint_attention_dim": 3 * text_hidden, **data}
         return data
 
     @model_validator(mode="after")
