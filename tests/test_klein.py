@@ -128,6 +128,39 @@ def test_side_attention_is_added_linearly_in_both_kinds_of_layer(klein_pipe):
         torch.testing.assert_close(two - base, 2 * (one - base), atol=1e-5, rtol=1e-4)
 
 
+def test_side_attention_is_the_formula_of_spec_2_1(klein_pipe):
+    """What each FLUX.2 processor adds is ``W_out . alpha * SDPA(norm_q(W_q x), rmsnorm(W_k' e), W_v' e)`` with
+    the query before RoPE (written out here by hand): ``W_q`` and ``W_out`` are ``to_q`` / ``to_out[0]`` in a
+    double-stream layer, the attention rows / columns of the fused projections in a single-stream one."""
+    import torch.nn.functional as F
+
+    t, scale = klein_pipe.transformer, 0.7
+    tokens = torch.randn(1, 8, t.config.joint_attention_dim)
+    (d0, s0), (d1, s1) = (_layer_outputs(klein_pipe, a, tokens) for a in (0.0, scale))
+    torch.manual_seed(0)
+    width = t.config.num_attention_heads * t.config.attention_head_dim
+    x, text = torch.randn(1, 8, width), torch.randn(1, 5, width)  # as _layer_outputs draws them
+    procs = klein_pipe.relation_adapter.processors
+    heads = t.config.num_attention_heads
+
+    def added(attn, proc, hidden, w_q, w_out):
+        q = attn.norm_q(F.linear(hidden, w_q).unflatten(-1, (heads, -1))).transpose(1, 2)
+        k = F.rms_norm(proc.to_k_ip(tokens).unflatten(-1, (heads, -1)), (q.shape[-1],), eps=1e-5).transpose(1, 2)
+        v = proc.to_v_ip(tokens).unflatten(-1, (heads, -1)).transpose(1, 2)
+        ip = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return F.linear(scale * ip, w_out)
+
+    double, single = t.transformer_blocks[0].attn, t.single_transformer_blocks[0].attn
+    n_double = t.config.num_layers
+    with torch.no_grad():
+        want_d = added(double, procs[0], x, double.to_q.weight, double.to_out[0].weight)
+        joint = torch.cat([text, x], dim=1)
+        w = single.to_qkv_mlp_proj.weight
+        want_s = added(single, procs[n_double], joint, w[:width], single.to_out.weight[:, :width])
+    torch.testing.assert_close(d1 - d0, want_d, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s1 - s0, want_s, atol=1e-5, rtol=1e-4)
+
+
 def test_scale_zero_is_diffusers_klein(klein_pipe):
     """With relation_scale 0 the FLUX.2 processors give exactly diffusers' own processors' output."""
     from relation_cli.adapter import RelationAdapter
