@@ -85,6 +85,17 @@ def test_query_ids_other_than_auto_are_refused_on_klein(klein_model, tmp_path, c
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_flux1_adapter_is_refused_on_klein(klein_model, tiny_model, tmp_path, capsys):
+    a, b, q = _images(tmp_path)
+    sets = [f"model.base={klein_model / 'base'}", f"model.image_encoder={klein_model / 'image_encoder'}",
+            f"adapter.path={tiny_model / 'adapter'}"]  # fmt: skip
+    args = ["infer", "--exemplar", a, b, "--query", q, "-o", str(tmp_path / "o.png"), *_as_args(sets)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "adapter does not fit this transformer" in err and "flux2_double_layers None (transformer needs 2)" in err
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_a_query_under_64_px_is_refused_in_one_line(klein_model, tmp_path, capsys):
     a, b = _images(tmp_path, "ab")
     (q,) = _images(tmp_path, "q", size=32)
