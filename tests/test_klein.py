@@ -20,7 +20,7 @@ from relation_cli.cli import main
 from relation_cli.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = ("infer.width=64", "infer.height=64")  # klein's reference images are at least 64 px a side
+SIZE = ("infer.width=64", "infer.height=64", "infer.max_sequence_length=32")  # klein's reference images: >= 64 px
 
 
 @pytest.fixture(scope="module")
