@@ -140,7 +140,9 @@ def _check_source(key: str, name: str, marker: str) -> None:
 
 
 def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
-    """The ready-to-run :class:`RelationPipeline` described by ``cfg`` (LoRA fused, adapter installed)."""
+    """The ready-to-run pipeline described by ``cfg`` (LoRA fused, adapter installed): a
+    :class:`~relation_cli.pipeline.RelationPipeline`, or a :class:`~relation_cli.klein.RelationKleinPipeline`
+    for a FLUX.2 [klein] base (:func:`base_pipeline_class`)."""
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora)
     device = device or resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -178,9 +180,11 @@ def size_multiple(cfg: RelationConfig) -> int:
 
 
 def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False, query_ids: str = "auto"):
-    """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path.
+    """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path; the
+    pipeline class follows the base's model_index.json (:func:`base_pipeline_class`).
 
-    ``query_ids`` (``model.query_ids``) sets the pipeline's query position ids; ``auto`` reads the base.
+    ``query_ids`` (``model.query_ids``) sets a FLUX.1 pipeline's query position ids; ``auto`` reads the base.
+    Raises ``RelationError`` for an unreadable base or encoder, or a query_ids a klein base cannot take.
     """
     from transformers import AutoImageProcessor, SiglipVisionModel
 
