@@ -32,7 +32,7 @@ help:
 	@echo "make first-hour  error latency, offline refusal, demo and photo times of a new user (prints figures)"
 	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
 	@echo "make gpu-wheels  download the wheels make gpu-check installs on a GPU machine without network (.whl/)"
-	@echo "make gpu-check   the prepared GPU check: each base (FLUX.1-dev, FLUX.1 Kontext) at full size + adapter, random weights (H100/H200, < 8 min)"
+	@echo "make gpu-check   the prepared GPU check: each base (FLUX.1-dev, FLUX.1 Kontext, FLUX.2 klein 4B) at full size + adapter, random weights (H100/H200, < 8 min)"
 
 $(BIN)/relation: pyproject.toml
 	@echo "installing relation into $(VENV)/ (a few minutes the first time; V=1 shows pip's log)"

@@ -1,14 +1,14 @@
 """The prepared GPU check (``make gpu-check``): full-size architectures, random weights, bf16, no downloads.
 
-For each base in ``BASES`` (FLUX.1-dev now; FLUX.1 Kontext and FLUX.2 [klein] join as one entry each):
-inference at 512x512 and 1024x1024, 24 steps, s/image and peak GPU memory for relation's default path,
+For each base in ``BASES`` (FLUX.1-dev, FLUX.1 Kontext [dev], FLUX.2 [klein] 4B): inference at 512x512
+and 1024x1024, 24 steps (klein: 4, as the distilled model runs), s/image and peak GPU memory for relation's default path,
 the reference-equivalent eager path (unfused q/k/v, exemplar keys/values recomputed every step),
 ``torch.compile`` and each memory mode; one training step (LoRA r128 on the paper's targets + the
 adapter, 512x512, batch 1): peak memory and s/step with and without gradient checkpointing and with
 8-bit Adam. The FLOP limit of a generation is its matmul FLOPs over the bf16 rate measured first.
 Writes one JSON (``--out``) and prints the README's GPU table. ``--tiny`` runs the same code on the
-CPU at tiny size (a test in ``make test`` calls it). Entries over ``--budget-s`` are skipped, and
-say so. Each entry runs in its own process (``--in-process`` turns that off): a CUDA fault in one entry
+CPU at tiny size (a test in ``make test`` calls it). Every base's default path runs first, then the
+other entries base by base; entries that would start after ``--budget-s`` are skipped, and say so. Each entry runs in its own process (``--in-process`` turns that off): a CUDA fault in one entry
 poisons its process's CUDA context, and must not end the others; a training entry that dies with a CUDA
 error is run once more with ``CUDA_LAUNCH_BLOCKING=1`` and the failing call's stack is kept in the JSON.
 Run: ``make gpu-check`` (see the Makefile for the wheels it installs first).
@@ -45,6 +45,7 @@ class Base:
     sizes: tuple[int, ...] = (512, 1024)
     steps: int = 24
     query_ids: str = "clone"  # the query tokens' first position axis: "kontext" for FLUX.1 Kontext
+    call: dict = field(default_factory=dict)  # pipeline arguments of this base's usual setting
 
 
 FLUX1_DEV = ArchSpec(
@@ -55,13 +56,34 @@ FLUX1_DEV = ArchSpec(
     siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
     siglip_intermediate=4304, num_tokens=128,
 )  # fmt: skip
+# FLUX.2 [klein] 4B; no official config.json was reachable here, so each number has a second-hand source:
+# - transformer: 5 double + 20 single blocks (ServeurpersoCom/flux2.c README); 24 heads x 128 = 3072, MLP 9216
+#   (ratio 3), text width 7680, 128 latent channels, RoPE 4 x 32, theta 2000 (a public Zig port's klein-4B
+#   Config, found by the code search); no guidance embedding (Flux2KleinPipeline passes guidance=None);
+# - C = 7680 = 3 x 2560: klein stacks Qwen3 layers 9, 18, 27 (Flux2KleinPipeline._get_qwen3_prompt_embeds);
+# - Qwen3-4B: 36 layers, width 2560 (flux2.c README), MLP 9728, 32 heads, 8 key/value heads, head 128,
+#   vocabulary 151936 (Qwen3-4B's config.json as copied on the hub, e.g. jaman21/Qwen3-4B-Instruct);
+# - VAE: AutoencoderKLFlux2's defaults (128/256/512/512, 32 latent channels = 128 / 4); SigLIP as FLUX.1-dev's.
+# Built on the meta device this gives 3.88 B transformer and 4.02 B text-encoder parameters (tests/test_gpu_check.py).
+# Measured as the distilled klein 4B runs: 4 steps, guidance 1.0, no CFG pass (flux-2-swift-mlx's klein-4B docs).
+FLUX2_KLEIN_4B = ArchSpec(
+    base="flux2-klein", num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
+    joint_attention_dim=7680, axes_dims_rope=(32, 32, 32, 32), text_hidden=2560, qwen_layers=36, qwen_heads=32,
+    qwen_kv_heads=8, qwen_head_dim=128, qwen_intermediate=9728, qwen_vocab=151936,
+    vae_channels=(128, 256, 512, 512), vae_latent_channels=32, vae_norm_groups=32, vae_layers_per_block=2,
+    siglip_hidden=1152, siglip_layers=27, siglip_heads=16, siglip_image_size=384, siglip_patch_size=14,
+    siglip_intermediate=4304, num_tokens=128,
+)  # fmt: skip
 # FLUX.1 Kontext [dev] is FLUX.1-dev's architecture (the same FluxTransformer2DModel config, its context
 # image's first id axis set to 1): what differs at run time is only the query's ids.
 BASES = {
     "flux1-dev": Base("FLUX.1-dev", FLUX1_DEV),
     "flux1-kontext": Base("FLUX.1 Kontext [dev]", FLUX1_DEV, query_ids="kontext"),
+    "flux2-klein-4b": Base("FLUX.2 [klein] 4B", FLUX2_KLEIN_4B, steps=4, call={"guidance_scale": 1.0}),
 }
 TINY = Base("tiny", ArchSpec(), sizes=(64,), steps=1)
+TINY_BASES = {"tiny": TINY, "tiny-klein": Base("tiny klein", ArchSpec(base="flux2-klein"), sizes=(64,), steps=1,
+                                               call={"guidance_scale": 1.0})}  # fmt: skip
 
 # label -> (ModelSection overrides, pipeline call overrides)
 INFER = {
@@ -132,23 +154,30 @@ def generation_flops(spec: ArchSpec, size: int, steps: int, text_tokens: int = 5
     image = 2 * (size // 16) ** 2
     seq = text_tokens + image
     layers = spec.num_layers + spec.num_single_layers
-    linear = 2 * seq * layers * 12 * width * width
-    side = (spec.num_layers * image + spec.num_single_layers * seq) * 4 * 2 * spec.num_tokens * width
+    # FLUX.2: MLP ratio 3 with SwiGLU, 13 w^2 a layer; its RelationAdapter processors also project the side
+    # query and the side output (2 w^2 per side-attending token: relation_cli.adapter's Flux2 processors).
+    per_layer, side_proj = (13, 2) if spec.base == "flux2-klein" else (12, 0)
+    linear = 2 * seq * layers * per_layer * width * width
+    side_tokens = spec.num_layers * image + spec.num_single_layers * seq
+    side = side_tokens * (4 * 2 * spec.num_tokens * width + 2 * side_proj * width * width)
     return steps * (linear + layers * 4 * seq * seq * width + side)
 
 
 def build_pipeline(base: Base, device: torch.device, dtype: torch.dtype):
     """Random-weight components made directly on the device in ``dtype`` (no CPU copy, no download)."""
+    from relation_cli.klein import RelationKleinPipeline
     from relation_cli.pipeline import RelationPipeline
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            pipe = RelationPipeline(**build_components(base.spec, seed=0))
+            cls = RelationKleinPipeline if base.spec.base == "flux2-klein" else RelationPipeline
+            pipe = cls(**build_components(base.spec, seed=0))
     finally:
         torch.set_default_dtype(default)
-    pipe.query_ids = base.query_ids
+    if isinstance(pipe, RelationPipeline):
+        pipe.query_ids = base.query_ids
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -178,6 +207,7 @@ def generate(pipe, size: int, steps: int, **call) -> None:
 def time_inference(run: Run, base: Base, label: str, size: int) -> dict:
     model, call = INFER[label]
     pipe = configure(build_pipeline(base, run.device, run.dtype), model, run.device, run.dtype)
+    call = {**base.call, **call}
     generate(pipe, size, 2 if model.get("compile") else 1, **call)  # warm-up (compilation)
     reset_peak(run.device)
     sync(run.device)
@@ -196,6 +226,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     checkpointing, optimizer = TRAIN[label]
     pipe = build_pipeline(base, run.device, run.dtype)
     transformer, adapter = pipe.transformer, pipe.relation_adapter
+    klein = _klein_batch(pipe, size, run.device, run.dtype) if base.spec.base == "flux2-klein" else {}
     del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
@@ -206,7 +237,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     for p in params:  # as relation train: trainable weights in float32, frozen ones in bf16, autocast
         p.data = p.data.float()
     opt = _optimizer(optimizer, params)
-    batch = _batch(base, size, run.device, run.dtype)
+    batch = {**_batch(base, size, run.device, run.dtype), **klein}
     step = _train_step(model, opt, batch, run.device)
     step()  # warm-up
     reset_peak(run.device)
@@ -240,6 +271,14 @@ def _batch(base: Base, size: int, device: torch.device, dtype: torch.dtype) -> d
         "img_ids": relation_latent_ids(size // 16, size // 16, device, dtype, base.query_ids),
         "keep": torch.ones(1, device=device), "exemplar_embeds": torch.randn(2, spec.siglip_hidden, **g),
     }  # fmt: skip
+
+
+def _klein_batch(pipe, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """What a FLUX.2 [klein] training step feeds instead: klein's position ids (the pipeline's ``relation_ids``
+    and ``text_ids``), no pooled text embedding, no guidance embedding."""
+    side = size // 16
+    return {"img_ids": pipe.relation_ids(side, side, device, dtype), "text_ids": pipe.text_ids(512, device, dtype),
+            "pooled": None, "guidance": None}  # fmt: skip
 
 
 def _train_step(model, opt, batch: dict, device: torch.device) -> Callable[[], None]:
@@ -307,11 +346,19 @@ def measure_isolated(args: argparse.Namespace, base_key: str, index: int, timeou
         return {"error": f"child died: {last[:200]}", "trace": tail[-25:]}
 
 
-def check(base_key: str, base: Base, run: Run, args: argparse.Namespace) -> None:
+def plan(bases: dict[str, Base], args: argparse.Namespace) -> list[tuple[str, Base, int]]:
+    """(base key, base, entry index) in the order they run: every base's default path at each size first
+    (so that one budget measures all bases), then each base's other entries in :func:`entries`' order."""
+    order = [(k, b, i, e[1]) for k, b in bases.items() for i, e in enumerate(entries(b, args.tiny))]
+    order = [o for o in order if not args.labels or o[3] in args.labels]
+    return [(k, b, i) for k, b, i, _ in sorted(order, key=lambda o: o[3] != "default")]
+
+
+def check(bases: dict[str, Base], run: Run, args: argparse.Namespace) -> None:
+    """Measure the :func:`plan` into ``run.results``, one JSON line printed per row."""
     tflops = matmul_tflops(run.device, run.dtype)
-    for index, (kind, label, size, _) in enumerate(entries(base, args.tiny)):
-        if args.labels and label not in args.labels:
-            continue
+    for key, base, index in plan(bases, args):
+        kind, label, size, _ = entries(base, args.tiny)[index]
         row = {"base": base.name, "kind": kind, "label": label, "size": size}
         if run.left() <= 0:
             row["skipped"] = "time budget"
@@ -319,16 +366,16 @@ def check(base_key: str, base: Base, run: Run, args: argparse.Namespace) -> None
             row.update(measure_entry(run, base, index, args.tiny))
         else:
             t = time.perf_counter()
-            row.update(measure_isolated(args, base_key, index, min(CHILD_TIMEOUT_S, run.left() + 60)))
+            row.update(measure_isolated(args, key, index, min(CHILD_TIMEOUT_S, run.left() + 60)))
             row["wall_s"] = time.perf_counter() - t  # the child's whole life: start, build, warm-up, timing
             if kind == "training" and "CUDA error" in row.get("error", ""):
-                again = measure_isolated(args, base_key, index, CHILD_TIMEOUT_S, {"CUDA_LAUNCH_BLOCKING": "1"})
+                again = measure_isolated(args, key, index, CHILD_TIMEOUT_S, {"CUDA_LAUNCH_BLOCKING": "1"})
                 row["blocking_rerun"] = again
         if "s_per_image" in row:
             row["flop_limit_s"] = generation_flops(base.spec, size, base.steps) / (tflops * 1e12)
         run.results.append(row)
         print(json.dumps(row), flush=True)
-    run.results.append({"base": base.name, "kind": "ceiling", "matmul_tflops": tflops})
+    run.results.append({"base": "device", "kind": "ceiling", "matmul_tflops": tflops})
 
 
 def table(results: list[dict]) -> str:
@@ -365,7 +412,8 @@ def goals(results: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (checks the script)")
-    parser.add_argument("--bases", nargs="*", default=list(BASES), help=f"bases to check: {', '.join(BASES)}")
+    parser.add_argument("--bases", nargs="*", default=None, help=f"bases to check: {', '.join(BASES)} (all); "
+                        f"with --tiny: {', '.join(TINY_BASES)}")  # fmt: skip
     parser.add_argument("--labels", nargs="*", default=None, help="measure only these entries (e.g. default)")
     parser.add_argument("--budget-s", type=float, default=330, help="start no entry after this many seconds")
     parser.add_argument("--in-process", action="store_true", help="run every entry in this process")
@@ -376,12 +424,14 @@ def main() -> None:
         raise SystemExit("error: no CUDA device; run with --tiny to check the script on the CPU")
     device = torch.device("cpu" if args.tiny else "cuda")
     run = Run(device, torch.float32 if args.tiny else torch.bfloat16, args.budget_s)
-    keys = ["tiny"] if args.tiny else args.bases
+    bases = TINY_BASES if args.tiny else BASES
+    keys = args.bases or list(bases)
+    if unknown := [k for k in keys if k not in bases]:
+        parser.error(f"unknown base {', '.join(unknown)}; choose from {', '.join(bases)}")
     if args.entry is not None:
-        print(json.dumps(measure_entry(run, TINY if args.tiny else BASES[keys[0]], args.entry, args.tiny)), flush=True)
+        print(json.dumps(measure_entry(run, bases[keys[0]], args.entry, args.tiny)), flush=True)
         return
-    for key in keys:
-        check(key, TINY if args.tiny else BASES[key], run, args)
+    check({k: bases[k] for k in keys}, run, args)
     meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "seconds": time.perf_counter() - run.start}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
@@ -21,11 +22,17 @@ from diffusers.models.transformers.transformer_flux import (
     FluxAttnProcessor,
     FluxTransformer2DModel,
 )
+from diffusers.models.transformers.transformer_flux2 import (
+    Flux2AttnProcessor,
+    Flux2ParallelSelfAttnProcessor,
+    Flux2Transformer2DModel,
+)
 
 from .errors import RelationError
 from .flux_private import qkv_projections
 
 KV = tuple[torch.Tensor, torch.Tensor]
+Transformer = FluxTransformer2DModel | Flux2Transformer2DModel
 
 
 class RelationProjection(nn.Module):
@@ -78,6 +85,20 @@ class RelationAttnProcessor(nn.Module):
         value = self.to_v_ip(tokens).unflatten(-1, (-1, self.head_dim))
         return self.norm_k_ip(key), value
 
+    def side_attention(
+        self, ip_query: torch.Tensor, relation_tokens: torch.Tensor | None, relation_kv, relation_scale: float
+    ) -> torch.Tensor | None:
+        """``relation_scale * SDPA(ip_query, k_ip, v_ip)``: the layer's query ``(B, S, H, D)`` (after its QK norm,
+        before RoPE) attending to the exemplar keys/values ``(B, 2kT, H, D)`` -> ``(B, S, H*D)``; ``None``
+        when the scale is 0 or no exemplars were given (SPEC 2.1)."""
+        if relation_scale == 0 or (relation_kv is None and relation_tokens is None):
+            return None
+        ip_key, ip_value = relation_kv[self.index] if relation_kv is not None else self.key_value(relation_tokens)
+        ip = dispatch_attention_fn(
+            ip_query, ip_key.to(ip_query.dtype), ip_value.to(ip_query.dtype), backend=self._attention_backend
+        )
+        return relation_scale * ip.flatten(2, 3).to(ip_query.dtype)
+
     def __call__(
         self,
         attn,
@@ -113,13 +134,7 @@ class RelationAttnProcessor(nn.Module):
         )  # fmt: skip
         out = out.flatten(2, 3).to(query.dtype)
 
-        ip = None
-        if relation_scale != 0 and (relation_kv is not None or relation_tokens is not None):
-            ip_key, ip_value = relation_kv[self.index] if relation_kv is not None else self.key_value(relation_tokens)
-            ip = dispatch_attention_fn(
-                ip_query, ip_key.to(ip_query.dtype), ip_value.to(ip_query.dtype), backend=self._attention_backend
-            )
-            ip = relation_scale * ip.flatten(2, 3).to(ip_query.dtype)
+        ip = self.side_attention(ip_query, relation_tokens, relation_kv, relation_scale)
 
         if encoder_hidden_states is None:  # single-stream layer: output covers text + image tokens
             return out if ip is None else out + ip
@@ -129,6 +144,86 @@ class RelationAttnProcessor(nn.Module):
             out = out + ip
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
         return out, attn.to_add_out(enc_out.contiguous())
+
+
+class Flux2RelationAttnProcessor(RelationAttnProcessor, Flux2AttnProcessor):
+    """FLUX.2 double-stream attention (diffusers' ``Flux2AttnProcessor``, run as is) plus the side attention of
+    :class:`RelationAttnProcessor` from the image stream's query to the exemplar tokens.
+
+    The side attention's query is the layer's own ``norm_q(to_q(x))`` (before RoPE) over the image tokens;
+    its output ``ip`` ``(B, N, H*D)`` enters as in FLUX.1, added to the image stream before ``to_out``.
+    FLUX.2's projections have no bias (``bias=False`` in ``Flux2TransformerBlock``), so adding
+    ``to_out(ip)`` after diffusers' output projection is that same sum. The query projection is computed a
+    second time here (diffusers' processor keeps its own): one ``H*D x H*D`` matmul per image token.
+    """
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        relation_tokens: torch.Tensor | None = None,
+        relation_kv: list[KV] | None = None,
+        relation_scale: float = 1.0,
+    ):
+        out = Flux2AttnProcessor.__call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if relation_scale == 0 or (relation_kv is None and relation_tokens is None):
+            return out
+        ip_query = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))  # (B, N, H, D)
+        ip = attn.to_out[0](self.side_attention(ip_query, relation_tokens, relation_kv, relation_scale))
+        if encoder_hidden_states is None:
+            return out + ip
+        return out[0] + ip, out[1]
+
+
+class Flux2RelationParallelAttnProcessor(RelationAttnProcessor, Flux2ParallelSelfAttnProcessor):
+    """FLUX.2 parallel single-stream attention (diffusers' ``Flux2ParallelSelfAttnProcessor``, run as is) plus
+    the side attention of :class:`RelationAttnProcessor` from every token of the joint sequence.
+
+    The query is the attention's slice of the fused ``to_qkv_mlp_proj`` (its first ``H*D`` rows), through
+    ``norm_q``, before RoPE; ``ip`` ``(B, S, H*D)`` is added to the attention output before the fused output
+    projection, as FLUX.1 adds it before its single block's ``proj_out``: that is ``to_out``'s attention
+    columns applied to ``ip`` (no bias in FLUX.2). Weights are read directly here, so a LoRA on
+    ``to_qkv_mlp_proj`` or ``attn.to_out`` of these blocks reaches the side attention only once fused.
+    """
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        relation_tokens: torch.Tensor | None = None,
+        relation_kv: list[KV] | None = None,
+        relation_scale: float = 1.0,
+    ) -> torch.Tensor:
+        out = Flux2ParallelSelfAttnProcessor.__call__(self, attn, hidden_states, attention_mask, image_rotary_emb)
+        if relation_scale == 0 or (relation_kv is None and relation_tokens is None):
+            return out
+        dtype, inner = hidden_states.dtype, attn.inner_dim
+        query = F.linear(hidden_states, attn.to_qkv_mlp_proj.weight[:inner].to(dtype))
+        ip_query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))  # (B, S, H, D)
+        ip = self.side_attention(ip_query, relation_tokens, relation_kv, relation_scale)
+        return out + F.linear(ip, attn.to_out.weight[:, :inner].to(dtype))
+
+
+def _processor_class(flux2_double_layers: int | None, index: int) -> type[RelationAttnProcessor]:
+    """The processor class of layer ``index`` (see ``RelationAdapter``'s ``flux2_double_layers``)."""
+    if flux2_double_layers is None:
+        return RelationAttnProcessor
+    return Flux2RelationAttnProcessor if index < flux2_double_layers else Flux2RelationParallelAttnProcessor
+
+
+def stock_processors(transformer) -> dict[str, object] | object:
+    """diffusers' own processors for ``transformer`` (``set_attn_processor``'s argument)."""
+    if not isinstance(transformer, Flux2Transformer2DModel):
+        return FluxAttnProcessor()
+    return {
+        name: Flux2ParallelSelfAttnProcessor() if name.startswith("single_transformer_blocks") else Flux2AttnProcessor()
+        for name in transformer.attn_processors
+    }
 
 
 class LayerKeyValues(Sequence):
@@ -166,6 +261,10 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         role_embeddings: add a learned "before" vector to A's tokens and an "after" vector to A''s, so
             the adapter knows the direction of the edit. Off in the released model (which sees the pair
             as an unordered set, SPEC 2.1.6); an extension for newly trained adapters.
+        flux2_double_layers: ``None`` for a FLUX.1 transformer (``FluxTransformer2DModel``); for a FLUX.2 one
+            (``Flux2Transformer2DModel``, e.g. FLUX.2 [klein]) its double-stream layer count: the first that
+            many processors are :class:`Flux2RelationAttnProcessor`, the rest
+            :class:`Flux2RelationParallelAttnProcessor` (5 + 20 for klein 4B).
     """
 
     config_name = "config.json"
@@ -180,17 +279,19 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         hidden_size: int = 3072,
         attention_head_dim: int = 128,
         role_embeddings: bool = False,
+        flux2_double_layers: int | None = None,
     ):
         super().__init__()
         self.image_proj = RelationProjection(image_embed_dim, cross_attention_dim, num_tokens)
         self.role = nn.Parameter(torch.zeros(2, 1, cross_attention_dim)) if role_embeddings else None
         self.processors = nn.ModuleList(
-            RelationAttnProcessor(cross_attention_dim, hidden_size, attention_head_dim, i) for i in range(num_layers)
+            _processor_class(flux2_double_layers, i)(cross_attention_dim, hidden_size, attention_head_dim, i)
+            for i in range(num_layers)
         )
 
     @classmethod
     def for_transformer(
-        cls, transformer: FluxTransformer2DModel, image_embed_dim: int, num_tokens: int, role_embeddings: bool = False
+        cls, transformer: Transformer, image_embed_dim: int, num_tokens: int, role_embeddings: bool = False
     ):
         c = transformer.config
         return cls(
@@ -201,6 +302,7 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             hidden_size=c.num_attention_heads * c.attention_head_dim,
             attention_head_dim=c.attention_head_dim,
             role_embeddings=role_embeddings,
+            flux2_double_layers=c.num_layers if isinstance(transformer, Flux2Transformer2DModel) else None,
         )
 
     # Set by relation_cli.runtime when the transformer is offloaded: see key_values.
@@ -251,30 +353,31 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         finally:
             self._modules["processors"] = processors
 
-    def check_compatible(self, transformer: FluxTransformer2DModel) -> None:
+    def check_compatible(self, transformer: Transformer) -> None:
         c, a = transformer.config, self.config
         expected = {
             "num_layers": c.num_layers + c.num_single_layers,
             "cross_attention_dim": c.joint_attention_dim,
             "hidden_size": c.num_attention_heads * c.attention_head_dim,
             "attention_head_dim": c.attention_head_dim,
+            "flux2_double_layers": c.num_layers if isinstance(transformer, Flux2Transformer2DModel) else None,
         }
         wrong = [f"{k} {getattr(a, k)} (transformer needs {v})" for k, v in expected.items() if getattr(a, k) != v]
         if wrong:
             raise RelationError("adapter does not fit this transformer: " + ", ".join(wrong))
 
-    def install(self, transformer: FluxTransformer2DModel) -> None:
+    def install(self, transformer: Transformer) -> None:
         """Put one processor on every attention layer, in ``transformer.attn_processors`` order."""
         self.check_compatible(transformer)
         names = list(transformer.attn_processors.keys())
         transformer.set_attn_processor(dict(zip(names, self.processors)))
 
     @staticmethod
-    def uninstall(transformer: FluxTransformer2DModel) -> None:
-        transformer.set_attn_processor(FluxAttnProcessor())
+    def uninstall(transformer: Transformer) -> None:
+        transformer.set_attn_processor(stock_processors(transformer))
 
     @contextmanager
-    def detached(self, transformer: FluxTransformer2DModel) -> Iterator[None]:
+    def detached(self, transformer: Transformer) -> Iterator[None]:
         """Temporarily restore stock processors (e.g. to save the transformer without adapter weights)."""
         self.uninstall(transformer)
         try:

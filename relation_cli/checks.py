@@ -142,7 +142,21 @@ def _size_problems(cfg: RelationConfig, command: str) -> list[str]:
         low = side // multiple * multiple
         return [f"data.resolution={side}: not a multiple of {multiple} (2 x the VAE's scale factor); use {low or multiple} "
                 f"or {low + multiple}"]  # fmt: skip
+    if side < KLEIN_MIN_SIDE and base_class(cfg) == "Flux2KleinPipeline":
+        return [f"data.resolution={side}: a FLUX.2 [klein] base needs at least {KLEIN_MIN_SIDE} (its smallest reference image)"]
     return []
+
+
+KLEIN_MIN_SIDE = 64  # Flux2ImageProcessor.check_image_input's min_side_length
+
+
+def base_class(cfg: RelationConfig) -> str | None:
+    """``_class_name`` of a local base folder's model_index.json (``None`` when unreadable, or a hub id)."""
+    base = DEMO_DIR / "base" if cfg.model.base == DEMO else Path(cfg.model.base).expanduser()
+    try:
+        return json.loads((base / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def vae_scale_factor(cfg: RelationConfig) -> int:

@@ -407,6 +407,11 @@ def init_model(
     kontext: Annotated[
         bool, typer.Option("--kontext", help="Save base/ in FLUX.1 Kontext's layout (FluxKontextPipeline; spec key kontext).")
     ] = False,
+    klein: Annotated[
+        bool,
+        typer.Option("--klein", help="Build a FLUX.2 [klein] architecture (Qwen3 text encoder, Flux2KleinPipeline "
+                     "layout; spec key base: flux2-klein)."),
+    ] = False,
 ) -> None:
     """Create a small randomly initialised FLUX-architecture model, offline (for tests and the demo)."""
     from .config import read_yaml
@@ -420,7 +425,8 @@ def init_model(
         from .tiny import init_model as core_init
 
         try:
-            arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **({"kontext": True} if kontext else {})})
+            flags = {**({"kontext": True} if kontext else {}), **({"base": "flux2-klein"} if klein else {})}
+            arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **flags})
         except ValidationError as e:
             raise RelationError(f"spec '{spec}': " + "; ".join(
                 f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()

@@ -42,7 +42,8 @@ class ModelSection(Section):
     base: str = Field(
         DEMO,
         description="FLUX base model: 'demo' (the small model shipped with relation), a hub id such as "
-        "black-forest-labs/FLUX.1-dev, or a local folder in the diffusers layout.",
+        "black-forest-labs/FLUX.1-dev (or a FLUX.1 Kontext or FLUX.2 [klein] one: the pipeline follows the "
+        "model_index.json), or a local folder in the diffusers layout.",
     )
     image_encoder: str | None = Field(
         None,
@@ -91,7 +92,8 @@ class ModelSection(Section):
         "auto",
         description="First position axis of the query image's tokens: clone (0, a copy of the target's ids, as "
         "in the paper) or kontext (1, FLUX.1 Kontext's convention for its context image). auto: kontext when "
-        "model.base's model_index.json names FluxKontextPipeline, clone otherwise.",
+        "model.base's model_index.json names FluxKontextPipeline, clone otherwise. A FLUX.2 [klein] base takes "
+        "only auto (the query enters as klein's reference image).",
     )
 
 
@@ -167,9 +169,14 @@ class DataSection(Section):
 class InferSection(Section):
     prompt: str = Field("", description="Text instruction that goes with the exemplar pair (may be empty).")
     steps: int = Field(24, ge=1, le=1000, description="Denoising steps.")
-    guidance: float = Field(3.5, ge=0.0, description="FLUX guidance embedding value (no true CFG).")
+    guidance: float = Field(
+        3.5, ge=0.0, description="FLUX.1: the guidance embedding's value (no true CFG). FLUX.2 [klein]: its "
+        "guidance_scale, true CFG when > 1 on a non-distilled model."
+    )
     seed: int = Field(1000, ge=0, description="Seed of the one CPU generator that draws all randomness.")
-    max_sequence_length: int = Field(512, ge=1, le=512, description="T5 prompt length in tokens.")
+    max_sequence_length: int = Field(
+        512, ge=1, le=512, description="Prompt length in tokens (T5 on FLUX.1, Qwen3 on FLUX.2 [klein])."
+    )
     overwrite: bool = Field(False, description="Replace output files that already exist.")
     width: int | None = Field(
         None, ge=8, description="Working width in pixels (--width). Empty: from the query and max_area. "
@@ -220,7 +227,9 @@ class TrainSection(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute transformer activations in backward.")
     exemplar_dropout: float = Field(0.05, ge=0, le=1, description="Probability of zeroing a sample's exemplar embeddings.")
-    guidance: float = Field(1.0, ge=0, description="Guidance-embedding value fed during training.")
+    guidance: float = Field(
+        1.0, ge=0, description="Guidance-embedding value fed during training (bases with one; not FLUX.2 [klein])."
+    )
     timestep_sampling: Literal["uniform", "logit_normal"] = Field(
         "uniform", description="Distribution of the noise level s in [0, 1]."
     )

@@ -113,11 +113,9 @@ class PromptCache:
         if prompt not in self.store:
             if len(self.store) >= self.size:
                 self.store.pop(next(iter(self.store)))
-            embeds, pooled, _ = self.pipe.encode_prompt(
-                prompt=[prompt], prompt_2=None, device=self.pipe._execution_device,
-                max_sequence_length=self.max_sequence_length,
-            )  # fmt: skip
-            self.store[prompt] = (embeds, pooled)
+            self.store[prompt] = self.pipe.encode_instruction(
+                prompt, self.pipe._execution_device, self.max_sequence_length
+            )  # the pipeline's text inputs: prompt_embeds (and pooled_prompt_embeds on FLUX.1)
         return self.store[prompt]
 
 
@@ -146,6 +144,9 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple)
     width, height = sizes.working
+    if min(width, height) < pipe.min_working_side:
+        raise RelationError(f"working size {width}x{height}: this base needs at least {pipe.min_working_side} px a side "
+                            "(set --width/--height, or use a larger query)")  # fmt: skip
     bad_steps: list[int] = []
 
     def callback(_pipe, i, _t, kwargs):
@@ -158,8 +159,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     text = {"prompt": inputs.prompt}
     with torch.inference_mode():
         if prompts is not None:
-            embeds, pooled = prompts(inputs.prompt)
-            text = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+            text = prompts(inputs.prompt)
         result = pipe(
             image=inputs.query,
             exemplars=[inputs.pairs],

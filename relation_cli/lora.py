@@ -25,11 +25,14 @@ CONVERT_HINT = (
 )
 
 
-def converted(lora: LoraWeights) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """``lora.state`` in diffusers' layout, by diffusers' own converters; returns ``(state, network_alphas)``."""
+def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """``lora.state`` in diffusers' layout, by diffusers' own converters (``Flux2LoraLoaderMixin``'s for a
+    FLUX.2 ``pipe``, which bake alphas in; FLUX.1's otherwise); returns ``(state, network_alphas)``."""
     from diffusers import FluxPipeline
 
     try:
+        if _flux2(pipe):
+            return type(pipe).lora_state_dict(dict(lora.state)), None
         state, alphas = FluxPipeline.lora_state_dict(dict(lora.state), return_alphas=True)
     except (KeyError, ValueError, AssertionError, IndexError, RuntimeError) as e:
         raise RelationError(
@@ -37,6 +40,12 @@ def converted(lora: LoraWeights) -> tuple[dict[str, torch.Tensor], dict | None]:
             f"({first_line(e) or type(e).__name__}; it expects FLUX.1's 19 double and 38 single blocks); {CONVERT_HINT}"
         ) from None
     return state, alphas or None
+
+
+def _flux2(pipe) -> bool:
+    from diffusers.loaders import Flux2LoraLoaderMixin
+
+    return isinstance(pipe, Flux2LoraLoaderMixin)
 
 
 def _fits(module: torch.nn.Module | None, part: str, value: torch.Tensor) -> bool:
@@ -88,14 +97,15 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     The alpha comes from the file's diffusers metadata, else from its ``.alpha`` keys (kohya files
     have it baked into the weights by diffusers' converter), else alpha = rank (scale 1).
     """
-    state, alphas = converted(lora)
+    state, alphas = converted(lora, pipe)
     state = fitting_state(lora, state, pipe, allow_partial)
     metadata = lora.metadata
     alphas = None if metadata is not None else alphas  # diffusers takes one or the other
     parts = {key.split(".", 1)[0] for key in state}
     try:
         if "transformer" in parts:
-            pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
+            alpha_kw = {} if _flux2(pipe) else {"network_alphas": alphas}  # FLUX.2's loader takes metadata only
+            pipe.load_lora_into_transformer(state, **alpha_kw, transformer=pipe.transformer,
                                             adapter_name=adapter_name, metadata=metadata, _pipeline=pipe)  # fmt: skip
         if "text_encoder" in parts:
             pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,

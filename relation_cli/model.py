@@ -140,7 +140,9 @@ def _check_source(key: str, name: str, marker: str) -> None:
 
 
 def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
-    """The ready-to-run :class:`RelationPipeline` described by ``cfg`` (LoRA fused, adapter installed)."""
+    """The ready-to-run pipeline described by ``cfg`` (LoRA fused, adapter installed): a
+    :class:`~relation_cli.pipeline.RelationPipeline`, or a :class:`~relation_cli.klein.RelationKleinPipeline`
+    for a FLUX.2 [klein] base (:func:`base_pipeline_class`)."""
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora)
     device = device or resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
@@ -178,13 +180,15 @@ def size_multiple(cfg: RelationConfig) -> int:
 
 
 def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False, query_ids: str = "auto"):
-    """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path.
+    """FLUX components + SigLIP through ``from_pretrained``: hub ids and folders take the same path; the
+    pipeline class follows the base's model_index.json (:func:`base_pipeline_class`).
 
-    ``query_ids`` (``model.query_ids``) sets the pipeline's query position ids; ``auto`` reads the base.
+    ``query_ids`` (``model.query_ids``) sets a FLUX.1 pipeline's query position ids; ``auto`` reads the base.
+    Raises ``RelationError`` for an unreadable base or encoder, or a query_ids a klein base cannot take.
     """
     from transformers import AutoImageProcessor, SiglipVisionModel
 
-    from .pipeline import RelationPipeline
+    pipeline_class = base_pipeline_class(sources.base, local_files_only, query_ids)
 
     try:
         image_encoder = SiglipVisionModel.from_pretrained(
@@ -197,7 +201,7 @@ def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool 
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         raise RelationError(f"model.image_encoder '{sources.image_encoder}': {load_problem(e)}") from None
     try:
-        pipe = RelationPipeline.from_pretrained(
+        pipe = pipeline_class.from_pretrained(
             sources.base,
             torch_dtype=dtype,
             image_encoder=image_encoder,
@@ -207,23 +211,48 @@ def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool 
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         raise RelationError(f"model.base '{sources.base}': {load_problem(e)}") from None
     pipe.set_progress_bar_config(disable=True)
-    pipe.query_ids = query_ids if query_ids != "auto" else auto_query_ids(sources.base, local_files_only)
+    from .pipeline import RelationPipeline
+
+    if isinstance(pipe, RelationPipeline):  # FLUX.1: its query ids (klein's are its own)
+        pipe.query_ids = query_ids if query_ids != "auto" else auto_query_ids(sources.base, local_files_only)
     return pipe
 
 
 KONTEXT_PIPELINES = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
 
 
-def auto_query_ids(base: str, local_files_only: bool = False) -> str:
-    """``model.query_ids: auto``: ``kontext`` when the base's model_index.json names a FLUX.1 Kontext
-    pipeline, ``clone`` (the paper's ids) for any other base."""
+def base_class_name(base: str, local_files_only: bool = False) -> str | None:
+    """The ``_class_name`` of the base's model_index.json (e.g. ``FluxPipeline``, ``Flux2KleinPipeline``)."""
     from diffusers import DiffusionPipeline
 
     try:
         index = DiffusionPipeline.load_config(base, local_files_only=local_files_only)
     except (OSError, ValueError) as e:
         raise RelationError(f"model.base '{base}': cannot read model_index.json ({first_line(e)})") from None
-    return "kontext" if index.get("_class_name") in KONTEXT_PIPELINES else "clone"
+    return index.get("_class_name")
+
+
+def base_pipeline_class(base: str, local_files_only: bool = False, query_ids: str = "auto"):
+    """The pipeline a base loads as, by its model_index.json: :class:`~relation_cli.klein.RelationKleinPipeline`
+    for FLUX.2 [klein], :class:`~relation_cli.pipeline.RelationPipeline` for FLUX.1 (dev, Kontext). Raises
+    ``RelationError`` for ``model.query_ids`` clone or kontext on klein (klein gives the query its own ids)."""
+    from .klein import KLEIN_PIPELINES, RelationKleinPipeline
+    from .pipeline import RelationPipeline
+
+    if base_class_name(base, local_files_only) not in KLEIN_PIPELINES:
+        return RelationPipeline
+    if query_ids != "auto":
+        raise RelationError(
+            f"model.query_ids '{query_ids}' is for FLUX.1 bases; a FLUX.2 [klein] base gives the query klein's "
+            "reference-image ids (use auto)"
+        )
+    return RelationKleinPipeline
+
+
+def auto_query_ids(base: str, local_files_only: bool = False) -> str:
+    """``model.query_ids: auto``: ``kontext`` when the base's model_index.json names a FLUX.1 Kontext
+    pipeline, ``clone`` (the paper's ids) for any other FLUX.1 base."""
+    return "kontext" if base_class_name(base, local_files_only) in KONTEXT_PIPELINES else "clone"
 
 
 def load_problem(err: Exception) -> str:

@@ -58,38 +58,14 @@ def exemplar_pairs(entry) -> list[Pair]:
     return []
 
 
-class RelationPipeline(FluxPipeline):
-    r"""FLUX in-context editor with a RelationAdapter (Gong et al., 2025).
+class RelationMixin:
+    """What every RelationAdapter pipeline adds to its diffusers base pipeline, whatever the transformer:
+    the adapter's installation, the working size, the exemplar checks, the exemplar encoding (SigLIP ->
+    adapter projection) and the attention kwargs the RelationAdapter processors read. Subclasses:
+    :class:`RelationPipeline` (FLUX.1, Kontext) and :class:`~relation_cli.klein.RelationKleinPipeline`."""
 
-    Extra components: ``image_encoder`` (``SiglipVisionModel``), ``feature_extractor`` (its image
-    processor) and ``relation_adapter`` (:class:`RelationAdapter`, installed on the transformer).
-    """
-
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->relation_adapter->transformer->vae"
-    _optional_components = ["image_encoder", "feature_extractor", "relation_adapter"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
-
-    def __init__(
-        self,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        text_encoder_2,
-        tokenizer_2,
-        transformer,
-        image_encoder=None,
-        feature_extractor=None,
-        relation_adapter: RelationAdapter | None = None,
-    ):
-        super().__init__(
-            scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
-            image_encoder=image_encoder, feature_extractor=feature_extractor,
-        )  # fmt: skip
-        self.register_modules(relation_adapter=None)
-        self.query_ids = "clone"  # "kontext" for a FLUX.1 Kontext base: see relation_latent_ids
-        if relation_adapter is not None:
-            self.set_relation_adapter(relation_adapter)
+    min_working_side = 0
+    """Smallest working width/height in pixels the base accepts (beyond :attr:`size_multiple`)."""
 
     def set_relation_adapter(self, adapter: RelationAdapter) -> None:
         """Register ``adapter`` and install its processors on every attention layer of the transformer."""
@@ -102,8 +78,6 @@ class RelationPipeline(FluxPipeline):
         model), since FLUX packs 2x2 latent patches; also the factor of ``self.image_processor``."""
         return self.vae_scale_factor * 2
 
-    # ------------------------------------------------------------------------------------------ stages
-
     def working_size(self, image: PIL.Image.Image, height: int | None, width: int | None,
                      max_area: int | None) -> tuple[int, int]:  # fmt: skip
         """``(height, width)`` the model works at for the query ``image``: :func:`~relation_cli.images.working_size`
@@ -113,47 +87,6 @@ class RelationPipeline(FluxPipeline):
         if (height is not None and height != h) or (width is not None and width != w):
             logger.warning(f"`height` and `width` must be multiples of {multiple}: using {h} and {w}")
         return h, w
-
-    def check_inputs(
-        self,
-        image: list[PIL.Image.Image],
-        exemplars,
-        prompt,
-        height: int,
-        width: int,
-        num_inference_steps: int,
-        relation_scale: float = 1.0,
-        relation_tokens: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        latents: torch.Tensor | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-        max_sequence_length: int | None = None,
-    ) -> None:
-        """Every input, checked before any work; raises ``ValueError`` saying what is wrong.
-
-        FluxPipeline's own checks (``prompt`` together with ``prompt_embeds``, ``prompt_embeds`` without
-        ``pooled_prompt_embeds``, callback tensor names, ``max_sequence_length`` over 512), then the
-        batch sizes of every per-image input, the step count and the exemplar branch. ``image`` is the
-        list :meth:`query_images` checked and returned.
-        """
-        super().check_inputs(
-            prompt, None, height, width, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
-        )  # fmt: skip
-        batch = len(image)
-        if num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}")
-        if isinstance(prompt, list) and len(prompt) != batch:
-            raise ValueError(f"{len(prompt)} prompts for {batch} query images")
-        for name, tensor in (("prompt_embeds", prompt_embeds), ("latents", latents), ("relation_tokens", relation_tokens)):
-            if tensor is not None and tensor.shape[0] != batch:
-                raise ValueError(f"`{name}` has batch size {tensor.shape[0]} for {batch} query images")
-        n = (height // self.size_multiple) * (width // self.size_multiple)
-        if latents is not None and latents.shape[1] != n:
-            raise ValueError(f"`latents` has {latents.shape[1]} tokens; a {width}x{height} image has {n}")
-        self.check_exemplars(batch, exemplars, relation_scale, relation_tokens)
 
     @staticmethod
     def query_images(image) -> list[PIL.Image.Image]:
@@ -202,6 +135,83 @@ class RelationPipeline(FluxPipeline):
         if precompute_relation_kv:
             return {"relation_scale": relation_scale, "relation_kv": self.relation_adapter.key_values(relation_tokens)}
         return {"relation_scale": relation_scale, "relation_tokens": relation_tokens}
+
+
+class RelationPipeline(RelationMixin, FluxPipeline):
+    r"""FLUX in-context editor with a RelationAdapter (Gong et al., 2025).
+
+    Extra components: ``image_encoder`` (``SiglipVisionModel``), ``feature_extractor`` (its image
+    processor) and ``relation_adapter`` (:class:`RelationAdapter`, installed on the transformer).
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->relation_adapter->transformer->vae"
+    _optional_components = ["image_encoder", "feature_extractor", "relation_adapter"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        transformer,
+        image_encoder=None,
+        feature_extractor=None,
+        relation_adapter: RelationAdapter | None = None,
+    ):
+        super().__init__(
+            scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
+            image_encoder=image_encoder, feature_extractor=feature_extractor,
+        )  # fmt: skip
+        self.register_modules(relation_adapter=None)
+        self.query_ids = "clone"  # "kontext" for a FLUX.1 Kontext base: see relation_latent_ids
+        if relation_adapter is not None:
+            self.set_relation_adapter(relation_adapter)
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def check_inputs(
+        self,
+        image: list[PIL.Image.Image],
+        exemplars,
+        prompt,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        relation_scale: float = 1.0,
+        relation_tokens: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_sequence_length: int | None = None,
+    ) -> None:
+        """Every input, checked before any work; raises ``ValueError`` saying what is wrong.
+
+        FluxPipeline's own checks (``prompt`` together with ``prompt_embeds``, ``prompt_embeds`` without
+        ``pooled_prompt_embeds``, callback tensor names, ``max_sequence_length`` over 512), then the
+        batch sizes of every per-image input, the step count and the exemplar branch. ``image`` is the
+        list :meth:`query_images` checked and returned.
+        """
+        super().check_inputs(
+            prompt, None, height, width, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_sequence_length=max_sequence_length,
+        )  # fmt: skip
+        batch = len(image)
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}")
+        if isinstance(prompt, list) and len(prompt) != batch:
+            raise ValueError(f"{len(prompt)} prompts for {batch} query images")
+        for name, tensor in (("prompt_embeds", prompt_embeds), ("latents", latents), ("relation_tokens", relation_tokens)):
+            if tensor is not None and tensor.shape[0] != batch:
+                raise ValueError(f"`{name}` has batch size {tensor.shape[0]} for {batch} query images")
+        n = (height // self.size_multiple) * (width // self.size_multiple)
+        if latents is not None and latents.shape[1] != n:
+            raise ValueError(f"`latents` has {latents.shape[1]} tokens; a {width}x{height} image has {n}")
+        self.check_exemplars(batch, exemplars, relation_scale, relation_tokens)
 
     def encode_query(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Query pixels ``(B, 3, H, W)`` in [-1, 1] -> clean latents ``(B, c, H/f, W/f)``, *sampled* from the
@@ -269,6 +279,42 @@ class RelationPipeline(FluxPipeline):
         latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
         decoded = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
         return self.image_processor.postprocess(decoded, output_type=output_type)
+
+    # ------------------------------------------------------------------------- base-specific, for train/infer
+
+    def encode_instruction(self, prompt: str, device: torch.device, max_sequence_length: int) -> dict[str, torch.Tensor]:
+        """One text instruction -> the encodings ``__call__`` takes instead of ``prompt``: ``prompt_embeds``
+        ``(1, L, C)`` (T5) and ``pooled_prompt_embeds`` ``(1, P)`` (CLIP)."""
+        embeds, pooled, _ = self.encode_prompt(
+            prompt=[prompt], prompt_2=None, device=device, max_sequence_length=max_sequence_length
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    @staticmethod
+    def text_ids(length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Position ids ``(L, 3)`` of ``length`` text tokens: zeros, as ``FluxPipeline.encode_prompt`` makes them."""
+        return torch.zeros(length, 3, device=device, dtype=dtype)
+
+    def latent_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """A VAE latent sample ``(B, c, h, w)`` -> transformer tokens ``(B, hw/4, 4c)``: shifted, scaled, packed 2x2."""
+        cfg = self.vae.config
+        return pack_latents((latents - cfg.shift_factor) * cfg.scaling_factor)
+
+    def relation_ids(self, rows: int, cols: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Position ids ``(2N, 3)`` of ``[target ; query]`` on a ``rows x cols`` token grid (:func:`relation_latent_ids`
+        with this pipeline's ``query_ids``)."""
+        return relation_latent_ids(rows, cols, device, dtype, self.query_ids)
+
+    def base_pipeline(self) -> FluxPipeline:
+        """diffusers' own pipeline over this one's base components (to save them as a base folder): FLUX.1
+        Kontext's when the query has Kontext's ids, so that ``model.query_ids: auto`` finds them again."""
+        from diffusers import FluxKontextPipeline
+
+        layout = FluxKontextPipeline if self.query_ids == "kontext" else FluxPipeline
+        return layout(
+            scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2, transformer=self.transformer,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ call
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import string
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .adapter import RelationAdapter
 
@@ -28,8 +29,10 @@ class ArchSpec(BaseModel):
     num_attention_heads: int = Field(2, ge=1)
     attention_head_dim: int = Field(16, ge=4, description="Must equal the sum of axes_dims_rope.")
     joint_attention_dim: int = Field(32, ge=4, description="Text/exemplar token width C.")
-    axes_dims_rope: tuple[int, int, int] = (4, 6, 6)
-    text_hidden: int = Field(32, ge=8, description="Width of the CLIP and T5 text encoders.")
+    axes_dims_rope: tuple[int, ...] = Field(
+        (4, 6, 6), description="RoPE axes: 3 for FLUX.1, 4 for FLUX.2 (default (4, 4, 4, 4) with base flux2-klein)."
+    )
+    text_hidden: int = Field(32, ge=8, description="Width of the CLIP and T5 text encoders (flux2-klein: of Qwen3).")
     text_layers: int = Field(2, ge=1)
     t5_layers: int | None = Field(None, ge=1, description="T5 layers; empty: text_layers.")
     t5_heads: int = Field(4, ge=1, description="T5 attention heads (FLUX.1-dev's T5-XXL: 64).")
@@ -49,6 +52,42 @@ class ArchSpec(BaseModel):
     kontext: bool = Field(
         False, description="Save base/ in FLUX.1 Kontext's layout (model_index.json names FluxKontextPipeline)."
     )
+    base: Literal["flux1", "flux2-klein"] = Field(
+        "flux1",
+        description="flux1: FLUX.1 (CLIP + T5, FluxPipeline layout). flux2-klein: FLUX.2 [klein] (Flux2Transformer2DModel, "
+        "AutoencoderKLFlux2, a Qwen3 text encoder of width text_hidden; joint_attention_dim defaults to 3 x text_hidden, "
+        "Flux2KleinPipeline layout).",
+    )
+    qwen_layers: int = Field(
+        27, ge=27, description="FLUX.2 [klein] only: Qwen3 layers (klein reads the hidden states of layers 9, 18, 27)."
+    )
+    qwen_heads: int = Field(2, ge=1, description="FLUX.2 [klein] only: Qwen3 attention heads (Qwen3-4B: 32).")
+    qwen_kv_heads: int = Field(1, ge=1, description="FLUX.2 [klein] only: Qwen3 key/value heads (Qwen3-4B: 8).")
+    qwen_head_dim: int | None = Field(None, ge=1, description="Qwen3 head width; empty: text_hidden / qwen_heads.")
+    qwen_intermediate: int | None = Field(None, ge=1, description="Qwen3 MLP width; empty: 2 x text_hidden.")
+    qwen_vocab: int | None = Field(
+        None, ge=259, description="Qwen3 vocabulary (Qwen3-4B: 151936); empty: the offline tokenizer's 259."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _klein_defaults(cls, data):
+        """With ``base: flux2-klein``, unset ``axes_dims_rope`` and ``joint_attention_dim`` take klein's shape."""
+        if isinstance(data, dict) and data.get("base") == "flux2-klein":
+            text_hidden = data.get("text_hidden", cls.model_fields["text_hidden"].default)
+            return {"axes_dims_rope": (4, 4, 4, 4), "joint_attention_dim": 3 * text_hidden, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_shapes(self):
+        axes = 4 if self.base == "flux2-klein" else 3
+        if len(self.axes_dims_rope) != axes:
+            raise ValueError(f"axes_dims_rope needs {axes} axes for base {self.base}")
+        if self.base == "flux2-klein" and self.joint_attention_dim != 3 * self.text_hidden:
+            raise ValueError("joint_attention_dim must be 3 x text_hidden for flux2-klein (3 stacked Qwen3 layers)")
+        if self.base == "flux2-klein" and self.kontext:
+            raise ValueError("kontext is a FLUX.1 layout; base flux2-klein has its own")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -93,8 +132,27 @@ def build_t5_tokenizer():
 # ------------------------------------------------------------------------------------------ models
 
 
+def build_siglip(spec: ArchSpec):
+    """A random SigLIP vision encoder and its image processor (the exemplar encoder of every base)."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    image_encoder = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=spec.siglip_hidden, intermediate_size=spec.siglip_intermediate or spec.siglip_hidden * 2,
+            num_hidden_layers=spec.siglip_layers, num_attention_heads=spec.siglip_heads,
+            image_size=spec.siglip_image_size, patch_size=spec.siglip_patch_size,
+        )
+    )  # fmt: skip
+    feature_extractor = SiglipImageProcessor(
+        size={"height": spec.siglip_image_size, "width": spec.siglip_image_size},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3,
+    )  # fmt: skip
+    return image_encoder.eval(), feature_extractor
+
+
 def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
-    """Randomly initialised components of a :class:`~relation_cli.pipeline.RelationPipeline`."""
+    """Randomly initialised components of a :class:`~relation_cli.pipeline.RelationPipeline`, or of a
+    :class:`~relation_cli.klein.RelationKleinPipeline` with ``base: flux2-klein`` (:func:`build_klein_components`)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -103,14 +161,13 @@ def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
-        SiglipImageProcessor,
-        SiglipVisionConfig,
-        SiglipVisionModel,
         T5Config,
         T5EncoderModel,
     )
 
     spec = spec or ArchSpec()
+    if spec.base == "flux2-klein":
+        return build_klein_components(spec, seed)
     if sum(spec.axes_dims_rope) != spec.attention_head_dim:
         raise ValueError(f"axes_dims_rope {spec.axes_dims_rope} must sum to attention_head_dim")
     torch.manual_seed(seed)
@@ -158,17 +215,7 @@ def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
             feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
         )
     )  # fmt: skip
-    image_encoder = SiglipVisionModel(
-        SiglipVisionConfig(
-            hidden_size=spec.siglip_hidden, intermediate_size=spec.siglip_intermediate or spec.siglip_hidden * 2,
-            num_hidden_layers=spec.siglip_layers, num_attention_heads=spec.siglip_heads,
-            image_size=spec.siglip_image_size, patch_size=spec.siglip_patch_size,
-        )
-    )  # fmt: skip
-    feature_extractor = SiglipImageProcessor(
-        size={"height": spec.siglip_image_size, "width": spec.siglip_image_size},
-        image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3,
-    )  # fmt: skip
+    image_encoder, feature_extractor = build_siglip(spec)
     adapter = RelationAdapter.for_transformer(transformer, spec.siglip_hidden, spec.num_tokens)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -190,6 +237,68 @@ def build_components(spec: ArchSpec | None = None, seed: int = 0) -> dict:
     }
 
 
+def build_qwen_tokenizer():
+    """A Qwen2 byte-level BPE tokenizer over single bytes (no merges), with Qwen3's chat markers and a chat
+    template of Qwen3's shape (``enable_thinking=False`` writes the empty think block): offline."""
+    from transformers import Qwen2TokenizerFast
+
+    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    for token in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+        "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+    )
+    return tokenizer
+
+
+def build_klein_components(spec: ArchSpec, seed: int = 0) -> dict:
+    """Randomly initialised components of a :class:`~relation_cli.klein.RelationKleinPipeline`: FLUX.2's
+    transformer and VAE, a Qwen3 text encoder (``Qwen3ForCausalLM``) with :func:`build_qwen_tokenizer`, and
+    the same SigLIP + adapter as FLUX.1 (the adapter's widths from the transformer: C = 3 x ``text_hidden``)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    if sum(spec.axes_dims_rope) != spec.attention_head_dim:
+        raise ValueError(f"axes_dims_rope {spec.axes_dims_rope} must sum to attention_head_dim")
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4 * spec.vae_latent_channels, num_layers=spec.num_layers,
+        num_single_layers=spec.num_single_layers, attention_head_dim=spec.attention_head_dim,
+        num_attention_heads=spec.num_attention_heads, joint_attention_dim=spec.joint_attention_dim,
+        axes_dims_rope=spec.axes_dims_rope, guidance_embeds=False,
+    )  # fmt: skip
+    n = len(spec.vae_channels)
+    vae = AutoencoderKLFlux2(
+        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(spec.vae_channels), layers_per_block=spec.vae_layers_per_block,
+        latent_channels=spec.vae_latent_channels, norm_num_groups=spec.vae_norm_groups,
+    )  # fmt: skip
+    tokenizer = build_qwen_tokenizer()
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=spec.qwen_vocab or len(tokenizer), hidden_size=spec.text_hidden,
+            intermediate_size=spec.qwen_intermediate or spec.text_hidden * 2, num_hidden_layers=spec.qwen_layers,
+            num_attention_heads=spec.qwen_heads, num_key_value_heads=spec.qwen_kv_heads,
+            head_dim=spec.qwen_head_dim or spec.text_hidden // spec.qwen_heads, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    )  # fmt: skip
+    image_encoder, feature_extractor = build_siglip(spec)
+    adapter = RelationAdapter.for_transformer(transformer, spec.siglip_hidden, spec.num_tokens)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
+    for module in (transformer, vae, text_encoder, adapter):
+        module.eval()
+    return {
+        "scheduler": scheduler, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+        "transformer": transformer, "image_encoder": image_encoder,
+        "feature_extractor": feature_extractor, "relation_adapter": adapter,
+    }  # fmt: skip
+
+
 def build_pipeline(spec: ArchSpec | None = None, seed: int = 0):
     from .pipeline import RelationPipeline
 
@@ -200,13 +309,16 @@ def save_model(components: dict, out: str | Path, kontext: bool = False) -> Path
     """Write components as a relation model folder: ``base/`` (FLUX layout), ``image_encoder/``, ``adapter/``.
 
     ``kontext``: ``base/`` is saved by ``FluxKontextPipeline`` (same components, its name in model_index.json).
+    FLUX.2 [klein] components (no ``text_encoder_2``) are saved by ``Flux2KleinPipeline``.
     """
-    from diffusers import FluxKontextPipeline, FluxPipeline
+    from diffusers import Flux2KleinPipeline, FluxKontextPipeline, FluxPipeline
 
-    layout = FluxKontextPipeline if kontext else FluxPipeline
+    klein = "text_encoder_2" not in components
+    layout = Flux2KleinPipeline if klein else FluxKontextPipeline if kontext else FluxPipeline
+    names = ("scheduler", "vae", "text_encoder", "tokenizer") + (() if klein else ("text_encoder_2", "tokenizer_2"))
 
     out = Path(out)
-    base = {k: components[k] for k in ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    base = {k: components[k] for k in names}
     adapter = components["relation_adapter"]
     transformer = components["transformer"]
     with adapter.detached(transformer) if _installed(adapter, transformer) else nullcontext():

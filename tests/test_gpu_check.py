@@ -25,7 +25,9 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     assert [r for r in measured if "error" in r] == []
     assert {r["kind"] for r in measured} == {"inference", "training"}
     assert all(r.get("s_per_image", r.get("s_per_step", 0)) > 0 for r in measured)
-    assert "| tiny | inference: default | 64 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| tiny | inference: default | 64 |" in out
+    assert "| tiny klein | inference: default | 64 |" in out and "| tiny klein | training: checkpointing | 64 |" in out
 
 
 @pytest.mark.slow
@@ -36,7 +38,7 @@ def test_each_entry_runs_in_its_own_process(tmp_path, monkeypatch, capsys):
     import gpu_check
 
     out = tmp_path / "gpu.json"
-    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--labels", "default", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--tiny", "--bases", "tiny", "--labels", "default", "--out", str(out)])
     gpu_check.main()
     (row,) = [r for r in json.loads(out.read_text())["results"] if r["kind"] != "ceiling"]
     assert row["label"] == "default" and row["s_per_image"] > 0 and row["wall_s"] >= row["s_per_image"]
@@ -65,3 +67,36 @@ def test_kontext_entry_measures_with_kontext_query_ids():
     target, query = ids.chunk(2)
     assert (target[:, 0] == 0).all() and (query[:, 0] == 1).all() and (query[:, 1:] == target[:, 1:]).all()
     assert gpu_check.build_pipeline(tiny, torch.device("cpu"), torch.float32).query_ids == "kontext"
+
+
+def test_the_klein_entry_is_flux2_klein_4b():
+    """Built on the meta device (no memory): klein 4B's transformer has 3.9 B parameters, its Qwen3-4B text
+    encoder 4.0 B, and the adapter takes klein's widths."""
+    import gpu_check
+    import torch
+
+    from relation_cli.tiny import build_components
+
+    base = gpu_check.BASES["flux2-klein-4b"]
+    assert base.sizes == (512, 1024) and base.steps == 4 and base.call == {"guidance_scale": 1.0}
+    with torch.device("meta"):
+        parts = build_components(base.spec)
+    count = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("transformer", "text_encoder")}
+    assert 3.8e9 < count["transformer"] < 4.0e9 and 3.9e9 < count["text_encoder"] < 4.1e9
+    c = parts["transformer"].config
+    assert (c.num_layers, c.num_single_layers, c.num_attention_heads * c.attention_head_dim, c.joint_attention_dim) == (5, 20, 3072, 7680)
+    assert parts["relation_adapter"].config.cross_attention_dim == 7680 and parts["relation_adapter"].config.num_layers == 25
+
+
+def test_every_bases_default_path_runs_before_the_other_entries():
+    """One budget for all bases: each base's default path (at every size) is measured first, then the
+    other entries base by base, so a budget that runs out skips memory modes, not a whole base."""
+    import gpu_check
+
+    args = gpu_check.argparse.Namespace(tiny=False, labels=None)
+    order = [(key, gpu_check.entries(base, False)[i][1:3]) for key, base, i in gpu_check.plan(gpu_check.BASES, args)]
+    n = 2 * len(gpu_check.BASES)
+    assert [label for _, (label, _) in order[:n]] == ["default"] * n
+    assert {key for key, _ in order[:n]} == set(gpu_check.BASES) and {s for _, (_, s) in order[:n]} == {512, 1024}
+    assert "default" not in [label for _, (label, _) in order[n:]]
+    assert order[n] == ("flux1-dev", ("reference-equivalent eager", 512))

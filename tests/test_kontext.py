@@ -70,14 +70,14 @@ def _as_args(sets):
 
 
 def test_prepare_train_infer_eval_on_a_kontext_base(kontext_model, tmp_path, monkeypatch, one_thread):
-    import relation_cli.train.step as recipe
+    import relation_cli.pipeline as pipeline
 
     src = side_by_side_jsonl(tmp_path / "src", {"t1": 4, "t2": 4})
     data = tmp_path / "data"
     assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
     used = []
-    real_ids = recipe.relation_latent_ids
-    monkeypatch.setattr(recipe, "relation_latent_ids", lambda *a: used.append(a[-1]) or real_ids(*a))
+    real_ids = pipeline.relation_latent_ids
+    monkeypatch.setattr(pipeline, "relation_latent_ids", lambda *a: used.append(a[-1]) or real_ids(*a))
     run = tmp_path / "run"
     assert main(["train", *_as_args(_sets(kontext_model, data / "train.jsonl", run))]) == 0
     assert used and set(used) == {"kontext"}  # training fed the query tokens Kontext's ids

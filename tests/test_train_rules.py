@@ -135,7 +135,10 @@ def test_training_pixels_and_posterior_sample_match_the_hand_written_ones(tmp_pa
     class Config:
         shift_factor, scaling_factor = 0.1, 1.3
 
-    enc = FrozenEncoders(type("P", (), {"vae": type("V", (), {"config": Config})()})(), None, {}, "cpu", torch.float32)
+    from relation_cli.pipeline import RelationPipeline
+
+    pipe = type("P", (), {"vae": type("V", (), {"config": Config})(), "latent_tokens": RelationPipeline.latent_tokens})()
+    enc = FrozenEncoders(pipe, None, {}, "cpu", torch.float32)
     moments = torch.randn(2, 8, 4, 6, generator=torch.Generator().manual_seed(0)) * 3
     mean, logvar = moments.chunk(2, dim=1)
     eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))

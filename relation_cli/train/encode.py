@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..flux_private import pack_latents
 from ..fs import atomic_file
 
 
@@ -88,31 +87,32 @@ class FrozenEncoders:
 
     def sample_latents(self, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``(B, 2c, h, w)`` posterior parameters -> ``(B, N, 4c)`` tokens: diffusers' posterior sample with
-        ``generator`` (CPU), scaled and shifted as FLUX expects, packed 2x2."""
+        ``generator`` (CPU), normalised and packed as the base expects (``pipe.latent_tokens``: FLUX.1 shifts
+        and scales; FLUX.2 patchifies and applies its VAE's batch-norm statistics)."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         z = DiagonalGaussianDistribution(moments).sample(generator)
-        cfg = self.pipe.vae.config
-        return pack_latents((z - cfg.shift_factor) * cfg.scaling_factor).to(self.dtype)
+        return self.pipe.latent_tokens(z).to(self.dtype)
 
     @torch.no_grad()
-    def text(self, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        embeds, pooled = [], []
+    def text(self, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Prompts -> ``prompt_embeds`` ``(B, L, C)``, pooled embeddings ``(B, P)`` (FLUX.1's CLIP; ``None`` on
+        FLUX.2 [klein]) and the text position ids ``(L, 3)`` (FLUX.1) or ``(L, 4)`` (FLUX.2)."""
+        entries = []
         for prompt in prompts:
             key = self.ids["text"].encode() + str(max_sequence_length).encode() + prompt.encode()
 
             def make(prompt=prompt):
-                e, p, _ = self.pipe.encode_prompt(
-                    prompt=[prompt], prompt_2=None, device=self.device, max_sequence_length=max_sequence_length
-                )
-                return {"embeds": e[0].float(), "pooled": p[0].float()}
+                text = self.pipe.encode_instruction(prompt, self.device, max_sequence_length)
+                entry = {"embeds": text["prompt_embeds"][0].float()}
+                if "pooled_prompt_embeds" in text:
+                    entry["pooled"] = text["pooled_prompt_embeds"][0].float()
+                return entry
 
-            entry = self.cache.get_or_make("text", key, make)
-            embeds.append(entry["embeds"])
-            pooled.append(entry["pooled"])
-        e = torch.stack(embeds).to(self.device, self.dtype)
-        text_ids = torch.zeros(e.shape[1], 3, device=self.device, dtype=self.dtype)
-        return e, torch.stack(pooled).to(self.device, self.dtype), text_ids
+            entries.append(self.cache.get_or_make("text", key, make))
+        e = torch.stack([x["embeds"] for x in entries]).to(self.device, self.dtype)
+        pooled = torch.stack([x["pooled"] for x in entries]).to(self.device, self.dtype) if "pooled" in entries[0] else None
+        return e, pooled, self.pipe.text_ids(e.shape[1], self.device, self.dtype)
 
     @torch.no_grad()
     def exemplar_embeds(self, pixels: torch.Tensor) -> torch.Tensor:

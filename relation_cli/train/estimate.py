@@ -43,25 +43,32 @@ class Estimate:
 
 
 def _meta_pipeline_parts(cfg: RelationConfig):
+    """Transformer, VAE, text encoders (CLIP and T5; FLUX.2 [klein]: Qwen3 and ``None``) and SigLIP of the
+    configured sources, built on the meta device from their configs alone."""
     from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, AutoencoderKLFlux2, Flux2Transformer2DModel, FluxTransformer2DModel
     from transformers import (
         AutoConfig,
         CLIPTextModel,
+        Qwen3ForCausalLM,
         SiglipVisionConfig,
         T5EncoderModel,
     )
 
-    from ..model import resolve_sources
+    from ..klein import KLEIN_PIPELINES
+    from ..model import base_class_name, resolve_sources
 
     src = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
     kw = {"local_files_only": cfg.model.local_files_only}
+    klein = base_class_name(src.base, cfg.model.local_files_only) in KLEIN_PIPELINES
+    dit, autoencoder = (Flux2Transformer2DModel, AutoencoderKLFlux2) if klein else (FluxTransformer2DModel, AutoencoderKL)
     try:
         with init_empty_weights():
-            transformer = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(src.base, subfolder="transformer", **kw))
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(src.base, subfolder="vae", **kw))
-            clip = CLIPTextModel(AutoConfig.from_pretrained(src.base, subfolder="text_encoder", **kw))
-            t5 = T5EncoderModel(AutoConfig.from_pretrained(src.base, subfolder="text_encoder_2", **kw))
+            transformer = dit.from_config(dit.load_config(src.base, subfolder="transformer", **kw))
+            vae = autoencoder.from_config(autoencoder.load_config(src.base, subfolder="vae", **kw))
+            text = AutoConfig.from_pretrained(src.base, subfolder="text_encoder", **kw)
+            clip = Qwen3ForCausalLM(text) if klein else CLIPTextModel(text)
+            t5 = None if klein else T5EncoderModel(AutoConfig.from_pretrained(src.base, subfolder="text_encoder_2", **kw))
         siglip = AutoConfig.from_pretrained(src.image_encoder, **kw)
     except (OSError, ValueError) as e:
         raise RelationError(f"cannot read model configs: {str(e).splitlines()[0][:200]}") from None
@@ -143,7 +150,7 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
         trainable["transformer"] = count(transformer)
     if t.train_image_encoder:
         trainable["image_encoder"] = count(image_encoder)
-    frozen_modules = [vae, clip, t5] + ([] if t.train_image_encoder else [image_encoder])
+    frozen_modules = [m for m in (vae, clip, t5) if m is not None] + ([] if t.train_image_encoder else [image_encoder])
     frozen_modules += [] if t.mode == "full" else [transformer]
     frozen = sum(count(m) for m in frozen_modules)
 

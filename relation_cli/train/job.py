@@ -106,7 +106,7 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
         adapter = RelationAdapter.for_transformer(
             transformer, pipe.image_encoder.config.hidden_size, cfg.adapter.num_tokens, cfg.adapter.role_embeddings
         )
-    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder, transformer):
+    for module in frozen_parts(pipe):
         module.requires_grad_(False)
     if t.mode == "lora":
         if sources.loras:  # continue training that LoRA (its own rank and alpha), not a new one on top
@@ -137,6 +137,13 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
     return pipe, sources
 
 
+def frozen_parts(pipe) -> list:
+    """The pipeline's networks that start frozen: VAE, text encoder(s) (FLUX.2 [klein] has one), SigLIP,
+    transformer."""
+    parts = (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.image_encoder, pipe.transformer)
+    return [m for m in parts if m is not None]
+
+
 def save_lora(transformer, path: Path) -> None:
     """diffusers' LoRA file, with peft's LoraConfig of the trained LoRA as its adapter metadata
     (``transformer_lora_adapter_metadata``): rank and ``lora_alpha`` travel with the weights, so every
@@ -151,15 +158,10 @@ def save_lora(transformer, path: Path) -> None:
 
 
 def save_base(run: Run, path: Path) -> None:
-    """A complete FLUX folder with the trained transformer (adapter processors detached for the save); in
-    FLUX.1 Kontext's layout when it trained with Kontext's query ids, so ``model.query_ids: auto`` finds them."""
-    from diffusers import FluxKontextPipeline, FluxPipeline
-
+    """A complete base folder with the trained transformer (adapter processors detached for the save), in the
+    base's own layout (``pipe.base_pipeline()``: FLUX.1 Kontext's when it trained with Kontext's query ids,
+    so ``model.query_ids: auto`` finds them; ``Flux2KleinPipeline``'s for klein)."""
     p = run.pipe
-    layout = FluxKontextPipeline if p.query_ids == "kontext" else FluxPipeline
     detached = p.relation_adapter.detached(p.transformer) if p.relation_adapter is not None else nullcontext()
     with atomic_dir(path, replace=True) as tmp, detached:
-        layout(
-            scheduler=p.scheduler, vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer,
-            text_encoder_2=p.text_encoder_2, tokenizer_2=p.tokenizer_2, transformer=p.transformer,
-        ).save_pretrained(tmp)  # fmt: skip
+        p.base_pipeline().save_pretrained(tmp)

@@ -33,9 +33,9 @@ class RelationTrainModel(nn.Module):
         sigma: torch.Tensor,  # (B,)
         guidance: torch.Tensor | None,  # (B,)
         prompt_embeds: torch.Tensor,  # (B, L, C)
-        pooled: torch.Tensor,  # (B, P)
-        text_ids: torch.Tensor,  # (L, 3)
-        img_ids: torch.Tensor,  # (2N, 3), the target's ids then the query's (relation_latent_ids)
+        pooled: torch.Tensor | None,  # (B, P) on FLUX.1; None on FLUX.2 (no pooled projection)
+        text_ids: torch.Tensor,  # (L, 3); (L, 4) on FLUX.2
+        img_ids: torch.Tensor,  # (2N, 3|4), the target's ids then the query's (the pipeline's relation_ids)
         keep: torch.Tensor,  # (B,) 1 = use the exemplars, 0 = dropped
         exemplar_embeds: torch.Tensor | None = None,  # (2kB, d) from a frozen encoder, k pairs per sample
         exemplar_pixels: torch.Tensor | None = None,  # (2kB, 3, s, s) when the encoder trains
@@ -43,11 +43,12 @@ class RelationTrainModel(nn.Module):
         if exemplar_embeds is None:
             exemplar_embeds = self.image_encoder(exemplar_pixels.to(self.image_encoder.dtype)).pooler_output
         tokens = self.exemplar_tokens(exemplar_embeds, keep)
+        pooled_kwargs = {} if pooled is None else {"pooled_projections": pooled}
         pred = self.transformer(
             hidden_states=torch.cat([noisy, query], dim=1),
             timestep=sigma,
             guidance=guidance,
-            pooled_projections=pooled,
+            **pooled_kwargs,
             encoder_hidden_states=prompt_embeds,
             txt_ids=text_ids,
             img_ids=img_ids,

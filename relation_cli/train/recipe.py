@@ -184,10 +184,15 @@ def build_encoders(cfg: RelationConfig, pipe, sources, device, dtype, out: Path)
     cache = DiskCache(Path(t.cache_dir or out / "cache") if t.cache_encodings else None)
     ids = {
         "vae": identity(sources.base, dict(pipe.vae.config), str(pipe.vae.dtype)),
-        "text": identity(sources.base, dict(pipe.text_encoder_2.config.to_dict()), str(dtype)),
+        "text": identity(sources.base, text_encoder(pipe).config.to_dict(), str(dtype)),
         "image_encoder": identity(sources.image_encoder, pipe.image_encoder.config.to_dict(), str(dtype)),
     }
     return FrozenEncoders(pipe, cache, ids, device, dtype)
+
+
+def text_encoder(pipe):
+    """The text encoder whose output trains the transformer: T5 (``text_encoder_2``) on FLUX.1, Qwen3 on klein."""
+    return getattr(pipe, "text_encoder_2", None) or pipe.text_encoder
 
 
 def truthful(cfg: RelationConfig, pipe) -> RelationConfig:

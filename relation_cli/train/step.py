@@ -15,7 +15,6 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import RelationConfig
-from ..pipeline import relation_latent_ids
 
 if TYPE_CHECKING:
     from .recipe import Run
@@ -61,7 +60,7 @@ def flow_loss(run: Run, batch: dict) -> torch.Tensor:
     x0 = enc.sample_latents(enc.latent_moments(batch["target"]), gen)  # (B, N, 4c)
     query = enc.sample_latents(enc.latent_moments(batch["source"]), gen)
     texts = batch["text"] if cfg.train.use_text else [""] * b
-    prompt_embeds, pooled, text_ids = enc.text(texts, cfg.infer.max_sequence_length)  # (B, L, C), (B, P), (L, 3)
+    prompt_embeds, pooled, text_ids = enc.text(texts, cfg.infer.max_sequence_length)  # (B, L, C), (B, P) | None, (L, 3|4)
     noise = torch.randn(x0.shape, generator=gen).to(device, dtype)
     sigma = sample_sigmas(cfg, b, gen).to(device)  # (B,) noise level s in [0, 1]
     keep = (torch.rand(b, generator=gen) >= cfg.train.exemplar_dropout).to(device)  # (B,) exemplar dropout
@@ -69,7 +68,7 @@ def flow_loss(run: Run, batch: dict) -> torch.Tensor:
     noisy = (1 - s) * x0 + s * noise
     h, w = batch["target"].shape[-2:]
     grid = (h // run.pipe.vae_scale_factor // 2, w // run.pipe.vae_scale_factor // 2)
-    ids = relation_latent_ids(*grid, device, dtype, run.pipe.query_ids)  # (2N, 3): target's, then the query's
+    ids = run.pipe.relation_ids(*grid, device, dtype)  # (2N, 3) or (2N, 4) on FLUX.2: target's, then the query's
     guidance = None
     if run.pipe.transformer.config.guidance_embeds:
         guidance = torch.full((b,), cfg.train.guidance, device=device, dtype=torch.float32)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..config import RelationConfig
 from ..progress import console
-from .job import save_base
+from .job import frozen_parts, save_base
 
 if TYPE_CHECKING:
     from .recipe import Run
@@ -31,7 +31,7 @@ class VaeJob:
 
         sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
         pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.image_encoder, pipe.transformer):
+        for module in frozen_parts(pipe):
             module.requires_grad_(False)
         pipe.vae.requires_grad_(True)
         return pipe, sources
