@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,9 @@ from relation_cli.prepare.families import (
     plan_instances,
 )
 from relation_cli.prepare.synthetic import Scene, Shape, render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import family_table  # noqa: E402
 
 SIZE = 32
 BAND = (0.4, 0.5)
@@ -178,3 +183,16 @@ def test_bad_family_settings_are_one_line_and_leave_nothing(tmp_path, capsys, ke
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error: ") and "\n" not in err and message in err, err
     assert leftovers(tmp_path, "out") == []
+
+
+def test_family_table_weights_each_task_by_its_rows(tmp_path, capsys):
+    csv = tmp_path / "per_task.csv"
+    csv.write_text("split,task,method,n,mse\n"
+                   "seen,rotate-seen-0000,relation,1,0.1\nseen,rotate-seen-0001,relation,3,0.5\n"
+                   "unseen,frame-unseen-0000,relation,2,0.2\nunseen,frame-unseen-0000,copy_query,2,0.3\n")  # fmt: skip
+    assert family_table.family_means(csv)[("seen", "rotate", "relation")] == pytest.approx(0.4)
+    assert family_table.main([f"a={csv}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| split | family | a copy_query | a relation |"
+    assert lines[2:] == ["| seen | rotate |  | 0.4000 |", "| unseen | frame | 0.3000 | 0.2000 |"]
+    assert family_table.main(["no-label"]) == 1
