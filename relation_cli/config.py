@@ -160,6 +160,28 @@ class DataSection(Section):
         None, ge=2, description="prepare: generate the synthetic relation set with N pairs per task instead of INPUT."
     )
     synthetic_size: int = Field(64, ge=16, description="prepare: side of synthetic images (each pair is 2*side x side).")
+    synthetic_families: list[str] = Field(
+        default_factory=list, description="prepare: with synthetic_pairs, generate relation families with "
+        "continuous parameters (shift, rotate, recolour, hue, brightness, contrast, scale, blur, frame, channels, "
+        "mirror, compose): each task is one (family, parameters) with synthetic_pairs pairs. Empty: the 14 fixed "
+        "relations."
+    )
+    synthetic_instances: int = Field(
+        200, ge=1, description="prepare: training tasks (family instances) per seen family (synthetic_families)."
+    )
+    synthetic_test_instances: int = Field(
+        10, ge=1, description="prepare: test tasks per family and split (synthetic_families): a seen family gets "
+        "this many new instances in test_seen and this many with parameters in synthetic_unseen_range in "
+        "test_unseen; a held-out family this many in test_unseen."
+    )
+    synthetic_unseen_families: list[str] = Field(
+        default_factory=list, description="prepare: families held out whole, test_unseen only (synthetic_families)."
+    )
+    synthetic_unseen_range: list[float] = Field(
+        default_factory=lambda: [0.4, 0.5], description="prepare: band [lo, hi) of every family's parameter "
+        "position u in [0, 1) held out of training (synthetic_families; the mapping of u per family is in "
+        "relation_cli/prepare/families.py): test_unseen only."
+    )
     exemplar_pairs: int = Field(
         1, ge=1, description="prepare: exemplar pairs (k) per test sample, all of its task and none its query; "
         "above 1, test rows carry an exemplars list instead of cond1/cond2."

@@ -39,6 +39,7 @@ from .sources import (
     duplicate_reason,
     read_source,
 )
+from .families import Instance, check_families, make_families, plan_instances
 from .synthetic import make_synthetic
 
 SPLITS = ("train", "test_seen", "test_unseen")
@@ -67,10 +68,11 @@ def prepare(cfg: RelationConfig, input_path: str | Path | None, output: str | Pa
     if data.synthetic_pairs is not None:
         if input_path is not None:
             raise RelationError("give either INPUT or --synthetic N (data.synthetic_pairs), not both")
+        instances = _family_instances(cfg)  # names and ranges checked before anything is created
         with atomic_dir(output) as tmp:
-            _generate(cfg, tmp / RAW_DIR)
+            roles = _generate(cfg, tmp / RAW_DIR, instances)
             info = {"synthetic": {"pairs_per_task": data.synthetic_pairs, "size": data.synthetic_size}, "path": RAW_DIR}
-            summary = _build(cfg, read_source(tmp / RAW_DIR), tmp, info, label=str(output / RAW_DIR))
+            summary = _build(cfg, read_source(tmp / RAW_DIR), tmp, info, label=str(output / RAW_DIR), roles=roles)
     else:
         if input_path is None:
             raise RelationError("no input: pass a Relation252K folder, a .jsonl or .json file, or --synthetic N")
@@ -82,16 +84,40 @@ def prepare(cfg: RelationConfig, input_path: str | Path | None, output: str | Pa
     return replace(summary, output=output)
 
 
-def _generate(cfg: RelationConfig, root: Path) -> None:
+def _family_instances(cfg: RelationConfig) -> list[Instance] | None:
+    """The instances of ``data.synthetic_families`` (None without it); RelationError on bad names or ranges."""
+    data = cfg.data
+    if not data.synthetic_families:
+        return None
+    if data.unseen_tasks or data.unseen_task_names:
+        raise RelationError("data.synthetic_families decides the unseen split itself (synthetic_unseen_families, "
+                            "synthetic_unseen_range): leave unseen_tasks and unseen_task_names empty")  # fmt: skip
+    check_families(data.synthetic_families, data.synthetic_unseen_families, data.synthetic_unseen_range)
+    band = (data.synthetic_unseen_range[0], data.synthetic_unseen_range[1])
+    return plan_instances(data.synthetic_families, data.synthetic_unseen_families, data.synthetic_instances,
+                          data.synthetic_test_instances, band, data.seed)  # fmt: skip
+
+
+def _generate(cfg: RelationConfig, root: Path, instances: list[Instance] | None) -> dict[str, str] | None:
+    """The synthetic set under ``root``; with families, task -> role (train, seen, unseen), else None."""
     from .synthetic import TASKS
 
+    data = cfg.data
+    total = data.synthetic_pairs * (len(TASKS) if instances is None else len(instances))
     with make_progress(RateColumn("pairs")) as progress:
-        bar = progress.add_task("generating pairs", total=len(TASKS) * cfg.data.synthetic_pairs)
-        make_synthetic(root, cfg.data.synthetic_pairs, cfg.data.seed, cfg.data.synthetic_size,
-                       advance=lambda n: progress.advance(bar, n))  # fmt: skip
+        bar = progress.add_task("generating pairs", total=total)
+        advance = lambda n: progress.advance(bar, n)  # noqa: E731
+        if instances is not None:
+            return make_families(root, instances, data.synthetic_pairs, data.seed, data.synthetic_size, advance)
+        make_synthetic(root, data.synthetic_pairs, data.seed, data.synthetic_size, advance=advance)
+    return None
 
 
-def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any], label: str) -> PrepareSummary:
+def _build(
+    cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any], label: str, roles: dict[str, str] | None = None
+) -> PrepareSummary:
+    """Decode, split and write ``source``; ``roles`` (synthetic families): task -> train, seen or unseen,
+    the whole task going to train.jsonl, test_seen.jsonl or test_unseen.jsonl."""
     data = cfg.data
     names = image_names(source.pairs)
     # With problems already found and no --skip-invalid the run will fail: decode only to list them all.
@@ -102,17 +128,22 @@ def _build(cfg: RelationConfig, source: Source, tmp: Path, info: dict[str, Any],
     if not by_task:
         raise RelationError(f"input '{label}': no task has 2 usable pairs; nothing to prepare")
 
-    unseen = choose_unseen(sorted(by_task), data.unseen_tasks, data.unseen_task_names, data.seed)
+    if roles is None:
+        unseen = choose_unseen(sorted(by_task), data.unseen_tasks, data.unseen_task_names, data.seed)
+    else:
+        unseen = sorted(t for t in by_task if roles[t] == "unseen")
+    role = (roles or {}).get
     plans = [
-        plan_task(task, [p.index for p in pairs], data.seed, task in unseen, data.per_task_cap, data.test_per_task,
-                  data.max_test_fraction, data.exemplar_pairs)  # fmt: skip
+        plan_task(task, [p.index for p in pairs], data.seed, task in unseen, data.per_task_cap,
+                  0 if role(task) == "train" else data.test_per_task, data.max_test_fraction, data.exemplar_pairs,
+                  test_only=role(task) == "seen")  # fmt: skip
         for task, pairs in sorted(by_task.items())
     ]
     pairs_by_index = {p.index: p for pairs in by_task.values() for p in pairs}
     samples = _write_splits(tmp, plans, pairs_by_index, names, data.exemplar_pairs > 1)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
     dropped = dropped_tasks(source, problems, set(by_task))
-    notes = _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
+    notes = [] if roles else _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
     if dropped:
         notes.append(f"{len(dropped)} task(s) dropped, none of their pairs is in the splits (manifest.json "
                      f"dropped_tasks): " + "; ".join(f"'{t}': {why}" for t, why in dropped.items()))  # fmt: skip

@@ -69,15 +69,16 @@ def count_test_queries(pairs: int, test_per_task: int, cap: int, max_test_fracti
 
 def plan_task(
     task: str, pair_ids: Sequence[int], seed: int, unseen: bool, cap: int, test_per_task: int,
-    max_test_fraction: float, exemplar_pairs: int = 1,
+    max_test_fraction: float, exemplar_pairs: int = 1, test_only: bool = False,
 ) -> TaskPlan:  # fmt: skip
     """All samples of one task. ``cap`` bounds the task's samples over all splits together; a seen task's
     test queries are :func:`count_test_queries` of its size; each test sample gets up to ``exemplar_pairs``
-    exemplar pairs (fewer when the task has fewer to give)."""
+    exemplar pairs (fewer when the task has fewer to give). ``test_only``: a seen task that goes whole to
+    test_seen like an unseen one to test_unseen (a held-out instance of a synthetic family)."""
     order = list(pair_ids)
     random.Random(f"{seed}/{task}").shuffle(order)  # str seeds are hashed with sha512: stable across runs
     plan = TaskPlan(task, unseen, len(order))
-    if unseen:
+    if unseen or test_only:
         plan.test = rotate(order, min(test_per_task, cap))
         plan.test_exemplars = [following(order, e, q, exemplar_pairs) for e, q in plan.test]
         return plan

@@ -1,0 +1,52 @@
+"""Per-family MSE from ``relation eval``'s per_task.csv files of a relation-families run (issue 18).
+
+Task names of ``data.synthetic_families`` start with their family (``<family>-<role>-<n>``); each cell is
+the mean MSE over a family's rows of one split and method (per-task means weighted by their n).
+
+    python benchmarks/family_table.py LABEL=build/families/eval/per_task.csv [LABEL=...]
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+Key = tuple[str, str, str]  # split, family, method
+
+
+def family_means(path: Path) -> dict[Key, float]:
+    """(split, family, method) -> n-weighted mean MSE of the per_task.csv at ``path``."""
+    sums: dict[Key, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            key = (row["split"], row["task"].split("-")[0], row["method"])
+            sums[key][0] += float(row["mse"]) * int(row["n"])
+            sums[key][1] += int(row["n"])
+    return {k: total / n for k, (total, n) in sums.items()}
+
+
+def table(runs: dict[str, dict[Key, float]]) -> list[str]:
+    """Markdown lines: one row per (split, family), one column per (label, method); blank where absent."""
+    columns = [(label, m) for label, means in runs.items() for m in sorted({k[2] for k in means})]
+    rows = sorted({k[:2] for means in runs.values() for k in means})
+    lines = ["| split | family | " + " | ".join(f"{label} {m}" for label, m in columns) + " |"]
+    lines.append("| --- | --- |" + " --- |" * len(columns))
+    for split, family in rows:
+        cells = [runs[label].get((split, family, m)) for label, m in columns]
+        lines.append(f"| {split} | {family} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if not argv or any("=" not in a for a in argv):
+        print("usage: python benchmarks/family_table.py LABEL=per_task.csv [LABEL=per_task.csv ...]", file=sys.stderr)
+        return 1
+    runs = {label: family_means(Path(path)) for label, path in (a.split("=", 1) for a in argv)}
+    print("\n".join(table(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,198 @@
+"""Synthetic relation families (data.synthetic_families): exact transforms, seeded bytes, leak-free splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+from prepare_helpers import leftovers, read_splits, tree_bytes
+
+from relation_cli.cli import main
+from relation_cli.config import load_config
+from relation_cli.prepare import prepare
+from relation_cli.prepare.families import (
+    FAMILIES,
+    MIRRORS,
+    Params,
+    hue_colour,
+    in_band,
+    make_families,
+    plan_instances,
+)
+from relation_cli.prepare.synthetic import Scene, Shape, render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import family_table  # noqa: E402
+
+SIZE = 32
+BAND = (0.4, 0.5)
+SCENE = Scene("navy", (Shape("square", "green", 10, 12, 5, False), Shape("triangle", "yellow", 22, 20, 6, False)))
+FAMILY_KEYS = [
+    "data.workers=1", "data.synthetic_pairs=4", "data.synthetic_size=32", "data.test_per_task=2",
+    "data.synthetic_families=[shift,rotate,recolour,mirror,channels,frame,compose]",
+    "data.synthetic_unseen_families=[frame]", "data.synthetic_instances=3", "data.synthetic_test_instances=2",
+]  # fmt: skip
+
+
+def edit(family: str, params: Params, scene: Scene = SCENE) -> tuple[np.ndarray, np.ndarray]:
+    before = render(scene, SIZE)
+    return np.asarray(before), np.asarray(FAMILIES[family].apply(scene, before, SIZE, params))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("families") / "out"
+    prepare(load_config(None, FAMILY_KEYS), None, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- transforms
+
+
+def test_shift_moves_every_pixel_by_its_offset():
+    before, after = edit("shift", Params(0.5, 0.0))  # direction 180 degrees (left), length size / 8 = 4
+    assert FAMILIES["shift"].describe(Params(0.5, 0.0), SIZE) == "Move everything by (-4, 0) pixels."
+    assert np.array_equal(after[:, :-4], before[:, 4:])
+    assert (after[:, -4:] == SCENE.bg()).all()
+
+
+@pytest.mark.parametrize("index, flip", [(0, np.fliplr), (1, np.flipud), (2, lambda a: a[::-1, ::-1]),
+                                         (3, lambda a: a.transpose(1, 0, 2))])  # fmt: skip
+def test_mirror_axes(index, flip):
+    before, after = edit("mirror", Params((index + 0.5) / len(MIRRORS)))
+    assert np.array_equal(after, flip(before))
+
+
+def test_rotate_by_a_quarter_turn_is_exact():
+    u = (90 - 15) / 330  # angle 15 + 330 u = 90 degrees counter-clockwise
+    before, after = edit("rotate", Params(u))
+    assert np.array_equal(after, np.rot90(before))
+
+
+def test_channels_recolour_and_frame():
+    before, after = edit("channels", Params(0.1))  # floor(5 u) = 0: order R, B, G
+    assert np.array_equal(after, before[..., [0, 2, 1]])
+    before, after = edit("recolour", Params(0.3))
+    changed = (before != after).any(-1)
+    assert changed.any() and (after[changed] == hue_colour(0.3)).all()
+    assert (before[~changed] == SCENE.bg()).all()  # only the shapes change
+    before, after = edit("frame", Params(0.7, 0.99))  # width 1 + int(0.99 * 4) = 4
+    assert (after[:4] == hue_colour(0.7)).all() and (after[:, -4:] == hue_colour(0.7)).all()
+    assert np.array_equal(after[4:-4, 4:-4], before[4:-4, 4:-4])
+
+
+def test_colour_factors_blur_and_compose_are_the_named_pil_operations():
+    image = render(SCENE, SIZE)
+    _, after = edit("brightness", Params(0.0))  # factor 0.25
+    assert np.array_equal(after, np.asarray(ImageEnhance.Brightness(image).enhance(0.25)))
+    _, after = edit("blur", Params(0.5))  # radius (0.6 + 1.0) * 32 / 32
+    assert np.array_equal(after, np.asarray(image.filter(ImageFilter.GaussianBlur(1.6))))
+    _, after = edit("scale", Params(0.999))  # factor about 2: the centre half, each pixel drawn twice
+    assert np.abs(after[::2, ::2].astype(int) - np.asarray(image)[8:24, 8:24]).max() == 0
+    parts = (("mirror", Params(0.0)), ("channels", Params(0.1)))
+    before, after = edit("compose", Params(0.0, 0.0, parts))
+    assert np.array_equal(after, np.fliplr(before)[..., [0, 2, 1]])
+
+
+def test_hue_turn_of_a_third_takes_red_to_green():
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    out = FAMILIES["hue"].apply(SCENE, red, 4, Params((120 - 20) / 320))
+    r, g, b = np.asarray(out)[0, 0]
+    assert g == 255 and r <= 6 and b <= 6
+
+
+# ------------------------------------------------------------------------------------ instances, files
+
+
+def test_instances_keep_the_held_out_band_and_families_out_of_training():
+    instances = plan_instances(["rotate", "mirror", "hue", "compose"], ["hue"], 50, 5, BAND, seed=0)
+    for i in instances:
+        us = [q.u for _, q in i.params.parts] or [i.params.u]
+        if i.role in ("train", "seen"):
+            assert i.family != "hue" and not any(in_band(u, BAND) for u in us)
+        elif i.family != "hue":
+            assert all(in_band(u, BAND) for u in us)
+        assert all(name != "hue" for name, _ in i.params.parts)  # compose only of seen families
+    roles = defaultdict(int)
+    for i in instances:
+        roles[i.family, i.role] += 1
+    assert roles["rotate", "train"] == 50 and roles["rotate", "unseen"] == 5 and roles["hue", "unseen"] == 5
+    assert ("hue", "train") not in roles and ("hue", "seen") not in roles
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    instances = plan_instances(["shift", "blur"], [], 2, 1, BAND, seed=4)
+    make_families(tmp_path / "a", instances, 3, seed=4, size=16)
+    make_families(tmp_path / "b", instances, 3, seed=4, size=16)
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    other = plan_instances(["shift", "blur"], [], 2, 1, BAND, seed=5)
+    make_families(tmp_path / "c", other, 3, seed=5, size=16)
+    assert tree_bytes(tmp_path / "a") != tree_bytes(tmp_path / "c")
+
+
+def test_prepared_splits_follow_the_roles_and_nothing_leaks(prepared):
+    listing = json.loads((prepared / "raw" / "families.json").read_text())
+    splits = read_splits(prepared)
+    role_of_split = {"train": "train", "test_seen": "seen", "test_unseen": "unseen"}
+    for split, rows in splits.items():
+        assert rows and {listing[r["task"]]["role"] for r in rows} == {role_of_split[split]}
+    for r in splits["train"] + splits["test_seen"]:
+        entry = listing[r["task"]]
+        us = [q["u"] for _, q in entry.get("parts", [])] or [entry["u"]]
+        assert entry["family"] != "frame" and not any(in_band(u, BAND) for u in us)
+    digest = lambda path: hashlib.sha256((prepared / path).read_bytes()).hexdigest()
+    train_images = {digest(r[k]) for r in splits["train"] for k in ("cond1", "cond2", "source", "target")}
+    test_images = {digest(r[k]) for s in ("test_seen", "test_unseen") for r in splits[s] for k in ("source", "target")}
+    assert not train_images & test_images  # no test query or target, as pixels, anywhere in training
+    assert len(splits["train"]) == 6 * 3 * 12 and len(splits["test_seen"]) == 6 * 2 * 2
+    assert len(splits["test_unseen"]) == 7 * 2 * 2
+
+
+def test_default_still_writes_todays_data(tmp_path):
+    """The fixed relations without synthetic_families: sha256 of every file but config.yaml, computed with
+    the code before families existed (commit 158f361)."""
+    out = tmp_path / "o"
+    prepare(load_config(None, ["data.workers=1", "data.synthetic_pairs=3", "data.synthetic_size=16",
+                               "data.test_per_task=1", "data.unseen_task_names=[frame]"]), None, out)  # fmt: skip
+    h = hashlib.sha256()
+    for f in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "config.yaml"):
+        h.update(f.relative_to(out).as_posix().encode())
+        h.update(f.read_bytes())
+    assert h.hexdigest() == "a1d8f06dcc4f4930d7cff91b53d2bdc8b550cc45fae2dd3fd8d33f311eed3b3a"
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (["data.synthetic_families=[spin]"], "synthetic family 'spin': unknown"),
+        (["data.synthetic_families=[shift]", "data.synthetic_unseen_families=[blur]"], "'blur' is not in"),
+        (["data.synthetic_families=[shift]", "data.synthetic_unseen_range=[0.5,0.4]"], "needs 0 <= lo < hi"),
+        (["data.synthetic_families=[shift,blur]", "data.synthetic_unseen_families=[shift,blur]"], "every family"),
+        (["data.synthetic_families=[shift]", "data.unseen_task_names=[shift-unseen-0000]"], "leave unseen_tasks"),
+    ],
+)
+def test_bad_family_settings_are_one_line_and_leave_nothing(tmp_path, capsys, keys, message):
+    args = [a for k in ["data.synthetic_pairs=2", *keys] for a in ("--set", k)]
+    code = main(["prepare", *args, "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("error: ") and "\n" not in err and message in err, err
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_family_table_weights_each_task_by_its_rows(tmp_path, capsys):
+    csv = tmp_path / "per_task.csv"
+    csv.write_text("split,task,method,n,mse\n"
+                   "seen,rotate-seen-0000,relation,1,0.1\nseen,rotate-seen-0001,relation,3,0.5\n"
+                   "unseen,frame-unseen-0000,relation,2,0.2\nunseen,frame-unseen-0000,copy_query,2,0.3\n")  # fmt: skip
+    assert family_table.family_means(csv)[("seen", "rotate", "relation")] == pytest.approx(0.4)
+    assert family_table.main([f"a={csv}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| split | family | a copy_query | a relation |"
+    assert lines[2:] == ["| seen | rotate |  | 0.4000 |", "| unseen | frame | 0.3000 | 0.2000 |"]
+    assert family_table.main(["no-label"]) == 1
