@@ -140,6 +140,7 @@ def test_concurrent_calls_of_the_editor_do_not_share_settings(server):
 class _FakePipe:
     vae_scale_factor = 4
     size_multiple = 8  # RelationPipeline.size_multiple: 2 x vae_scale_factor
+    min_working_side = 0  # RelationPipeline.min_working_side (klein: 64)
 
     def __call__(self, generator, **kwargs):
         import types
