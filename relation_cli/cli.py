@@ -409,7 +409,7 @@ def init_model(
     ] = False,
     klein: Annotated[
         bool,
-        typer.Option("--klein", help="Build a FLUX.2 [klein] architecture (Qwen3 text encoder, Flux2KleinPipeline "
+        typer.Option("--klein", help="Build a FLUX.2 \\[klein] architecture (Qwen3 text encoder, Flux2KleinPipeline "
                      "layout; spec key base: flux2-klein)."),
     ] = False,
 ) -> None:

@@ -175,6 +175,10 @@ def test_default_still_writes_todays_data(tmp_path):
         (["data.synthetic_families=[shift]", "data.synthetic_unseen_range=[0.5,0.4]"], "needs 0 <= lo < hi"),
         (["data.synthetic_families=[shift,blur]", "data.synthetic_unseen_families=[shift,blur]"], "every family"),
         (["data.synthetic_families=[shift]", "data.unseen_task_names=[shift-unseen-0000]"], "leave unseen_tasks"),
+        (["data.synthetic_families=[shift,shift]"], "data.synthetic_families: 'shift' is listed twice"),
+        (["data.synthetic_families=[shift,rotate]", "data.synthetic_unseen_families=[rotate,rotate]"], "listed twice"),
+        (["data.synthetic_families=[shift,compose]"], "compose needs at least 2 seen families besides compose (have 1: shift)"),
+        (["data.synthetic_families=[shift,rotate,compose]", "data.synthetic_unseen_families=[shift]"], "(have 1: rotate)"),
     ],
 )
 def test_bad_family_settings_are_one_line_and_leave_nothing(tmp_path, capsys, keys, message):

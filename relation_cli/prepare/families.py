@@ -273,14 +273,20 @@ def check_families(families: Sequence[str], unseen_families: Sequence[str], band
     for name in [*families, *unseen_families]:
         if name not in FAMILIES:
             raise RelationError(f"synthetic family '{name}': unknown; choose from {', '.join(FAMILIES)}")
+    for key, names in (("synthetic_families", families), ("synthetic_unseen_families", unseen_families)):
+        if twice := sorted({f for f in names if list(names).count(f) > 1}):
+            raise RelationError(f"data.{key}: '{twice[0]}' is listed twice")
     missing = [f for f in unseen_families if f not in families]
     if missing:
         raise RelationError(f"data.synthetic_unseen_families: '{missing[0]}' is not in data.synthetic_families")
     if len(band) != 2 or not 0.0 <= band[0] < band[1] <= 1.0 or band[1] - band[0] >= 1.0:
         raise RelationError(f"data.synthetic_unseen_range {list(band)}: needs 0 <= lo < hi <= 1 and hi - lo < 1")
     seen = [f for f in families if f not in unseen_families and f != "compose"]
-    if not seen or ("compose" in families and len(seen) < 2):
-        raise RelationError("data.synthetic_unseen_families holds out every family (compose needs 2 seen ones)")
+    if not seen and "compose" not in families:
+        raise RelationError("data.synthetic_unseen_families holds out every family: nothing is left to train on")
+    if "compose" in families and len(seen) < 2:
+        have = f"{len(seen)}: {', '.join(seen)}" if seen else "0"
+        raise RelationError(f"data.synthetic_families: compose needs at least 2 seen families besides compose (have {have})")
 
 
 # ------------------------------------------------------------------------------------------- writing
