@@ -72,3 +72,34 @@ def tree_bytes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
 def leftovers(parent: Path, name: str) -> list[Path]:
     """What a run writing ``parent/name`` left behind: the folder itself or its hidden temporary folders."""
     return sorted(p for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}."))
+
+
+def assert_interrupted_training_resumes_exactly(tmp_path: Path, monkeypatch, train_args) -> None:
+    """Prepare two small tasks, train 4 steps with 1-2 exemplar pairs straight, then again killed right after
+    the step-2 checkpoint and resumed: the exported LoRA and adapter must be bit-identical.
+    ``train_args(data, out)`` gives the ``relation train`` argv for a train.jsonl and an output folder."""
+    import relation_cli.train.checkpoint as loop
+    import torch
+    from safetensors.torch import load_file
+
+    from relation_cli.cli import main
+
+    src = side_by_side_jsonl(tmp_path / "src", {"t1": 4, "t2": 4})
+    data = tmp_path / "data"
+    assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(train_args(data / "train.jsonl", straight)) == 0
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run):
+        real_save(run)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    args = train_args(data / "train.jsonl", broken)
+    assert main(args) == 130
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert main([*args, "--resume"]) == 0
+    for part in ("lora/pytorch_lora_weights.safetensors", "adapter/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(straight / part), load_file(broken / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part

@@ -10,8 +10,7 @@ import torch
 from conftest import tiny_overrides
 from helpers import random_image
 from PIL import Image
-from prepare_helpers import side_by_side_jsonl
-from safetensors.torch import load_file
+from prepare_helpers import assert_interrupted_training_resumes_exactly, side_by_side_jsonl
 
 from relation_cli.cli import main
 from relation_cli.config import load_config
@@ -106,25 +105,6 @@ def test_full_mode_exports_a_kontext_base(kontext_model, tmp_path, one_thread):
 
 
 def test_exact_resume_on_a_kontext_base(kontext_model, tmp_path, monkeypatch, one_thread):
-    import relation_cli.train.checkpoint as loop
-
-    src = side_by_side_jsonl(tmp_path / "src", {"t1": 4, "t2": 4})
-    data = tmp_path / "data"
-    assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
     extra = ("train.steps=4", "train.checkpoint_every=2", "train.exemplar_dropout=0.5", "train.max_exemplar_pairs=2")
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert main(["train", *_as_args(_sets(kontext_model, data / "train.jsonl", straight, *extra))]) == 0
-    real_save = loop.save_checkpoint
-
-    def save_then_die(run):
-        real_save(run)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    args = ["train", *_as_args(_sets(kontext_model, data / "train.jsonl", broken, *extra))]
-    assert main(args) == 130
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    assert main([*args, "--resume"]) == 0
-    for part in ("lora/pytorch_lora_weights.safetensors", "adapter/diffusion_pytorch_model.safetensors"):
-        a, b = load_file(straight / part), load_file(broken / part)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    train = lambda data, out: ["train", *_as_args(_sets(kontext_model, data, out, *extra))]
+    assert_interrupted_training_resumes_exactly(tmp_path, monkeypatch, train)
