@@ -226,7 +226,7 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     checkpointing, optimizer = TRAIN[label]
     pipe = build_pipeline(base, run.device, run.dtype)
     transformer, adapter = pipe.transformer, pipe.relation_adapter
-    klein = _klein_batch(pipe, size, run.device, run.dtype) if base.spec.base == "flux2-klein" else {}
+    batch = _batch(pipe, base.spec, size, run.device, run.dtype)
     del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
@@ -237,7 +237,6 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     for p in params:  # as relation train: trainable weights in float32, frozen ones in bf16, autocast
         p.data = p.data.float()
     opt = _optimizer(optimizer, params)
-    batch = {**_batch(base, size, run.device, run.dtype), **klein}
     step = _train_step(model, opt, batch, run.device)
     step()  # warm-up
     reset_peak(run.device)
@@ -257,28 +256,22 @@ def _optimizer(name: str, params):
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-def _batch(base: Base, size: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """One 512x512 sample as ``RelationTrainModel.forward`` takes it, random, with the base's query ids."""
-    from relation_cli.pipeline import relation_latent_ids
-
-    spec = base.spec
+def _batch(pipe, spec: ArchSpec, size: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """One ``size`` x ``size`` sample as ``RelationTrainModel.forward`` takes it, random, with the position ids
+    of ``pipe`` (``relation_ids``: the base's query ids, or klein's reference-image ids)."""
+    side = size // 16
     n, c = (size // 16) ** 2, 4 * spec.vae_latent_channels
     g = {"device": device, "dtype": dtype}
-    return {
+    batch = {
         "noisy": torch.randn(1, n, c, **g), "query": torch.randn(1, n, c, **g), "sigma": torch.rand(1, **g),
         "guidance": torch.full((1,), 1.0, **g), "prompt_embeds": torch.randn(1, 512, spec.joint_attention_dim, **g),
         "pooled": torch.randn(1, spec.text_hidden, **g), "text_ids": torch.zeros(512, 3, **g),
-        "img_ids": relation_latent_ids(size // 16, size // 16, device, dtype, base.query_ids),
+        "img_ids": pipe.relation_ids(side, side, device, dtype),
         "keep": torch.ones(1, device=device), "exemplar_embeds": torch.randn(2, spec.siglip_hidden, **g),
     }  # fmt: skip
-
-
-def _klein_batch(pipe, size: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """What a FLUX.2 [klein] training step feeds instead: klein's position ids (the pipeline's ``relation_ids``
-    and ``text_ids``), no pooled text embedding, no guidance embedding."""
-    side = size // 16
-    return {"img_ids": pipe.relation_ids(side, side, device, dtype), "text_ids": pipe.text_ids(512, device, dtype),
-            "pooled": None, "guidance": None}  # fmt: skip
+    if spec.base == "flux2-klein":  # klein's text ids; no pooled text embedding, no guidance embedding
+        batch.update(text_ids=pipe.text_ids(512, device, dtype), pooled=None, guidance=None)
+    return batch
 
 
 def _train_step(model, opt, batch: dict, device: torch.device) -> Callable[[], None]:

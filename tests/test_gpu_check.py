@@ -63,10 +63,11 @@ def test_kontext_entry_measures_with_kontext_query_ids():
     base = gpu_check.BASES["flux1-kontext"]
     assert base.spec == gpu_check.BASES["flux1-dev"].spec and base.query_ids == "kontext"
     tiny = gpu_check.Base("tiny kontext", gpu_check.TINY.spec, sizes=(64,), query_ids="kontext")
-    ids = gpu_check._batch(tiny, 64, torch.device("cpu"), torch.float32)["img_ids"]
+    pipe = gpu_check.build_pipeline(tiny, torch.device("cpu"), torch.float32)
+    assert pipe.query_ids == "kontext"
+    ids = gpu_check._batch(pipe, tiny.spec, 64, torch.device("cpu"), torch.float32)["img_ids"]
     target, query = ids.chunk(2)
     assert (target[:, 0] == 0).all() and (query[:, 0] == 1).all() and (query[:, 1:] == target[:, 1:]).all()
-    assert gpu_check.build_pipeline(tiny, torch.device("cpu"), torch.float32).query_ids == "kontext"
 
 
 def test_the_klein_entry_is_flux2_klein_4b():
