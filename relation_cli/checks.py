@@ -175,8 +175,10 @@ def vae_scale_factor(cfg: RelationConfig) -> int:
 def _data_problems(cfg: RelationConfig, command: str) -> list[str]:
     problems = []
     if command == "train":
-        if not Path(cfg.train.data).is_file():
-            problems.append(f"train.data '{cfg.train.data}': not found (run relation prepare first)")
+        if not cfg.train.data_files:
+            problems.append("train.data: an empty list; give at least one train.jsonl from relation prepare")
+        problems += [f"train.data '{f}': not found (run relation prepare first)" for f in cfg.train.data_files
+                     if not Path(f).is_file()]  # fmt: skip
         held_out = cfg.train.validation_data
         if held_out and cfg.train.validation_samples and not Path(held_out).is_file():
             problems.append(f"train.validation_data '{held_out}': not found")

@@ -501,7 +501,8 @@ def prepare(
 
 @app.command(cls=RelationCommand)
 def train(
-    data: Annotated[Optional[Path], typer.Option(help=key_help("train.data", "Run-ready train.jsonl from prepare."))] = None,
+    data: Annotated[Optional[list[Path]], typer.Option(help=key_help("train.data", "Run-ready train.jsonl from prepare; "
+                                                                   "repeatable: the sets are trained on together."))] = None,
     output_dir: Annotated[
         Optional[Path], typer.Option(help=key_help("train.output_dir", "Checkpoints, weights, logs."))
     ] = None,
@@ -532,7 +533,7 @@ def train(
     """
     with user_errors():
         flags = {
-            "train.data": str(data) if data else None, "train.output_dir": str(output_dir) if output_dir else None,
+            "train.data": ([str(d) for d in data] if len(data) > 1 else str(data[0])) if data else None, "train.output_dir": str(output_dir) if output_dir else None,
             "train.steps": steps, "train.mode": mode, **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)

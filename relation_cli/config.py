@@ -217,9 +217,13 @@ class InferSection(Section):
 
 
 class TrainSection(Section):
-    data: str = Field("data/prepared/train.jsonl", description="Run-ready train.jsonl written by relation prepare.")
+    data: str | list[str] = Field(
+        "data/prepared/train.jsonl", description="Run-ready train.jsonl written by relation prepare, or a list of "
+        "them (--data repeated): their rows are trained on together, e.g. two prepared sets mixed."
+    )
     validation_data: str | None = Field(
-        None, description="jsonl of held-out rows for validation grids. Empty: test_seen.jsonl beside train.data if present."
+        None, description="jsonl of held-out rows for validation grids. Empty: test_seen.jsonl beside (the first) "
+        "train.data if present."
     )
     output_dir: str = Field("runs/train", description="Where checkpoints, weights, logs and validation grids go.")
     mode: Literal["lora", "full", "adapter", "vae"] = Field(
@@ -282,6 +286,11 @@ class TrainSection(Section):
         default_factory=list,
         description="Written by relation train --resume: one entry per resume: the step and each changed setting as [before, after].",
     )
+
+    @property
+    def data_files(self) -> list[str]:
+        """``data`` as a list: one run-ready jsonl, or several trained on together (rows concatenated in order)."""
+        return [self.data] if isinstance(self.data, str) else list(self.data)
 
 
 EVAL_BASELINES = ("copy_query", "adapter_off", "wrong_exemplar", "vae_reconstruction")

@@ -169,6 +169,44 @@ def test_dry_run_loads_no_weights(tiny_model, data, tmp_path, monkeypatch, capsy
     assert not (tmp_path / "r").exists()
 
 
+def test_several_data_files_train_together(tiny_model, data, tmp_path, capsys):
+    """train.data as a list (--data repeated): rows of every file, in order; the saved config lists them."""
+    from relation_cli.train.data import load_rows
+
+    other = analogy_dataset(tmp_path / "other", tasks=("gray",), seed=1)
+    rows = load_rows([data, other], 10**8)
+    assert [r.task for r in rows] == [r.task for r in load_rows(data, 10**8)] + ["gray"] * 3
+    assert rows[-1].source.parent == other.parent / "img"  # paths resolve beside their own file
+    sets = [o for o in train_overrides(tiny_model, data, tmp_path / "r", 2) if not o.startswith("train.data=")]
+    args = ["train", "--data", str(data), "--data", str(other)] + [x for o in sets for x in ("--set", o)]
+    assert main(args + ["--dry-run"]) == 0
+    assert "data: 9 rows" in capsys.readouterr().out
+    assert main(args) == 0
+    saved = load_config(tmp_path / "r" / "config.yaml")
+    assert saved.train.data == [str(data), str(other)] and (tmp_path / "r" / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("value, message", [("[]", "train.data: an empty list"), ("missing", "not found")])
+def test_bad_data_list_is_one_line_and_writes_nothing(tiny_model, data, tmp_path, capsys, value, message):
+    listed = "[]" if value == "[]" else f"[{data},{tmp_path / 'missing.jsonl'}]"
+    sets = [o for o in train_overrides(tiny_model, data, tmp_path / "r", 1) if not o.startswith("train.data=")]
+    args = ["train", "--set", f"train.data={listed}"] + [x for o in sets for x in ("--set", o)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_image_in_a_second_data_file_names_that_file(tmp_path, data):
+    from relation_cli.errors import RelationError
+    from relation_cli.train.data import load_rows
+
+    other = analogy_dataset(tmp_path / "other", tasks=("gray",), seed=1)
+    (other.parent / "img" / "gray1s.png").write_bytes(b"not a png")
+    with pytest.raises(RelationError, match="other/train.jsonl' row"):
+        load_rows([data, other], 10**8)
+
+
 def test_paper_sizes_on_the_flux_dev_architecture():
     """Counted on the meta device: LoRA r128 on the paper's targets and the adapter (SPEC 2.3, 2.4)."""
     from accelerate import init_empty_weights

@@ -15,6 +15,7 @@ import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -25,20 +26,29 @@ from ..images import check_images, open_image, pad_exemplar
 from ..rows import IMAGE_FIELDS, Pair, Row, parse_rows
 
 
-def load_rows(path: str | Path, max_pixels: int) -> list[Row]:
-    """Rows of a run-ready jsonl (the format prepare writes), read once by relation's own row checks.
+def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list[Row]:
+    """Rows of one or more run-ready jsonl files (the format prepare writes), read once by relation's own
+    row checks and concatenated in order (``train.data`` as a list mixes prepared sets).
 
     Every field is checked as a string or empty (no column types guessed from the first rows), every
-    image is decoded once here, before any model is loaded or file written.
+    image is decoded once here, before any model is loaded or file written. Raises RelationError on a
+    missing file, an empty list, a bad row or image (the file is named when there are several).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RelationError(f"train.data '{path}': not found (run relation prepare first)")
-    rows = parse_rows(path, need_target=True)
-    check_images(((getattr(r, k), f"row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
-    more = ((p, f"row {r.index + 1} exemplars pair {n}") for r in rows for n, pair in enumerate(r.pairs[1:], 2) for p in pair)
-    check_images(more, max_pixels)
-    return rows
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not files:
+        raise RelationError("train.data: an empty list; give at least one train.jsonl from relation prepare")
+    out: list[Row] = []
+    for path in files:
+        if not path.is_file():
+            raise RelationError(f"train.data '{path}': not found (run relation prepare first)")
+        rows = parse_rows(path, need_target=True)
+        where = f"'{path}' " if len(files) > 1 else ""
+        check_images(((getattr(r, k), f"{where}row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
+        more = ((p, f"{where}row {r.index + 1} exemplars pair {n}") for r in rows for n, pair in enumerate(r.pairs[1:], 2)
+                for p in pair)  # fmt: skip
+        check_images(more, max_pixels)
+        out += rows
+    return out
 
 
 def fit_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:

@@ -97,7 +97,7 @@ def estimate(cfg: RelationConfig) -> Estimate:
     from .data import load_rows
 
     t = cfg.train
-    rows = load_rows(t.data, cfg.data.max_image_pixels)
+    rows = load_rows(t.data_files, cfg.data.max_image_pixels)
     out = Path(t.output_dir)
     if out.exists() and not out.is_dir():
         raise RelationError(f"train.output_dir '{out}': exists and is not a folder")

@@ -77,7 +77,7 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     if folder is not None:
         cfg = continue_config(cfg, folder, warn=_warn)
     t, job = cfg.train, job_for(cfg.train.mode)
-    rows = load_rows(t.data, cfg.data.max_image_pixels)  # every image decoded: before anything is loaded or written
+    rows = load_rows(t.data_files, cfg.data.max_image_pixels)  # every image decoded: before anything is loaded or written
     accelerator = build_accelerator(cfg)
     check_distribution(accelerator)
     dtype = weight_dtype(accelerator)
@@ -225,7 +225,7 @@ def validation_rows(cfg: RelationConfig) -> list:
     t = cfg.train
     if t.validation_samples == 0:
         return []
-    path = Path(t.validation_data) if t.validation_data else Path(t.data).with_name("test_seen.jsonl")
+    path = Path(t.validation_data) if t.validation_data else Path(t.data_files[0]).with_name("test_seen.jsonl")
     if not path.is_file():
         if t.validation_data:
             raise RelationError(f"train.validation_data '{path}': not found")
