@@ -189,6 +189,7 @@ def working_size(
     max_area: int | None = None,
     target_width: int | None = None,
     target_height: int | None = None,
+    min_side: int = 0,
 ) -> tuple[int, int]:
     """The ``(width, height)`` in pixels the model works at for a query of ``width x height``.
 
@@ -199,9 +200,12 @@ def working_size(
       follows the query's aspect ratio;
     - else a query over ``max_area`` pixels is scaled to about ``max_area``, aspect ratio kept (the size
       rule of diffusers' ``FluxKontextPipeline``: ``round(sqrt(max_area * aspect))``);
-    - else the query's own size (small queries are never enlarged).
+    - else the query's own size (small queries are not enlarged), except that a short side under
+      ``min_side`` (the base's smallest working side, ``pipe.min_working_side``: 64 for FLUX.2 [klein])
+      is brought up to it, aspect ratio kept, and both sides rounded *up* to ``multiple``.
 
-    Both sides are then floored to a multiple of ``multiple`` (at least ``multiple``).
+    Otherwise both sides are then floored to a multiple of ``multiple`` (at least ``multiple``). An
+    explicit size under ``min_side`` is kept as given (the caller refuses it).
     """
     w, h = float(width), float(height)
     if target_width or target_height:
@@ -209,6 +213,9 @@ def working_size(
         h = target_height or target_width * height / width
     elif max_area is not None and width * height > max_area:
         w, h = (max_area * width / height) ** 0.5, (max_area * height / width) ** 0.5
+    if not (target_width or target_height) and min(w, h) < min_side:
+        scale = min_side / min(w, h)
+        return tuple(-(-max(min_side, round(v * scale)) // multiple) * multiple for v in (w, h))  # type: ignore[return-value]
     return max(multiple, round(w) // multiple * multiple), max(multiple, round(h) // multiple * multiple)
 
 

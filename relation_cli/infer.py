@@ -63,6 +63,7 @@ class EditSizes:
     working: tuple[int, int]
     output: tuple[int, int]
     multiple: int
+    min_side: int = 0
 
     def note(self, infer: InferSection) -> str | None:
         """The line that says the query was resized, from and to what; None when it keeps its size."""
@@ -74,18 +75,20 @@ class EditSizes:
 
     def _reason(self, infer: InferSection) -> str:
         if infer.width or infer.height:
-            return f"--width {infer.width or 'auto'} --height {infer.height or 'auto'}"
+            return f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'} (--width/--height)"
+        if min(self.working) > min(self.query) and min(self.query) < self.min_side:
+            return f"this base works at {self.min_side} px a side or more, aspect ratio kept"
         if infer.max_area is not None and self.query[0] * self.query[1] > infer.max_area:
             return f"infer.max_area {infer.max_area:,} pixels, aspect ratio kept"
         return f"sides floored to a multiple of {self.multiple}"
 
 
-def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int) -> EditSizes:
+def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int, min_side: int = 0) -> EditSizes:
     """Sizes of one edit: the working size from :func:`~relation_cli.images.working_size` with the infer
-    settings and ``multiple`` (``pipe.size_multiple``; ``model.size_multiple(cfg)`` before loading), the
-    result's from ``infer.output_size``."""
-    working = working_size(*query_size, multiple, infer.max_area, infer.width, infer.height)
-    return EditSizes(query_size, working, query_size if infer.output_size == "query" else working, multiple)
+    settings, ``multiple`` and ``min_side`` (``pipe.size_multiple`` and ``pipe.min_working_side``;
+    ``model.size_rules(cfg)`` before loading), the result's from ``infer.output_size``."""
+    working = working_size(*query_size, multiple, infer.max_area, infer.width, infer.height, min_side)
+    return EditSizes(query_size, working, query_size if infer.output_size == "query" else working, multiple, min_side)
 
 
 DEMO_NOTE = (
@@ -142,11 +145,11 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     """
     import torch
 
-    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple)
+    sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple, pipe.min_working_side)
     width, height = sizes.working
-    if min(width, height) < pipe.min_working_side:
-        raise RelationError(f"working size {width}x{height}: this base needs at least {pipe.min_working_side} px a side "
-                            "(set --width/--height, or use a larger query)")  # fmt: skip
+    if min(width, height) < pipe.min_working_side:  # only an explicit infer.width/height can be this small
+        raise RelationError(f"working size {width}x{height} (infer.width/height): this base needs at least "
+                            f"{pipe.min_working_side} px a side")  # fmt: skip
     bad_steps: list[int] = []
 
     def callback(_pipe, i, _t, kwargs):
@@ -200,10 +203,10 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
-    from .model import load_pipeline, size_multiple  # torch and diffusers load only after the cheap checks
+    from .model import load_pipeline, size_rules  # torch and diffusers load only after the cheap checks
     from .progress import progress_bar
 
-    sizes = edit_sizes(cfg.infer, inputs.query.size, size_multiple(cfg))
+    sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
     print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))
     pipe = load_pipeline(cfg)
@@ -285,18 +288,18 @@ def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
 
 def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
     """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
-    from .model import size_multiple
+    from .model import size_rules
     from .progress import progress_bar
 
     if not todo:
         return
-    multiple, demo_noted = size_multiple(cfg), False
+    rules, demo_noted = size_rules(cfg), False
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:
             out = output_dir / names[r.index]
             inputs = _row_inputs(cfg, r)
-            note = edit_sizes(cfg.infer, inputs.query.size, multiple).note(cfg.infer)
+            note = edit_sizes(cfg.infer, inputs.query.size, *rules).note(cfg.infer)
             if note and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
                 print_note(DEMO_NOTE)
                 demo_noted = True

@@ -164,11 +164,12 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     return pipe
 
 
-def size_multiple(cfg: RelationConfig) -> int:
-    """The size step of ``cfg``'s base model, ``2 * vae_scale_factor`` (16 for FLUX, 8 for the demo), read
-    from its VAE's ``config.json`` without loading weights: what ``RelationPipeline.size_multiple`` is once
-    loaded (FluxPipeline: ``vae_scale_factor = 2 ** (len(block_out_channels) - 1)``). Raises
-    ``RelationError`` when that config cannot be read."""
+def size_rules(cfg: RelationConfig) -> tuple[int, int]:
+    """``(multiple, min_side)`` of ``cfg``'s base, read from its configs without loading weights: the size
+    step ``2 * vae_scale_factor`` (16 for FLUX, 8 for the demo; FluxPipeline: ``vae_scale_factor = 2 **
+    (len(block_out_channels) - 1)``), and the smallest working side of its pipeline class (64 for FLUX.2
+    [klein], 0 otherwise): what ``pipe.size_multiple`` and ``pipe.min_working_side`` are once loaded.
+    Raises ``RelationError`` when a config cannot be read."""
     from diffusers import AutoencoderKL
 
     base = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).base
@@ -176,7 +177,8 @@ def size_multiple(cfg: RelationConfig) -> int:
         vae = AutoencoderKL.load_config(base, subfolder="vae", local_files_only=cfg.model.local_files_only)
     except (OSError, ValueError) as e:
         raise RelationError(f"model.base '{base}': cannot read the VAE's config ({first_line(e)})") from None
-    return 2 ** len(vae["block_out_channels"])
+    pipeline_class = base_pipeline_class(base, cfg.model.local_files_only, cfg.model.query_ids)
+    return 2 ** len(vae["block_out_channels"]), pipeline_class.min_working_side
 
 
 def load_base(sources: ModelSources, dtype: torch.dtype, local_files_only: bool = False, query_ids: str = "auto"):

@@ -83,7 +83,7 @@ class RelationMixin:
         """``(height, width)`` the model works at for the query ``image``: :func:`~relation_cli.images.working_size`
         with :attr:`size_multiple`; a warning when an explicit ``height``/``width`` had to be floored."""
         multiple = self.size_multiple
-        w, h = size_rule(*image.size, multiple, max_area, width, height)
+        w, h = size_rule(*image.size, multiple, max_area, width, height, self.min_working_side)
         if (height is not None and height != h) or (width is not None and width != w):
             logger.warning(f"`height` and `width` must be multiples of {multiple}: using {h} and {w}")
         return h, w

@@ -96,15 +96,23 @@ def test_a_flux1_adapter_is_refused_on_klein(klein_model, tiny_model, tmp_path, 
     assert not (tmp_path / "o.png").exists()
 
 
-def test_a_query_under_64_px_is_refused_in_one_line(klein_model, tmp_path, capsys):
+def test_a_query_under_64_px_is_enlarged_and_an_explicit_size_refused(klein_model, tmp_path, capsys):
+    """klein refuses reference images under 64 px: a small query is worked on at 64 px a side (said in one
+    line; with output_size query the result is the query's size); an explicit smaller size is refused."""
+    from relation_cli.model import size_rules
+
     a, b = _images(tmp_path, "ab")
     (q,) = _images(tmp_path, "q", size=32)
-    args = ["infer", "--exemplar", a, b, "--query", q, "-o", str(tmp_path / "o.png"),
-            *(x for o in tiny_overrides(klein_model) for x in ("--set", o))]  # fmt: skip
-    assert main(args) == 1
+    sets = [x for o in tiny_overrides(klein_model) for x in ("--set", o)]
+    assert size_rules(load_config(None, tiny_overrides(klein_model))) == (16, 64)
+    args = ["infer", "--exemplar", a, b, "--query", q, *sets, "--steps", "1"]
+    assert main([*args, "-o", str(tmp_path / "o.png"), "--set", "infer.output_size=query"]) == 0
+    assert "query resized from 32x32 to 64x64 (this base works at 64 px a side or more" in capsys.readouterr().err
+    assert Image.open(tmp_path / "o.png").size == (32, 32)
+    assert main([*args, "-o", str(tmp_path / "x.png"), "--width", "32", "--height", "32"]) == 1
     err = capsys.readouterr().err
-    assert "working size 32x32: this base needs at least 64 px a side" in err and "Traceback" not in err
-    assert not (tmp_path / "o.png").exists()
+    assert "working size 32x32 (infer.width/height): this base needs at least 64 px a side" in err
+    assert "Traceback" not in err and not (tmp_path / "x.png").exists()
 
 
 def test_a_training_resolution_under_64_is_refused_before_loading(klein_model, tmp_path, capsys):
@@ -115,6 +123,19 @@ def test_a_training_resolution_under_64_is_refused_before_loading(klein_model, t
     assert main(["train", *_as_args(_sets(klein_model, data / "train.jsonl", run, "data.resolution=32"))]) == 1
     assert "data.resolution=32: a FLUX.2 [klein] base needs at least 64" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_training_on_images_under_64_px_validates_at_64(klein_model, tmp_path, one_thread):
+    """24 px rows train as they are; the validation edits work at klein's 64 px, so the run ends with its
+    adapter and grid (it used to fail at its end-of-run validation)."""
+    src = side_by_side_jsonl(tmp_path / "src", {"t1": 3, "t2": 3})
+    data = tmp_path / "data"
+    assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
+    run = tmp_path / "run"
+    sets = _sets(klein_model, data / "train.jsonl", run, "train.steps=1", "train.validation_samples=2",
+                 "train.validation_steps=1")  # fmt: skip
+    assert main(["train", *_as_args(sets)]) == 0
+    assert (run / "adapter").is_dir() and list((run / "validation").glob("step-*.png"))
 
 
 def _layer_outputs(pipe, scale: float, tokens: torch.Tensor):
@@ -257,3 +278,19 @@ def test_dry_run_estimates_a_klein_base(klein_model, tmp_path, capsys):
     frozen = sum(sum(p.numel() for p in parts[k].parameters()) for k in ("transformer", "vae", "text_encoder", "image_encoder"))
     adapter = sum(p.numel() for p in parts["relation_adapter"].parameters())
     assert f"adapter {adapter / 1e6:.1f}M" in out and f"frozen parameters: {frozen / 1e6:.1f}M" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("model.query_ids=kontext", "model.query_ids 'kontext' is for FLUX.1 bases"),
+    ("flux1-adapter", "adapter does not fit this transformer: cross_attention_dim"),
+])  # fmt: skip
+def test_dry_run_refuses_what_the_run_would(klein_model, tiny_model, tmp_path, capsys, extra, message):
+    """What loading refuses on klein, ``--dry-run`` refuses too, in one line, from configs alone."""
+    src = side_by_side_jsonl(tmp_path / "src", {"t1": 3, "t2": 3})
+    data = tmp_path / "data"
+    assert main(["prepare", str(src), "--output", str(data), "--workers", "1", "--test-per-task", "1"]) == 0
+    capsys.readouterr()
+    extra = f"adapter.path={tiny_model / 'adapter'}" if extra == "flux1-adapter" else extra
+    assert main(["train", "--dry-run", *_as_args(_sets(klein_model, data / "train.jsonl", tmp_path / "run", extra))]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -65,7 +65,7 @@ def test_resize_line_says_from_and_to_what():
     explicit = InferSection(width=32)
     sizes = edit_sizes(explicit, (64, 48), 16)
     assert (sizes.working, sizes.output) == ((32, 16), (32, 16))
-    assert sizes.note(explicit) == "query resized from 64x48 to 32x16 (--width 32 --height auto)"
+    assert sizes.note(explicit) == "query resized from 64x48 to 32x16 (infer.width 32, infer.height auto (--width/--height))"
 
 
 def test_resize_result_keeps_float_values():
@@ -112,14 +112,32 @@ def test_cli_resizes_a_large_query_and_says_so(tiny_model, photo_inputs, tmp_pat
     assert "embedded demo model" not in err  # the demo note is for model.base: demo only
 
 
-def test_size_multiple_is_read_without_loading_a_model(tiny_model):
+def test_size_rules_are_read_without_loading_a_model(tiny_model):
     """eval's copy-query baseline needs the size step before (or without) loading a model: 8 for the demo
-    model (a 3-level VAE), 16 for FLUX-like VAEs (4 levels), as the loaded pipeline has it."""
-    from relation_cli.model import size_multiple
+    model (a 3-level VAE), 16 for FLUX-like VAEs (4 levels), as the loaded pipeline has it; no smallest
+    side on FLUX.1 (klein's 64 is in tests/test_klein.py)."""
+    from relation_cli.model import size_rules
     from relation_cli.tiny import build_pipeline
 
-    assert size_multiple(load_config()) == 8
-    assert size_multiple(load_config(overrides=tiny_overrides(tiny_model))) == build_pipeline().size_multiple == 16
+    assert size_rules(load_config()) == (8, 0)
+    pipe = build_pipeline()
+    assert size_rules(load_config(overrides=tiny_overrides(tiny_model))) == (pipe.size_multiple, pipe.min_working_side) == (16, 0)
+
+
+def test_a_base_with_a_smallest_side_enlarges_small_queries():
+    """min_side (klein: 64): the short side is brought up to it, aspect ratio kept, sides rounded up to the
+    multiple; larger queries and an explicit size are untouched by it."""
+    assert working_size(32, 32, 16, None, min_side=64) == (64, 64)
+    assert working_size(48, 32, 16, None, min_side=64) == (96, 64)
+    assert working_size(50, 30, 16, None, min_side=64) == (112, 64)  # 106.7 x 64, rounded up
+    assert working_size(120, 80, 16, None, min_side=64) == (112, 80)  # large enough: floored as before
+    assert working_size(600, 400, 16, 1024, min_side=64) == (96, 64)  # max_area would give 32x16
+    assert working_size(32, 32, 16, None, 32, 32, min_side=64) == (32, 32)  # explicit: kept (infer refuses it)
+    small = InferSection(output_size="query")
+    sizes = edit_sizes(small, (32, 32), 16, 64)
+    assert (sizes.working, sizes.output) == ((64, 64), (32, 32))
+    assert sizes.note(small) == ("query resized from 32x32 to 64x64 (this base works at 64 px a side or more, "
+                                 "aspect ratio kept); the result goes back to 32x32 (infer.output_size: query)")
 
 
 def test_demo_on_a_photo_says_what_it_is_and_keeps_the_photo_size(tmp_path, capsys):

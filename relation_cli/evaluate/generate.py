@@ -136,7 +136,7 @@ def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda: None)
 
 
 def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
-    from ..model import load_pipeline, size_multiple
+    from ..model import load_pipeline, size_rules
     from ..progress import progress_bar
 
     off = cfg.model_copy(deep=True)
@@ -148,12 +148,12 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
         prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     if jobs:
         on_ready()
-    multiple = size_multiple(cfg) if jobs else 0
+    rules = size_rules(cfg) if jobs else (0, 0)
     bar = progress_bar("generating", len(jobs)) if state.is_main_process and jobs else nullcontext(lambda n=1: None)
     with bar as advance:
         for job in jobs:
             inputs = job_inputs(cfg, job)
-            sizes = edit_sizes(cfg.infer, inputs.query.size, multiple)
+            sizes = edit_sizes(cfg.infer, inputs.query.size, *rules)
             if job.method == "copy_query":
                 image = copy_query(inputs.query, sizes)
             else:

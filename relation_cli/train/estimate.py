@@ -55,12 +55,13 @@ def _meta_pipeline_parts(cfg: RelationConfig):
         T5EncoderModel,
     )
 
-    from ..klein import KLEIN_PIPELINES
-    from ..model import base_class_name, resolve_sources
+    from ..klein import RelationKleinPipeline
+    from ..model import base_pipeline_class, resolve_sources
 
     src = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
     kw = {"local_files_only": cfg.model.local_files_only}
-    klein = base_class_name(src.base, cfg.model.local_files_only) in KLEIN_PIPELINES
+    # the pipeline the run would load: refuses model.query_ids clone/kontext on klein as loading does
+    klein = base_pipeline_class(src.base, cfg.model.local_files_only, cfg.model.query_ids) is RelationKleinPipeline
     dit, autoencoder = (Flux2Transformer2DModel, AutoencoderKLFlux2) if klein else (FluxTransformer2DModel, AutoencoderKL)
     try:
         with init_empty_weights():
@@ -107,9 +108,34 @@ def estimate(cfg: RelationConfig) -> Estimate:
     if not os.access(probe, os.W_OK):
         raise RelationError(f"train.output_dir '{out}': '{probe}' is not writable")
 
-    est = estimate_parts(cfg, len(rows), *_meta_pipeline_parts(cfg))
+    parts = _meta_pipeline_parts(cfg)
+    check_adapter_fits(cfg, parts[0])
+    est = estimate_parts(cfg, len(rows), *parts)
     est.baseline_bytes = process_baseline_bytes(cfg)
     return est
+
+
+def check_adapter_fits(cfg: RelationConfig, transformer) -> None:
+    """The start adapter (``adapter.path``, a relation folder) against the (meta) ``transformer`` from its
+    ``config.json`` alone, as loading would check it (:meth:`RelationAdapter.check_compatible`): e.g. a
+    FLUX.1 adapter on a FLUX.2 [klein] base. A released ``.bin`` is checked when the run loads it.
+    Raises RelationError."""
+    from ..adapter import RelationAdapter
+    from ..model import resolve_sources
+
+    path = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).adapter
+    if path is None or not (Path(path) / RelationAdapter.config_name).is_file():
+        return
+    try:
+        config = RelationAdapter.load_config(path)
+    except (OSError, ValueError) as e:
+        raise RelationError(f"adapter '{path}': cannot read its config ({str(e).splitlines()[0][:160]})") from None
+    with torch.device("meta"):
+        adapter = RelationAdapter.from_config(config)
+    try:
+        adapter.check_compatible(transformer)
+    except RelationError as e:
+        raise RelationError(f"adapter '{path}': {e}") from None
 
 
 def process_baseline_bytes(cfg: RelationConfig) -> int:
