@@ -172,13 +172,21 @@ def vae_scale_factor(cfg: RelationConfig) -> int:
 # ------------------------------------------------------------------------------------------ data and outputs
 
 
+def missing_data(path: str | Path) -> str:
+    """The one-line problem of a ``train.data`` entry that is not a file: a folder, a comma list, or absent."""
+    path = Path(path)
+    if path.is_dir():
+        return f"train.data '{path}': is a folder; give the train.jsonl that relation prepare wrote in it"
+    hint = "; several files: --data repeated or train.data=[a.jsonl,b.jsonl]" if "," in str(path) else ""
+    return f"train.data '{path}': not found (run relation prepare first{hint})"
+
+
 def _data_problems(cfg: RelationConfig, command: str) -> list[str]:
     problems = []
     if command == "train":
         if not cfg.train.data_files:
             problems.append("train.data: an empty list; give at least one train.jsonl from relation prepare")
-        problems += [f"train.data '{f}': not found (run relation prepare first)" for f in cfg.train.data_files
-                     if not Path(f).is_file()]  # fmt: skip
+        problems += [missing_data(f) for f in cfg.train.data_files if not Path(f).is_file()]
         held_out = cfg.train.validation_data
         if held_out and cfg.train.validation_samples and not Path(held_out).is_file():
             problems.append(f"train.validation_data '{held_out}': not found")

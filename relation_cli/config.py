@@ -219,7 +219,8 @@ class InferSection(Section):
 class TrainSection(Section):
     data: str | list[str] = Field(
         "data/prepared/train.jsonl", description="Run-ready train.jsonl written by relation prepare, or a list of "
-        "them (--data repeated): their rows are trained on together, e.g. two prepared sets mixed."
+        "them (--data repeated): their rows are trained on together, e.g. two prepared sets mixed; a file listed "
+        "twice is trained on twice as often (a way to weight it)."
     )
     validation_data: str | None = Field(
         None, description="jsonl of held-out rows for validation grids. Empty: test_seen.jsonl beside (the first) "

@@ -65,6 +65,14 @@ class EditSizes:
     multiple: int
     min_side: int = 0
 
+    def check_min_side(self) -> None:
+        """RelationError when the working size is under the base's smallest side (only an explicit
+        ``infer.width``/``height`` can make it so)."""
+        if min(self.working) < self.min_side:
+            w, h = self.working
+            raise RelationError(f"working size {w}x{h} (infer.width/height): this base needs at least "
+                                f"{self.min_side} px a side")  # fmt: skip
+
     def note(self, infer: InferSection) -> str | None:
         """The line that says the query was resized, from and to what; None when it keeps its size."""
         if self.working == self.query:
@@ -146,10 +154,8 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     import torch
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple, pipe.min_working_side)
+    sizes.check_min_side()
     width, height = sizes.working
-    if min(width, height) < pipe.min_working_side:  # only an explicit infer.width/height can be this small
-        raise RelationError(f"working size {width}x{height} (infer.width/height): this base needs at least "
-                            f"{pipe.min_working_side} px a side")  # fmt: skip
     bad_steps: list[int] = []
 
     def callback(_pipe, i, _t, kwargs):
@@ -207,6 +213,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     from .progress import progress_bar
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
+    sizes.check_min_side()
     print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))
     pipe = load_pipeline(cfg)

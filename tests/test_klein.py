@@ -96,7 +96,7 @@ def test_a_flux1_adapter_is_refused_on_klein(klein_model, tiny_model, tmp_path, 
     assert not (tmp_path / "o.png").exists()
 
 
-def test_a_query_under_64_px_is_enlarged_and_an_explicit_size_refused(klein_model, tmp_path, capsys):
+def test_a_query_under_64_px_is_enlarged_and_an_explicit_size_refused(klein_model, tmp_path, capsys, monkeypatch):
     """klein refuses reference images under 64 px: a small query is worked on at 64 px a side (said in one
     line; with output_size query the result is the query's size); an explicit smaller size is refused."""
     from relation_cli.model import size_rules
@@ -109,6 +109,10 @@ def test_a_query_under_64_px_is_enlarged_and_an_explicit_size_refused(klein_mode
     assert main([*args, "-o", str(tmp_path / "o.png"), "--set", "infer.output_size=query"]) == 0
     assert "query resized from 32x32 to 64x64 (this base works at 64 px a side or more" in capsys.readouterr().err
     assert Image.open(tmp_path / "o.png").size == (32, 32)
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("relation_cli.model.load_pipeline", refuse)  # the explicit size is refused before loading
     assert main([*args, "-o", str(tmp_path / "x.png"), "--width", "32", "--height", "32"]) == 1
     err = capsys.readouterr().err
     assert "working size 32x32 (infer.width/height): this base needs at least 64 px a side" in err

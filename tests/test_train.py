@@ -186,9 +186,13 @@ def test_several_data_files_train_together(tiny_model, data, tmp_path, capsys):
     assert saved.train.data == [str(data), str(other)] and (tmp_path / "r" / "adapter").is_dir()
 
 
-@pytest.mark.parametrize("value, message", [("[]", "train.data: an empty list"), ("missing", "not found")])
+@pytest.mark.parametrize("value, message", [
+    ("[]", "train.data: an empty list"), ("missing", "not found"), ("folder", "is a folder; give the train.jsonl"),
+    ("comma", "several files: --data repeated or train.data=[a.jsonl,b.jsonl]"),
+])  # fmt: skip
 def test_bad_data_list_is_one_line_and_writes_nothing(tiny_model, data, tmp_path, capsys, value, message):
-    listed = "[]" if value == "[]" else f"[{data},{tmp_path / 'missing.jsonl'}]"
+    listed = {"[]": "[]", "missing": f"[{data},{tmp_path / 'missing.jsonl'}]", "folder": str(data.parent),
+              "comma": f"'{data},{data}'"}[value]  # fmt: skip
     sets = [o for o in train_overrides(tiny_model, data, tmp_path / "r", 1) if not o.startswith("train.data=")]
     args = ["train", "--set", f"train.data={listed}"] + [x for o in sets for x in ("--set", o)]
     assert main(args) == 1

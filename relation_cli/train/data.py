@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..checks import missing_data
 from ..errors import RelationError
 from ..images import check_images, open_image, pad_exemplar
 from ..rows import IMAGE_FIELDS, Pair, Row, parse_rows
@@ -40,7 +41,7 @@ def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list
     out: list[Row] = []
     for path in files:
         if not path.is_file():
-            raise RelationError(f"train.data '{path}': not found (run relation prepare first)")
+            raise RelationError(missing_data(path))
         rows = parse_rows(path, need_target=True)
         where = f"'{path}' " if len(files) > 1 else ""
         check_images(((getattr(r, k), f"{where}row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
