@@ -172,6 +172,9 @@ def vae_scale_factor(cfg: RelationConfig) -> int:
 # ------------------------------------------------------------------------------------------ data and outputs
 
 
+EMPTY_DATA = "train.data: an empty list; give at least one train.jsonl from relation prepare"
+
+
 def missing_data(path: str | Path) -> str:
     """The one-line problem of a ``train.data`` entry that is not a file: a folder, a comma list, or absent."""
     path = Path(path)
@@ -185,7 +188,7 @@ def _data_problems(cfg: RelationConfig, command: str) -> list[str]:
     problems = []
     if command == "train":
         if not cfg.train.data_files:
-            problems.append("train.data: an empty list; give at least one train.jsonl from relation prepare")
+            problems.append(EMPTY_DATA)
         problems += [missing_data(f) for f in cfg.train.data_files if not Path(f).is_file()]
         held_out = cfg.train.validation_data
         if held_out and cfg.train.validation_samples and not Path(held_out).is_file():

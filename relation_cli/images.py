@@ -215,7 +215,8 @@ def working_size(
         w, h = (max_area * width / height) ** 0.5, (max_area * height / width) ** 0.5
     if not (target_width or target_height) and min(w, h) < min_side:
         scale = min_side / min(w, h)
-        return tuple(-(-max(min_side, round(v * scale)) // multiple) * multiple for v in (w, h))  # type: ignore[return-value]
+        w, h = max(min_side, round(w * scale)), max(min_side, round(h * scale))
+        return -(-w // multiple) * multiple, -(-h // multiple) * multiple  # rounded up: never under min_side
     return max(multiple, round(w) // multiple * multiple), max(multiple, round(h) // multiple * multiple)
 
 

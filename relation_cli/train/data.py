@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checks import missing_data
+from ..checks import EMPTY_DATA, missing_data
 from ..errors import RelationError
 from ..images import check_images, open_image, pad_exemplar
 from ..rows import IMAGE_FIELDS, Pair, Row, parse_rows
@@ -37,7 +37,7 @@ def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list
     """
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not files:
-        raise RelationError("train.data: an empty list; give at least one train.jsonl from relation prepare")
+        raise RelationError(EMPTY_DATA)
     out: list[Row] = []
     for path in files:
         if not path.is_file():
