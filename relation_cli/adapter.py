@@ -354,6 +354,11 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             self._modules["processors"] = processors
 
     def check_compatible(self, transformer: Transformer) -> None:
+        """Refuse an adapter whose shapes do not fit ``transformer``: layer count, joint (text) width, hidden
+        width, head width, and the FLUX.1 / FLUX.2 [klein] family (``flux2_double_layers``), named first.
+
+        Raises RelationError listing every mismatch in one line.
+        """
         c, a = transformer.config, self.config
         expected = {
             "num_layers": c.num_layers + c.num_single_layers,
@@ -363,6 +368,10 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             "flux2_double_layers": c.num_layers if isinstance(transformer, Flux2Transformer2DModel) else None,
         }
         wrong = [f"{k} {getattr(a, k)} (transformer needs {v})" for k, v in expected.items() if getattr(a, k) != v]
+        if (a.flux2_double_layers is None) != (expected["flux2_double_layers"] is None):  # the family, said first
+            family = {True: "FLUX.1", False: "FLUX.2 [klein]"}
+            wrong.insert(0, f"it was made for a {family[a.flux2_double_layers is None]} transformer and the base "
+                            f"is {family[expected['flux2_double_layers'] is None]}")  # fmt: skip
         if wrong:
             raise RelationError("adapter does not fit this transformer: " + ", ".join(wrong))
 

@@ -202,7 +202,8 @@ class InferSection(Section):
     overwrite: bool = Field(False, description="Replace output files that already exist.")
     width: int | None = Field(
         None, ge=8, description="Working width in pixels (--width). Empty: from the query and max_area. "
-        "Alone, the height follows the query's aspect ratio. Floored to 2x the VAE factor (16 for FLUX)."
+        "Alone, the height follows the query's aspect ratio. Floored to 2x the VAE factor (16 for FLUX); "
+        "FLUX.2 [klein] needs at least 64 a side."
     )
     height: int | None = Field(None, ge=8, description="Working height in pixels (--height); see width.")
     max_area: int | None = Field(

@@ -83,7 +83,10 @@ class EditSizes:
 
     def _reason(self, infer: InferSection) -> str:
         if infer.width or infer.height:
-            return f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'} (--width/--height)"
+            (qw, qh), given = self.query, f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'}"
+            asked = (round(infer.width or infer.height * qw / qh), round(infer.height or infer.width * qh / qw))
+            floored = f", sides floored to a multiple of {self.multiple}" if self.working != asked else ""
+            return f"{given} (--width/--height){floored}"
         if min(self.working) > min(self.query) and min(self.query) < self.min_side:
             return f"this base works at {self.min_side} px a side or more, aspect ratio kept"
         if infer.max_area is not None and self.query[0] * self.query[1] > infer.max_area:

@@ -51,7 +51,11 @@ def json_problem(err: Exception) -> str:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Every line of a JSON Lines file as a dict; every bad line is reported together, with its number."""
+    """Every line of a JSON Lines file as a dict; every bad line is reported together, with its number.
+
+    Raises RelationError for a missing or unreadable file and for bad lines (up to 10 named); a file none of
+    whose lines is a JSON object (a CSV, say) gets one short message naming its first line's problem.
+    """
     path = Path(path)
     if not path.is_file():
         raise RelationError(f"'{path}': file not found")
@@ -74,6 +78,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
             continue
         out.append(value)
+    if problems and not out and len(problems) > 1:  # a CSV or other text: the first line says enough
+        raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} lines is a JSON "
+                            f"object ({problems[0]})")  # fmt: skip
     if problems:
         raise RelationError(f"'{path}': " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     return out

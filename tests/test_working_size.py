@@ -65,7 +65,15 @@ def test_resize_line_says_from_and_to_what():
     explicit = InferSection(width=32)
     sizes = edit_sizes(explicit, (64, 48), 16)
     assert (sizes.working, sizes.output) == ((32, 16), (32, 16))
-    assert sizes.note(explicit) == "query resized from 64x48 to 32x16 (infer.width 32, infer.height auto (--width/--height))"
+    assert sizes.note(explicit) == ("query resized from 64x48 to 32x16 (infer.width 32, infer.height auto "
+                                    "(--width/--height), sides floored to a multiple of 16)")  # 24 high asked
+    both = InferSection(width=70, height=66)
+    assert edit_sizes(both, (32, 32), 16).note(both) == (
+        "query resized from 32x32 to 64x64 (infer.width 70, infer.height 66 (--width/--height), sides floored to a "
+        "multiple of 16)")  # fmt: skip
+    exact = InferSection(width=48, height=32)
+    assert edit_sizes(exact, (64, 48), 16).note(exact) == (
+        "query resized from 64x48 to 48x32 (infer.width 48, infer.height 32 (--width/--height))")
 
 
 def test_resize_result_keeps_float_values():
