@@ -65,19 +65,22 @@ class EditSizes:
     multiple: int
     min_side: int = 0
 
-    def check_min_side(self) -> None:
+    def check_min_side(self, infer: InferSection) -> None:
         """RelationError when the working size is under the base's smallest side (only an explicit
-        ``infer.width``/``height`` can make it so)."""
+        ``infer.width``/``height`` can make it so); the message says how that size was reached."""
         if min(self.working) < self.min_side:
-            w, h = self.working
-            raise RelationError(f"working size {w}x{h} (infer.width/height): this base needs at least "
-                                f"{self.min_side} px a side")  # fmt: skip
+            (w, h), auto = self.working, not (infer.width and infer.height)
+            raise RelationError(f"working size {w}x{h} ({self._reason(infer)}): this base needs at least "
+                                f"{self.min_side} px a side" + ("; a side left auto follows the query's aspect "
+                                "ratio, give both --width and --height" if auto else ""))  # fmt: skip
 
     def note(self, infer: InferSection) -> str | None:
-        """The line that says the query was resized, from and to what; None when it keeps its size."""
-        if self.working == self.query:
-            return None
+        """The line that says the query was resized, from and to what (or that an explicit size was floored
+        back to the query's own); None when it keeps its size."""
         q, w = (f"{a}x{b}" for a, b in (self.query, self.working))
+        if self.working == self.query:
+            reason = self._reason(infer) if infer.width or infer.height else ""
+            return f"query kept at {q} ({reason})" if "floored" in reason else None
         back = f"; the result goes back to {q} (infer.output_size: query)" if self.output == self.query else ""
         return f"query resized from {q} to {w} ({self._reason(infer)}){back}"
 
@@ -157,7 +160,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     import torch
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple, pipe.min_working_side)
-    sizes.check_min_side()
+    sizes.check_min_side(cfg.infer)
     width, height = sizes.working
     bad_steps: list[int] = []
 
@@ -216,7 +219,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     from .progress import progress_bar
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
-    sizes.check_min_side()
+    sizes.check_min_side(cfg.infer)
     print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))
     pipe = load_pipeline(cfg)

@@ -116,8 +116,15 @@ def test_a_query_under_64_px_is_enlarged_and_an_explicit_size_refused(klein_mode
     monkeypatch.setattr("relation_cli.model.load_pipeline", refuse)  # the explicit size is refused before loading
     assert main([*args, "-o", str(tmp_path / "x.png"), "--width", "32", "--height", "32"]) == 1
     err = capsys.readouterr().err
-    assert "working size 32x32 (infer.width/height): this base needs at least 64 px a side" in err
+    assert "working size 32x32 (infer.width 32, infer.height 32 (--width/--height)): this base needs at least 64 px a side\n" in err
     assert "Traceback" not in err and not (tmp_path / "x.png").exists()
+    wide = str(random_image(tmp_path / "w.png", (96, 32), seed=5))  # --width 100 alone: the height follows, 32
+    assert main([*args[:5], wide, *args[6:], "-o", str(tmp_path / "y.png"), "--width", "100"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("working size 96x32 (infer.width 100, infer.height auto (--width/--height), sides floored to a multiple "
+            "of 16): this base needs at least 64 px a side; a side left auto follows the query's aspect ratio, give "
+            "both --width and --height") in err  # fmt: skip
+    assert not (tmp_path / "y.png").exists()
 
 
 def test_a_training_resolution_under_64_is_refused_before_loading(klein_model, tmp_path, capsys):

@@ -71,6 +71,10 @@ def test_resize_line_says_from_and_to_what():
     assert edit_sizes(both, (32, 32), 16).note(both) == (
         "query resized from 32x32 to 64x64 (infer.width 70, infer.height 66 (--width/--height), sides floored to a "
         "multiple of 16)")  # fmt: skip
+    same = InferSection(width=36, height=36)  # floored back to the query's own size: still said
+    assert edit_sizes(same, (32, 32), 8).note(same) == (
+        "query kept at 32x32 (infer.width 36, infer.height 36 (--width/--height), sides floored to a multiple of 8)")
+    assert edit_sizes(InferSection(width=32, height=32), (32, 32), 8).note(InferSection(width=32, height=32)) is None
     exact = InferSection(width=48, height=32)
     assert edit_sizes(exact, (64, 48), 16).note(exact) == (
         "query resized from 64x48 to 48x32 (infer.width 48, infer.height 32 (--width/--height))")
