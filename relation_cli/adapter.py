@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -374,6 +375,13 @@ class RelationAdapter(ModelMixin, ConfigMixin):
                             f"is {family[expected['flux2_double_layers'] is None]}")  # fmt: skip
         if wrong:
             raise RelationError("adapter does not fit this transformer: " + ", ".join(wrong))
+
+    def check_fits(self, transformer: Transformer, path: str | Path | None) -> None:
+        """:meth:`check_compatible`, its RelationError naming the adapter's file or folder ``path``."""
+        try:
+            self.check_compatible(transformer)
+        except RelationError as e:
+            raise RelationError(f"adapter '{path}'" + str(e).removeprefix("adapter")) from None
 
     def install(self, transformer: Transformer) -> None:
         """Put one processor on every attention layer, in ``transformer.attn_processors`` order."""

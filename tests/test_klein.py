@@ -92,7 +92,8 @@ def test_a_flux1_adapter_is_refused_on_klein(klein_model, tiny_model, tmp_path, 
     args = ["infer", "--exemplar", a, b, "--query", q, "-o", str(tmp_path / "o.png"), *_as_args(sets)]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "adapter does not fit this transformer: it was made for a FLUX.1 transformer and the base is FLUX.2 [klein]" in err
+    assert (f"adapter '{tiny_model / 'adapter'}' does not fit this transformer: it was made for a FLUX.1 transformer "
+            "and the base is FLUX.2 [klein]") in err  # fmt: skip
     assert "flux2_double_layers None (transformer needs 2)" in err
     assert not (tmp_path / "o.png").exists()
 
@@ -294,7 +295,7 @@ def test_dry_run_estimates_a_klein_base(klein_model, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     ("model.query_ids=kontext", "model.query_ids 'kontext' is for FLUX.1 bases"),
-    ("flux1-adapter", "adapter does not fit this transformer: it was made for a FLUX.1 transformer and the base is "
+    ("flux1-adapter", "does not fit this transformer: it was made for a FLUX.1 transformer and the base is "
                       "FLUX.2 [klein], cross_attention_dim"),
 ])  # fmt: skip
 def test_dry_run_refuses_what_the_run_would(klein_model, tiny_model, tmp_path, capsys, extra, message):
