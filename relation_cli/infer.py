@@ -79,17 +79,22 @@ class EditSizes:
         back to the query's own); None when it keeps its size."""
         q, w = (f"{a}x{b}" for a, b in (self.query, self.working))
         if self.working == self.query:
-            reason = self._reason(infer) if infer.width or infer.height else ""
-            return f"query kept at {q} ({reason})" if "floored" in reason else None
+            return f"query kept at {q} ({self._reason(infer)})" if self._floored_explicit(infer) else None
         back = f"; the result goes back to {q} (infer.output_size: query)" if self.output == self.query else ""
         return f"query resized from {q} to {w} ({self._reason(infer)}){back}"
 
+    def _floored_explicit(self, infer: InferSection) -> bool:
+        """Whether an explicit ``infer.width``/``height`` (a missing side from the query's aspect ratio) was
+        floored to the size multiple."""
+        if not (infer.width or infer.height):
+            return False
+        qw, qh = self.query
+        return self.working != (round(infer.width or infer.height * qw / qh), round(infer.height or infer.width * qh / qw))
+
     def _reason(self, infer: InferSection) -> str:
         if infer.width or infer.height:
-            (qw, qh), given = self.query, f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'}"
-            asked = (round(infer.width or infer.height * qw / qh), round(infer.height or infer.width * qh / qw))
-            floored = f", sides floored to a multiple of {self.multiple}" if self.working != asked else ""
-            return f"{given} (--width/--height){floored}"
+            floored = f", sides floored to a multiple of {self.multiple}" if self._floored_explicit(infer) else ""
+            return f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'} (--width/--height){floored}"
         if min(self.working) > min(self.query) and min(self.query) < self.min_side:
             return f"this base works at {self.min_side} px a side or more, aspect ratio kept"
         if infer.max_area is not None and self.query[0] * self.query[1] > infer.max_area:
