@@ -354,11 +354,12 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         finally:
             self._modules["processors"] = processors
 
-    def check_compatible(self, transformer: Transformer) -> None:
+    def check_compatible(self, transformer: Transformer, path: str | Path | None = None) -> None:
         """Refuse an adapter whose shapes do not fit ``transformer``: layer count, joint (text) width, hidden
         width, head width, and the FLUX.1 / FLUX.2 [klein] family (``flux2_double_layers``), named first.
 
-        Raises RelationError listing every mismatch in one line.
+        Raises RelationError listing every mismatch in one line, naming the adapter's file or folder ``path``
+        when given.
         """
         c, a = transformer.config, self.config
         expected = {
@@ -374,14 +375,8 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             wrong.insert(0, f"it was made for a {family[a.flux2_double_layers is None]} transformer and the base "
                             f"is {family[expected['flux2_double_layers'] is None]}")  # fmt: skip
         if wrong:
-            raise RelationError("adapter does not fit this transformer: " + ", ".join(wrong))
-
-    def check_fits(self, transformer: Transformer, path: str | Path | None) -> None:
-        """:meth:`check_compatible`, its RelationError naming the adapter's file or folder ``path``."""
-        try:
-            self.check_compatible(transformer)
-        except RelationError as e:
-            raise RelationError(f"adapter '{path}'" + str(e).removeprefix("adapter")) from None
+            name = "adapter" if path is None else f"adapter '{path}'"
+            raise RelationError(f"{name} does not fit this transformer: " + ", ".join(wrong))
 
     def install(self, transformer: Transformer) -> None:
         """Put one processor on every attention layer, in ``transformer.attn_processors`` order."""

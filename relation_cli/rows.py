@@ -78,7 +78,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
             continue
         out.append(value)
-    if problems and not out and len(problems) > 1:  # a CSV or other text: the first line says enough
+    if not out and len(problems) > 1:  # a CSV or other text: the first line says enough
         raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} lines is a JSON "
                             f"object ({problems[0]})")  # fmt: skip
     if problems:

@@ -132,7 +132,7 @@ def check_adapter_fits(cfg: RelationConfig, transformer) -> None:
         raise RelationError(f"adapter '{path}': cannot read its config ({str(e).splitlines()[0][:160]})") from None
     with torch.device("meta"):
         adapter = RelationAdapter.from_config(config)
-    adapter.check_fits(transformer, path)
+    adapter.check_compatible(transformer, path)
 
 
 def process_baseline_bytes(cfg: RelationConfig) -> int:

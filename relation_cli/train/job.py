@@ -101,7 +101,7 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
     transformer = pipe.transformer
     if sources.adapter is not None:
         adapter = load_adapter(sources.adapter, transformer.config.attention_head_dim)
-        adapter.check_fits(transformer, sources.adapter)
+        adapter.check_compatible(transformer, sources.adapter)
     else:
         torch.manual_seed(t.seed)
         adapter = RelationAdapter.for_transformer(
