@@ -225,9 +225,9 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
     sizes.check_min_side(cfg.infer)
+    pipe = load_pipeline(cfg)  # an unfit model or adapter is refused before any note about the query
     print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))
-    pipe = load_pipeline(cfg)
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)

@@ -50,11 +50,21 @@ def json_problem(err: Exception) -> str:
     return "nested too deeply" if isinstance(err, RecursionError) else first_line(err)
 
 
+def _one_json_document(text: str) -> bool:
+    """Whether ``text`` is a single JSON value, e.g. a pretty-printed list of rows."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every line of a JSON Lines file as a dict; every bad line is reported together, with its number.
 
     Raises RelationError for a missing or unreadable file and for bad lines (up to 10 named); a file none of
-    whose lines is a JSON object (a CSV, say) gets one short message naming its first line's problem.
+    whose lines is a JSON object (a CSV, say) gets one short message naming its first line's problem, and a
+    pretty-printed JSON document one that says so.
     """
     path = Path(path)
     if not path.is_file():
@@ -78,6 +88,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
             continue
         out.append(value)
+    if not out and len(problems) > 1 and _one_json_document("\n".join(lines)):  # e.g. a pretty-printed list
+        raise RelationError(f"'{path}': one JSON document over {len(problems)} lines, not JSON Lines: write one "
+                            "JSON object per line")  # fmt: skip
     if not out and len(problems) > 1:  # a CSV or other text: the first line says enough
         raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} lines is a JSON "
                             f"object ({problems[0]})")  # fmt: skip

@@ -86,7 +86,8 @@ def test_query_ids_other_than_auto_are_refused_on_klein(klein_model, tmp_path, c
 
 
 def test_a_flux1_adapter_is_refused_on_klein(klein_model, tiny_model, tmp_path, capsys):
-    a, b, q = _images(tmp_path)
+    a, b = _images(tmp_path, "ab")
+    (q,) = _images(tmp_path, "q", size=32)  # klein would work on it at 64 px: a note the refusal must not follow
     sets = [f"model.base={klein_model / 'base'}", f"model.image_encoder={klein_model / 'image_encoder'}",
             f"adapter.path={tiny_model / 'adapter'}"]  # fmt: skip
     args = ["infer", "--exemplar", a, b, "--query", q, "-o", str(tmp_path / "o.png"), *_as_args(sets)]
@@ -95,6 +96,7 @@ def test_a_flux1_adapter_is_refused_on_klein(klein_model, tiny_model, tmp_path, 
     assert (f"adapter '{tiny_model / 'adapter'}' does not fit this transformer: it was made for a FLUX.1 transformer "
             "and the base is FLUX.2 [klein]") in err  # fmt: skip
     assert "flux2_double_layers None (transformer needs 2)" in err
+    assert "query resized" not in err  # the 32 px query would be enlarged: nothing said before the refusal
     assert not (tmp_path / "o.png").exists()
 
 
