@@ -159,9 +159,21 @@ def test_memory_mode_on_gpu(tiny_model, mode):
     if mode.startswith("quantize"):
         pytest.importorskip("torchao", reason="model.quantize needs torchao")
     sets = tiny_overrides(tiny_model) + ["infer.steps=2", "model.device=cuda", "model.dtype=float32"]
-    _, plain = _edit(load_config(None, sets))
+    plain_pipe, plain = _edit(load_config(None, sets))
     pipe, out = _edit(load_config(None, sets + _gpu_sets(mode)))
     assert type(pipe.relation_adapter.processors[0].to_k_ip.weight) is torch.nn.Parameter
     assert pipe.relation_adapter.processors[0].to_k_ip.weight.dtype == torch.float32
     exact = "offload" in mode
-    assert np.abs(out - plain).max() <= (1e-5 if exact else 0.1)
+    assert np.abs(out - plain).max() <= (1e-5 if exact else 0.1), _where_it_differs(plain_pipe, pipe)
+
+
+def _where_it_differs(plain_pipe, pipe) -> str:
+    """On a failure: how far apart the two pipelines' exemplar tokens are (SigLIP + projection), and their
+    outputs from the same given tokens (text, transformer, VAE), so one run tells which part differs."""
+    a, b, _ = _images()
+    with torch.inference_mode():
+        t_plain = plain_pipe.encode_exemplars([(a, b)], plain_pipe._execution_device)
+        t_mode = pipe.encode_exemplars([(a, b)], pipe._execution_device)
+    same_tokens = np.abs(_run(plain_pipe, t_plain) - _run(pipe, t_plain)).max()
+    return (f"exemplar tokens differ by {(t_plain - t_mode.to(t_plain.device)).abs().max().item():.3g}; "
+            f"outputs from the same tokens by {same_tokens:.3g}")
