@@ -50,8 +50,9 @@ def json_problem(err: Exception) -> str:
     return "nested too deeply" if isinstance(err, RecursionError) else first_line(err)
 
 
-def _one_json_document(text: str) -> bool:
-    """Whether ``text`` is a single JSON value, e.g. a pretty-printed list of rows."""
+def one_json_document(text: str) -> bool:
+    """Whether ``text`` (several lines) is a single JSON value, e.g. a pretty-printed list of rows: what a
+    JSON Lines reader names as such instead of listing every line as malformed."""
     try:
         json.loads(text)
     except (ValueError, RecursionError):
@@ -88,7 +89,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
             continue
         out.append(value)
-    if not out and len(problems) > 1 and _one_json_document("\n".join(lines)):  # e.g. a pretty-printed list
+    if not out and len(problems) > 1 and one_json_document("\n".join(lines)):  # e.g. a pretty-printed list
         raise RelationError(f"'{path}': one JSON document over {len(problems)} lines, not JSON Lines: write one "
                             "JSON object per line")  # fmt: skip
     if not out and len(problems) > 1:  # a CSV or other text: the first line says enough

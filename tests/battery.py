@@ -313,15 +313,18 @@ ROWS_ERRORS = {
     "symlink out of the root": "'link.png' leads outside the dataset root",
 }
 CSV = "cond1,cond2,source,target\na0.png,b0.png,q0.png,t0.png\n"
+PRETTY_JSON = '[\n  {\n    "source": "a0.png",\n    "target": "t0.png"\n  }\n]\n'  # json.dumps(..., indent=2)
 
 
 def rows_cases(args: Callable[[Kit, Path], list], name: str) -> list[Case]:
-    """Each ROWS_ERRORS kind in the rows file ``name`` that ``args(kit, path)`` reads, and a CSV file."""
+    """Each ROWS_ERRORS kind in the rows file ``name`` that ``args(kit, path)`` reads, a CSV file and a pretty-printed JSON file."""
     cases = [Case(kind, lambda k, kind=kind: args(k, k.bad_rows(name, kind)), (name, why))
              for kind, why in ROWS_ERRORS.items()]  # fmt: skip
     csv = Case("CSV file instead of JSON Lines", lambda k: args(k, k.file("rows.csv", CSV)),
                ("rows.csv", "not a JSON Lines file, none of its 2 lines is a JSON object (line 1: malformed JSON"))
-    return [*cases, csv]
+    pretty = Case("pretty-printed JSON instead of JSON Lines", lambda k: args(k, k.file(name, PRETTY_JSON)),
+                  (name, "one JSON document over 6 lines, not JSON Lines"))
+    return [*cases, csv, pretty]
 
 
 # ---- infer: single mode for images and single outputs, batch mode (--input) for rows files and folders
@@ -394,6 +397,8 @@ PREPARE = [
       for kind, (fault, why) in PREPARE_ENTRY_ERRORS.items()],
     Case("CSV file instead of JSON Lines", lambda k: prepare_args(k, k.file("pairs.csv", CSV)),
          ("pairs.csv", "expected a Relation252K folder, a .jsonl or a .json file")),
+    Case("pretty-printed JSON instead of JSON Lines", lambda k: prepare_args(k, k.file("pairs.jsonl", PRETTY_JSON)),
+         ("pairs.jsonl", "one JSON document over 6 lines, not JSON Lines: name it .json")),
     Case("folder without the dataset layout", lambda k: prepare_args(k, k.existing_dir("raw")),
          ("raw", "no <task>/Group1/labels.json")),
     *config_cases(("data.per_task_cap", "--per-task-cap"), (["--test-per-task", "-1"], "data.test_per_task"),
