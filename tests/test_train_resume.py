@@ -69,6 +69,18 @@ def test_a_shape_change_is_refused_in_one_line_before_anything_loads(tiny_model,
     assert tree(out) == before
 
 
+def test_the_same_command_resumes_a_run_on_the_demo_model(data, tmp_path, capsys):
+    """The demo base brings its adapter (8 tokens): the saved config says 8, the command leaves the default."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--output-dir", str(out), "--mode", "adapter",
+            *(x for o in (*QUIET, "data.resolution=32", "train.batch_size=2") for x in ("--set", o))]  # fmt: skip
+    assert main([*args, "--set", "train.steps=1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["adapter"]["num_tokens"] == 8
+    capsys.readouterr()
+    assert main([*args, "--set", "train.steps=2", "--resume"]) == 0, capsys.readouterr().err
+    assert yaml.safe_load((out / "config.yaml").read_text())["run"]["step"] == 2
+
+
 def test_resume_without_a_usable_checkpoint_changes_nothing(tiny_model, data, tmp_path, capsys):
     missing = tmp_path / "never"
     assert main(train_args(tiny_model, data, missing, 1, *QUIET) + ["--resume"]) == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import RelationConfig, read_yaml
+from ..config import DEMO, RelationConfig, read_yaml
 from ..errors import RelationError
 from ..progress import console
 from .checkpoint import CONFIG, load_tree
@@ -37,7 +37,8 @@ def continue_config(cfg: RelationConfig, folder: Path, warn=console.print) -> Re
     step = int(load_tree(folder, "trainer")["step"])
     saved_tree = read_yaml(folder / CONFIG)
     before, now = settings(saved_tree), settings(cfg.model_dump(mode="json"))
-    ignored = NOT_SETTINGS + (("adapter.num_tokens",) if cfg.adapter.path else ())  # a loaded adapter has its own
+    loads_adapter = bool(cfg.adapter.path) or cfg.model.base == DEMO  # the demo base brings its adapter
+    ignored = NOT_SETTINGS + (("adapter.num_tokens",) if loads_adapter else ())  # a loaded adapter has its own
     changed = {k: [before.get(k), v] for k, v in now.items() if k not in ignored and before.get(k) != v}
     refused = [k for k in changed if k in fixed_settings(cfg)]
     if refused:
