@@ -309,11 +309,17 @@ def _check_edit_inputs(cfg: RelationConfig, pair: tuple[Path, Path], query: Path
     open_edit_inputs(cfg, pair, query, cfg.infer.prompt)
 
 
+def _check_eval_rows(cfg: RelationConfig) -> None:
+    from .evaluate.plan import check_rows
+
+    check_rows(cfg)
+
+
 def _infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, dry_run: bool) -> None:
     from . import infer as core
 
     if dry_run:
-        return _dry_run(cfg, "infer", lambda: core.parse_rows(input_file))
+        return _dry_run(cfg, "infer", lambda: core.check_rows(cfg, input_file))
     before_loading(cfg, "infer")
     report_batch(core.infer_batch(cfg, input_file, output_dir))
 
@@ -615,7 +621,7 @@ def evaluate(
         cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
         refuse_run_config(cfg, config)
         if dry_run:
-            return _dry_run(cfg, "eval")
+            return _dry_run(cfg, "eval", lambda: _check_eval_rows(cfg))
         before_loading(cfg, "eval")
         from .evaluate import evaluate as core_evaluate
 

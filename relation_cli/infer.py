@@ -300,6 +300,13 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     return BatchSummary(len(todo) - len(failed), len(rows) - len(todo), output_dir, failed)
 
 
+def check_rows(cfg: RelationConfig, input_file: Path) -> None:
+    """Every row of ``input_file`` parses and every image it names decodes (``relation infer --input
+    --dry-run``); RelationError naming the row and the image otherwise."""
+    for r in parse_rows(input_file):
+        _row_inputs(cfg, r)
+
+
 def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
     return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ")
 

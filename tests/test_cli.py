@@ -272,6 +272,28 @@ def test_dry_run_checks_and_loads_nothing(images, tmp_path, command):
     assert bad == "1 []" and "offloads to a GPU" in err
 
 
+@pytest.mark.parametrize("command", ["infer", "eval"])
+@pytest.mark.parametrize("fault", ["missing image", "not an image", "pretty-printed JSON"])
+def test_dry_run_reads_every_row_and_image(tmp_path, command, fault):
+    """``infer --input`` and ``eval`` dry runs check what their real runs check before loading: every row
+    parses and every image it names decodes, without importing the ML stack."""
+    from eval_helpers import write_test_file
+
+    rows = write_test_file(tmp_path / "data")
+    if fault == "missing image":
+        (tmp_path / "data" / "q1.png").unlink()
+    elif fault == "not an image":
+        (tmp_path / "data" / "q1.png").write_text("not a png")
+    else:
+        rows.write_text(json.dumps([json.loads(line) for line in rows.read_text().splitlines()], indent=2))
+    args = {"infer": ["infer", "--input", rows, "--output-dir", tmp_path / "out"],
+            "eval": ["eval", "--input", rows, "--output-dir", tmp_path / "out"]}[command]  # fmt: skip
+    result, err = early([*args, "--dry-run"], tmp_path)
+    assert result == "1 []" and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert ("row 2" in err and "q1.png" in err) if fault != "pretty-printed JSON" else "one JSON document" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------ --offline and the hub
 
 

@@ -10,8 +10,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import EVAL_BASELINES, EvalSection
+from ..config import EVAL_BASELINES, EvalSection, RelationConfig
 from ..errors import RelationError
+from ..images import check_images
 from ..rows import Row, parse_rows, spread_by_task
 
 MODEL = "relation"
@@ -125,3 +126,28 @@ def plan_jobs(splits: list[Split], methods: list[str], output_dir: Path) -> list
                     Job(split.name, method, row, exemplar, output_path(output_dir, split.name, method, row.index))
                 )
     return jobs
+
+
+def check_rows(cfg: RelationConfig) -> tuple[list[Split], list[Job]]:
+    """Every input's rows parse and every image they need decodes (also what ``relation eval --dry-run``
+    checks); the splits and the jobs to run. Raises RelationError naming the file, row and image."""
+    splits = load_splits(cfg.eval.inputs, cfg.eval)
+    jobs = plan_jobs(splits, methods_of(cfg.eval), Path(cfg.eval.output_dir))
+    check_inputs(cfg, splits, jobs)
+    return splits, jobs
+
+
+def check_inputs(cfg: RelationConfig, splits: list[Split], jobs: list[Job]) -> None:
+    """Every target, and every image an output still to make needs, decodes: before hours of generation.
+
+    Every process of a distributed run checks them all, so a bad row stops all of them the same way.
+    """
+    images = [(row.target, f"{split.name} row {row.index + 1} target") for split in splits for row in split.rows]
+    for job in jobs:
+        if not job.output.is_file():
+            where = f"{job.split} row {job.row.index + 1} "
+            for n, (a, b) in enumerate(job.exemplar.pairs, 1):
+                label = where + "exemplar" + (f" pair {n}" if n > 1 else "")
+                images += [(a, label + " A"), (b, label + " A'")]
+            images.append((job.row.source, where + "query"))
+    check_images(images, cfg.data.max_image_pixels)

@@ -14,14 +14,13 @@ from pathlib import Path
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
 from ..fs import check_writable
-from ..images import check_images
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
 from .generate import Generated, check_settings, generate, generation_settings, record_settings
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
-from .plan import METHOD_LABELS, Job, Split, load_splits, methods_of, plan_jobs
+from .plan import METHOD_LABELS, Job, Split, check_rows, methods_of
 from .provenance import describe_model
 from .report import grid_columns, grid_images, save_grid, write_html, write_metrics, write_per_task
 
@@ -75,12 +74,10 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     if out.exists() and not out.is_dir():
         raise RelationError(f"output dir '{out}': exists and is not a folder")
     check_writable(out, "output dir")
-    splits = load_splits(cfg.eval.inputs, cfg.eval)
+    splits, jobs = check_rows(cfg)
     check_sources(cfg.eval)
     judge = build_judge(cfg, out) if cfg.eval.judge_model else None
     check_settings(out, cfg)
-    jobs = plan_jobs(splits, methods_of(cfg.eval), out)
-    check_inputs(cfg, splits, jobs)
     if any(j.method != "copy_query" and not j.output.is_file() for j in jobs):
         resolve_sources(cfg.model, cfg.adapter, cfg.lora)  # model paths exist, before any image is made
     return splits, jobs, judge
@@ -166,22 +163,6 @@ def build_judge(cfg: RelationConfig, out: Path) -> Judge:
         )
     return Judge(section.judge_base_url, section.judge_model, key, out / "judge_cache", section.judge_timeout,
                  section.judge_retries)  # fmt: skip
-
-
-def check_inputs(cfg: RelationConfig, splits: list[Split], jobs: list[Job]) -> None:
-    """Every target, and every image an output still to make needs, decodes: before hours of generation.
-
-    Every process of a distributed run checks them all, so a bad row stops all of them the same way.
-    """
-    images = [(row.target, f"{split.name} row {row.index + 1} target") for split in splits for row in split.rows]
-    for job in jobs:
-        if not job.output.is_file():
-            where = f"{job.split} row {job.row.index + 1} "
-            for n, (a, b) in enumerate(job.exemplar.pairs, 1):
-                label = where + "exemplar" + (f" pair {n}" if n > 1 else "")
-                images += [(a, label + " A"), (b, label + " A'")]
-            images.append((job.row.source, where + "query"))
-    check_images(images, cfg.data.max_image_pixels)
 
 
 def _relative(path: Path, root: Path) -> str:
