@@ -134,6 +134,10 @@ def _package_problems(cfg: RelationConfig, command: str) -> list[str]:
 
 
 def _size_problems(cfg: RelationConfig, command: str) -> list[str]:
+    i, limit = cfg.infer, cfg.data.max_image_pixels
+    if command in INFERS and i.width and i.height and i.width * i.height > limit:
+        return [f"infer.width {i.width} x infer.height {i.height} is {i.width * i.height:,} pixels, over the limit "
+                f"of {limit:,} (data.max_image_pixels)"]  # fmt: skip
     if command != "train" or cfg.train.mode == "vae":
         return []
     multiple = 2 * vae_scale_factor(cfg)

@@ -65,11 +65,15 @@ class EditSizes:
     multiple: int
     min_side: int = 0
 
-    def check_min_side(self, infer: InferSection) -> None:
-        """RelationError when the working size is under the base's smallest side (only an explicit
-        ``infer.width``/``height`` can make it so); the message says how that size was reached."""
+    def check(self, infer: InferSection, max_pixels: int) -> None:
+        """RelationError when the working size is under the base's smallest side or over ``max_pixels``
+        (``data.max_image_pixels``; only an explicit ``infer.width``/``height`` can make either so); the
+        message says how that size was reached."""
+        (w, h), auto = self.working, not (infer.width and infer.height)
+        if w * h > max_pixels:
+            raise RelationError(f"working size {w}x{h} ({self._reason(infer)}) is {w * h:,} pixels, over the limit "
+                                f"of {max_pixels:,} (data.max_image_pixels)")  # fmt: skip
         if min(self.working) < self.min_side:
-            (w, h), auto = self.working, not (infer.width and infer.height)
             raise RelationError(f"working size {w}x{h} ({self._reason(infer)}): this base needs at least "
                                 f"{self.min_side} px a side" + ("; a side left auto follows the query's aspect "
                                 "ratio, give both --width and --height" if auto else ""))  # fmt: skip
@@ -165,7 +169,7 @@ def edit(pipe, inputs: EditInputs, cfg: RelationConfig, on_step=None, prompts: P
     import torch
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, pipe.size_multiple, pipe.min_working_side)
-    sizes.check_min_side(cfg.infer)
+    sizes.check(cfg.infer, cfg.data.max_image_pixels)
     width, height = sizes.working
     bad_steps: list[int] = []
 
@@ -224,7 +228,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     from .progress import progress_bar
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
-    sizes.check_min_side(cfg.infer)
+    sizes.check(cfg.infer, cfg.data.max_image_pixels)
     pipe = load_pipeline(cfg)  # an unfit model or adapter is refused before any note about the query
     print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))

@@ -165,3 +165,20 @@ def test_demo_on_a_photo_says_what_it_is_and_keeps_the_photo_size(tmp_path, caps
     assert "embedded demo model was trained on 32x32 synthetic scenes" in err and "FLUX.1-dev" in err
     assert "query resized from 600x400 to 32x24 (infer.max_area 1,024 pixels" in err
     assert Image.open(out).size == (600, 400)
+
+
+def test_a_working_size_over_the_pixel_limit_is_refused_before_loading(photo_inputs, tmp_path, capsys, monkeypatch):
+    """--width/--height cannot ask for more pixels than data.max_image_pixels (64 MP): both sides given are
+    refused by the config checks, one side (the other follows the query) before the model loads."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("relation_cli.model.load_pipeline", refuse)
+    args = ["infer", "--exemplar", *map(str, photo_inputs[:2]), "--query", str(photo_inputs[2])]
+    assert main([*args, "-o", str(tmp_path / "o.png"), "--width", "100000", "--height", "100000", "--dry-run"]) == 1
+    assert ("error: infer.width 100000 x infer.height 100000 is 10,000,000,000 "
+            "pixels, over the limit of 64,000,000 (data.max_image_pixels)") in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "o.png"), "--width", "30000"]) == 1  # 300x200 -> 30000x20000
+    err = capsys.readouterr().err
+    assert "working size 30000x20000 (infer.width 30000, infer.height auto (--width/--height)) is 600,000,000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.png").exists()
