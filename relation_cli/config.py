@@ -415,6 +415,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise RelationError(f"config file '{path}': is a folder; give a .yaml file")
     if not path.is_file():
         raise RelationError(f"config file '{path}': not found")
     try:

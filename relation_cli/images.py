@@ -239,10 +239,10 @@ def resize_result(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def check_output_path(path: str | Path, overwrite: bool) -> Path:
     """Refuse a bad output path before any work is done."""
     path = Path(path)
+    if path.is_dir():
+        raise RelationError(f"output '{path}': is a directory; give an image file name, e.g. '{path / 'edited.png'}'")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise RelationError(f"output '{path}': unsupported extension, use one of {', '.join(OUTPUT_SUFFIXES)}")
-    if path.is_dir():
-        raise RelationError(f"output '{path}': is a directory")
     if path.exists() and not overwrite:
         raise RelationError(f"output '{path}': already exists (pass --overwrite to replace it)")
     return check_writable(path)

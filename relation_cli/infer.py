@@ -65,6 +65,11 @@ class EditSizes:
     multiple: int
     min_side: int = 0
 
+    @property
+    def shrunk(self) -> bool:
+        """Whether the model works on fewer pixels than the query has (a photo on a small model)."""
+        return self.working[0] * self.working[1] < self.query[0] * self.query[1]
+
     def check(self, infer: InferSection, max_pixels: int) -> None:
         """RelationError when the working size is under the base's smallest side or over ``max_pixels``
         (``data.max_image_pixels``; only an explicit ``infer.width``/``height`` can make either so); the
@@ -230,7 +235,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
     sizes.check(cfg.infer, cfg.data.max_image_pixels)
     pipe = load_pipeline(cfg)  # an unfit model or adapter is refused before any note about the query
-    print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.working != sizes.query else None)  # a photo, not a scene
+    print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.shrunk else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
@@ -328,8 +333,9 @@ def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, ma
         for r in todo:
             out = output_dir / names[r.index]
             inputs = _row_inputs(cfg, r)
-            note = edit_sizes(cfg.infer, inputs.query.size, *rules).note(cfg.infer)
-            if note and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
+            sizes = edit_sizes(cfg.infer, inputs.query.size, *rules)
+            note = sizes.note(cfg.infer)
+            if sizes.shrunk and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
                 print_note(DEMO_NOTE)
                 demo_noted = True
             print_note(note and f"row {r.index + 1}: {note}")

@@ -68,6 +68,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
     pretty-printed JSON document one that says so.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RelationError(f"'{path}': is a folder; give a JSON Lines file of rows (e.g. prepare's test_seen.jsonl)")
     if not path.is_file():
         raise RelationError(f"'{path}': file not found")
     try:

@@ -25,6 +25,8 @@ def read_run(run_dir: str | Path) -> tuple[RunSection, dict]:
     """The run's ``run:`` section and its whole config tree; RelationError if it is not a finished run."""
     run_dir = Path(run_dir)
     path = run_dir / RUN_CONFIG
+    if run_dir.is_file():
+        raise RelationError(f"run '{run_dir}': is a file; give the train.output_dir folder of a finished run")
     if not run_dir.is_dir():
         raise RelationError(f"run '{run_dir}': folder not found")
     if not path.is_file():

@@ -272,6 +272,18 @@ def test_dry_run_checks_and_loads_nothing(images, tmp_path, command):
     assert bad == "1 []" and "offloads to a GPU" in err
 
 
+@pytest.mark.parametrize("make_args, message", [
+    (lambda p, t: ["--input", t, "--output-dir", t / "out"], "is a folder; give a JSON Lines file of rows"),
+    (lambda p, t: ["-c", t, "--exemplar", p["a"], p["b"], "--query", p["q"]], "is a folder; give a .yaml file"),
+    (lambda p, t: ["--run", p["a"], "--exemplar", p["a"], p["b"], "--query", p["q"]], "is a file; give the train.output_dir"),
+    (lambda p, t: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-o", t], "is a directory; give an image file name"),
+], ids=["rows folder", "config folder", "run file", "output folder"])  # fmt: skip
+def test_a_folder_for_a_file_and_a_file_for_a_folder_are_named_so(images, tmp_path, capsys, make_args, message):
+    assert main(["infer", *map(str, make_args(images, tmp_path))]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
 @pytest.mark.parametrize("command", ["infer", "eval"])
 @pytest.mark.parametrize("fault", ["missing image", "not an image", "pretty-printed JSON"])
 def test_dry_run_reads_every_row_and_image(tmp_path, command, fault):

@@ -154,7 +154,7 @@ def test_a_base_with_a_smallest_side_enlarges_small_queries():
 
 def test_demo_on_a_photo_says_what_it_is_and_keeps_the_photo_size(tmp_path, capsys):
     """The embedded model on a 600x400 photo: the note about what it was trained on, the resize line, and a
-    result at the photo's size."""
+    result at the photo's size; a scene enlarged on request gets no such note."""
     examples = Path(__file__).resolve().parents[1] / "examples"
     query = random_image(tmp_path / "photo.jpg", (600, 400))
     out = tmp_path / "edited.png"
@@ -165,6 +165,11 @@ def test_demo_on_a_photo_says_what_it_is_and_keeps_the_photo_size(tmp_path, caps
     assert "embedded demo model was trained on 32x32 synthetic scenes" in err and "FLUX.1-dev" in err
     assert "query resized from 600x400 to 32x24 (infer.max_area 1,024 pixels" in err
     assert Image.open(out).size == (600, 400)
+    scene = random_image(tmp_path / "scene.png", (32, 32))  # enlarged on request: a scene, not a photo
+    args = [*args[:5], str(scene), "-o", str(tmp_path / "big.png"), "--steps", "1", "--width", "64", "--height", "64"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "query resized from 32x32 to 64x64" in err and "embedded demo model" not in err
 
 
 def test_a_working_size_over_the_pixel_limit_is_refused_before_loading(photo_inputs, tmp_path, capsys, monkeypatch):
