@@ -193,16 +193,29 @@ def _data_problems(cfg: RelationConfig, command: str) -> list[str]:
     if command == "train":
         if not cfg.train.data_files:
             problems.append(EMPTY_DATA)
-        problems += [missing_data(f) for f in cfg.train.data_files if not Path(f).is_file()]
+        problems += [missing_data(f) if not Path(f).is_file() else _rows_problem(f, need_target=True)
+                     for f in cfg.train.data_files]  # fmt: skip
         held_out = cfg.train.validation_data
         if held_out and cfg.train.validation_samples and not Path(held_out).is_file():
             problems.append(f"train.validation_data '{held_out}': not found")
     if command == "eval":
         if not cfg.eval.inputs:
             problems.append("no input to evaluate: pass --input FILE (e.g. prepare's test_seen.jsonl) or set eval.inputs")
-        problems += [f"eval input '{p}': not found" for p in cfg.eval.inputs if not Path(p).is_file()]
+        problems += [f"eval input '{p}': not found" if not Path(p).is_file() else _rows_problem(p, need_target=True)
+                     for p in cfg.eval.inputs]  # fmt: skip
         problems += _eval_source_problems(cfg)
-    return problems
+    return [p for p in problems if p]
+
+
+def _rows_problem(path: str | Path, need_target: bool = False) -> str | None:
+    """What :func:`~relation_cli.rows.parse_rows` says of a rows file (not its images), or None."""
+    from .rows import parse_rows
+
+    try:
+        parse_rows(path, need_target)
+    except RelationError as e:
+        return str(e)
+    return None
 
 
 def _eval_source_problems(cfg: RelationConfig) -> list[str]:

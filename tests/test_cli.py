@@ -189,7 +189,10 @@ def early(args: list[str], cwd) -> tuple[str, str]:
 
 def _early_cases(p, tmp):
     edit = ["--exemplar", p["a"], p["b"], "--query", p["q"]]
+    (tmp / "rows.csv").write_text("cond1,cond2,source,target\na.png,b.png,q.png,t.png\n")
     return [
+        (["train", "--data", tmp / "rows.csv"], "rows.csv': not a JSON Lines file"),
+        (["eval", "--input", tmp / "rows.csv"], "rows.csv': not a JSON Lines file"),
         (["infer", "--exemplar", "nope.png", p["b"], "--query", p["q"]], "exemplar A 'nope.png': file not found"),
         (["infer", *edit, "-o", "/proc/relation/out.png"], "is not writable"),
         (["infer", *edit, "--model", tmp / "nowhere"], "model.base"),
@@ -251,8 +254,8 @@ def test_check_config_gathers_training_problems(tmp_path):
     with pytest.raises(RelationError) as caught:
         check_config(cfg, "train")
     message = str(caught.value)
-    assert message.startswith("4 problems") or message.startswith("3 problems"), message
-    assert "train.validation_data" in message and "data.resolution=100: not a multiple of 8" in message
+    assert message.startswith("5 problems") or message.startswith("4 problems"), message
+    assert "train.jsonl': no rows" in message and "train.validation_data" in message and "data.resolution=100: not a multiple of 8" in message
     assert "train.output_dir" in message and "exists and is not a folder" in message
     assert ("bitsandbytes" in message) == (importlib.util.find_spec("bitsandbytes") is None)
 
