@@ -558,7 +558,7 @@ def train(
 
 RecomputeOpt = Annotated[
     Optional[Path], typer.Option(metavar="METRICS_JSON", help="Instead of evaluating: recompute the numbers of a "
-                                 "finished eval from the files it names; exit 1 if any differs.")
+                                 "finished eval (its metrics.json or folder) from the files it names; exit 1 if any differs.")
 ]  # fmt: skip
 NoEncodersOpt = Annotated[
     bool, typer.Option("--no-encoders", help="With --recompute: pixel metrics only (no CLIP-I, DINO).")

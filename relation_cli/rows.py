@@ -91,9 +91,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
             continue
         out.append(value)
-    if not out and len(problems) > 1 and one_json_document("\n".join(lines)):  # e.g. a pretty-printed list
-        raise RelationError(f"'{path}': one JSON document over {len(problems)} lines, not JSON Lines: write one "
-                            "JSON object per line")  # fmt: skip
+    if not out and problems and one_json_document("\n".join(lines)):  # e.g. a list of rows, pretty-printed or not
+        over = f" over {len(problems)} lines" if len(problems) > 1 else ""
+        raise RelationError(f"'{path}': one JSON document{over}, not JSON Lines: write one JSON object per line")
     if not out and len(problems) > 1:  # a CSV or other text: the first line says enough
         raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} lines is a JSON "
                             f"object ({problems[0]})")  # fmt: skip

@@ -157,6 +157,7 @@ def test_the_demo_model_is_named_by_its_real_folders():
 def test_recompute_is_an_option_of_eval(run, tmp_path, capsys):
     metrics = run["out"] / "metrics.json"
     assert main(["eval", "--recompute", str(metrics), "--no-encoders"]) == 0
+    assert main(["eval", "--recompute", str(metrics.parent), "--no-encoders"]) == 0  # the folder holding it
     out = capsys.readouterr().out
     assert "mse: largest difference 0" in out and "clip_i" not in out and "recomputed within 1e-06" in out
     copy = tmp_path / run["out"].name  # beside a copy of the data: the paths in metrics.json are relative
@@ -170,6 +171,9 @@ def test_recompute_is_an_option_of_eval(run, tmp_path, capsys):
     assert err.count("\n") == 1 and "recomputed numbers differ (mse by 0.01" in err
 
 
+SAMPLE = '{"split": "s", "method": "relation", "index": 0, "task": "", "text": "", "output": "no.png", "target": "no.png"'
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -178,6 +182,12 @@ def test_recompute_is_an_option_of_eval(run, tmp_path, capsys):
         ("[1, 2]", "not a metrics.json of relation eval (no samples, aggregate, encoders, batch_size)"),
         ('{"samples": [{"split": "seen"}], "aggregate": [], "encoders": {}, "batch_size": 1}', "sample 1 needs"),
         ('{"samples": [], "aggregate": [], "encoders": {}, "batch_size": 0}', "batch_size must be a positive"),
+        ('{"samples": [], "aggregate": [], "encoders": {}, "batch_size": 1}', "(no samples to recompute)"),
+        ('{"samples": [SAMPLE, "mse": "abc"}], "aggregate": [], "encoders": {}, "batch_size": 1}', "mse, psnr, ssim"),
+        ('{"samples": [SAMPLE, "index": "zz"}], "aggregate": [], "encoders": {}, "batch_size": 1}',
+         "sample 1: index must be an integer"),
+        ('{"samples": [SAMPLE}], "aggregate": [{"split": "s", "method": "m", "metric": "mse", "mean": "x"}], '
+         '"encoders": {}, "batch_size": 1}', "with mean a number"),
         ('{"samples": [{"split": "s", "method": "relation", "index": 0, "task": "", "text": "", "output": "no.png", '
          '"target": "no.png"}], "aggregate": [], "encoders": {}, "batch_size": 1}', "no.png"),
     ],
@@ -185,7 +195,7 @@ def test_recompute_is_an_option_of_eval(run, tmp_path, capsys):
 def test_recompute_refuses_a_bad_metrics_json_in_one_line(tmp_path, content, message):
     path = tmp_path / "metrics.json"
     if content is not None:
-        path.write_text(content)
+        path.write_text(content.replace("SAMPLE", SAMPLE))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run([sys.executable, "-m", "relation_cli", "eval", "--recompute", str(path)],
                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip

@@ -191,12 +191,15 @@ def test_several_data_files_train_together(tiny_model, data, tmp_path, capsys):
     ("comma", "several files: --data repeated or train.data=[a.jsonl,b.jsonl]"),
     ("csv", "not a JSON Lines file, none of its 40 lines is a JSON object (line 1: malformed JSON"),
     ("json", "rows.json': one JSON document over 6 lines, not JSON Lines: write one JSON object per line"),
+    ("list", "rows.json': one JSON document, not JSON Lines: write one JSON object per line"),
 ])  # fmt: skip
 def test_bad_data_list_is_one_line_and_writes_nothing(tiny_model, data, tmp_path, capsys, value, message):
     listed = {"[]": "[]", "missing": f"[{data},{tmp_path / 'missing.jsonl'}]", "folder": str(data.parent),
-              "comma": f"'{data},{data}'", "csv": tmp_path / "rows.csv", "json": tmp_path / "rows.json"}[value]  # fmt: skip
+              "comma": f"'{data},{data}'", "csv": tmp_path / "rows.csv", "json": tmp_path / "rows.json",
+              "list": tmp_path / "rows.json"}[value]  # fmt: skip
     (tmp_path / "rows.csv").write_text("cond1,cond2,source,target\n" + "a.png,b.png,c.png,d.png\n" * 39)
-    (tmp_path / "rows.json").write_text(json.dumps([{"source": "a.png", "target": "b.png"}], indent=2) + "\n")
+    rows = [{"source": "a.png", "target": "b.png"}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows) + "\n" if value == "list" else json.dumps(rows, indent=2) + "\n")
     sets = [o for o in train_overrides(tiny_model, data, tmp_path / "r", 1) if not o.startswith("train.data=")]
     args = ["train", "--set", f"train.data={listed}"] + [x for o in sets for x in ("--set", o)]
     assert main(args) == 1

@@ -28,8 +28,15 @@ def _diff(a, b) -> float:
     return abs(a - b)
 
 
+def metrics_file(path: Path) -> Path:
+    """``path``, or the metrics.json inside it when it is an eval output folder."""
+    return path / "metrics.json" if path.is_dir() and (path / "metrics.json").is_file() else path
+
+
 def read_results(path: Path) -> dict:
-    """A metrics.json written by ``relation eval``; RelationError when it is missing or not one."""
+    """A metrics.json written by ``relation eval`` (or the eval folder holding it); RelationError when it is
+    missing or not one."""
+    path = metrics_file(path)
     if not path.is_file():
         raise RelationError(f"'{path}': file not found (the metrics.json of a relation eval output folder)")
     try:
@@ -53,12 +60,27 @@ def _problem(results) -> str | None:
         return "samples and aggregate must be lists"
     if not isinstance(results["batch_size"], int) or results["batch_size"] < 1:
         return "batch_size must be a positive integer"
+    if not results["samples"]:
+        return "no samples to recompute"
     for i, s in enumerate(results["samples"]):
         if not isinstance(s, dict) or set(SAMPLE_KEYS) - s.keys() or not all(isinstance(s[k], str) for k in PATHS):
             return f"sample {i + 1} needs {', '.join(SAMPLE_KEYS)}, with output and target as strings"
-    if not all(isinstance(e, dict) and set(AGGREGATE_KEYS) <= e.keys() for e in results["aggregate"]):
-        return f"every aggregate entry needs {', '.join(AGGREGATE_KEYS)}"
+        if not _is_int(s["index"]) or not all(_is_number(s[m]) for m in NUMBERS if m in s):
+            return f"sample {i + 1}: index must be an integer and {', '.join(NUMBERS)} numbers"
+    if not all(isinstance(e, dict) and set(AGGREGATE_KEYS) <= e.keys() and _is_number(e["mean"]) for e in results["aggregate"]):
+        return f"every aggregate entry needs {', '.join(AGGREGATE_KEYS)}, with mean a number"
     return None
+
+
+NUMBERS = ("mse", "psnr", "ssim", "clip_i", "dino")  # null: PSNR of identical images, a skipped metric
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _embedders(results: dict, encoders: bool) -> dict:
@@ -84,7 +106,7 @@ def recompute(metrics_json: str | Path, encoders: bool = True) -> dict[str, floa
     Raises RelationError for a missing or malformed metrics.json, an image it names that is missing,
     or (with ``encoders``) an encoder that does not load.
     """
-    path = Path(metrics_json)
+    path = metrics_file(Path(metrics_json))
     results = read_results(path)  # before the metrics (and torch) are imported: a bad file fails fast
     from .metrics import PIXEL, aggregate, score_samples
 
