@@ -51,7 +51,7 @@ def json_problem(err: Exception) -> str:
 
 
 def one_json_document(text: str) -> bool:
-    """Whether ``text`` (several lines) is a single JSON value, e.g. a pretty-printed list of rows: what a
+    """Whether ``text`` is a single JSON value, e.g. a list of rows (pretty-printed or on one line): what a
     JSON Lines reader names as such instead of listing every line as malformed."""
     try:
         json.loads(text)
