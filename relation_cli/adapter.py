@@ -378,9 +378,10 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             name = "adapter" if path is None else f"adapter '{path}'"
             raise RelationError(f"{name} does not fit this transformer: " + ", ".join(wrong))
 
-    def install(self, transformer: Transformer) -> None:
-        """Put one processor on every attention layer, in ``transformer.attn_processors`` order."""
-        self.check_compatible(transformer)
+    def install(self, transformer: Transformer, path: str | Path | None = None) -> None:
+        """Put one processor on every attention layer, in ``transformer.attn_processors`` order, after
+        :meth:`check_compatible` (naming the adapter's ``path`` when given)."""
+        self.check_compatible(transformer, path)
         names = list(transformer.attn_processors.keys())
         transformer.set_attn_processor(dict(zip(names, self.processors)))
 

@@ -158,8 +158,7 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
         from .weights import load_adapter
 
         adapter = load_adapter(sources.adapter, pipe.transformer.config.attention_head_dim)
-        adapter.check_compatible(pipe.transformer, sources.adapter)
-        pipe.set_relation_adapter(adapter.to(dtype=dtype))
+        pipe.set_relation_adapter(adapter.to(dtype=dtype), sources.adapter)
     pipe = runtime.place(pipe, cfg.model, device)
     runtime.speed_up(pipe, cfg.model)
     return pipe

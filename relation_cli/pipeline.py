@@ -8,6 +8,7 @@ the doubled sequence) -> denoising loop over ``[noisy target ; clean query]`` wi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -67,9 +68,10 @@ class RelationMixin:
     min_working_side = 0
     """Smallest working width/height in pixels the base accepts (beyond :attr:`size_multiple`)."""
 
-    def set_relation_adapter(self, adapter: RelationAdapter) -> None:
-        """Register ``adapter`` and install its processors on every attention layer of the transformer."""
-        adapter.install(self.transformer)
+    def set_relation_adapter(self, adapter: RelationAdapter, path: str | Path | None = None) -> None:
+        """Register ``adapter`` and install its processors on every attention layer of the transformer;
+        RelationError (naming the adapter's ``path`` when given) when it does not fit."""
+        adapter.install(self.transformer, path)
         self.register_modules(relation_adapter=adapter)
 
     @property

@@ -34,9 +34,7 @@ def metrics_file(path: Path) -> Path:
 
 
 def read_results(path: Path) -> dict:
-    """A metrics.json written by ``relation eval`` (or the eval folder holding it); RelationError when it is
-    missing or not one."""
-    path = metrics_file(path)
+    """A metrics.json written by ``relation eval``; RelationError when it is missing or not one."""
     if not path.is_file():
         raise RelationError(f"'{path}': file not found (the metrics.json of a relation eval output folder)")
     try:

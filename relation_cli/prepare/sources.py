@@ -138,15 +138,15 @@ def _read_file(source: Source, file: Path, task: str | None) -> None:
 
 def _entries(source: Source, file: Path, text: str, task: str | None) -> Iterator[tuple[str, Any]]:
     """(locator, raw value) for each entry; a malformed file or line becomes a problem with its line."""
-    lines = [line for line in text.split("\n") if line.strip()]
-    if file.suffix.lower() == ".jsonl" and len(lines) > 1 and one_json_document(text):
-        try:
-            json.loads(lines[0])
-        except (ValueError, RecursionError):  # a pretty-printed .json file under a .jsonl name
-            _file_problem(source, file, task, "file", f"one JSON document over {len(lines)} lines, not JSON Lines: "
-                          "name it .json or write one entry per line")  # fmt: skip
-            return
     if file.suffix.lower() == ".jsonl":
+        lines = [line for line in text.split("\n") if line.strip()]
+        if len(lines) > 1 and one_json_document(text):
+            try:
+                json.loads(lines[0])
+            except (ValueError, RecursionError):  # a pretty-printed .json file under a .jsonl name
+                _file_problem(source, file, task, "file", f"one JSON document over {len(lines)} lines, not JSON "
+                              "Lines: name it .json or write one entry per line")  # fmt: skip
+                return
         for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
             if not line.strip():
                 continue
