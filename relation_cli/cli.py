@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from .config import DEMO_DEFAULTS, RelationConfig, describe_fields, dump_config, load_config, read_yaml
-from .errors import RelationError, first_line
+from .errors import RelationError, counted, first_line
 from .runs import refuse_run_config, run_settings
 
 class RelationGroup(TyperGroup):
@@ -253,7 +253,7 @@ def infer(
     run: RunOpt = None,
     device: DeviceOpt = None,
     memory: MemoryOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file; with --input, regenerate every row.")] = False,
     offline: OfflineOpt = False,
     dry_run: DryRunOpt = False,
     config: ConfigOpt = None,
@@ -336,11 +336,11 @@ def _dry_run(cfg: RelationConfig, command: str, check_inputs=None) -> None:
 
 def report_batch(summary) -> None:
     """What batch infer wrote; rows that gave no image are listed and make the exit status 1."""
-    typer.echo(f"wrote {summary.written} images to {summary.output_dir} ({summary.skipped} already there)")
+    typer.echo(f"wrote {counted(summary.written, 'image')} to {summary.output_dir} ({summary.skipped} already there)")
     for failure in summary.failed:
         typer.echo(f"  {failure}", err=True)
     if summary.failed:
-        raise RelationError(f"{len(summary.failed)} rows gave no image (listed above)")
+        raise RelationError(f"{counted(len(summary.failed), 'row')} gave no image (listed above)")
 
 
 # ------------------------------------------------------------------------------------------------ ui
@@ -498,9 +498,9 @@ def prepare(
                 typer.echo(f"  {problem}", err=True)
             raise
         counts = ", ".join(f"{split} {n}" for split, n in summary.samples.items())
-        typer.echo(f"wrote {summary.output}: {summary.pairs} pairs in {summary.tasks} tasks; samples: {counts}")
+        typer.echo(f"wrote {summary.output}: {counted(summary.pairs, 'pair')} in {counted(summary.tasks, 'task')}; samples: {counts}")
         if cfg.data.skip_invalid:
-            typer.echo(f"skipped {summary.skipped} invalid entries (listed in {summary.output / 'skipped.jsonl'})")
+            typer.echo(f"skipped {counted(summary.skipped, 'invalid entry', 'invalid entries')} (listed in {summary.output / 'skipped.jsonl'})")
         for note in summary.notes:
             typer.echo(f"note: {note}")
 

@@ -21,6 +21,7 @@ FAULTS = [
     ("[1, 2]", "expected a JSON object, found list"),
     ({"img_name": "good/f0.png"}, "edit_instruction is missing or empty"),
     ({"img_name": "good/f1.png", "edit_instruction": "   "}, "edit_instruction is missing or empty"),
+    ({"img_name": "good/f0.png", "edit_instruction": 7}, "edit_instruction must be a string, found int"),
     ({"img_name": "/etc/hostname", "edit_instruction": "x"}, "'/etc/hostname' is an absolute path"),
     ({"img_name": "good/../../outside.png", "edit_instruction": "x"}, "contains '..'"),
     ({"img_name": "good/link.png", "edit_instruction": "x"}, "'good/link.png' leads outside the dataset root"),
@@ -106,6 +107,20 @@ def test_skip_invalid_writes_the_rest_and_says_what_was_skipped(faulty, tmp_path
     assert set(manifest["tasks"]) == {"good", "other"}
     used = {r[k] for rows in read_splits(out).values() for r in rows for k in ("cond1", "source")}
     assert len(list((out / "images").rglob("*.png"))) == 2 * 7 and len(used) == 7
+
+
+def test_a_file_unusable_as_a_whole_says_why_with_skip_invalid_and_empty_files_read_alike(tmp_path, capsys):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"img_name": "a.png", "edit_instruction": \n')
+    assert main(["prepare", str(bad), "--output", str(tmp_path / "out"), "--skip-invalid"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: input '{bad}': no task has 2 usable pairs (1 invalid entry; the first: {bad}: line 1: " \
+                  "malformed JSON (Expecting value)); nothing to prepare"  # fmt: skip
+    for name in ("empty.json", "empty.jsonl"):
+        (tmp_path / name).write_text("\n")
+        assert main(["prepare", str(tmp_path / name), "--output", str(tmp_path / "out")]) == 1
+        assert capsys.readouterr().err.strip() == f"error: input '{tmp_path / name}': holds no entries"
+    assert leftovers(tmp_path, "out") == []
 
 
 def test_malformed_labels_json_names_file_and_line(tmp_path, capsys):

@@ -85,11 +85,14 @@ def test_batch_reuses_only_outputs_of_the_same_row_and_settings(tiny_model, tmp_
     assert yaml.safe_load((out / "config.yaml").read_text())["infer"]["steps"] == 1
     batch_rows(tmp_path, texts=("one", "changed"))  # row 2 is another row now: only it is made again
     assert batch(tiny_model, rows, out) == 0
-    assert "wrote 1 images" in capsys.readouterr().out
+    assert "wrote 1 image to" in capsys.readouterr().out
     assert (out / "000000.png").stat().st_mtime_ns == stamps["000000.png"]
     assert (out / "000001.png").stat().st_mtime_ns != stamps["000001.png"]
     assert batch(tiny_model, rows, out, "--set", "infer.guidance=2.0") == 1  # other settings: refused
-    assert "were generated with other settings (infer.guidance" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "were generated with other settings (infer.guidance" in err and "or --overwrite to regenerate" in err
+    assert batch(tiny_model, rows, out, "--set", "infer.guidance=2.0", "--overwrite") == 0  # as the message says
+    assert json.loads((out / "generation.json").read_text())["infer.guidance"] == 2.0
     (out / "generation.json").unlink()  # outputs nobody can vouch for: refused, or --overwrite
     assert batch(tiny_model, rows, out) == 1
     assert "that no generation.json describes" in capsys.readouterr().err

@@ -67,7 +67,12 @@ def read_settings(output_dir: Path) -> dict | None:
 
 
 def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True) -> None:
-    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is)."""
+    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is).
+
+    Raises:
+        RelationError: ``generation.json`` records other settings; the message names each changed key, and
+            for batch infer (``eval_keys`` False) also ``--overwrite``, which regenerates every row in place.
+    """
     before = read_settings(output_dir)
     if before is None:
         return
@@ -76,7 +81,8 @@ def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True
     if changed:
         raise RelationError(
             f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
-            "use another --output-dir, or delete that folder to regenerate"
+            + ("use another --output-dir, or --overwrite to regenerate every row in it" if not eval_keys
+               else "use another --output-dir, or delete that folder to regenerate")
         )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RelationConfig, save_config
-from ..errors import RelationError
+from ..errors import RelationError, counted
 from ..fs import atomic_dir, check_new_dir
 from ..progress import make_progress
 from ..rows import write_jsonl
@@ -126,7 +126,9 @@ def _build(
     if problems and not data.skip_invalid:
         raise DatasetProblems(problems, label)
     if not by_task:
-        raise RelationError(f"input '{label}': no task has 2 usable pairs; nothing to prepare")
+        bad = counted(len(problems), "invalid entry", "invalid entries")
+        why = f" ({bad}; the first: {problems[0]})" if problems else ""
+        raise RelationError(f"input '{label}': no task has 2 usable pairs{why}; nothing to prepare")
 
     if roles is None:
         unseen = choose_unseen(sorted(by_task), data.unseen_tasks, data.unseen_task_names, data.seed)

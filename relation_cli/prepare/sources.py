@@ -155,6 +155,8 @@ def _entries(source: Source, file: Path, text: str, task: str | None) -> Iterato
             except (ValueError, RecursionError) as e:
                 _file_problem(source, file, task, f"line {number}", f"malformed JSON ({json_problem(e)})")
         return
+    if not text.strip():  # an empty .json holds no entries, as an empty .jsonl does
+        return
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -183,7 +185,9 @@ def _parse_entry(
         reasons.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                        f"(known: {', '.join(FIELDS)})")  # fmt: skip
     text = raw.get("edit_instruction")
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        reasons.append(f"edit_instruction must be a string, found {type(text).__name__}")
+    elif not text or not text.strip():
         reasons.append("edit_instruction is missing or empty")
     side_by_side, two_files = "img_name" in raw, ("source" in raw or "target" in raw)
     keys = ("img_name",) if side_by_side else ("source", "target") if two_files else ()
