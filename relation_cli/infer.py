@@ -317,7 +317,16 @@ def check_rows(cfg: RelationConfig, input_file: Path) -> None:
 
 
 def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
-    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ")
+    """Open one row's images; a message names the row and the field as the row spells it (``cond1``, ``cond2``,
+    ``exemplars pair n A``/``A'``, ``source``)."""
+    limit, where = cfg.data.max_image_pixels, f"row {r.index + 1} "
+    if r.exemplars:
+        labels = [(f"exemplars pair {n} A", f"exemplars pair {n} A'") for n in range(1, len(r.exemplars) + 1)]
+    else:
+        labels = [("cond1", "cond2")]
+    pairs = [(open_image(a, where + la, limit), open_image(b, where + lb, limit))
+             for (a, b), (la, lb) in zip(r.pairs, labels)]  # fmt: skip
+    return EditInputs(*pairs[0], open_image(r.source, f"{where}source", limit), r.text, tuple(pairs[1:]))
 
 
 def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:

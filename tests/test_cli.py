@@ -306,7 +306,19 @@ def test_dry_run_reads_every_row_and_image(tmp_path, command, fault):
     result, err = early([*args, "--dry-run"], tmp_path)
     assert result == "1 []" and err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert ("row 2" in err and "q1.png" in err) if fault != "pretty-printed JSON" else "one JSON document" in err, err
+    if command == "infer" and fault != "pretty-printed JSON":  # batch rows name the field as the row spells it
+        assert err.startswith(f"error: row 2 source '{tmp_path / 'data' / 'q1.png'}'"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_row_of_several_pairs_names_the_pair_at_fault(tmp_path):
+    for name in ("a", "b", "c", "q"):
+        random_image(tmp_path / f"{name}.png", (32, 32))
+    row = {"exemplars": [["a.png", "b.png"], ["c.png", "gone.png"]], "source": "q.png"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    result, err = early(["infer", "--input", tmp_path / "rows.jsonl", "--output-dir", tmp_path / "out", "--dry-run"],
+                        tmp_path)  # fmt: skip
+    assert result == "1 []" and err == f"error: row 1 exemplars pair 2 A' '{tmp_path / 'gone.png'}': file not found"
 
 
 # ------------------------------------------------------------------------------------------ --offline and the hub
