@@ -148,18 +148,9 @@ def model_flags(model: str | None, image_encoder: str | None, adapter: Path | No
     """The shared model options as config keys (None = not given)."""
     return {
         "model.base": model, "model.image_encoder": image_encoder, "adapter.path": str(adapter) if adapter else None,
-        "lora.paths": [lora_option(text) for text in lora] if lora else None, "model.device": device,
+        "lora.paths": list(lora) if lora else None, "model.device": device,
         "model.local_files_only": True if offline else None,
     }  # fmt: skip
-
-
-def lora_option(text: str) -> dict:
-    """``PATH[:WEIGHT]`` -> ``{"path": PATH, "weight": WEIGHT}``; a tail that is not a number stays in the path."""
-    path, sep, weight = text.rpartition(":")
-    try:
-        return {"path": path, "weight": float(weight)} if sep and path else {"path": text}
-    except ValueError:
-        return {"path": text}
 
 
 def debug() -> bool:

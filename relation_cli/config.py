@@ -13,7 +13,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RelationError, first_line
 from .fs import write_text_atomic
@@ -113,8 +113,23 @@ class AdapterSection(Section):
 
 
 class LoraFile(Section):
+    """One LoRA of ``lora.paths``: a ``{path, weight}`` mapping, or the text ``PATH[:WEIGHT]`` as ``--lora`` takes
+    it (also in YAML and ``--set lora.paths=[a.safetensors:0.5]``); a tail that is not a number stays in the path
+    (``C:\\loras\\x.safetensors``)."""
+
     path: str = Field(description="A LoRA: .safetensors file (diffusers, peft, kohya, BFL or xlabs layout) or the folder holding pytorch_lora_weights.safetensors.")
     weight: float = Field(1.0, description="Strength of this LoRA; its scale on load is weight x lora.scale x alpha/rank.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        path, sep, weight = value.rpartition(":")
+        try:
+            return {"path": path, "weight": float(weight)} if sep and path else {"path": value}
+        except ValueError:
+            return {"path": value}
 
 
 class LoraSection(Section):

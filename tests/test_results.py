@@ -260,13 +260,19 @@ def test_several_lora_options_are_all_recorded(tiny_model, images, tmp_path, cap
     assert used["paths"] == [{"path": str(tmp_path / "one"), "weight": 1.0}, {"path": str(tmp_path / "two"), "weight": 0.25}]
 
 
-def test_lora_option_parsing():
-    from relation_cli.cli import lora_option
+def test_lora_text_is_read_alike_from_the_flag_yaml_and_set(tmp_path):
+    """``PATH[:WEIGHT]`` is one syntax: ``--lora``, a YAML list and ``--set lora.paths=[...]`` all give {path, weight}."""
+    from relation_cli.config import LoraFile, load_config
 
-    assert lora_option("a/b.safetensors:0.5") == {"path": "a/b.safetensors", "weight": 0.5}
-    assert lora_option("a/b.safetensors") == {"path": "a/b.safetensors"}
-    assert lora_option("C:\\loras\\x.safetensors") == {"path": "C:\\loras\\x.safetensors"}
-    assert lora_option("x:-1e-1") == {"path": "x", "weight": -0.1}
+    assert LoraFile.model_validate("a/b.safetensors:0.5").model_dump() == {"path": "a/b.safetensors", "weight": 0.5}
+    assert LoraFile.model_validate("a/b.safetensors").model_dump() == {"path": "a/b.safetensors", "weight": 1.0}
+    assert LoraFile.model_validate("C:\\loras\\x.safetensors").path == "C:\\loras\\x.safetensors"
+    assert LoraFile.model_validate("x:-1e-1").model_dump() == {"path": "x", "weight": -0.1}
+    (tmp_path / "c.yaml").write_text("lora:\n  paths: [a.safetensors:0.5, {path: b.safetensors}]\n")
+    want = [{"path": "a.safetensors", "weight": 0.5}, {"path": "b.safetensors", "weight": 1.0}]
+    assert [f.model_dump() for f in load_config(tmp_path / "c.yaml").lora.paths] == want
+    cfg = load_config(None, ["lora.paths=[a.safetensors:0.5, b.safetensors]"])
+    assert [f.model_dump() for f in cfg.lora.paths] == want
 
 
 def test_batch_refused_for_its_lora_leaves_no_record(tiny_model, tmp_path, capsys):
