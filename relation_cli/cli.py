@@ -244,7 +244,7 @@ def infer(
     run: RunOpt = None,
     device: DeviceOpt = None,
     memory: MemoryOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file; with --input, regenerate every row.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (all rows too).")] = False,
     offline: OfflineOpt = False,
     dry_run: DryRunOpt = False,
     config: ConfigOpt = None,
@@ -498,7 +498,7 @@ def prepare(
 
 @app.command(cls=RelationCommand)
 def train(
-    data: Annotated[Optional[list[Path]], typer.Option(help=key_help("train.data", "Run-ready train.jsonl from prepare; "
+    data: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help=key_help("train.data", "Run-ready train.jsonl from prepare; "
                                                                    "repeatable: the sets are trained on together."))] = None,
     output_dir: Annotated[
         Optional[Path], typer.Option(help=key_help("train.output_dir", "Checkpoints, weights, logs."))

@@ -25,6 +25,7 @@ def test_help(command, capsys):
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage" in out
+    assert "<list[" not in out  # a repeatable option shows a plain metavar (FILE), not its type
     if command == ["init-model"]:  # square brackets are rich markup unless escaped
         assert "FLUX.2 [klein]" in out
 
