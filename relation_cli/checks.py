@@ -109,12 +109,29 @@ def _weights_problems(cfg: RelationConfig, command: str, demo: bool) -> list[str
 
 def _memory_problems(cfg: RelationConfig, command: str) -> list[str]:
     m, problems = cfg.model, []
+    if command == "train":
+        return _train_memory_problems(cfg)
     if command not in INFERS:
         return []
     if (m.memory == "fp8_storage" or m.quantize != "none") and not cfg.lora.fuse and has_lora(cfg):
         problems.append("model.memory=fp8_storage and model.quantize need the LoRA fused (lora.fuse=true)")
     if m.memory in OFFLOADING and m.device == "cpu":
         problems.append(f"model.memory={m.memory} offloads to a GPU; model.device is cpu")
+    return problems
+
+
+def _train_memory_problems(cfg: RelationConfig) -> list[str]:
+    """relation train stores the frozen transformer in float8 (model.memory=fp8_storage) or not at all; the
+    inference modes would otherwise be ignored without a word."""
+    m, problems = cfg.model, []
+    if m.memory in OFFLOADING:
+        problems.append(f"model.memory={m.memory} is for inference; relation train takes none or fp8_storage")
+    elif m.memory == "fp8_storage" and cfg.train.mode == "full":
+        problems.append("model.memory=fp8_storage keeps the frozen transformer in float8; train.mode=full trains it "
+                        "(use lora or adapter)")  # fmt: skip
+    if m.quantize != "none":
+        problems.append("model.quantize is for inference; relation train stores the frozen transformer in float8 with "
+                        "model.memory=fp8_storage")  # fmt: skip
     return problems
 
 

@@ -61,8 +61,8 @@ class ModelSection(Section):
         "none",
         description="Memory mode for small GPUs: model_offload (one component on the GPU at a time), "
         "sequential_offload (leaf by leaf, least memory, slow), group_offload (block by block with CUDA "
-        "streams), fp8_storage (transformer weights stored in float8, computed in bf16). The adapter stays "
-        "in full precision in every mode.",
+        "streams), fp8_storage (transformer weights stored in float8, computed in bf16; relation train: the "
+        "frozen transformer, lora and adapter modes). The adapter stays in full precision in every mode.",
     )
     offload_type: Literal["leaf_level", "block_level"] = Field(
         "leaf_level",

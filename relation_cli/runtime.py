@@ -29,11 +29,20 @@ def prepare_weights(
     if fuse and plain_linears:
         transformer.fuse_qkv_projections()
     if model.memory == "fp8_storage":
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        store_in_fp8(transformer, dtype)
     if model.quantize != "none":
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
         quantize_(transformer, Int8WeightOnlyConfig() if model.quantize == "int8" else Float8WeightOnlyConfig())
+
+
+def store_in_fp8(transformer, dtype: torch.dtype) -> None:
+    """``model.memory=fp8_storage``: every weight of ``transformer`` stored in float8 (e4m3) and cast to ``dtype``
+    around each layer's forward (diffusers' ``enable_layerwise_casting``; norms, embeddings and peft's LoRA
+    layers are skipped by its default patterns). Used by inference and, for the frozen transformer, by
+    ``relation train``. Call it before the adapter is installed (or with it detached): its processors are
+    submodules of the attention layers and must stay in full precision."""
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
 
 
 OFFLOAD_MODES = ("model_offload", "sequential_offload", "group_offload")

@@ -315,6 +315,60 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, data, tmp_p
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
 
 
+def test_fp8_storage_trains_on_the_float8_rounded_transformer(tiny_model, data, tmp_path):
+    """model.memory=fp8_storage: the frozen transformer is stored in float8 and computed in the run's dtype, so
+    loss and gradients equal a plain run's on a transformer whose weights were rounded to float8 beforehand;
+    LoRA, adapter and norms stay as they were."""
+    from relation_cli.train.recipe import loss_on, setup
+
+    runs, results = [], []
+    for memory in ("fp8_storage", "none"):
+        cfg = load_config(None, train_overrides(tiny_model, data, tmp_path / memory, 1, f"model.memory={memory}",
+                                                "train.gradient_checkpointing=true"))  # fmt: skip
+        run = setup(cfg, resume=False)
+        runs.append(run)
+        if memory == "none":  # round what the fp8 run stores in float8, in place
+            stored = {n for n, p in runs[0].pipe.transformer.named_parameters() if p.dtype == torch.float8_e4m3fn}
+            with torch.no_grad():
+                for n, p in run.pipe.transformer.named_parameters():
+                    if n in stored:
+                        p.copy_(p.to(torch.float8_e4m3fn).to(p.dtype))
+        batch = next(iter(DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate)))
+        loss = loss_on(run, batch)
+        loss.backward()
+        model = run.accelerator.unwrap_model(run.model)
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    transformer = runs[0].pipe.transformer
+    dtypes = {n: p.dtype for n, p in transformer.named_parameters()}
+    assert dtypes["transformer_blocks.0.attn.to_q.base_layer.weight"] == torch.float8_e4m3fn
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or ".processor." in n or "norm" in n)
+    assert len(stored) > len(dtypes) // 3
+    (loss8, grads8), (loss, grads) = results
+    assert np.isfinite(loss8) and abs(loss8 - loss) < 1e-6 and grads8.keys() == grads.keys()
+    for k in grads:
+        assert torch.allclose(grads8[k], grads[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.memory=model_offload"], "model.memory=model_offload is for inference; relation train takes none or fp8_storage"),
+    (["model.memory=fp8_storage", "train.mode=full"], "train.mode=full trains it (use lora or adapter)"),
+    (["model.quantize=int8"], "model.quantize is for inference"),
+])  # fmt: skip
+def test_train_refuses_memory_settings_it_would_ignore(tiny_model, data, tmp_path, capsys, sets, message):
+    assert main(train_args(tiny_model, data, tmp_path / "run", 1, *sets)) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_fp8_storage_estimate_counts_the_frozen_transformer_at_one_byte(tiny_model, data, tmp_path):
+    from relation_cli.train.estimate import _meta_pipeline_parts, count, estimate_parts
+
+    cfgs = [load_config(None, train_overrides(tiny_model, data, tmp_path, 1, f"model.memory={m}", f"train.mode={mode}"))
+            for m, mode in (("none", "lora"), ("fp8_storage", "lora"), ("fp8_storage", "adapter"))]  # fmt: skip
+    parts = _meta_pipeline_parts(cfgs[0])
+    plain, fp8, adapter_mode = (estimate_parts(c, 0, *parts).weight_bytes for c in cfgs)
+    assert plain - fp8 == plain - adapter_mode == 3 * count(parts[0])  # float32 on the CPU: 4 bytes -> 1
+
+
 def test_start_from_the_released_weights(reference, tmp_path):
     data = analogy_dataset(tmp_path / "data", size=(32, 32))
     sets = [f"model.base={reference / 'base'}", f"model.image_encoder={reference / 'image_encoder'}",

@@ -159,7 +159,8 @@ def process_baseline_bytes(cfg: RelationConfig) -> int:
 
 
 def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, image_encoder) -> Estimate:
-    """The memory arithmetic of :func:`estimate` for given (meta) components; no file is read."""
+    """The memory arithmetic of :func:`estimate` for given (meta) components; no file is read.
+    ``model.memory=fp8_storage`` counts the frozen transformer at 1 byte per weight."""
     from ..adapter import RelationAdapter
     from ..model import resolve_device, resolve_mixed_precision
 
@@ -176,6 +177,7 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
     frozen_modules = [m for m in (vae, clip, t5) if m is not None] + ([] if t.train_image_encoder else [image_encoder])
     frozen_modules += [] if t.mode == "full" else [transformer]
     frozen = sum(count(m) for m in frozen_modules)
+    fp8 = cfg.model.memory == "fp8_storage" and t.mode != "full"  # the frozen transformer at 1 byte a weight
 
     half = resolve_mixed_precision(t.mixed_precision, resolve_device(cfg.model.device)) != "no"
     per = 2 if half else 4
@@ -194,7 +196,7 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
         rows=rows,
         trainable=trainable,
         frozen=frozen,
-        weight_bytes=frozen * per,
+        weight_bytes=frozen * per - (count(transformer) * (per - 1) if fp8 else 0),
         training_bytes=n_train * (4 + 4 + state),  # fp32 master weights + grads + optimizer state
         activation_bytes=activations,
     )

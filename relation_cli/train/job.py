@@ -89,7 +89,12 @@ class RelationJob:
 
 
 def build_components(cfg: RelationConfig, dtype: torch.dtype):
-    """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point."""
+    """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point.
+
+    ``model.memory=fp8_storage`` (lora and adapter modes) stores the frozen transformer's weights in float8
+    (:func:`relation_cli.runtime.store_in_fp8`), after the LoRA is added and before the adapter is installed,
+    so that neither is cast: about 1 byte instead of 2 per frozen transformer parameter.
+    """
     from ..adapter import RelationAdapter
     from ..lora import apply_loras, continue_lora
     from ..model import load_base, resolve_sources
@@ -131,6 +136,10 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
             apply_loras(pipe, sources.loras, cfg.lora.scale, fuse=True, allow_partial=cfg.lora.allow_partial)
         if t.mode == "full":
             transformer.requires_grad_(True)
+    if cfg.model.memory == "fp8_storage":  # the frozen transformer in float8; LoRA layers and the adapter are not
+        from ..runtime import store_in_fp8
+
+        store_in_fp8(transformer, dtype)
     pipe.set_relation_adapter(adapter)
     adapter.requires_grad_(True)
     if t.train_image_encoder:
