@@ -4,10 +4,11 @@ For each base in ``BASES`` (FLUX.1-dev, FLUX.1 Kontext [dev], FLUX.2 [klein] 4B)
 and 1024x1024, 24 steps (klein: 4, as the distilled model runs), s/image and peak GPU memory for relation's default path,
 the reference-equivalent eager path (unfused q/k/v, exemplar keys/values recomputed every step),
 ``torch.compile`` and each memory mode; one training step (LoRA r128 on the paper's targets + the
-adapter, 512x512, batch 1): peak memory and s/step with and without gradient checkpointing and with
-8-bit Adam. The FLOP limit of a generation is its matmul FLOPs over the bf16 rate measured first.
+adapter, 512x512, batch 1): peak memory and s/step with and without gradient checkpointing, with
+8-bit Adam, and with 8-bit Adam and the frozen transformer in float8 (``model.memory=fp8_storage``). The FLOP limit of a generation is its matmul FLOPs over the bf16 rate measured first.
 Writes one JSON (``--out``) and prints the README's GPU table. ``--tiny`` runs the same code on the
-CPU at tiny size (a test in ``make test`` calls it). Every base's default path runs first, then the
+CPU at tiny size (a test in ``make test`` calls it; AdamW stands in for 8-bit Adam there). The entries
+the goals are read from (``GOAL_ENTRIES``) run first, then every base's default path, then the
 other entries base by base; entries that would start after ``--budget-s`` are skipped, and say so. Each entry runs in its own process (``--in-process`` turns that off): a CUDA fault in one entry
 poisons its process's CUDA context, and must not end the others; a training entry that dies with a CUDA
 error is run once more with ``CUDA_LAUNCH_BLOCKING=1`` and the failing call's stack is kept in the JSON.
@@ -96,7 +97,17 @@ INFER = {
     "group_offload leaf": ({"memory": "group_offload", "offload_type": "leaf_level"}, {}),
     "sequential_offload": ({"memory": "sequential_offload"}, {}),  # slowest: last
 }
-TRAIN = {"checkpointing": (True, "adamw"), "no checkpointing": (False, "adamw"), "checkpointing + 8-bit Adam": (True, "adamw8bit")}
+# label -> (gradient checkpointing, optimizer, frozen transformer stored in float8 as model.memory=fp8_storage)
+TRAIN = {
+    "checkpointing": (True, "adamw", False),
+    "no checkpointing": (False, "adamw", False),
+    "checkpointing + 8-bit Adam": (True, "adamw8bit", False),
+    "checkpointing + 8-bit Adam + fp8 storage": (True, "adamw8bit", True),
+}
+# The entries the issue's goals are read from, measured first (on the first base) so that no budget skips them:
+# the speed ratios, the inference mode most likely under 24 GB, the training step most likely under 40 GB.
+GOAL_ENTRIES = [("default", 512), ("reference-equivalent eager", 512), ("group_offload block", 512),
+                ("checkpointing + 8-bit Adam + fp8 storage", 512)]  # fmt: skip
 
 
 @dataclass
@@ -223,20 +234,25 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
 
     from relation_cli.train.model import RelationTrainModel
 
-    checkpointing, optimizer = TRAIN[label]
+    from relation_cli.runtime import store_in_fp8
+
+    checkpointing, optimizer, fp8 = TRAIN[label]
     pipe = build_pipeline(base, run.device, run.dtype)
     transformer, adapter = pipe.transformer, pipe.relation_adapter
     batch = _batch(pipe, base.spec, size, run.device, run.dtype)
     del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
+    if fp8:  # as relation train's build_components: after the LoRA, never on the adapter
+        with adapter.detached(transformer):
+            store_in_fp8(transformer, run.dtype)
     if checkpointing:
         transformer.enable_gradient_checkpointing()
     model = RelationTrainModel(transformer, adapter)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # as relation train: trainable weights in float32, frozen ones in bf16, autocast
         p.data = p.data.float()
-    opt = _optimizer(optimizer, params)
+    opt = _optimizer(optimizer if run.device.type == "cuda" else "adamw", params)  # bitsandbytes needs CUDA
     step = _train_step(model, opt, batch, run.device)
     step()  # warm-up
     reset_peak(run.device)
@@ -299,7 +315,7 @@ def entries(base: Base, tiny: bool) -> list[tuple[str, str, int, Callable]]:
     infer = [l for l in INFER if not (cpu_only and (l == "torch.compile" or "offload" in l))]
     first, rest = base.sizes[0], base.sizes[1:]
     out = [("inference", l, first, time_inference) for l in infer[:2]]
-    out += [("training", l, 512 if not tiny else 64, time_training) for l in TRAIN if not (cpu_only and "8-bit" in l)]
+    out += [("training", l, 512 if not tiny else 64, time_training) for l in TRAIN]  # tiny: AdamW for 8-bit Adam
     out += [("inference", l, first, time_inference) for l in infer[2:]]
     out += [("inference", l, s, time_inference) for s in rest for l in infer]
     return out
@@ -340,11 +356,19 @@ def measure_isolated(args: argparse.Namespace, base_key: str, index: int, timeou
 
 
 def plan(bases: dict[str, Base], args: argparse.Namespace) -> list[tuple[str, Base, int]]:
-    """(base key, base, entry index) in the order they run: every base's default path at each size first
-    (so that one budget measures all bases), then each base's other entries in :func:`entries`' order."""
-    order = [(k, b, i, e[1]) for k, b in bases.items() for i, e in enumerate(entries(b, args.tiny))]
+    """(base key, base, entry index) in the order they run: the first base's ``GOAL_ENTRIES``, then every
+    base's default path at each size (so that one budget measures all bases), then each base's other entries
+    in :func:`entries`' order."""
+    first = next(iter(bases))
+    order = [(k, b, i, e[1], e[2]) for k, b in bases.items() for i, e in enumerate(entries(b, args.tiny))]
     order = [o for o in order if not args.labels or o[3] in args.labels]
-    return [(k, b, i) for k, b, i, _ in sorted(order, key=lambda o: o[3] != "default")]
+
+    def rank(o) -> tuple[int, int]:
+        if o[0] == first and (o[3], o[4]) in GOAL_ENTRIES:
+            return 0, GOAL_ENTRIES.index((o[3], o[4]))
+        return (1 if o[3] == "default" else 2), 0
+
+    return [(k, b, i) for k, b, i, _, _ in sorted(order, key=rank)]
 
 
 def check(bases: dict[str, Base], run: Run, args: argparse.Namespace) -> None:

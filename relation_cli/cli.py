@@ -489,17 +489,19 @@ def prepare(
                 typer.echo(f"  {problem}", err=True)
             raise
         counts = ", ".join(f"{split} {n}" for split, n in summary.samples.items())
-        typer.echo(f"wrote {summary.output}: {counted(summary.pairs, 'pair')} in {counted(summary.tasks, 'task')}; samples: {counts}")
+        pairs, tasks = counted(summary.pairs, "pair"), counted(summary.tasks, "task")
+        typer.echo(f"wrote {summary.output}: {pairs} in {tasks}; samples: {counts}")
         if cfg.data.skip_invalid:
-            typer.echo(f"skipped {counted(summary.skipped, 'invalid entry', 'invalid entries')} (listed in {summary.output / 'skipped.jsonl'})")
+            skipped = counted(summary.skipped, "invalid entry", "invalid entries")
+            typer.echo(f"skipped {skipped} (listed in {summary.output / 'skipped.jsonl'})")
         for note in summary.notes:
             typer.echo(f"note: {note}")
 
 
 @app.command(cls=RelationCommand)
 def train(
-    data: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help=key_help("train.data", "Run-ready train.jsonl from prepare; "
-                                                                   "repeatable: the sets are trained on together."))] = None,
+    data: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help=key_help(
+        "train.data", "Run-ready train.jsonl from prepare; repeatable: the sets are trained on together."))] = None,
     output_dir: Annotated[
         Optional[Path], typer.Option(help=key_help("train.output_dir", "Checkpoints, weights, logs."))
     ] = None,

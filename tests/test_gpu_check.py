@@ -89,15 +89,19 @@ def test_the_klein_entry_is_flux2_klein_4b():
     assert parts["relation_adapter"].config.cross_attention_dim == 7680 and parts["relation_adapter"].config.num_layers == 25
 
 
-def test_every_bases_default_path_runs_before_the_other_entries():
-    """One budget for all bases: each base's default path (at every size) is measured first, then the
-    other entries base by base, so a budget that runs out skips memory modes, not a whole base."""
+def test_the_goal_entries_then_every_bases_default_path_run_first():
+    """One budget for all bases: the first base's entries that the issue's goals are read from run first (speed
+    ratios, the lowest-memory inference and training candidates), then each base's default path at every
+    size, then the other entries base by base, so a budget that runs out skips neither a goal nor a base."""
     import gpu_check
 
     args = gpu_check.argparse.Namespace(tiny=False, labels=None)
     order = [(key, gpu_check.entries(base, False)[i][1:3]) for key, base, i in gpu_check.plan(gpu_check.BASES, args)]
-    n = 2 * len(gpu_check.BASES)
-    assert [label for _, (label, _) in order[:n]] == ["default"] * n
-    assert {key for key, _ in order[:n]} == set(gpu_check.BASES) and {s for _, (_, s) in order[:n]} == {512, 1024}
-    assert "default" not in [label for _, (label, _) in order[n:]]
-    assert order[n] == ("flux1-dev", ("reference-equivalent eager", 512))
+    goals = len(gpu_check.GOAL_ENTRIES)
+    assert order[:goals] == [("flux1-dev", entry) for entry in gpu_check.GOAL_ENTRIES]
+    assert ("flux1-dev", ("checkpointing + 8-bit Adam + fp8 storage", 512)) in order[:goals]
+    n = 2 * len(gpu_check.BASES) - 1  # flux1-dev's default at 512 ran among the goals
+    assert [label for _, (label, _) in order[goals:goals + n]] == ["default"] * n
+    assert {key for key, _ in order[goals:goals + n]} == set(gpu_check.BASES)
+    assert "default" not in [label for _, (label, _) in order[goals + n:]]
+    assert len(order) == len(set(order))
