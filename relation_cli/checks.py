@@ -100,8 +100,17 @@ def _weights_problems(cfg: RelationConfig, command: str, demo: bool) -> list[str
         problems.append(f"adapter '{adapter}': not found")
     elif not adapter and not demo and cfg.adapter.scale != 0 and command != "train":
         problems.append("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
-    problems += [f"lora '{f.path}': not found" for f in cfg.lora.paths if not Path(f.path).exists()]
+    problems += [_missing_lora(f.path) for f in cfg.lora.paths if not Path(f.path).exists()]
     return problems
+
+
+def _missing_lora(path: str) -> str:
+    """A LoRA that is not there; ``a.safetensors:abc`` with ``a.safetensors`` there is a weight that is not a number
+    (``PATH[:WEIGHT]`` keeps such a tail in the path)."""
+    head, sep, tail = path.rpartition(":")
+    if sep and head and Path(head).exists():
+        return f"lora '{path}': weight '{tail}' is not a number (--lora PATH[:WEIGHT], e.g. {head}:0.5)"
+    return f"lora '{path}': not found"
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -129,9 +138,18 @@ def _train_memory_problems(cfg: RelationConfig) -> list[str]:
     elif m.memory == "fp8_storage" and cfg.train.mode == "full":
         problems.append("model.memory=fp8_storage keeps the frozen transformer in float8; train.mode=full trains it "
                         "(use lora or adapter)")  # fmt: skip
+    elif m.memory == "fp8_storage" and cfg.train.mode == "vae":
+        problems.append("model.memory=fp8_storage keeps the frozen transformer in float8; train.mode=vae does not run "
+                        "it (leave model.memory=none)")  # fmt: skip
     if m.quantize != "none":
         problems.append("model.quantize is for inference; relation train stores the frozen transformer in float8 with "
                         "model.memory=fp8_storage")  # fmt: skip
+    if cfg.train.mode == "lora" and len(cfg.lora.paths) > 1:
+        problems.append(f"train.mode=lora continues one LoRA; lora.paths has {len(cfg.lora.paths)} (give one, or "
+                        "train.mode=adapter to train the adapter on the base with them merged)")  # fmt: skip
+    elif cfg.train.mode == "lora" and cfg.lora.paths and cfg.lora.paths[0].weight != 1:
+        problems.append(f"train.mode=lora continues the LoRA '{cfg.lora.paths[0].path}' as it is; a weight "
+                        f"({cfg.lora.paths[0].weight:g}) applies when it is used, not when it trains: drop ':W'")  # fmt: skip
     return problems
 
 

@@ -485,8 +485,8 @@ def prepare(
         try:
             summary = core_prepare(cfg, input_path, output)
         except DatasetProblems as e:
-            for problem in e.problems:
-                typer.echo(f"  {problem}", err=True)
+            for line in e.listing():
+                typer.echo(f"  {line}", err=True)
             raise
         counts = ", ".join(f"{split} {n}" for split, n in summary.samples.items())
         pairs, tasks = counted(summary.pairs, "pair"), counted(summary.tasks, "task")
@@ -540,7 +540,7 @@ def train(
         if dry_run:
             from .train.estimate import estimate
 
-            for line in estimate(cfg).lines():
+            for line in estimate(cfg, resume).lines():
                 typer.echo(line)
             return
         from .train import train as core_train
@@ -646,7 +646,7 @@ def _print_eval(result) -> None:
 @app.command(name="config", cls=RelationCommand)
 def show_config(
     section: Annotated[
-        Optional[str], typer.Argument(help="Only this section: model, adapter, lora, data, train, infer or eval.")
+        Optional[str], typer.Argument(help="Only this section: model, adapter, lora, data, train, infer, eval or run.")
     ] = None,
     as_yaml: Annotated[bool, typer.Option("--yaml", help="Print the resolved values as YAML instead of the reference.")] = False,
     config: ConfigOpt = None,

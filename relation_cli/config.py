@@ -13,7 +13,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RelationError, first_line
 from .fs import write_text_atomic
@@ -103,7 +103,7 @@ class AdapterSection(Section):
         description="RelationAdapter weights: the authors' ip_adapter-*.bin, or a folder in relation's "
         "safetensors format. Empty: the demo's adapter for base=demo; required otherwise.",
     )
-    scale: float = Field(1.0, ge=0.0, description="Adapter strength (the paper's alpha); 0 turns it off.")
+    scale: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="Adapter strength (the paper's alpha); 0 turns it off.")
     num_tokens: int = Field(128, ge=1, description="Exemplar tokens per image, for a newly created adapter.")
     role_embeddings: bool = Field(
         False,
@@ -118,11 +118,13 @@ class LoraFile(Section):
     (``C:\\loras\\x.safetensors``)."""
 
     path: str = Field(description="A LoRA: .safetensors file (diffusers, peft, kohya, BFL or xlabs layout) or the folder holding pytorch_lora_weights.safetensors.")
-    weight: float = Field(1.0, description="Strength of this LoRA; its scale on load is weight x lora.scale x alpha/rank.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Strength of this LoRA; its scale on load is weight x lora.scale x alpha/rank.")
 
     @model_validator(mode="before")
     @classmethod
     def _from_text(cls, value: Any) -> Any:
+        if not isinstance(value, (str, dict, LoraFile)):
+            raise ValueError(f"a LoRA is PATH[:WEIGHT] text or a {{path, weight}} mapping, not {type(value).__name__}")
         if not isinstance(value, str):
             return value
         path, sep, weight = value.rpartition(":")
@@ -138,7 +140,13 @@ class LoraSection(Section):
         description="LoRAs fused into the transformer, each with its weight (--lora PATH[:WEIGHT], repeatable). "
         "Empty: the demo's LoRA if it has one; none otherwise. Training continues the one LoRA given here.",
     )
-    scale: float = Field(1.0, description="Multiplies the weight of every LoRA in lora.paths.")
+    scale: float = Field(1.0, allow_inf_nan=False, description="Multiplies the weight of every LoRA in lora.paths.")
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        """A single ``PATH[:WEIGHT]`` (``--set lora.paths=a.safetensors:0.5``) is a list of one."""
+        return [value] if isinstance(value, (str, dict)) else value
     allow_partial: bool = Field(
         False, description="Load a LoRA whose keys fit only part of the transformer (the rest is left out, and said)."
     )

@@ -253,9 +253,21 @@ class BatchSummary:
 
 
 def row_record(row: Row) -> dict:
-    """What an output of batch infer was made from, as ``generation.json`` records it."""
+    """What an output of batch infer was made from, as ``generation.json`` records it: the images' paths and,
+    so that an image replaced under the same name is noticed, the sha256 of each one's bytes."""
+    images = [p for pair in row.pairs for p in pair] + [row.source]
     return {"exemplars": [[str(a.resolve()), str(b.resolve())] for a, b in row.pairs],
-            "source": str(row.source.resolve()), "text": row.text}  # fmt: skip
+            "source": str(row.source.resolve()), "text": row.text, "sha256": [_digest(p) for p in images]}  # fmt: skip
+
+
+def _digest(path: Path) -> str | None:
+    """sha256 of a file's bytes (:func:`relation_cli.evaluate.provenance.sha256_file`); None if it cannot be read."""
+    from .evaluate.provenance import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str]) -> dict[str, dict]:

@@ -123,6 +123,22 @@ def test_a_file_unusable_as_a_whole_says_why_with_skip_invalid_and_empty_files_r
     assert leftovers(tmp_path, "out") == []
 
 
+def test_a_long_list_of_problems_is_cut_and_one_unreadable_file_is_one_line(tmp_path, capsys):
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"img_name": f"x{i}.png"}) + "\n" for i in range(25)))
+    assert main(["prepare", str(many), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 22 and err[20].strip() == "... and 5 more (--skip-invalid writes them all to skipped.jsonl)"
+    assert err[-1].startswith("error: 25 invalid entries in")
+    pretty = tmp_path / "pretty.jsonl"
+    pretty.write_text(json.dumps([{"img_name": "a.png", "edit_instruction": "x"}], indent=2))
+    assert main(["prepare", str(pretty), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {pretty}: file: one JSON document over 6 lines, not JSON Lines: name it .json or write one "
+                   "entry per line; nothing was written"]  # fmt: skip
+    assert leftovers(tmp_path, "out") == []
+
+
 def test_malformed_labels_json_names_file_and_line(tmp_path, capsys):
     root = make_synthetic(tmp_path / "raw", pairs_per_task=2, size=16, tasks=["mirror", "invert", "blur"])
     (root / "mirror" / "Group1" / "labels.json").write_text('[\n  {"img_name": "00000.png",\n  oops\n]')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import stat
@@ -17,6 +18,7 @@ from conftest import tiny_overrides
 from eval_helpers import write_test_file
 from helpers import random_image
 from relation_cli.cli import main
+from relation_cli.errors import RelationError
 
 
 def sets(*overrides: str) -> list[str]:
@@ -88,6 +90,11 @@ def test_batch_reuses_only_outputs_of_the_same_row_and_settings(tiny_model, tmp_
     assert "wrote 1 image to" in capsys.readouterr().out
     assert (out / "000000.png").stat().st_mtime_ns == stamps["000000.png"]
     assert (out / "000001.png").stat().st_mtime_ns != stamps["000001.png"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    random_image(tmp_path / "2.png", (32, 32), seed=9)  # both rows' query, replaced under its name
+    assert batch(tiny_model, rows, out) == 0
+    assert "wrote 2 images to" in capsys.readouterr().out  # made again, not reused by path
+    assert all((out / name).stat().st_mtime_ns != stamp for name, stamp in stamps.items())
     assert batch(tiny_model, rows, out, "--set", "infer.guidance=2.0") == 1  # other settings: refused
     err = capsys.readouterr().err
     assert "were generated with other settings (infer.guidance" in err and "or --overwrite to regenerate" in err
@@ -273,6 +280,22 @@ def test_lora_text_is_read_alike_from_the_flag_yaml_and_set(tmp_path):
     assert [f.model_dump() for f in load_config(tmp_path / "c.yaml").lora.paths] == want
     cfg = load_config(None, ["lora.paths=[a.safetensors:0.5, b.safetensors]"])
     assert [f.model_dump() for f in cfg.lora.paths] == want
+    assert load_config(None, ["lora.paths=a.safetensors:0.5"]).lora.paths[0].model_dump() == want[0]  # one, no list
+    for bad, message in (("[5]", "a LoRA is PATH[:WEIGHT] text or a {path, weight} mapping, not int"),
+                         ("[a:inf]", "finite number"), ("[a:nan]", "finite number")):  # fmt: skip
+        with pytest.raises(RelationError, match=re.escape(message)):
+            load_config(None, [f"lora.paths={bad}"])
+
+
+def test_a_lora_weight_that_is_not_a_number_is_named_so(images, tmp_path, capsys):
+    lora = tmp_path / "l.safetensors"
+    lora.write_bytes(b"")
+    a, b, q = images
+    args = ["infer", "--exemplar", str(a), str(b), "--query", str(q), "--dry-run"]
+    assert main([*args, "--lora", f"{lora}:abc"]) == 1
+    assert f"lora '{lora}:abc': weight 'abc' is not a number (--lora PATH[:WEIGHT], e.g. {lora}:0.5)" in capsys.readouterr().err
+    assert main([*args, "--lora", str(tmp_path / "gone.safetensors:abc")]) == 1
+    assert f"lora '{tmp_path / 'gone.safetensors:abc'}': not found" in capsys.readouterr().err
 
 
 def test_batch_refused_for_its_lora_leaves_no_record(tiny_model, tmp_path, capsys):

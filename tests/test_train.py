@@ -353,8 +353,11 @@ def test_fp8_storage_trains_on_the_float8_rounded_transformer(tiny_model, data, 
     (["model.memory=model_offload"], "model.memory=model_offload is for inference; relation train takes none or fp8_storage"),
     (["model.memory=fp8_storage", "train.mode=full"], "train.mode=full trains it (use lora or adapter)"),
     (["model.quantize=int8"], "model.quantize is for inference"),
+    (["model.memory=fp8_storage", "train.mode=vae"], "train.mode=vae does not run it (leave model.memory=none)"),
+    (["lora.paths=[a.safetensors, b.safetensors]"], "train.mode=lora continues one LoRA; lora.paths has 2 (give one"),
+    (["lora.paths=[a.safetensors:0.5]"], "a weight (0.5) applies when it is used, not when it trains: drop ':W'"),
 ])  # fmt: skip
-def test_train_refuses_memory_settings_it_would_ignore(tiny_model, data, tmp_path, capsys, sets, message):
+def test_train_refuses_settings_it_would_ignore(tiny_model, data, tmp_path, capsys, sets, message):
     assert main(train_args(tiny_model, data, tmp_path / "run", 1, *sets)) == 1
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
 
@@ -367,6 +370,19 @@ def test_fp8_storage_estimate_counts_the_frozen_transformer_at_one_byte(tiny_mod
     parts = _meta_pipeline_parts(cfgs[0])
     plain, fp8, adapter_mode = (estimate_parts(c, 0, *parts).weight_bytes for c in cfgs)
     assert plain - fp8 == plain - adapter_mode == 3 * count(parts[0])  # float32 on the CPU: 4 bytes -> 1
+    vae = estimate_parts(load_config(None, train_overrides(tiny_model, data, tmp_path, 1, "train.mode=vae")), 0, *parts)
+    assert vae.trainable == {"vae": count(parts[1])} and vae.activation_bytes is None
+    assert vae.frozen == sum(count(m) for i, m in enumerate(parts) if i != 1 and m is not None)
+
+
+def test_dry_run_checks_the_output_folder_as_the_run_does(tiny_model, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-00000002").mkdir(parents=True)  # an earlier run's (not intact) checkpoint
+    assert main(train_args(tiny_model, data, out, 1) + ["--dry-run"]) == 1
+    assert "holds checkpoints of an earlier run; pass --resume" in capsys.readouterr().err
+    assert main(train_args(tiny_model, data, out, 1) + ["--dry-run", "--resume"]) == 1
+    assert f"error: --resume: no complete checkpoint under '{out / 'checkpoints'}'" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoint-00000002", "checkpoints"]
 
 
 def test_start_from_the_released_weights(reference, tmp_path):

@@ -80,12 +80,29 @@ class Source:
 class DatasetProblems(RelationError):
     """Some entries are invalid; ``problems`` lists each (file, entry, reason)."""
 
+    LISTED = 20  # problems printed above the error line; the rest are counted
+
     def __init__(self, problems: list[Problem], input_label: str):
         self.problems = problems
         n = len(problems)
-        super().__init__(
-            f"{n} invalid entr{'y' if n == 1 else 'ies'} in '{input_label}'; nothing was written "
-            "(fix them, or pass --skip-invalid to leave them out)"
+        # A file that yields no entry at all (malformed as a whole, a pretty-printed .jsonl, not UTF-8):
+        # --skip-invalid cannot help, and a single one is the whole message.
+        self.one_file = n == 1 and problems[0].where == "file"
+        if self.one_file:
+            super().__init__(f"{problems[0]}; nothing was written")
+        else:
+            super().__init__(
+                f"{n} invalid entr{'y' if n == 1 else 'ies'} in '{input_label}'; nothing was written "
+                "(fix them, or pass --skip-invalid to leave them out)"
+            )
+
+    def listing(self) -> list[str]:
+        """The lines printed above the error: the first ``LISTED`` problems, then how many more."""
+        if self.one_file:
+            return []
+        more = len(self.problems) - self.LISTED
+        return [str(p) for p in self.problems[: self.LISTED]] + (
+            [f"... and {more} more (--skip-invalid writes them all to skipped.jsonl)"] if more > 0 else []
         )
 
 

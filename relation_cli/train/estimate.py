@@ -23,12 +23,12 @@ class Estimate:
     frozen: int
     weight_bytes: int
     training_bytes: int
-    activation_bytes: int
+    activation_bytes: int | None  # None: not estimated (train.mode=vae)
     baseline_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weight_bytes + self.training_bytes + self.activation_bytes + self.baseline_bytes
+        return self.weight_bytes + self.training_bytes + (self.activation_bytes or 0) + self.baseline_bytes
 
     def lines(self) -> list[str]:
         t = ", ".join(f"{k} {v / 1e6:,.1f}M" for k, v in self.trainable.items())
@@ -37,7 +37,9 @@ class Estimate:
             f"trainable parameters: {sum(self.trainable.values()) / 1e6:,.1f}M ({t})",
             f"frozen parameters: {self.frozen / 1e6:,.1f}M",
             f"memory estimate per process: {self.total_bytes / GIB:.1f} GiB = weights {self.weight_bytes / GIB:.1f}"
-            f" + trainable state {self.training_bytes / GIB:.1f} + activations ~{self.activation_bytes / GIB:.1f}"
+            f" + trainable state {self.training_bytes / GIB:.1f} + "
+            + (f"activations ~{self.activation_bytes / GIB:.1f}" if self.activation_bytes is not None
+               else "activations (not estimated for train.mode=vae)")
             + (f" + process baseline {self.baseline_bytes / GIB:.1f}" if self.baseline_bytes else ""),
         ]
 
@@ -93,21 +95,19 @@ def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int)
     return total
 
 
-def estimate(cfg: RelationConfig) -> Estimate:
-    """Check the training config's data and output folder, then estimate memory (:func:`estimate_parts`)."""
+def estimate(cfg: RelationConfig, resume: bool = False) -> Estimate:
+    """Check the training config's data and output folder as the run would (a folder holding an earlier run's
+    checkpoints is refused without ``resume``; with it, an intact checkpoint must be there), then estimate
+    memory (:func:`estimate_parts`). Raises RelationError."""
+    from . import checkpoint as ckpt
     from .data import load_rows
+    from .recipe import check_output_dir
 
     t = cfg.train
+    out = check_output_dir(Path(t.output_dir), resume)
+    if resume:
+        ckpt.require_resumable(out / "checkpoints", warn=lambda message: None)
     rows = load_rows(t.data_files, cfg.data.max_image_pixels)
-    out = Path(t.output_dir)
-    if out.exists() and not out.is_dir():
-        raise RelationError(f"train.output_dir '{out}': exists and is not a folder")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    import os
-
-    if not os.access(probe, os.W_OK):
-        raise RelationError(f"train.output_dir '{out}': '{probe}' is not writable")
-
     parts = _meta_pipeline_parts(cfg)
     check_adapter_fits(cfg, parts[0])
     est = estimate_parts(cfg, len(rows), *parts)
@@ -167,15 +167,18 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
     t = cfg.train
     with torch.device("meta"):
         adapter = RelationAdapter.for_transformer(transformer, image_encoder.config.hidden_size, cfg.adapter.num_tokens)
-    trainable = {"adapter": count(adapter)}
+    trainable = {"vae": count(vae)} if t.mode == "vae" else {"adapter": count(adapter)}
     if t.mode == "lora":
         trainable["lora"] = lora_parameters(transformer, cfg.lora.targets, cfg.lora.rank)
     elif t.mode == "full":
         trainable["transformer"] = count(transformer)
     if t.train_image_encoder:
         trainable["image_encoder"] = count(image_encoder)
-    frozen_modules = [m for m in (vae, clip, t5) if m is not None] + ([] if t.train_image_encoder else [image_encoder])
-    frozen_modules += [] if t.mode == "full" else [transformer]
+    if t.mode == "vae":  # the VAE alone trains; the rest of the base is loaded, frozen
+        frozen_modules = [m for m in (clip, t5, image_encoder, transformer) if m is not None]
+    else:
+        frozen_modules = [m for m in (vae, clip, t5) if m is not None] + ([] if t.train_image_encoder else [image_encoder])
+        frozen_modules += [] if t.mode == "full" else [transformer]
     frozen = sum(count(m) for m in frozen_modules)
     fp8 = cfg.model.memory == "fp8_storage" and t.mode != "full"  # the frozen transformer at 1 byte a weight
 
@@ -192,6 +195,8 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
     per_layer = 34 * tokens * width * (per // 2) * t.batch_size
     keep = 2 * tokens * width * per * t.batch_size
     activations = (layers * keep + per_layer) if t.gradient_checkpointing else layers * per_layer
+    if t.mode == "vae":
+        activations = None  # the transformer does not run; the VAE's own are not modelled
     return Estimate(
         rows=rows,
         trainable=trainable,
