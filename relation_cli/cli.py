@@ -439,7 +439,8 @@ def prepare(
     input_path: Annotated[
         Optional[Path],
         typer.Argument(metavar="INPUT", help="A Relation252K folder (<task>/Group1/labels.json), or a .jsonl/.json "
-                       "file of entries (img_name side-by-side pairs, or source + target)."),
+                       "file of entries: edit_instruction (required), img_name (a side-by-side before|after image) or source + "
+                       "target, and task (optional; default: the image's folder)."),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the splits, images and manifest.")] = ...,
     synthetic: Annotated[
