@@ -27,7 +27,7 @@ help:
 	@echo "make install-ui  add the ui extra (gradio) and the browser driver of its tests"
 	@echo "make demo      run relation infer on the bundled example images with the embedded model (V=1: full log)"
 	@echo "make test      run the whole test suite"
-	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 1 h)"
+	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 2 h)"
 	@echo "make benchmarks  CPU inference speed, step-cache quality, the demo on photos (prints figures, writes benchmarks/results/)"
 	@echo "make first-hour  error latency, offline refusal, demo and photo times of a new user (prints figures)"
 	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
