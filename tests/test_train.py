@@ -370,7 +370,8 @@ def test_fp8_storage_estimate_counts_the_frozen_transformer_at_one_byte(tiny_mod
     parts = _meta_pipeline_parts(cfgs[0])
     plain, fp8, adapter_mode = (estimate_parts(c, 0, *parts).weight_bytes for c in cfgs)
     assert plain - fp8 == plain - adapter_mode == 3 * count(parts[0])  # float32 on the CPU: 4 bytes -> 1
-    vae = estimate_parts(load_config(None, train_overrides(tiny_model, data, tmp_path, 1, "train.mode=vae")), 0, *parts)
+    vae_cfg = load_config(None, train_overrides(tiny_model, data, tmp_path, 1, "train.mode=vae", "train.train_image_encoder=true"))
+    vae = estimate_parts(vae_cfg, 0, *parts)
     assert vae.trainable == {"vae": count(parts[1])} and vae.activation_bytes is None
     assert vae.frozen == sum(count(m) for i, m in enumerate(parts) if i != 1 and m is not None)
 

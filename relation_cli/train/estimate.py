@@ -172,7 +172,7 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
         trainable["lora"] = lora_parameters(transformer, cfg.lora.targets, cfg.lora.rank)
     elif t.mode == "full":
         trainable["transformer"] = count(transformer)
-    if t.train_image_encoder:
+    if t.train_image_encoder and t.mode != "vae":  # vae mode trains the VAE alone
         trainable["image_encoder"] = count(image_encoder)
     if t.mode == "vae":  # the VAE alone trains; the rest of the base is loaded, frozen
         frozen_modules = [m for m in (clip, t5, image_encoder, transformer) if m is not None]
@@ -180,7 +180,7 @@ def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, i
         frozen_modules = [m for m in (vae, clip, t5) if m is not None] + ([] if t.train_image_encoder else [image_encoder])
         frozen_modules += [] if t.mode == "full" else [transformer]
     frozen = sum(count(m) for m in frozen_modules)
-    fp8 = cfg.model.memory == "fp8_storage" and t.mode != "full"  # the frozen transformer at 1 byte a weight
+    fp8 = cfg.model.memory == "fp8_storage" and t.mode in ("lora", "adapter")  # the frozen transformer at 1 byte
 
     half = resolve_mixed_precision(t.mixed_precision, resolve_device(cfg.model.device)) != "no"
     per = 2 if half else 4
