@@ -144,13 +144,21 @@ def _train_memory_problems(cfg: RelationConfig) -> list[str]:
     if m.quantize != "none":
         problems.append("model.quantize is for inference; relation train stores the frozen transformer in float8 with "
                         "model.memory=fp8_storage")  # fmt: skip
-    if cfg.train.mode == "lora" and len(cfg.lora.paths) > 1:
-        problems.append(f"train.mode=lora continues one LoRA; lora.paths has {len(cfg.lora.paths)} (give one, or "
-                        "train.mode=adapter to train the adapter on the base with them merged)")  # fmt: skip
-    elif cfg.train.mode == "lora" and cfg.lora.paths and cfg.lora.paths[0].weight != 1:
-        problems.append(f"train.mode=lora continues the LoRA '{cfg.lora.paths[0].path}' as it is; a weight "
-                        f"({cfg.lora.paths[0].weight:g}) applies when it is used, not when it trains: drop ':W'")  # fmt: skip
     return problems
+
+
+def _train_lora_problems(cfg: RelationConfig, command: str) -> list[str]:
+    """train.mode=lora continues the one LoRA of lora.paths as it is (:func:`relation_cli.lora.continue_lora`)."""
+    paths = cfg.lora.paths
+    if command != "train" or cfg.train.mode != "lora" or not paths:
+        return []
+    if len(paths) > 1:
+        return [f"train.mode=lora continues one LoRA; lora.paths has {len(paths)} (give one, or "
+                "train.mode=adapter to train the adapter on the base with them merged)"]  # fmt: skip
+    if paths[0].weight != 1:
+        return [f"train.mode=lora continues the LoRA '{paths[0].path}' as it is; a weight ({paths[0].weight:g}) "
+                "applies when it is used, not when it trains: drop ':W'"]  # fmt: skip
+    return []
 
 
 def _package_problems(cfg: RelationConfig, command: str) -> list[str]:
@@ -282,6 +290,7 @@ def _output_problems(cfg: RelationConfig, command: str) -> list[str]:
 
 
 PROBLEM_FINDERS: list[Callable[[RelationConfig, str], list[str]]] = [
-    _source_problems, _memory_problems, _package_problems, _size_problems, _data_problems, _output_problems,
+    _source_problems, _memory_problems, _train_lora_problems, _package_problems, _size_problems, _data_problems,
+    _output_problems,
 ]  # fmt: skip
 """Every finder ``check_config`` asks, in the order their problems are listed. Other checks go here."""

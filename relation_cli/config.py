@@ -141,12 +141,6 @@ class LoraSection(Section):
         "Empty: the demo's LoRA if it has one; none otherwise. Training continues the one LoRA given here.",
     )
     scale: float = Field(1.0, allow_inf_nan=False, description="Multiplies the weight of every LoRA in lora.paths.")
-
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path(cls, value: Any) -> Any:
-        """A single ``PATH[:WEIGHT]`` (``--set lora.paths=a.safetensors:0.5``) is a list of one."""
-        return [value] if isinstance(value, (str, dict)) else value
     allow_partial: bool = Field(
         False, description="Load a LoRA whose keys fit only part of the transformer (the rest is left out, and said)."
     )
@@ -157,6 +151,12 @@ class LoraSection(Section):
         default_factory=lambda: list(PAPER_LORA_TARGETS),
         description="Module names (suffixes) that get a LoRA when training.",
     )
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        """A single ``PATH[:WEIGHT]`` (``--set lora.paths=a.safetensors:0.5``) is a list of one."""
+        return [value] if isinstance(value, (str, dict)) else value
 
 
 class DataSection(Section):

@@ -41,16 +41,21 @@ PathPair = tuple[Path, Path]
 
 
 def open_edit_inputs(
-    cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, prompt: str, where: str = ""
+    cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, prompt: str, where: str = "",
+    labels: Sequence[tuple[str, str]] | None = None, query_label: str = "query",
 ) -> EditInputs:
-    """Open and check every image of one edit; ``exemplars`` is one (A, A') pair of paths or a list of pairs."""
+    """Open and check every image of one edit; ``exemplars`` is one (A, A') pair of paths or a list of pairs.
+
+    Messages name an image ``where`` + its label: ``labels`` per pair (default ``exemplar [pair n] A``/``A'``),
+    ``query_label`` for the query."""
     limit = cfg.data.max_image_pixels
     pairs = [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
-    opened = []
-    for n, (a, b) in enumerate(pairs, 1):
-        label = f"{where}exemplar" + (f" pair {n}" if len(pairs) > 1 else "")
-        opened.append((open_image(a, f"{label} A", limit), open_image(b, f"{label} A'", limit)))
-    q = open_image(query, f"{where}query", limit)
+    if labels is None:
+        names = ["exemplar" + (f" pair {n}" if len(pairs) > 1 else "") for n in range(1, len(pairs) + 1)]
+        labels = [(f"{name} A", f"{name} A'") for name in names]
+    opened = [(open_image(a, where + la, limit), open_image(b, where + lb, limit))
+              for (a, b), (la, lb) in zip(pairs, labels)]  # fmt: skip
+    q = open_image(query, where + query_label, limit)
     return EditInputs(*opened[0], q, prompt, tuple(opened[1:]))
 
 
@@ -285,8 +290,8 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
     if present and not isinstance(recorded, dict):
         raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(present[:3])}) that no {SETTINGS_FILE} "
                             "describes: use another --output-dir, or --overwrite to regenerate them")  # fmt: skip
-    return {names[r.index]: row_record(r) for r in rows
-            if names[r.index] in present and recorded.get(names[r.index]) == row_record(r)}  # fmt: skip
+    current = {names[r.index]: row_record(r) for r in rows if names[r.index] in present}  # each row's files hashed once
+    return {name: record for name, record in current.items() if recorded.get(name) == record}
 
 
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
@@ -331,14 +336,11 @@ def check_rows(cfg: RelationConfig, input_file: Path) -> None:
 def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
     """Open one row's images; a message names the row and the field as the row spells it (``cond1``, ``cond2``,
     ``exemplars pair n A``/``A'``, ``source``)."""
-    limit, where = cfg.data.max_image_pixels, f"row {r.index + 1} "
     if r.exemplars:
         labels = [(f"exemplars pair {n} A", f"exemplars pair {n} A'") for n in range(1, len(r.exemplars) + 1)]
     else:
         labels = [("cond1", "cond2")]
-    pairs = [(open_image(a, where + la, limit), open_image(b, where + lb, limit))
-             for (a, b), (la, lb) in zip(r.pairs, labels)]  # fmt: skip
-    return EditInputs(*pairs[0], open_image(r.source, f"{where}source", limit), r.text, tuple(pairs[1:]))
+    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ", labels, "source")
 
 
 def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
