@@ -5,6 +5,7 @@ Everything cheap is checked (images decode, sizes, output paths) before the mode
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DEMO, InferSection, RelationConfig, save_config
-from .errors import RelationError
+from .errors import RelationError, counted
 from .fs import check_writable
 from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
@@ -294,11 +295,35 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
     return {name: record for name, record in current.items() if recorded.get(name) == record}
 
 
+_OUTPUT_NAME = re.compile(r"\d{6}\.(png|jpg|webp|npy)")
+
+
+def earlier_outputs(output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
+    """The outputs that ``generation.json`` records for rows beyond this run's rows file and that still exist:
+    kept (and still recorded) by a normal run, deleted by ``infer.overwrite`` once the model has loaded.
+
+    Only names batch infer writes (``000012.png``) count, so an edited record cannot name another file.
+    """
+    from .evaluate.generate import read_settings
+
+    try:
+        recorded = (read_settings(output_dir) or {}).get("rows")
+    except RelationError:  # an unreadable record: reusable_rows refused it already unless overwriting
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    current = set(names.values())
+    return {name: record for name, record in recorded.items()
+            if name not in current and _OUTPUT_NAME.fullmatch(name) and (output_dir / name).is_file()}  # fmt: skip
+
+
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
     """One output per row, named by row number; an output made from the same row and settings is reused.
 
     ``generation.json`` in the folder records the settings and the row behind each output; a row whose
-    result is not finite is reported in ``failed`` and leaves no image.
+    result is not finite is reported in ``failed`` and leaves no image. Outputs of rows beyond this file
+    (an earlier, longer rows file) are kept and stay recorded; ``infer.overwrite`` deletes them, so the
+    folder holds this file's outputs only.
     """
     from .evaluate.generate import record_settings
     from .model import load_pipeline
@@ -311,39 +336,61 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     check_writable(output_dir, "output dir")
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
     made = reusable_rows(cfg, rows, output_dir, names)
+    earlier = earlier_outputs(output_dir, names)
     todo = [r for r in rows if names[r.index] not in made]
-    for r in todo:  # decode everything once before loading the model; images are not kept in memory
-        _row_inputs(cfg, r)
+    check_rows(cfg, input_file, todo)  # decode everything once before loading the model; images are not kept
     pipe = load_pipeline(cfg) if todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.infer.overwrite:
+        for name in earlier:
+            (output_dir / name).unlink(missing_ok=True)
+    else:
+        made.update(earlier)
     save_config(cfg, output_dir / "config.yaml")
     record_settings(output_dir, cfg, eval_keys=False, rows=made)
     failed: list[str] = []
     try:
-        _generate_rows(pipe, cfg, todo, output_dir, names, made, failed)
+        _generate_rows(pipe, cfg, todo, input_file, output_dir, names, made, failed)
     finally:
         record_settings(output_dir, cfg, eval_keys=False, rows=made)
     return BatchSummary(len(todo) - len(failed), len(rows) - len(todo), output_dir, failed)
 
 
-def check_rows(cfg: RelationConfig, input_file: Path) -> None:
-    """Every row of ``input_file`` parses and every image it names decodes (``relation infer --input
-    --dry-run``); RelationError naming the row and the image otherwise."""
-    for r in parse_rows(input_file):
-        _row_inputs(cfg, r)
+def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row] | None = None) -> None:
+    """Every row of ``input_file`` (or just ``rows`` of it) parses and every image it names decodes (also
+    ``relation infer --input --dry-run``).
+
+    Raises:
+        RelationError: one line naming the file and, for each bad row (the first 10), the row, the field and
+            the image: ``'rows.jsonl': 2 rows cannot be used: row 2 source 'q.png': file not found; row 5 ...``.
+    """
+    problems = []
+    for r in parse_rows(input_file) if rows is None else rows:
+        try:
+            _row_inputs(cfg, r, input_file, where="")
+        except RelationError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise RelationError(f"'{input_file}' {problems[0]}")
+    if problems:
+        more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise RelationError(f"'{input_file}': {counted(len(problems), 'row')} cannot be used: "
+                            + "; ".join(problems[:10]) + more)  # fmt: skip
 
 
-def _row_inputs(cfg: RelationConfig, r: Row) -> EditInputs:
-    """Open one row's images; a message names the row and the field as the row spells it (``cond1``, ``cond2``,
-    ``exemplars pair n A``/``A'``, ``source``)."""
+def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None = None) -> EditInputs:
+    """Open one row's images; a message names the rows file (or ``where``), the row and the field as the row
+    spells it (``cond1``, ``cond2``, ``exemplars pair n A``/``A'``, ``source``)."""
     if r.exemplars:
         labels = [(f"exemplars pair {n} A", f"exemplars pair {n} A'") for n in range(1, len(r.exemplars) + 1)]
     else:
         labels = [("cond1", "cond2")]
-    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"row {r.index + 1} ", labels, "source")
+    where = f"'{input_file}' " if where is None else where
+    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}row {r.index + 1} ", labels, "source")
 
 
-def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, made: dict, failed: list[str]) -> None:
+def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Path, names: dict, made: dict,
+                   failed: list[str]) -> None:
     """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
     from .model import size_rules
     from .progress import progress_bar
@@ -355,7 +402,7 @@ def _generate_rows(pipe, cfg, todo: list[Row], output_dir: Path, names: dict, ma
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:
             out = output_dir / names[r.index]
-            inputs = _row_inputs(cfg, r)
+            inputs = _row_inputs(cfg, r, input_file)
             sizes = edit_sizes(cfg.infer, inputs.query.size, *rules)
             note = sizes.note(cfg.infer)
             if sizes.shrunk and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is

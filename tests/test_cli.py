@@ -308,7 +308,7 @@ def test_dry_run_reads_every_row_and_image(tmp_path, command, fault):
     assert result == "1 []" and err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert ("row 2" in err and "q1.png" in err) if fault != "pretty-printed JSON" else "one JSON document" in err, err
     if command == "infer" and fault != "pretty-printed JSON":  # batch rows name the field as the row spells it
-        assert err.startswith(f"error: row 2 source '{tmp_path / 'data' / 'q1.png'}'"), err
+        assert err.startswith(f"error: '{rows}' row 2 source '{tmp_path / 'data' / 'q1.png'}'"), err
     assert not (tmp_path / "out").exists()
 
 
@@ -319,7 +319,23 @@ def test_a_batch_row_of_several_pairs_names_the_pair_at_fault(tmp_path):
     (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
     result, err = early(["infer", "--input", tmp_path / "rows.jsonl", "--output-dir", tmp_path / "out", "--dry-run"],
                         tmp_path)  # fmt: skip
-    assert result == "1 []" and err == f"error: row 1 exemplars pair 2 A' '{tmp_path / 'gone.png'}': file not found"
+    assert result == "1 []" and err == (f"error: '{tmp_path / 'rows.jsonl'}' row 1 exemplars pair 2 A' "
+                                        f"'{tmp_path / 'gone.png'}': file not found")
+
+
+def test_a_dry_run_names_every_bad_row_in_one_line(tmp_path):
+    for name in ("a", "b", "q"):
+        random_image(tmp_path / f"{name}.png", (32, 32))
+    (tmp_path / "bad.png").write_text("not a png")
+    rows = [{"cond1": "a.png", "cond2": "b.png", "source": "q.png"}] * 2 + [
+        {"cond1": "a.png", "cond2": "gone.png", "source": "q.png"}, {"cond1": "a.png", "cond2": "b.png", "source": "bad.png"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    result, err = early(["infer", "--input", tmp_path / "rows.jsonl", "--output-dir", tmp_path / "out", "--dry-run"],
+                        tmp_path)  # fmt: skip
+    assert result == "1 []" and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: '{tmp_path / 'rows.jsonl'}': 8 rows cannot be used: row 3 cond2 "
+                          f"'{tmp_path / 'gone.png'}': file not found; row 4 source '{tmp_path / 'bad.png'}'"), err
+    assert err.count("; row ") == 7 and "row 16 source" in err and not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------ --offline and the hub

@@ -107,6 +107,25 @@ def test_batch_reuses_only_outputs_of_the_same_row_and_settings(tiny_model, tmp_
     assert "wrote 2 images" in capsys.readouterr().out
 
 
+def test_a_shorter_rows_file_keeps_the_other_outputs_and_overwrite_leaves_only_its_own(tiny_model, tmp_path, capsys):
+    rows, out = batch_rows(tmp_path, texts=("one", "two", "three")), tmp_path / "out"
+    assert batch(tiny_model, rows, out) == 0
+    batch_rows(tmp_path, texts=("one",))  # row 1 only: rows 2 and 3 stay, reused, and stay recorded
+    assert batch(tiny_model, rows, out) == 0
+    assert "wrote 0 images" in capsys.readouterr().out
+    assert sorted(json.loads((out / "generation.json").read_text())["rows"]) == ["000000.png", "000001.png", "000002.png"]
+    batch_rows(tmp_path, texts=("one", "two", "three"))
+    assert batch(tiny_model, rows, out) == 0 and "wrote 0 images" in capsys.readouterr().out  # all three reused
+    record = json.loads((out / "generation.json").read_text())
+    record["rows"]["../rows.jsonl"] = record["rows"]["000002.png"]  # an edited record names a file not ours
+    (out / "generation.json").write_text(json.dumps(record))
+    batch_rows(tmp_path, texts=("one",))
+    assert batch(tiny_model, rows, out, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "config.yaml", "generation.json"]
+    assert list(json.loads((out / "generation.json").read_text())["rows"]) == ["000000.png"]
+    assert (tmp_path / "rows.jsonl").is_file()
+
+
 def make_run(tiny_model, root):
     """A run folder as relation train exports it (contract A): adapter/, lora/, config.yaml with run:."""
     from diffusers import FluxPipeline
