@@ -310,7 +310,7 @@ def _infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, dry_ru
     from . import infer as core
 
     if dry_run:
-        return _dry_run(cfg, "infer", lambda: core.check_rows(cfg, input_file))
+        return _dry_run(cfg, "infer", lambda: core.plan_batch(cfg, input_file, output_dir))
     before_loading(cfg, "infer")
     report_batch(core.infer_batch(cfg, input_file, output_dir))
 

@@ -281,7 +281,7 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
 
     Refuses a folder made with other settings, or holding outputs that ``generation.json`` does not describe.
     """
-    from .evaluate.generate import SETTINGS_FILE, check_settings, read_settings
+    from .evaluate.settings import SETTINGS_FILE, check_settings, read_settings
 
     if cfg.infer.overwrite:
         return {}
@@ -304,7 +304,7 @@ def earlier_outputs(output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
 
     Only names batch infer writes (``000012.png``) count, so an edited record cannot name another file.
     """
-    from .evaluate.generate import read_settings
+    from .evaluate.settings import read_settings
 
     try:
         recorded = (read_settings(output_dir) or {}).get("rows")
@@ -317,17 +317,26 @@ def earlier_outputs(output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
             if name not in current and _OUTPUT_NAME.fullmatch(name) and (output_dir / name).is_file()}  # fmt: skip
 
 
-def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
-    """One output per row, named by row number; an output made from the same row and settings is reused.
+@dataclass
+class BatchPlan:
+    """What batch infer will do in ``output_dir``: every row, its output name, the outputs it reuses and
+    the rows still to make, and the recorded outputs of rows beyond the rows file."""
 
-    ``generation.json`` in the folder records the settings and the row behind each output; a row whose
-    result is not finite is reported in ``failed`` and leaves no image. Outputs of rows beyond this file
-    (an earlier, longer rows file) are kept and stay recorded; ``infer.overwrite`` deletes them, so the
-    folder holds this file's outputs only.
+    rows: list[Row]
+    names: dict[int, str]  # row index -> output file name
+    made: dict[str, dict]  # reused output name -> row_record
+    earlier: dict[str, dict]  # outputs of rows beyond this file -> row_record
+    todo: list[Row]
+
+
+def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchPlan:
+    """Every check batch infer makes before it loads a model (also ``relation infer --input --dry-run``):
+    the rows parse, the folder takes outputs made with these settings, and the images of every row still
+    to make decode. Reads and hashes files; writes nothing and imports no ML library.
+
+    Raises:
+        RelationError: a bad format, rows file, folder, recorded settings or image, in one line.
     """
-    from .evaluate.generate import record_settings
-    from .model import load_pipeline
-
     if suffix not in (".png", ".jpg", ".webp", ".npy"):
         raise RelationError(f"batch output format '{suffix}': use .png, .jpg, .webp or .npy")
     rows = parse_rows(input_file)
@@ -336,36 +345,50 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     check_writable(output_dir, "output dir")
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
     made = reusable_rows(cfg, rows, output_dir, names)
-    earlier = earlier_outputs(output_dir, names)
     todo = [r for r in rows if names[r.index] not in made]
     check_rows(cfg, input_file, todo)  # decode everything once before loading the model; images are not kept
+    return BatchPlan(rows, names, made, earlier_outputs(output_dir, names), todo)
+
+
+def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
+    """One output per row, named by row number; an output made from the same row and settings is reused.
+
+    ``generation.json`` in the folder records the settings and the row behind each output; a row whose
+    result is not finite is reported in ``failed`` and leaves no image. Outputs of rows beyond this file
+    (an earlier, longer rows file) are kept and stay recorded; ``infer.overwrite`` deletes them, so the
+    folder holds this file's outputs only.
+    """
+    from .evaluate.settings import record_settings
+    from .model import load_pipeline
+
+    plan = plan_batch(cfg, input_file, output_dir, suffix)
+    made, todo = plan.made, plan.todo
     pipe = load_pipeline(cfg) if todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.infer.overwrite:
-        for name in earlier:
+        for name in plan.earlier:
             (output_dir / name).unlink(missing_ok=True)
     else:
-        made.update(earlier)
+        made.update(plan.earlier)
     save_config(cfg, output_dir / "config.yaml")
     record_settings(output_dir, cfg, eval_keys=False, rows=made)
     failed: list[str] = []
     try:
-        _generate_rows(pipe, cfg, todo, input_file, output_dir, names, made, failed)
+        _generate_rows(pipe, cfg, todo, input_file, output_dir, plan.names, made, failed)
     finally:
         record_settings(output_dir, cfg, eval_keys=False, rows=made)
-    return BatchSummary(len(todo) - len(failed), len(rows) - len(todo), output_dir, failed)
+    return BatchSummary(len(todo) - len(failed), len(plan.rows) - len(todo), output_dir, failed)
 
 
-def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row] | None = None) -> None:
-    """Every row of ``input_file`` (or just ``rows`` of it) parses and every image it names decodes (also
-    ``relation infer --input --dry-run``).
+def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> None:
+    """Every image that ``rows`` of ``input_file`` name decodes.
 
     Raises:
         RelationError: one line naming the file and, for each bad row (the first 10), the row, the field and
             the image: ``'rows.jsonl': 2 rows cannot be used: row 2 source 'q.png': file not found; row 5 ...``.
     """
     problems = []
-    for r in parse_rows(input_file) if rows is None else rows:
+    for r in rows:
         try:
             _row_inputs(cfg, r, input_file, where="")
         except RelationError as e:

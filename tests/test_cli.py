@@ -338,6 +338,25 @@ def test_a_dry_run_names_every_bad_row_in_one_line(tmp_path):
     assert err.count("; row ") == 7 and "row 16 source" in err and not (tmp_path / "out").exists()
 
 
+def test_a_batch_dry_run_checks_the_output_folder_as_the_run_does(tmp_path):
+    for name in ("a", "b", "q"):
+        random_image(tmp_path / f"{name}.png", (32, 32))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"cond1": "a.png", "cond2": "b.png", "source": "q.png"}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "generation.json").write_text(json.dumps({"infer.steps": 3, "rows": {}}))
+    args = ["infer", "--input", tmp_path / "rows.jsonl", "--output-dir", out, "--dry-run"]
+    result, err = early(args, tmp_path)
+    assert result == "1 []" and "were generated with other settings (" in err and "infer.steps 3 -> 8" in err, err
+    (out / "generation.json").unlink()
+    random_image(out / "000000.png", (32, 32))
+    result, err = early(args, tmp_path)
+    assert result == "1 []" and "holds outputs (000000.png) that no generation.json describes" in err, err
+    result, err = early([*args, "--overwrite"], tmp_path)
+    assert result == "0 []", err  # --overwrite regenerates all: nothing to refuse, and nothing touched
+    assert (out / "000000.png").is_file() and sorted(p.name for p in out.iterdir()) == ["000000.png"]
+
+
 # ------------------------------------------------------------------------------------------ --offline and the hub
 
 

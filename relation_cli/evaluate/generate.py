@@ -7,89 +7,17 @@ where it stopped and no file is ever half-written.
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..config import RelationConfig
-from ..errors import RelationError
-from ..fs import write_text_atomic
 from ..images import open_image, resize_result, save_output
 from ..infer import EditInputs, EditSizes, NonFiniteResult, PromptCache, edit, edit_sizes, open_edit_inputs
 from .plan import Job
-
-SETTINGS_FILE = "generation.json"
-
-
-def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
-    """The config values that change a generated image: outputs made with others must not be reused.
-
-    ``eval_keys=False`` leaves out the eval-only ones (batch ``relation infer``).
-    """
-    settings = {
-        "model.base": cfg.model.base,
-        "model.image_encoder": cfg.model.image_encoder,
-        "model.dtype": cfg.model.dtype,
-        "adapter.path": cfg.adapter.path,
-        "adapter.scale": cfg.adapter.scale,
-        "lora.paths": [f.model_dump() for f in cfg.lora.paths],
-        "lora.scale": cfg.lora.scale,
-        "lora.fuse": cfg.lora.fuse,
-        "lora.allow_partial": cfg.lora.allow_partial,
-        "infer.steps": cfg.infer.steps,
-        "infer.guidance": cfg.infer.guidance,
-        "infer.seed": cfg.infer.seed,
-        "infer.max_sequence_length": cfg.infer.max_sequence_length,
-        "infer.size": [cfg.infer.width, cfg.infer.height, cfg.infer.max_area, cfg.infer.output_size],
-    }
-    if eval_keys:
-        settings.update({"eval.seed": cfg.eval.seed, "eval.use_text": cfg.eval.use_text})
-    return settings
-
-
-def read_settings(output_dir: Path) -> dict | None:
-    """The ``generation.json`` of a folder of outputs; None if there is none."""
-    path = output_dir / SETTINGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RelationError(f"'{path}': not valid JSON; delete it only if every output in '{output_dir}' is current")
-    if not isinstance(recorded, dict):
-        raise RelationError(f"'{path}': expected a JSON object; delete it only if every output in '{output_dir}' is current")
-    return recorded
-
-
-def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True) -> None:
-    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is).
-
-    Raises:
-        RelationError: ``generation.json`` records other settings; the message names each changed key, and
-            for batch infer (``eval_keys`` False) also ``--overwrite``, which regenerates every row in place.
-    """
-    before = read_settings(output_dir)
-    if before is None:
-        return
-    now = generation_settings(cfg, eval_keys)
-    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
-    if changed:
-        raise RelationError(
-            f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
-            + ("use another --output-dir, or --overwrite to regenerate every row in it" if not eval_keys
-               else "use another --output-dir, or delete that folder to regenerate")
-        )
-
-
-def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None) -> None:
-    """Write ``generation.json``: the settings, and for batch infer what each output was made from."""
-    record = generation_settings(cfg, eval_keys) | ({"rows": rows} if rows is not None else {})
-    write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:

@@ -17,7 +17,8 @@ from ..fs import check_writable
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
-from .generate import Generated, check_settings, generate, generation_settings, record_settings
+from .generate import Generated, generate
+from .settings import check_settings, generation_settings, record_settings
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
 from .plan import METHOD_LABELS, Job, Split, check_rows, methods_of
