@@ -279,7 +279,8 @@ def _digest(path: Path) -> str | None:
 def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
     """The outputs already in ``output_dir`` made from the same row and settings (none with infer.overwrite).
 
-    Refuses a folder made with other settings, or holding outputs that ``generation.json`` does not describe.
+    Refuses a folder made with other settings, or holding a file under a row's output name that
+    ``generation.json`` does not record (a file put there by hand is never overwritten unasked).
     """
     from .evaluate.settings import SETTINGS_FILE, check_settings, read_settings
 
@@ -288,8 +289,9 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
     check_settings(output_dir, cfg, eval_keys=False)
     recorded = (read_settings(output_dir) or {}).get("rows")
     present = [names[r.index] for r in rows if (output_dir / names[r.index]).exists()]
-    if present and not isinstance(recorded, dict):
-        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(present[:3])}) that no {SETTINGS_FILE} "
+    unrecorded = [name for name in present if not isinstance(recorded, dict) or name not in recorded]
+    if unrecorded:  # not ours, or their record is gone: never overwritten unasked
+        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}) that no {SETTINGS_FILE} "
                             "describes: use another --output-dir, or --overwrite to regenerate them")  # fmt: skip
     current = {names[r.index]: row_record(r) for r in rows if names[r.index] in present}  # each row's files hashed once
     return {name: record for name, record in current.items() if recorded.get(name) == record}
@@ -414,7 +416,9 @@ def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None
 
 def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Path, names: dict, made: dict,
                    failed: list[str]) -> None:
-    """Generate ``todo``; each written output is added to ``made``, each non-finite row to ``failed``."""
+    """Generate ``todo``; each written output is added to ``made`` and recorded at once, each non-finite row
+    to ``failed``."""
+    from .evaluate.settings import record_settings
     from .model import size_rules
     from .progress import progress_bar
 
@@ -435,6 +439,7 @@ def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Pat
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), out)
                 made[names[r.index]] = row_record(r)
+                record_settings(output_dir, cfg, eval_keys=False, rows=made)  # a killed run keeps what it made
             except NonFiniteResult as e:
                 out.unlink(missing_ok=True)  # an older output of this row no longer describes it
                 failed.append(f"row {r.index + 1}: {e}")

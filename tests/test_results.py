@@ -126,6 +126,30 @@ def test_a_shorter_rows_file_keeps_the_other_outputs_and_overwrite_leaves_only_i
     assert (tmp_path / "rows.jsonl").is_file()
 
 
+def test_batch_records_each_output_as_it_is_written_and_never_overwrites_a_stray_file(tiny_model, tmp_path, capsys,
+                                                                                      monkeypatch):
+    import relation_cli.infer as core
+
+    rows, out = batch_rows(tmp_path, texts=("one", "two", "three")), tmp_path / "out"
+    recorded_before, edit = [], core.edit
+
+    def edit_then_look(*args, **kwargs):  # what a run killed before this row would leave recorded
+        recorded_before.append(sorted(json.loads((out / "generation.json").read_text())["rows"]))
+        return edit(*args, **kwargs)
+
+    monkeypatch.setattr(core, "edit", edit_then_look)
+    assert batch(tiny_model, rows, out) == 0
+    assert recorded_before == [[], ["000000.png"], ["000000.png", "000001.png"]]
+    monkeypatch.setattr(core, "edit", edit)
+    record = json.loads((out / "generation.json").read_text())
+    del record["rows"]["000002.png"]  # a file the record does not know: someone else's
+    (out / "generation.json").write_text(json.dumps(record))
+    stray = (out / "000002.png").read_bytes()
+    assert batch(tiny_model, rows, out) == 1
+    assert "holds outputs (000002.png) that no generation.json describes" in capsys.readouterr().err
+    assert (out / "000002.png").read_bytes() == stray
+
+
 def make_run(tiny_model, root):
     """A run folder as relation train exports it (contract A): adapter/, lora/, config.yaml with run:."""
     from diffusers import FluxPipeline
