@@ -258,12 +258,16 @@ class BatchSummary:
     failed: list[str] = field(default_factory=list)  # "row N: why", for rows that gave no image
 
 
-def row_record(row: Row) -> dict:
+def row_record(row: Row, digests: dict[Path, str | None]) -> dict:
     """What an output of batch infer was made from, as ``generation.json`` records it: the images' paths and,
-    so that an image replaced under the same name is noticed, the sha256 of each one's bytes."""
-    images = [p for pair in row.pairs for p in pair] + [row.source]
+    so that an image replaced under the same name is noticed, the sha256 of each one's bytes. ``digests``
+    remembers each file's sha256 across the rows of one run (rows often share an exemplar pair)."""
+    images = [p.resolve() for pair in row.pairs for p in pair] + [row.source.resolve()]
+    for path in images:
+        if path not in digests:
+            digests[path] = _digest(path)
     return {"exemplars": [[str(a.resolve()), str(b.resolve())] for a, b in row.pairs],
-            "source": str(row.source.resolve()), "text": row.text, "sha256": [_digest(p) for p in images]}  # fmt: skip
+            "source": str(row.source.resolve()), "text": row.text, "sha256": [digests[p] for p in images]}  # fmt: skip
 
 
 def _digest(path: Path) -> str | None:
@@ -293,7 +297,8 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
     if unrecorded:  # not ours, or their record is gone: never overwritten unasked
         raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}) that no {SETTINGS_FILE} "
                             "describes: use another --output-dir, or --overwrite to regenerate them")  # fmt: skip
-    current = {names[r.index]: row_record(r) for r in rows if names[r.index] in present}  # each row's files hashed once
+    digests: dict[Path, str | None] = {}  # each file hashed once
+    current = {names[r.index]: row_record(r, digests) for r in rows if names[r.index] in present}
     return {name: record for name, record in current.items() if recorded.get(name) == record}
 
 
@@ -426,6 +431,7 @@ def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Pat
         return
     rules, demo_noted = size_rules(cfg), False
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
+    digests: dict[Path, str | None] = {}  # rows sharing an exemplar pair hash it once
     with progress_bar("rows", len(todo)) as advance:
         for r in todo:
             out = output_dir / names[r.index]
@@ -438,7 +444,7 @@ def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Pat
             print_note(note and f"row {r.index + 1}: {note}")
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), out)
-                made[names[r.index]] = row_record(r)
+                made[names[r.index]] = row_record(r, digests)
                 record_settings(output_dir, cfg, eval_keys=False, rows=made)  # a killed run keeps what it made
             except NonFiniteResult as e:
                 out.unlink(missing_ok=True)  # an older output of this row no longer describes it

@@ -150,6 +150,19 @@ def test_batch_records_each_output_as_it_is_written_and_never_overwrites_a_stray
     assert (out / "000002.png").read_bytes() == stray
 
 
+def test_rows_sharing_images_hash_each_file_once(tmp_path, monkeypatch):
+    import relation_cli.infer as core
+    from relation_cli.rows import parse_rows
+
+    rows = parse_rows(batch_rows(tmp_path, texts=("one", "two", "three")))  # all three share 0.png, 1.png, 2.png
+    hashed, digest = [], core._digest
+    monkeypatch.setattr(core, "_digest", lambda path: hashed.append(path) or digest(path))
+    digests = {}
+    records = [core.row_record(r, digests) for r in rows]
+    assert sorted(p.name for p in hashed) == ["0.png", "1.png", "2.png"]
+    assert records[0]["sha256"] == records[2]["sha256"] and len(set(records[0]["sha256"])) == 3
+
+
 def make_run(tiny_model, root):
     """A run folder as relation train exports it (contract A): adapter/, lora/, config.yaml with run:."""
     from diffusers import FluxPipeline
