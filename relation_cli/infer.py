@@ -280,7 +280,11 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
+BATCH_REMEDY = "use another --output-dir, or --overwrite to make every row again (and delete the outputs of rows not in the file)"
+
+
+def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str],
+                  digests: dict[Path, str | None]) -> dict[str, dict]:  # fmt: skip
     """The outputs already in ``output_dir`` made from the same row and settings (none with infer.overwrite).
 
     Refuses a folder made with other settings, or holding a file under a row's output name that
@@ -290,24 +294,22 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
 
     if cfg.infer.overwrite:
         return {}
-    check_settings(output_dir, cfg, eval_keys=False)
-    recorded = (read_settings(output_dir) or {}).get("rows")
+    check_settings(output_dir, cfg, eval_keys=False, remedy=BATCH_REMEDY)
+    recorded = (read_settings(output_dir, BATCH_REMEDY) or {}).get("rows")
     present = [names[r.index] for r in rows if (output_dir / names[r.index]).exists()]
     unrecorded = [name for name in present if not isinstance(recorded, dict) or name not in recorded]
     if unrecorded:  # not ours, or their record is gone: never overwritten unasked
-        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}) that no {SETTINGS_FILE} "
-                            "describes: use another --output-dir, or --overwrite to regenerate them")  # fmt: skip
-    digests: dict[Path, str | None] = {}  # each file hashed once
+        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}) that no "
+                            f"{SETTINGS_FILE} describes: {BATCH_REMEDY}")  # fmt: skip
     current = {names[r.index]: row_record(r, digests) for r in rows if names[r.index] in present}
     return {name: record for name, record in current.items() if recorded.get(name) == record}
 
 
-_OUTPUT_NAME = re.compile(r"\d{6}\.(png|jpg|webp|npy)")
+_OUTPUT_NAME = re.compile(r"[0-9]{6}\.(png|jpg|webp|npy)")
 
 
-def earlier_outputs(output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
-    """The outputs that ``generation.json`` records for rows beyond this run's rows file and that still exist:
-    kept (and still recorded) by a normal run, deleted by ``infer.overwrite`` once the model has loaded.
+def recorded_outputs(output_dir: Path) -> dict[str, dict]:
+    """Every output that ``generation.json`` records and that still exists; {} when there is no readable record.
 
     Only names batch infer writes (``000012.png``) count, so an edited record cannot name another file.
     """
@@ -315,25 +317,25 @@ def earlier_outputs(output_dir: Path, names: dict[int, str]) -> dict[str, dict]:
 
     try:
         recorded = (read_settings(output_dir) or {}).get("rows")
-    except RelationError:  # an unreadable record: reusable_rows refused it already unless overwriting
+    except RelationError:  # unreadable: reusable_rows refused it already unless overwriting
         return {}
     if not isinstance(recorded, dict):
         return {}
-    current = set(names.values())
     return {name: record for name, record in recorded.items()
-            if name not in current and _OUTPUT_NAME.fullmatch(name) and (output_dir / name).is_file()}  # fmt: skip
+            if _OUTPUT_NAME.fullmatch(name) and (output_dir / name).is_file()}  # fmt: skip
 
 
 @dataclass
 class BatchPlan:
-    """What batch infer will do in ``output_dir``: every row, its output name, the outputs it reuses and
-    the rows still to make, and the recorded outputs of rows beyond the rows file."""
+    """What batch infer will do in ``output_dir``, from :func:`plan_batch`."""
 
     rows: list[Row]
     names: dict[int, str]  # row index -> output file name
     made: dict[str, dict]  # reused output name -> row_record
-    earlier: dict[str, dict]  # outputs of rows beyond this file -> row_record
+    others: dict[str, dict]  # recorded outputs not reused: rows beyond this file, old outputs of rows to make again
     todo: list[Row]
+    query_sizes: dict[int, tuple[int, int]]  # row index -> (width, height) of each row to make
+    digests: dict[Path, str | None]  # sha256 of every image hashed so far
 
 
 def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchPlan:
@@ -351,53 +353,66 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
     check_writable(output_dir, "output dir")
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
-    made = reusable_rows(cfg, rows, output_dir, names)
+    digests: dict[Path, str | None] = {}
+    made = reusable_rows(cfg, rows, output_dir, names, digests)
     todo = [r for r in rows if names[r.index] not in made]
-    check_rows(cfg, input_file, todo)  # decode everything once before loading the model; images are not kept
-    return BatchPlan(rows, names, made, earlier_outputs(output_dir, names), todo)
+    sizes = check_rows(cfg, input_file, todo)  # decode everything once before loading the model
+    others = {name: record for name, record in recorded_outputs(output_dir).items() if name not in made}
+    return BatchPlan(rows, names, made, others, todo, sizes, digests)
 
 
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:
     """One output per row, named by row number; an output made from the same row and settings is reused.
 
-    ``generation.json`` in the folder records the settings and the row behind each output; a row whose
-    result is not finite is reported in ``failed`` and leaves no image. Outputs of rows beyond this file
-    (an earlier, longer rows file) are kept and stay recorded; ``infer.overwrite`` deletes them, so the
-    folder holds this file's outputs only.
+    ``generation.json`` in the folder records the settings and the row behind each output, each as soon as
+    it is written (a killed run's rerun keeps them); a row whose result is not finite is reported in
+    ``failed`` and leaves no image. Outputs of rows beyond this file (an earlier, longer rows file) are
+    kept and stay recorded; ``infer.overwrite`` deletes them and every current row's old output once the
+    model has loaded, so the folder then holds this file's outputs only.
+
+    Raises:
+        RelationError: what :func:`plan_batch` refuses; a working size the base cannot take (explicit
+            ``--width``/``--height``), before the model loads; a model the loader refuses.
     """
     from .evaluate.settings import record_settings
-    from .model import load_pipeline
+    from .model import load_pipeline, size_rules
 
     plan = plan_batch(cfg, input_file, output_dir, suffix)
-    made, todo = plan.made, plan.todo
-    pipe = load_pipeline(cfg) if todo else None  # a refused model or LoRA leaves the folder as it was
+    rules = size_rules(cfg) if plan.todo else (0, 0)
+    for r in plan.todo:
+        try:
+            edit_sizes(cfg.infer, plan.query_sizes[r.index], *rules).check(cfg.infer, cfg.data.max_image_pixels)
+        except RelationError as e:
+            raise RelationError(f"'{input_file}' row {r.index + 1}: {e}") from None
+    pipe = load_pipeline(cfg) if plan.todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.infer.overwrite:
-        for name in plan.earlier:
+        for name in [*plan.others, *(plan.names[r.index] for r in plan.todo)]:
             (output_dir / name).unlink(missing_ok=True)
-    else:
-        made.update(plan.earlier)
+        made = {}
+    else:  # the old outputs of rows made again stay recorded until replaced: an interrupted run loses nothing
+        made = plan.made | plan.others
     save_config(cfg, output_dir / "config.yaml")
     record_settings(output_dir, cfg, eval_keys=False, rows=made)
     failed: list[str] = []
     try:
-        _generate_rows(pipe, cfg, todo, input_file, output_dir, plan.names, made, failed)
+        _generate_rows(pipe, cfg, plan, input_file, output_dir, made, failed)
     finally:
         record_settings(output_dir, cfg, eval_keys=False, rows=made)
-    return BatchSummary(len(todo) - len(failed), len(plan.rows) - len(todo), output_dir, failed)
+    return BatchSummary(len(plan.todo) - len(failed), len(plan.rows) - len(plan.todo), output_dir, failed)
 
 
-def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> None:
-    """Every image that ``rows`` of ``input_file`` name decodes.
+def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> dict[int, tuple[int, int]]:
+    """Every image that ``rows`` of ``input_file`` name decodes; returns each row's query size (width, height).
 
     Raises:
         RelationError: one line naming the file and, for each bad row (the first 10), the row, the field and
             the image: ``'rows.jsonl': 2 rows cannot be used: row 2 source 'q.png': file not found; row 5 ...``.
     """
-    problems = []
+    problems, sizes = [], {}
     for r in rows:
         try:
-            _row_inputs(cfg, r, input_file, where="")
+            sizes[r.index] = _row_inputs(cfg, r, input_file, where="").query.size
         except RelationError as e:
             problems.append(str(e))
     if len(problems) == 1:
@@ -406,6 +421,7 @@ def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> None:
         more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise RelationError(f"'{input_file}': {counted(len(problems), 'row')} cannot be used: "
                             + "; ".join(problems[:10]) + more)  # fmt: skip
+    return sizes
 
 
 def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None = None) -> EditInputs:
@@ -419,23 +435,22 @@ def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None
     return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}row {r.index + 1} ", labels, "source")
 
 
-def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Path, names: dict, made: dict,
-                   failed: list[str]) -> None:
-    """Generate ``todo``; each written output is added to ``made`` and recorded at once, each non-finite row
-    to ``failed``."""
+def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict, failed: list[str]) -> None:
+    """Generate ``plan.todo``; each written output is recorded in ``made`` and ``generation.json`` at once, each
+    non-finite row goes to ``failed`` and leaves no output or record."""
     from .evaluate.settings import record_settings
     from .model import size_rules
     from .progress import progress_bar
 
-    if not todo:
+    if not plan.todo:
         return
     rules, demo_noted = size_rules(cfg), False
     prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
-    digests: dict[Path, str | None] = {}  # rows sharing an exemplar pair hash it once
-    with progress_bar("rows", len(todo)) as advance:
-        for r in todo:
-            out = output_dir / names[r.index]
+    with progress_bar("rows", len(plan.todo)) as advance:
+        for r in plan.todo:
+            name = plan.names[r.index]
             inputs = _row_inputs(cfg, r, input_file)
+            record = row_record(r, plan.digests)  # the inputs as read now, before anything is written
             sizes = edit_sizes(cfg.infer, inputs.query.size, *rules)
             note = sizes.note(cfg.infer)
             if sizes.shrunk and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
@@ -443,10 +458,11 @@ def _generate_rows(pipe, cfg, todo: list[Row], input_file: Path, output_dir: Pat
                 demo_noted = True
             print_note(note and f"row {r.index + 1}: {note}")
             try:
-                save_output(edit(pipe, inputs, cfg, prompts=prompts), out)
-                made[names[r.index]] = row_record(r, digests)
-                record_settings(output_dir, cfg, eval_keys=False, rows=made)  # a killed run keeps what it made
+                save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / name)
+                made[name] = record
             except NonFiniteResult as e:
-                out.unlink(missing_ok=True)  # an older output of this row no longer describes it
+                (output_dir / name).unlink(missing_ok=True)  # an older output of this row no longer describes it
+                made.pop(name, None)
                 failed.append(f"row {r.index + 1}: {e}")
+            record_settings(output_dir, cfg, eval_keys=False, rows=made)  # a killed run keeps what it made
             advance()

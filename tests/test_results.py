@@ -97,7 +97,7 @@ def test_batch_reuses_only_outputs_of_the_same_row_and_settings(tiny_model, tmp_
     assert all((out / name).stat().st_mtime_ns != stamp for name, stamp in stamps.items())
     assert batch(tiny_model, rows, out, "--set", "infer.guidance=2.0") == 1  # other settings: refused
     err = capsys.readouterr().err
-    assert "were generated with other settings (infer.guidance" in err and "or --overwrite to regenerate" in err
+    assert "were generated with other settings (infer.guidance" in err and "or --overwrite to make every row again" in err
     assert batch(tiny_model, rows, out, "--set", "infer.guidance=2.0", "--overwrite") == 0  # as the message says
     assert json.loads((out / "generation.json").read_text())["infer.guidance"] == 2.0
     (out / "generation.json").unlink()  # outputs nobody can vouch for: refused, or --overwrite
@@ -148,6 +148,42 @@ def test_batch_records_each_output_as_it_is_written_and_never_overwrites_a_stray
     assert batch(tiny_model, rows, out) == 1
     assert "holds outputs (000002.png) that no generation.json describes" in capsys.readouterr().err
     assert (out / "000002.png").read_bytes() == stray
+
+
+def test_an_interrupted_rerun_of_changed_rows_loses_only_the_row_it_was_making(tiny_model, tmp_path, capsys,
+                                                                               monkeypatch):
+    import relation_cli.infer as core
+
+    rows, out = batch_rows(tmp_path, texts=("one", "two", "three")), tmp_path / "out"
+    assert batch(tiny_model, rows, out) == 0
+    batch_rows(tmp_path, texts=("1", "2", "3"))  # every row changed: all three to make again
+    calls, edit = [], core.edit
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return edit(*args, **kwargs)
+
+    monkeypatch.setattr(core, "edit", interrupted)
+    assert batch(tiny_model, rows, out) == 130
+    monkeypatch.setattr(core, "edit", edit)
+    capsys.readouterr()
+    assert batch(tiny_model, rows, out) == 0  # not refused: the old outputs stayed recorded until replaced
+    assert "wrote 2 images" in capsys.readouterr().out
+    assert [r["text"] for r in json.loads((out / "generation.json").read_text())["rows"].values()] == ["1", "2", "3"]
+
+
+def test_batch_refuses_a_working_size_before_loading_the_model(tiny_model, tmp_path, capsys, monkeypatch):
+    import relation_cli.model as model
+
+    monkeypatch.setattr(model, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    # One side given: the other follows each query's aspect ratio, so only the rows' images tell the size.
+    assert batch(tiny_model, rows, out, "--width", "64", "--set", "data.max_image_pixels=2000") == 1
+    err = capsys.readouterr().err
+    assert f"error: '{rows}' row 1: working size 64x64 (" in err and "over the limit of 2,000" in err, err
+    assert not out.exists()
 
 
 def test_rows_sharing_images_hash_each_file_once(tmp_path, monkeypatch):

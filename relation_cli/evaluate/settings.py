@@ -39,38 +39,43 @@ def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
     return settings
 
 
-def read_settings(output_dir: Path) -> dict | None:
-    """The ``generation.json`` of a folder of outputs; None if there is none."""
+EVAL_REMEDY = "use another --output-dir, or delete that folder to regenerate"
+
+
+def read_settings(output_dir: Path, remedy: str | None = None) -> dict | None:
+    """The ``generation.json`` of a folder of outputs; None if there is none.
+
+    Raises:
+        RelationError: not a JSON object; the message ends with ``remedy`` (by default: relation eval's,
+            delete the record only if every output is current).
+    """
     path = output_dir / SETTINGS_FILE
     if not path.is_file():
         return None
+    remedy = remedy or f"delete it only if every output in '{output_dir}' is current"
     try:
         recorded = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RelationError(f"'{path}': not valid JSON; delete it only if every output in '{output_dir}' is current")
+        raise RelationError(f"'{path}': not valid JSON: {remedy}") from None
     if not isinstance(recorded, dict):
-        raise RelationError(f"'{path}': expected a JSON object; delete it only if every output in '{output_dir}' is current")
+        raise RelationError(f"'{path}': expected a JSON object: {remedy}")
     return recorded
 
 
-def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True) -> None:
+def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, remedy: str = EVAL_REMEDY) -> None:
     """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is).
 
     Raises:
-        RelationError: ``generation.json`` records other settings; the message names each changed key, and
-            for batch infer (``eval_keys`` False) also ``--overwrite``, which regenerates every row in place.
+        RelationError: ``generation.json`` records other settings (the message names each changed key and
+            ends with ``remedy``), or is unreadable.
     """
-    before = read_settings(output_dir)
+    before = read_settings(output_dir, None if remedy == EVAL_REMEDY else remedy)
     if before is None:
         return
     now = generation_settings(cfg, eval_keys)
     changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
     if changed:
-        raise RelationError(
-            f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
-            + ("use another --output-dir, or --overwrite to regenerate every row in it" if not eval_keys
-               else "use another --output-dir, or delete that folder to regenerate")
-        )
+        raise RelationError(f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): {remedy}")
 
 
 def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None) -> None:
