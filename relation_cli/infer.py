@@ -283,21 +283,39 @@ def _digest(path: Path) -> str | None:
 BATCH_REMEDY = "use another --output-dir, or --overwrite to make every row again (and delete the outputs of rows not in the file)"
 
 
-def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str],
-                  digests: dict[Path, str | None]) -> dict[str, dict]:  # fmt: skip
-    """The outputs already in ``output_dir`` made from the same row and settings (none with infer.overwrite).
+def recorded_rows(cfg: RelationConfig, output_dir: Path) -> dict[str, dict] | None:
+    """What ``generation.json`` records per output (None: no record, or one without rows), read once.
 
-    Refuses a folder made with other settings, or holding a file under a row's output name that
-    ``generation.json`` does not record (a file put there by hand is never overwritten unasked).
+    Without infer.overwrite the recorded settings must be these (RelationError otherwise, and for an
+    unreadable record); with it, an unreadable record counts as none, since every row is made again.
     """
-    from .evaluate.settings import SETTINGS_FILE, check_settings, read_settings
+    from .evaluate.settings import check_settings, read_settings
+
+    if cfg.infer.overwrite:
+        try:
+            record = read_settings(output_dir)
+        except RelationError:
+            return None
+    else:
+        record = check_settings(output_dir, cfg, eval_keys=False, remedy=BATCH_REMEDY)
+    rows = (record or {}).get("rows")
+    return rows if isinstance(rows, dict) else None
+
+
+def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names: dict[int, str],
+                  recorded: dict[str, dict] | None, digests: dict[Path, str | None]) -> dict[str, dict]:  # fmt: skip
+    """The outputs already in ``output_dir`` made from the same row (``recorded``, from :func:`recorded_rows`);
+    none with infer.overwrite.
+
+    Refuses a folder holding a file under a row's output name that ``recorded`` does not hold (a file put
+    there by hand is never overwritten unasked).
+    """
+    from .evaluate.settings import SETTINGS_FILE
 
     if cfg.infer.overwrite:
         return {}
-    check_settings(output_dir, cfg, eval_keys=False, remedy=BATCH_REMEDY)
-    recorded = (read_settings(output_dir, BATCH_REMEDY) or {}).get("rows")
     present = [names[r.index] for r in rows if (output_dir / names[r.index]).exists()]
-    unrecorded = [name for name in present if not isinstance(recorded, dict) or name not in recorded]
+    unrecorded = [name for name in present if recorded is None or name not in recorded]
     if unrecorded:  # not ours, or their record is gone: never overwritten unasked
         raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}) that no "
                             f"{SETTINGS_FILE} describes: {BATCH_REMEDY}")  # fmt: skip
@@ -308,20 +326,10 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
 _OUTPUT_NAME = re.compile(r"[0-9]{6}\.(png|jpg|webp|npy)")
 
 
-def recorded_outputs(output_dir: Path) -> dict[str, dict]:
-    """Every output that ``generation.json`` records and that still exists; {} when there is no readable record.
-
-    Only names batch infer writes (``000012.png``) count, so an edited record cannot name another file.
-    """
-    from .evaluate.settings import read_settings
-
-    try:
-        recorded = (read_settings(output_dir) or {}).get("rows")
-    except RelationError:  # unreadable: reusable_rows refused it already unless overwriting
-        return {}
-    if not isinstance(recorded, dict):
-        return {}
-    return {name: record for name, record in recorded.items()
+def recorded_outputs(output_dir: Path, recorded: dict[str, dict] | None) -> dict[str, dict]:
+    """The outputs of ``recorded`` that still exist. Only names batch infer writes (``000012.png``) count, so an
+    edited record cannot name another file."""
+    return {name: record for name, record in (recorded or {}).items()
             if _OUTPUT_NAME.fullmatch(name) and (output_dir / name).is_file()}  # fmt: skip
 
 
@@ -354,10 +362,11 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
     check_writable(output_dir, "output dir")
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
     digests: dict[Path, str | None] = {}
-    made = reusable_rows(cfg, rows, output_dir, names, digests)
+    recorded = recorded_rows(cfg, output_dir)
+    made = reusable_rows(cfg, rows, output_dir, names, recorded, digests)
     todo = [r for r in rows if names[r.index] not in made]
     sizes = check_rows(cfg, input_file, todo)  # decode everything once before loading the model
-    others = {name: record for name, record in recorded_outputs(output_dir).items() if name not in made}
+    others = {name: record for name, record in recorded_outputs(output_dir, recorded).items() if name not in made}
     return BatchPlan(rows, names, made, others, todo, sizes, digests)
 
 

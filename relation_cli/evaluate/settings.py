@@ -62,20 +62,23 @@ def read_settings(output_dir: Path, remedy: str | None = None) -> dict | None:
     return recorded
 
 
-def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, remedy: str = EVAL_REMEDY) -> None:
-    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is).
+def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, remedy: str | None = None) -> dict | None:
+    """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is); returns
+    the record read (None if there is none).
 
     Raises:
         RelationError: ``generation.json`` records other settings (the message names each changed key and
-            ends with ``remedy``), or is unreadable.
+            ends with ``remedy``, by default relation eval's), or is unreadable.
     """
-    before = read_settings(output_dir, None if remedy == EVAL_REMEDY else remedy)
+    before = read_settings(output_dir, remedy)
     if before is None:
-        return
+        return None
     now = generation_settings(cfg, eval_keys)
     changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
     if changed:
-        raise RelationError(f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): {remedy}")
+        raise RelationError(f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
+                            f"{remedy or EVAL_REMEDY}")  # fmt: skip
+    return before
 
 
 def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None) -> None:
