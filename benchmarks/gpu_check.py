@@ -243,6 +243,9 @@ def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
+    # The adapter's per-layer processors are submodules of the transformer's attention layers, so the freeze
+    # above froze them too: as relation train's build_components, the whole adapter trains (2.65B at full size)
+    adapter.requires_grad_(True)
     if fp8:  # as relation train's build_components: after the LoRA, never on the adapter
         with adapter.detached(transformer):
             store_in_fp8(transformer, run.dtype)
@@ -361,7 +364,7 @@ def plan(bases: dict[str, Base], args: argparse.Namespace) -> list[tuple[str, Ba
     in :func:`entries`' order."""
     first = next(iter(bases))
     order = [(k, b, i, e[1], e[2]) for k, b in bases.items() for i, e in enumerate(entries(b, args.tiny))]
-    order = [o for o in order if not args.labels or o[3] in args.labels]
+    order = [o for o in order if (not args.labels or o[3] in args.labels) and (not args.sizes or o[4] in args.sizes)]
 
     def rank(o) -> tuple[int, int]:
         if o[0] == first and (o[3], o[4]) in GOAL_ENTRIES:
@@ -432,6 +435,7 @@ def main() -> None:
     parser.add_argument("--bases", nargs="*", default=None, help=f"bases to check: {', '.join(BASES)} (all); "
                         f"with --tiny: {', '.join(TINY_BASES)}")  # fmt: skip
     parser.add_argument("--labels", nargs="*", default=None, help="measure only these entries (e.g. default)")
+    parser.add_argument("--sizes", nargs="*", type=int, default=None, help="measure only at these sizes (e.g. 1024)")
     parser.add_argument("--budget-s", type=float, default=330, help="start no entry after this many seconds")
     parser.add_argument("--in-process", action="store_true", help="run every entry in this process")
     parser.add_argument("--entry", type=int, default=None, help=argparse.SUPPRESS)  # a child: one entry

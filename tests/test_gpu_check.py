@@ -25,6 +25,16 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     assert [r for r in measured if "error" in r] == []
     assert {r["kind"] for r in measured} == {"inference", "training"}
     assert all(r.get("s_per_image", r.get("s_per_step", 0)) > 0 for r in measured)
+    # every training entry trains what relation train does: the whole adapter (its per-layer processors too,
+    # which sit inside the frozen transformer) and the LoRA
+    from peft import LoraConfig
+
+    pipe = gpu_check.build_pipeline(gpu_check.TINY, gpu_check.torch.device("cpu"), gpu_check.torch.float32)
+    adapter = sum(p.numel() for p in pipe.relation_adapter.parameters())
+    pipe.transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(gpu_check.PAPER_LORA_TARGETS)))
+    lora = sum(p.numel() for n, p in pipe.transformer.named_parameters() if "lora_" in n)
+    trained = [r["trainable_m"] for r in measured if r["kind"] == "training" and r["base"] == "tiny"]
+    assert trained and trained == [pytest.approx((adapter + lora) / 1e6)] * len(trained)
     out = capsys.readouterr().out
     assert "| tiny | inference: default | 64 |" in out
     assert "| tiny klein | inference: default | 64 |" in out and "| tiny klein | training: checkpointing | 64 |" in out
@@ -95,7 +105,7 @@ def test_the_goal_entries_then_every_bases_default_path_run_first():
     size, then the other entries base by base, so a budget that runs out skips neither a goal nor a base."""
     import gpu_check
 
-    args = gpu_check.argparse.Namespace(tiny=False, labels=None)
+    args = gpu_check.argparse.Namespace(tiny=False, labels=None, sizes=None)
     order = [(key, gpu_check.entries(base, False)[i][1:3]) for key, base, i in gpu_check.plan(gpu_check.BASES, args)]
     goals = len(gpu_check.GOAL_ENTRIES)
     assert order[:goals] == [("flux1-dev", entry) for entry in gpu_check.GOAL_ENTRIES]
@@ -105,3 +115,15 @@ def test_the_goal_entries_then_every_bases_default_path_run_first():
     assert {key for key, _ in order[goals:goals + n]} == set(gpu_check.BASES)
     assert "default" not in [label for _, (label, _) in order[goals + n:]]
     assert len(order) == len(set(order))
+
+
+def test_plan_filters_by_label_and_size():
+    """``--labels`` and ``--sizes`` choose the entries a later run measures (the ones an earlier budget
+    skipped); the others are not planned at all, not reported as skipped."""
+    import gpu_check
+
+    bases = {"tiny": gpu_check.TINY}
+    every = gpu_check.plan(bases, gpu_check.argparse.Namespace(tiny=True, labels=None, sizes=None))
+    chosen = gpu_check.plan(bases, gpu_check.argparse.Namespace(tiny=True, labels=["default"], sizes=[64]))
+    assert len(every) > len(chosen) == 1
+    assert gpu_check.plan(bases, gpu_check.argparse.Namespace(tiny=True, labels=None, sizes=[1024])) == []
