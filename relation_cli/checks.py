@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-from .config import DEMO, DEMO_DIR, RelationConfig
+from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
 from .errors import RelationError
 from .fs import check_writable
 
@@ -64,6 +65,54 @@ def source_problem(key: str, name: str, marker: str) -> str | None:
             return f"{key} '{name}': a training run, not a model folder; use --run {name}"
         return f"{key} '{name}': no {marker} in this folder"
     return None
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """Where each part comes from, after defaults are applied: hub ids or local paths."""
+
+    base: str
+    image_encoder: str
+    adapter: str | None
+    loras: tuple[LoraFile, ...] = ()
+
+
+def resolve_sources(
+    model: ModelSection, adapter: AdapterSection, lora: LoraSection, require_adapter: bool = True
+) -> ModelSources:
+    """Apply the demo defaults and check local paths exist, before anything heavy is loaded.
+
+    Training passes ``require_adapter=False``: without ``adapter.path`` it starts a new adapter.
+    """
+    if model.base == DEMO:
+        demo = DEMO_DIR
+        if not (demo / "base" / "model_index.json").is_file():
+            raise RelationError(f"the embedded demo model is missing from {demo}; run `make demo-model`")
+        lora_default = demo / "lora"
+        sources = ModelSources(
+            base=str(demo / "base"),
+            image_encoder=model.image_encoder or str(demo / "image_encoder"),
+            adapter=adapter.path or str(demo / "adapter"),
+            loras=tuple(lora.paths) or ((LoraFile(path=str(lora_default)),) if lora_default.is_dir() else ()),
+        )
+    else:
+        sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, tuple(lora.paths))
+    _check_source("model.base", sources.base, "model_index.json")
+    _check_source("model.image_encoder", sources.image_encoder, "config.json")
+    if sources.adapter is None and adapter.scale != 0 and require_adapter:
+        raise RelationError("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
+    if sources.adapter is not None and not Path(sources.adapter).exists():
+        raise RelationError(f"adapter '{sources.adapter}': not found")
+    for file in sources.loras:
+        if not Path(file.path).exists():
+            raise RelationError(f"lora '{file.path}': not found")
+    return sources
+
+
+def _check_source(key: str, name: str, marker: str) -> None:
+    problem = source_problem(key, name, marker)
+    if problem:
+        raise RelationError(problem)
 
 
 def has_lora(cfg: RelationConfig) -> bool:

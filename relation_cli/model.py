@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checks import SIGLIP_DEFAULT, source_problem
+from .checks import ModelSources, resolve_sources  # noqa: F401 (torch-free: --dry-run resolves sources too)
 from .checks import looks_local as _looks_local  # noqa: F401 (the one rule that tells a hub id from a folder)
-from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
+from .config import DEMO_DIR, RelationConfig
 from .errors import RelationError, first_line
 
 log = logging.getLogger(__name__)
@@ -89,54 +88,6 @@ def build_process_state(factory, device_name: str, **kwargs):
             os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
         elif pinned:
             os.environ["ACCELERATE_TORCH_DEVICE"] = saved
-
-
-@dataclass(frozen=True)
-class ModelSources:
-    """Where each part comes from, after defaults are applied: hub ids or local paths."""
-
-    base: str
-    image_encoder: str
-    adapter: str | None
-    loras: tuple[LoraFile, ...] = ()
-
-
-def resolve_sources(
-    model: ModelSection, adapter: AdapterSection, lora: LoraSection, require_adapter: bool = True
-) -> ModelSources:
-    """Apply the demo defaults and check local paths exist, before anything heavy is loaded.
-
-    Training passes ``require_adapter=False``: without ``adapter.path`` it starts a new adapter.
-    """
-    if model.base == DEMO:
-        demo = demo_dir()
-        if not (demo / "base" / "model_index.json").is_file():
-            raise RelationError(f"the embedded demo model is missing from {demo}; run `make demo-model`")
-        lora_default = demo / "lora"
-        sources = ModelSources(
-            base=str(demo / "base"),
-            image_encoder=model.image_encoder or str(demo / "image_encoder"),
-            adapter=adapter.path or str(demo / "adapter"),
-            loras=tuple(lora.paths) or ((LoraFile(path=str(lora_default)),) if lora_default.is_dir() else ()),
-        )
-    else:
-        sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, tuple(lora.paths))
-    _check_source("model.base", sources.base, "model_index.json")
-    _check_source("model.image_encoder", sources.image_encoder, "config.json")
-    if sources.adapter is None and adapter.scale != 0 and require_adapter:
-        raise RelationError("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
-    if sources.adapter is not None and not Path(sources.adapter).exists():
-        raise RelationError(f"adapter '{sources.adapter}': not found")
-    for file in sources.loras:
-        if not Path(file.path).exists():
-            raise RelationError(f"lora '{file.path}': not found")
-    return sources
-
-
-def _check_source(key: str, name: str, marker: str) -> None:
-    problem = source_problem(key, name, marker)
-    if problem:
-        raise RelationError(problem)
 
 
 def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):

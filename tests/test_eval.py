@@ -255,6 +255,22 @@ def test_changed_settings_are_refused(run, capsys, monkeypatch):
     assert "other settings (infer.steps 1 -> 3)" in capsys.readouterr().err
 
 
+def test_outputs_of_other_weights_under_the_same_path_are_refused(run, tmp_path, capsys, monkeypatch):
+    """An adapter retrained into the same folder: the settings match, the files do not (their sizes and
+    modification times, recorded in generation.json's model.weights)."""
+    monkeypatch.setenv("RELATION_TEST_JUDGE_KEY", "k")
+    out = tmp_path / "copy"
+    shutil.copytree(run["out"], out)
+    record = json.loads((out / "generation.json").read_text())
+    adapter = record["model.weights"]["adapter"]
+    record["model.weights"]["adapter"] = {**adapter, "files": "0" * 16}  # as made by other files at that path
+    (out / "generation.json").write_text(json.dumps(record))
+    args = list(run["args"])
+    args[args.index("--output-dir") + 1] = str(out)
+    assert main(args) == 1
+    assert f"other settings (adapter '{adapter['path']}': its files changed): use another --output-dir" in capsys.readouterr().err
+
+
 def test_single_task_file_skips_wrong_exemplar_with_a_note(tmp_path, capsys, monkeypatch):
     data = write_test_file(tmp_path / "data", "one.jsonl", rows=2, tasks=1)
     made = tmp_path / "out" / "one" / "relation"

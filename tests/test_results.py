@@ -397,3 +397,43 @@ def test_batch_refused_for_its_lora_leaves_no_record(tiny_model, tmp_path, capsy
     assert batch(tiny_model, rows, out, "--lora", str(tmp_path / "unfit.safetensors")) == 1
     assert "none of its 1 modules is in this model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_reuse_notices_weights_that_changed_under_the_same_path(tiny_model, tmp_path, capsys, monkeypatch):
+    """The same ``adapter.path`` can name other weights: a run retrained into the same folder, or a relative
+    path read from another directory. Outputs are reused only from the very files that made them."""
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    for where in ("a", "b"):
+        shutil.copytree(tiny_model / "adapter", tmp_path / where / "adapter")
+    monkeypatch.chdir(tmp_path / "a")
+    assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter") == 0
+    recorded = json.loads((out / "generation.json").read_text())["model.weights"]
+    assert recorded["adapter"]["path"] == str((tmp_path / "a" / "adapter").resolve())
+    assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter") == 0  # nothing changed: all reused
+    assert "wrote 0 images" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "b")  # the same text names b's copy
+    assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter", "--dry-run") == 1
+    err = capsys.readouterr().err
+    assert f"adapter '{tmp_path / 'a' / 'adapter'}' -> '{tmp_path / 'b' / 'adapter'}'" in err, err
+    monkeypatch.chdir(tmp_path / "a")
+    weights = next((tmp_path / "a" / "adapter").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter") == 1
+    err = capsys.readouterr().err
+    assert f"(adapter '{tmp_path / 'a' / 'adapter'}': its files changed): use another --output-dir" in err, err
+    assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter", "--overwrite") == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+
+
+def test_weights_changes_name_each_part_and_skip_unknown_records():
+    from relation_cli.evaluate.settings import weights_changes
+
+    before = {"base": "owner/flux", "image_encoder": {"path": "/s", "files": "1"}, "adapter": None, "loras": []}
+    assert weights_changes(None, before) == [] and weights_changes(before, None) == []
+    assert weights_changes(before, dict(before)) == []
+    now = {**before, "image_encoder": {"path": "/s", "files": "2"}, "adapter": {"path": "/a", "files": "3"},
+           "loras": [{"path": "/l", "files": "4"}]}  # fmt: skip
+    assert weights_changes(before, now) == ["image_encoder '/s': its files changed", "adapter None -> '/a'",
+                                            "loras [] -> ['/l']"]  # fmt: skip
+    later = {**now, "loras": [{"path": "/l", "files": "5"}]}
+    assert weights_changes(now, later) == ["loras ['/l']: their files changed"]
