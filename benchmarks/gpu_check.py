@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from relation_cli.config import PAPER_LORA_TARGETS, ModelSection
+from relation_cli.config import LoraSection, ModelSection, RelationConfig
 from relation_cli.tiny import ArchSpec, build_components
 
 GIB = 1024**3
@@ -230,25 +230,21 @@ def time_inference(run: Run, base: Base, label: str, size: int) -> dict:
 
 def time_training(run: Run, base: Base, label: str, size: int = 512) -> dict:
     """One LoRA r128 + adapter training step on relation's RelationTrainModel, bf16 weights."""
-    from peft import LoraConfig
-
+    from relation_cli.adapter import RelationAdapter
+    from relation_cli.train.job import make_trainable
     from relation_cli.train.model import RelationTrainModel
-
-    from relation_cli.runtime import store_in_fp8
 
     checkpointing, optimizer, fp8 = TRAIN[label]
     pipe = build_pipeline(base, run.device, run.dtype)
     transformer, adapter = pipe.transformer, pipe.relation_adapter
     batch = _batch(pipe, base.spec, size, run.device, run.dtype)
+    # relation train's own set-up (train.mode lora): every network frozen, a LoRA r128 on the paper's targets,
+    # the frozen transformer in float8 with fp8 storage, then the whole adapter trainable
+    cfg = RelationConfig(model=ModelSection(base="demo", memory="fp8_storage" if fp8 else "none"),
+                         lora=LoraSection(rank=128))  # fmt: skip
+    RelationAdapter.uninstall(transformer)  # make_trainable installs it after the fp8 cast, as relation train
+    make_trainable(pipe, adapter, cfg, run.dtype)
     del pipe  # text encoders, VAE, SigLIP freed: their outputs come precomputed (train.cache_encodings)
-    transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
-    # The adapter's per-layer processors are submodules of the transformer's attention layers, so the freeze
-    # above froze them too: as relation train's build_components, the whole adapter trains (2.65B at full size)
-    adapter.requires_grad_(True)
-    if fp8:  # as relation train's build_components: after the LoRA, never on the adapter
-        with adapter.detached(transformer):
-            store_in_fp8(transformer, run.dtype)
     if checkpointing:
         transformer.enable_gradient_checkpointing()
     model = RelationTrainModel(transformer, adapter)

@@ -29,9 +29,11 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     # which sit inside the frozen transformer) and the LoRA
     from peft import LoraConfig
 
+    from relation_cli.config import PAPER_LORA_TARGETS
+
     pipe = gpu_check.build_pipeline(gpu_check.TINY, gpu_check.torch.device("cpu"), gpu_check.torch.float32)
     adapter = sum(p.numel() for p in pipe.relation_adapter.parameters())
-    pipe.transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(gpu_check.PAPER_LORA_TARGETS)))
+    pipe.transformer.add_adapter(LoraConfig(r=128, lora_alpha=128, target_modules=list(PAPER_LORA_TARGETS)))
     lora = sum(p.numel() for n, p in pipe.transformer.named_parameters() if "lora_" in n)
     trained = [r["trainable_m"] for r in measured if r["kind"] == "training" and r["base"] == "tiny"]
     assert trained and trained == [pytest.approx((adapter + lora) / 1e6)] * len(trained)

@@ -89,14 +89,9 @@ class RelationJob:
 
 
 def build_components(cfg: RelationConfig, dtype: torch.dtype):
-    """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point.
-
-    ``model.memory=fp8_storage`` (lora and adapter modes) stores the frozen transformer's weights in float8
-    (:func:`relation_cli.runtime.store_in_fp8`), after the LoRA is added and before the adapter is installed,
-    so that neither is cast: about 1 byte instead of 2 per frozen transformer parameter.
-    """
+    """Pipeline from the configured sources; a new adapter unless ``adapter.path`` gives a starting point;
+    then :func:`make_trainable`. Returns ``(pipe, sources)``."""
     from ..adapter import RelationAdapter
-    from ..lora import apply_loras, continue_lora
     from ..model import load_base, resolve_sources
     from ..weights import load_adapter
 
@@ -112,11 +107,30 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
         adapter = RelationAdapter.for_transformer(
             transformer, pipe.image_encoder.config.hidden_size, cfg.adapter.num_tokens, cfg.adapter.role_embeddings
         )
+    make_trainable(pipe, adapter, cfg, dtype, sources.loras)
+    return pipe, sources
+
+
+def make_trainable(pipe, adapter, cfg: RelationConfig, dtype: torch.dtype, loras=()) -> None:
+    """Set what trains in ``train.mode`` and install ``adapter`` (not yet installed) on ``pipe``: every network
+    frozen; lora mode: a new peft LoRA (``lora.rank``, ``lora.alpha``, ``lora.targets``; gaussian init, seed
+    ``train.seed + 1``), or the given ``loras`` (``LoraFile`` items) continued; full mode: the whole transformer
+    (the ``loras`` fused in first); adapter mode: the ``loras`` fused into the frozen base. Then the whole
+    adapter and, with ``train.train_image_encoder``, SigLIP. The benchmarks' training step calls it too.
+
+    ``model.memory=fp8_storage`` (lora and adapter modes) stores the frozen transformer's weights in float8
+    (:func:`relation_cli.runtime.store_in_fp8`), after the LoRA is added and before the adapter is installed,
+    so that neither is cast: about 1 byte instead of 2 per frozen transformer parameter.
+    """
+    from ..lora import apply_loras, continue_lora
+
+    t = cfg.train
+    transformer = pipe.transformer
     for module in frozen_parts(pipe):
         module.requires_grad_(False)
     if t.mode == "lora":
-        if sources.loras:  # continue training that LoRA (its own rank and alpha), not a new one on top
-            continue_lora(pipe, sources.loras, LORA_NAME, cfg.lora.allow_partial)
+        if loras:  # continue training that LoRA (its own rank and alpha), not a new one on top
+            continue_lora(pipe, loras, LORA_NAME, cfg.lora.allow_partial)
         else:
             from peft import LoraConfig
 
@@ -132,8 +146,8 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
             if "lora_" in name:
                 p.requires_grad_(True)
     else:
-        if sources.loras:  # full / adapter mode start from the base with the LoRAs merged in
-            apply_loras(pipe, sources.loras, cfg.lora.scale, fuse=True, allow_partial=cfg.lora.allow_partial)
+        if loras:  # full / adapter mode start from the base with the LoRAs merged in
+            apply_loras(pipe, loras, cfg.lora.scale, fuse=True, allow_partial=cfg.lora.allow_partial)
         if t.mode == "full":
             transformer.requires_grad_(True)
     if cfg.model.memory == "fp8_storage":  # the frozen transformer in float8; LoRA layers and the adapter are not
@@ -144,7 +158,6 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
     adapter.requires_grad_(True)
     if t.train_image_encoder:
         pipe.image_encoder.requires_grad_(True)
-    return pipe, sources
 
 
 def frozen_parts(pipe) -> list:
