@@ -503,10 +503,35 @@ def dump_config(cfg: RelationConfig) -> str:
 
 
 def save_config(cfg: RelationConfig, path: str | Path) -> Path:
-    """Write the resolved config atomically (temporary file, then rename)."""
+    """Write the resolved config atomically (temporary file, then rename), its model sources made absolute
+    (:func:`with_absolute_sources`)."""
     path = Path(path)
-    write_text_atomic(path, dump_config(cfg))
+    write_text_atomic(path, dump_config(with_absolute_sources(cfg)))
     return path
+
+
+def absolute_source(value: str | None) -> str | None:
+    """A model source as a saved config records it: an existing local path made absolute; a hub id, ``demo``,
+    an empty value or a path that does not exist as written."""
+    if not value or value == DEMO:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def with_absolute_sources(cfg: RelationConfig) -> RelationConfig:
+    """A copy of ``cfg`` whose local model sources (``model.base``, ``model.image_encoder``, ``adapter.path``,
+    each of ``lora.paths``) are absolute paths: paths in a config are read from the working directory, so a
+    saved ``adapter.path: runs/a/adapter`` would name another adapter, or none, when read from elsewhere.
+    Hub ids, ``demo``, empty values and paths that do not exist stay as written (:func:`absolute_source`)."""
+    absolute = absolute_source
+    out = cfg.model_copy(deep=True)
+    out.model.base = absolute(out.model.base)
+    out.model.image_encoder = absolute(out.model.image_encoder)
+    out.adapter.path = absolute(out.adapter.path)
+    for lora in out.lora.paths:
+        lora.path = absolute(lora.path)
+    return out
 
 
 def describe_fields(section: str | None = None) -> str:

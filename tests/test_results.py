@@ -437,3 +437,23 @@ def test_weights_changes_name_each_part_and_skip_unknown_records():
                                             "loras [] -> ['/l']"]  # fmt: skip
     later = {**now, "loras": [{"path": "/l", "files": "5"}]}
     assert weights_changes(now, later) == ["loras ['/l']: their files changed"]
+
+
+def test_saved_config_names_local_models_by_absolute_path(tiny_model, images, tmp_path, monkeypatch):
+    """A saved config is read from anywhere: a relative adapter.path or LoRA path in it would name other files
+    from another directory, so local sources are saved absolute; hub ids and demo stay as written."""
+    from relation_cli.config import load_config, with_absolute_sources
+
+    shutil.copytree(tiny_model / "adapter", tmp_path / "mine" / "adapter")
+    monkeypatch.chdir(tmp_path / "mine")
+    out = tmp_path / "out.png"
+    assert main(infer_args(tiny_model, images, "--adapter", "adapter", "-o", str(out))) == 0
+    saved = yaml.safe_load((tmp_path / "out.png.yaml").read_text())
+    assert saved["adapter"]["path"] == str((tmp_path / "mine" / "adapter").resolve())
+    assert saved["model"]["base"] == str((tiny_model / "base").resolve())
+    cfg = load_config(None, ["model.base=owner/flux", "adapter.path=gone/adapter", "lora.paths=[adapter:0.5]"])
+    absolute = with_absolute_sources(cfg)
+    assert (absolute.model.base, absolute.adapter.path) == ("owner/flux", "gone/adapter")  # hub id; not there
+    assert absolute.lora.paths[0].path == str((tmp_path / "mine" / "adapter").resolve())
+    assert absolute.lora.paths[0].weight == 0.5 and cfg.lora.paths[0].path == "adapter"  # a copy
+    assert with_absolute_sources(load_config(None, [])).model.base == "demo"

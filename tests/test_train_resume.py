@@ -141,3 +141,24 @@ def test_last_good_checkpoint_is_finite_and_a_lower_rate_continues(tiny_model, d
     assert main(train_args(tiny_model, data, out, 4, *QUIET, "train.learning_rate=1e-3") + ["--resume"]) == 0
     final = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
     assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_relative_model_paths_resume_by_the_files_they_name(tiny_model, data, tmp_path, monkeypatch, capsys):
+    """The checkpoint's config holds the adapter's absolute path: the same relative adapter.path resumes from
+    the same directory and is refused from one where it names another adapter."""
+    import shutil
+
+    for where in ("a", "b"):
+        shutil.copytree(tiny_model / "adapter", tmp_path / where / "adapter")
+    out, start = tmp_path / "run", ("adapter.path=adapter", "adapter.num_tokens=4")
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(train_args(tiny_model, data, out, 1, *QUIET, *start)) == 0
+    saved = yaml.safe_load((out / "checkpoints" / "checkpoint-00000001" / "config.yaml").read_text())
+    assert saved["adapter"]["path"] == str((tmp_path / "a" / "adapter").resolve())
+    assert main(train_args(tiny_model, data, out, 2, *QUIET, *start) + ["--resume"]) == 0  # the same files
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(train_args(tiny_model, data, out, 3, *QUIET, *start) + ["--resume"]) == 1
+    err = capsys.readouterr().err
+    assert (f"adapter.path is {(tmp_path / 'a' / 'adapter').resolve()} in the checkpoint and "
+            f"{(tmp_path / 'b' / 'adapter').resolve()} now") in err, err  # fmt: skip
