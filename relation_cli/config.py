@@ -34,8 +34,24 @@ PAPER_LORA_TARGETS = [
 """The paper's LoRA targets (SPEC 2.4). ``attn.to_q/k/v`` also match the single-stream blocks."""
 
 
+SEED_MAX = 2**63 - 1
+"""The largest seed: torch's generators take a 64-bit signed integer."""
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys, infinite or NaN numbers, and true/false for a number are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
+        if isinstance(value, bool):  # pydantic would read true as 1 (steps: true -> 1 step)
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = {annotation, *get_args(annotation)}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("expected a number, not true/false")
+        return value
 
 
 class ModelSection(Section):
@@ -173,7 +189,7 @@ class DataSection(Section):
     )
     unseen_tasks: int = Field(0, ge=0, description="prepare: whole tasks held out for test_unseen (named ones first).")
     unseen_task_names: list[str] = Field(default_factory=list, description="prepare: tasks to hold out by name.")
-    seed: int = Field(0, ge=0, description="prepare: seed of pair order, test and unseen choice, synthetic scenes.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="prepare: seed of pair order, test and unseen choice, synthetic scenes.")
     workers: int = Field(0, ge=0, description="prepare: image-decoding processes; 0 = min(4, CPU count).")
     skip_invalid: bool = Field(
         False, description="prepare: leave invalid entries out (listed in skipped.jsonl) instead of failing."
@@ -218,7 +234,7 @@ class InferSection(Section):
         3.5, ge=0.0, description="FLUX.1: the guidance embedding's value (no true CFG). FLUX.2 [klein]: its "
         "guidance_scale, true CFG when > 1 on a non-distilled model."
     )
-    seed: int = Field(1000, ge=0, description="Seed of the one CPU generator that draws all randomness.")
+    seed: int = Field(1000, ge=0, le=SEED_MAX, description="Seed of the one CPU generator that draws all randomness.")
     max_sequence_length: int = Field(
         512, ge=1, le=512, description="Prompt length in tokens (T5 on FLUX.1, Qwen3 on FLUX.2 [klein])."
     )
@@ -288,7 +304,7 @@ class TrainSection(Section):
     logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation.")
     timestep_shift: float = Field(1.0, gt=0, description="s -> shift*s / (1 + (shift-1)*s); 1 = none.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights (0 = off); the EMA is what gets exported.")
-    seed: int = Field(0, ge=0, description="Seed of data order, noise, timesteps and dropout.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of data order, noise, timesteps and dropout.")
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K complete checkpoints.")
     validate_every: int = Field(0, ge=0, description="Validation grids + adapter probe every N steps (0 = only at the end).")
@@ -341,7 +357,7 @@ class EvalSection(Section):
         "wrong_exemplar (the exemplar pair of a row of another task), vae_reconstruction (the target encoded "
         "and decoded by the VAE: the floor a model's error meets through that VAE).",
     )
-    seed: int = Field(0, ge=0, description="Seed of the wrong-exemplar choice.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the wrong-exemplar choice.")
     clip_model: str = Field(
         "openai/clip-vit-large-patch14",
         description="CLIP for CLIP-I (hub id or folder); empty turns CLIP-I off. A hub id that cannot be "
@@ -443,13 +459,14 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise RelationError(f"config file '{path}': not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
         raise RelationError(f"config file '{path}': not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RelationError(f"config file '{path}'{where}: not valid YAML") from None
+        problem = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        raise RelationError(f"config file '{path}'{where}: not valid YAML{problem}") from None
     except (ValueError, RecursionError) as e:  # a date like 2001-02-30, or nesting too deep to read
         raise RelationError(f"config file '{path}': not valid YAML ({first_line(e)})") from None
     if data is None:
@@ -457,6 +474,19 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise RelationError(f"config file '{path}': expected a mapping of sections at the top level")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping (safe_load keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_config(

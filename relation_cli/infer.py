@@ -297,7 +297,12 @@ def recorded_rows(cfg: RelationConfig, output_dir: Path) -> dict[str, dict] | No
         except RelationError:
             return None
     else:
-        record = check_settings(output_dir, cfg, eval_keys=False, remedy=BATCH_REMEDY)
+        record = check_settings(output_dir, cfg, eval_keys=False, remedy=BATCH_REMEDY,
+                                has_outputs=lambda r: bool(recorded_outputs(output_dir, _rows_of(r))))  # fmt: skip
+    return _rows_of(record)
+
+
+def _rows_of(record: dict | None) -> dict[str, dict] | None:
     rows = (record or {}).get("rows")
     return rows if isinstance(rows, dict) else None
 
@@ -359,7 +364,11 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
     rows = parse_rows(input_file)
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
+    from .evaluate.settings import check_own_folder
+
     check_writable(output_dir, "output dir")
+    check_own_folder(output_dir, "relation infer --input", lambda n: n == "config.yaml" or bool(_OUTPUT_NAME.fullmatch(n)),
+                     "use a new or empty --output-dir")  # fmt: skip
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
     digests: dict[Path, str | None] = {}
     recorded = recorded_rows(cfg, output_dir)

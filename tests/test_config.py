@@ -40,6 +40,11 @@ def test_precedence(tmp_path):
         ("adapter.scale=-0.5", "adapter.scale"),
         ("infer.steps", "expected section.key=value"),
         ("steps=3", "not a section.key name"),
+        ("infer.steps=true", "infer.steps: Value error, expected a number, not true/false"),
+        ("train.learning_rate=false", "train.learning_rate: Value error, expected a number, not true/false"),
+        ("infer.guidance=.inf", "infer.guidance: Input should be a finite number"),
+        ("train.learning_rate=.nan", "train.learning_rate: Input should be a finite number"),
+        ("infer.seed=99999999999999999999", "infer.seed: Input should be less than or equal to 9223372036854775807"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -58,6 +63,10 @@ def test_yaml_problems(tmp_path):
         load_config(top)
     with pytest.raises(RelationError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("infer:\n  steps: 3\n  steps: 4\n")  # yaml.safe_load would keep 4, silently
+    with pytest.raises(RelationError, match="line 3: not valid YAML \\(the key 'steps' is given twice\\)"):
+        load_config(twice)
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("infer:\n  colour: red\n")
     with pytest.raises(RelationError, match="infer.colour: unknown key"):

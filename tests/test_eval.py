@@ -255,6 +255,23 @@ def test_changed_settings_are_refused(run, capsys, monkeypatch):
     assert "other settings (infer.steps 1 -> 3)" in capsys.readouterr().err
 
 
+def test_eval_never_writes_into_a_folder_it_did_not_make(run, tmp_path, capsys, monkeypatch):
+    """A training run's folder as --output-dir: refused in one line, its config.yaml untouched."""
+    monkeypatch.setenv("RELATION_TEST_JUDGE_KEY", "k")
+    monkeypatch.setattr("relation_cli.model.load_pipeline", None)
+    folder = tmp_path / "run"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "config.json").write_text("{}")
+    (folder / "config.yaml").write_text("run: {adapter: adapter}\n")
+    args = list(run["args"])
+    args[args.index("--output-dir") + 1] = str(folder)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (f"output dir '{folder}' holds files that relation eval did not write (adapter, "
+                                      "config.yaml) and no generation.json: use a new or empty --output-dir") in err, err
+    assert (folder / "config.yaml").read_text() == "run: {adapter: adapter}\n"
+
+
 def test_outputs_of_other_weights_under_the_same_path_are_refused(run, tmp_path, capsys, monkeypatch):
     """An adapter retrained into the same folder: the settings match, the files do not (their sizes and
     modification times, recorded in generation.json's model.weights)."""

@@ -457,3 +457,39 @@ def test_saved_config_names_local_models_by_absolute_path(tiny_model, images, tm
     assert absolute.lora.paths[0].path == str((tmp_path / "mine" / "adapter").resolve())
     assert absolute.lora.paths[0].weight == 0.5 and cfg.lora.paths[0].path == "adapter"  # a copy
     assert with_absolute_sources(load_config(None, [])).model.base == "demo"
+
+
+def test_batch_never_writes_into_a_folder_it_did_not_make(tiny_model, tmp_path, capsys):
+    """A training run, a prepared dataset or a user's own config.yaml: refused, even with --overwrite, and
+    left as it was; an empty folder is fine."""
+    rows = batch_rows(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {adapter: adapter}\n")
+    for extra in ((), ("--overwrite",)):
+        assert batch(tiny_model, rows, run, *extra) == 1
+        err = capsys.readouterr().err
+        assert (f"output dir '{run}' holds files that relation infer --input did not write (checkpoints) and no "
+                "generation.json: use a new or empty --output-dir") in err, err  # fmt: skip
+    assert (run / "config.yaml").read_text() == "run: {adapter: adapter}\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("infer: {steps: 3}\n")
+    assert batch(tiny_model, rows, mine, "--dry-run") == 1
+    assert "holds files that relation infer --input did not write (config.yaml)" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert batch(tiny_model, rows, tmp_path / "empty") == 0
+
+
+def test_a_run_that_made_nothing_does_not_block_the_next(tiny_model, tmp_path, capsys, monkeypatch):
+    """Every row not finite (a NaN LoRA): generation.json records the settings and no output, so the corrected
+    run is not refused for other settings; the same adapter spelled relatively is the same setting."""
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    assert batch(tiny_model, rows, out, "--lora", str(nan_lora(tmp_path / "nan.safetensors"))) == 1
+    assert json.loads((out / "generation.json").read_text())["rows"] == {}
+    capsys.readouterr()
+    assert batch(tiny_model, rows, out) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+    monkeypatch.chdir(tiny_model)
+    assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter") == 0  # tiny_overrides gave it absolute
+    assert "wrote 0 images" in capsys.readouterr().out

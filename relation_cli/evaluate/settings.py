@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from ..config import RelationConfig
+from ..config import RelationConfig, absolute_source, with_absolute_sources
 from ..errors import RelationError
 from ..fs import write_text_atomic
 
@@ -21,6 +22,7 @@ def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
 
     ``eval_keys=False`` leaves out the eval-only ones (batch ``relation infer``).
     """
+    cfg = with_absolute_sources(cfg)  # `runs/a/adapter` and its absolute spelling are the same setting
     settings = {
         "model.base": cfg.model.base,
         "model.image_encoder": cfg.model.image_encoder,
@@ -123,9 +125,11 @@ def read_settings(output_dir: Path, remedy: str | None = None) -> dict | None:
     return recorded
 
 
-def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, remedy: str | None = None) -> dict | None:
+def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, remedy: str | None = None,
+                   has_outputs: Callable[[dict], bool] | None = None) -> dict | None:  # fmt: skip
     """Refuse to mix outputs of different settings in one folder (a reused output is trusted as is); returns
-    the record read (None if there is none).
+    the record read (None if there is none). ``has_outputs(record)``: whether any output the record vouches
+    for exists; a record without one (a run that failed before its first output) refuses nothing.
 
     Raises:
         RelationError: ``generation.json`` records other settings (the message names each changed key and
@@ -134,6 +138,9 @@ def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True
     before = read_settings(output_dir, remedy)
     if before is None:
         return None
+    if has_outputs is not None and not has_outputs(before):
+        return before
+    before = _absolute_paths(before)
     now = generation_settings(cfg, eval_keys)
     changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != WEIGHTS and before.get(k) != v]
     changed += weights_changes(before.get(WEIGHTS), now[WEIGHTS])
@@ -141,6 +148,39 @@ def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True
         raise RelationError(f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
                             f"{remedy or EVAL_REMEDY}")  # fmt: skip
     return before
+
+
+def _absolute_paths(record: dict) -> dict:
+    """A record's model sources as :func:`generation_settings` writes them now (an older record may hold a
+    relative spelling, read from the same working directory)."""
+    out = dict(record)
+    for key in ("model.base", "model.image_encoder", "adapter.path"):
+        if isinstance(out.get(key), str):
+            out[key] = absolute_source(out[key])
+    if isinstance(out.get("lora.paths"), list):
+        out["lora.paths"] = [{**f, "path": absolute_source(f["path"])} if isinstance(f, dict) and isinstance(f.get("path"), str)
+                             else f for f in out["lora.paths"]]  # fmt: skip
+    return out
+
+
+def check_own_folder(output_dir: Path, command: str, ours: Callable[[str], bool], remedy: str) -> None:
+    """Refuse a folder this command did not make: one that exists, holds no ``generation.json`` and holds an
+    entry ``ours(name)`` does not accept (a training run, a prepared dataset, a user's files), so that nothing
+    of it, its ``config.yaml`` first, is overwritten. An empty folder is fine.
+
+    Raises:
+        RelationError: naming the folder, ``command``, its first three foreign entries and ``remedy``.
+    """
+    if not output_dir.is_dir() or (output_dir / SETTINGS_FILE).exists():
+        return
+    names = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith(".relation-"))
+    foreign = [n for n in names if not ours(n)]
+    if names == ["config.yaml"]:  # relation writes it together with generation.json, never alone
+        foreign = names
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise RelationError(f"output dir '{output_dir}' holds files that {command} did not write "
+                            f"({', '.join(foreign[:3])}{more}) and no {SETTINGS_FILE}: {remedy}")  # fmt: skip
 
 
 def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None) -> None:
