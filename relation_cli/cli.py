@@ -269,6 +269,8 @@ def infer(
             if output_dir is None:
                 raise RelationError("--input needs --output-dir")
             return _infer_batch(cfg, input_file, output_dir, dry_run)
+        if output_dir is not None:
+            raise RelationError("--output-dir goes with --input (batch mode); one edit is written to --output FILE")
         pair = _one_pair(exemplar, query)
         from . import infer as core
 
@@ -606,6 +608,11 @@ def evaluate(
     """
     with user_errors():
         if recompute is not None or no_encoders:
+            given = {"--input": input_files, "--output-dir": output_dir, "--limit": limit, "--steps": steps, "--model": model,
+                     "--image-encoder": image_encoder, "--adapter": adapter, "--lora": lora, "--run": run,
+                     "--device": device, "--offline": offline, "--dry-run": dry_run, "--config": config, "--set": overrides}  # fmt: skip
+            if ignored := [name for name, value in given.items() if value]:
+                raise RelationError(f"--recompute reads everything from the metrics file; it takes no {', '.join(ignored)}")
             return recompute_metrics(recompute, no_encoders)
         flags = {
             "eval.inputs": [str(p) for p in input_files] if input_files else None,

@@ -203,6 +203,13 @@ class Kit:
             target.mkdir()
         return self.root / name
 
+    def training_run(self) -> Path:
+        """A folder like a training run's (checkpoints and a config.yaml): no command but train writes there."""
+        path = self.root / "run"
+        (path / "checkpoints" / "checkpoint-00000001").mkdir(parents=True, exist_ok=True)
+        (path / "config.yaml").write_text("run: {adapter: adapter}\n")
+        return path
+
     def read_only_dir(self) -> Path:
         """A folder nobody may write in (chmod, or chattr +i where the tests run as root); skips if impossible."""
         path = self.root / "ro"
@@ -352,6 +359,10 @@ INFER = [
     Case("unsupported output extension", lambda k: infer_args(k, output=k.root / "out.gif"),
          ("out.gif", "unsupported extension")),
     *output_cases(lambda k, out: infer_batch(k, out=out)),
+    Case("a training run as output folder", lambda k: infer_batch(k, out=k.training_run()),
+         ("holds files that relation infer --input did not write (checkpoints", "use a new or empty --output-dir")),
+    Case("--output-dir without --input", lambda k: [*infer_args(k), "--output-dir", k.root / "d"],
+         ("--output-dir goes with --input",)),
     model_case(infer_args),
 ]  # fmt: skip
 
@@ -448,6 +459,8 @@ def eval_args(kit: Kit, data: Path | None = None, out: Path | None = None) -> li
 def other_settings(kit: Kit) -> Path:
     out = kit.existing_dir("eval")
     (out / "generation.json").write_text(json.dumps({"infer.steps": 99}))
+    (out / "seen" / "relation").mkdir(parents=True)
+    random_image(out / "seen" / "relation" / "000000.png")  # an output the record vouches for
     return out
 
 
@@ -458,6 +471,8 @@ EVAL = [
                   batch="eval.batch_size"),
     Case("existing output", lambda k: eval_args(k, out=other_settings(k)), ("eval", "generated with other settings")),
     *output_cases(lambda k, out: eval_args(k, out=out)),
+    Case("a training run as output folder", lambda k: eval_args(k, out=k.training_run()),
+         ("holds files that relation eval did not write (checkpoints", "use a new or empty --output-dir")),
     model_case(eval_args),
 ]  # fmt: skip
 

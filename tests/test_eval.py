@@ -206,6 +206,8 @@ def test_recompute_refuses_a_bad_metrics_json_in_one_line(tmp_path, content, mes
 def test_no_encoders_alone_is_refused(capsys):
     assert main(["eval", "--no-encoders"]) == 1
     assert "--no-encoders goes with --recompute" in capsys.readouterr().err
+    assert main(["eval", "--recompute", "m.json", "--input", "a.jsonl", "--limit", "3"]) == 1  # not silently ignored
+    assert "--recompute reads everything from the metrics file; it takes no --input, --limit" in capsys.readouterr().err
 
 
 def test_fid_over_each_split_with_a_local_network(run, tmp_path, monkeypatch):
