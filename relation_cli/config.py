@@ -459,7 +459,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise RelationError(f"config file '{path}': not found")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        data = _load_unique(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise RelationError(f"config file '{path}': not UTF-8 text") from None
     except yaml.YAMLError as e:
@@ -487,6 +487,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _load_unique(text: str):
+    """``yaml.safe_load(text)`` with :class:`_UniqueKeyLoader` (as yaml.load does it with that loader)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(

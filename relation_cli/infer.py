@@ -235,7 +235,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
     output = check_output_path(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
-    from .model import load_pipeline, size_rules  # torch and diffusers load only after the cheap checks
+    from .model import load_pipeline, size_rules, truthful_config  # torch and diffusers load after the cheap checks
     from .progress import progress_bar
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
@@ -246,7 +246,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
-    save_config(cfg, config_path_for(output))
+    save_config(truthful_config(cfg, pipe), config_path_for(output))
     return output
 
 
@@ -393,7 +393,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
             ``--width``/``--height``), before the model loads; a model the loader refuses.
     """
     from .evaluate.settings import record_settings
-    from .model import load_pipeline, size_rules
+    from .model import load_pipeline, size_rules, truthful_config
 
     plan = plan_batch(cfg, input_file, output_dir, suffix)
     rules = size_rules(cfg) if plan.todo else (0, 0)
@@ -410,7 +410,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
         made = {}
     else:  # the old outputs of rows made again stay recorded until replaced: an interrupted run loses nothing
         made = plan.made | plan.others
-    save_config(cfg, output_dir / "config.yaml")
+    save_config(truthful_config(cfg, pipe), output_dir / "config.yaml")
     record_settings(output_dir, cfg, eval_keys=False, rows=made)
     failed: list[str] = []
     try:

@@ -90,6 +90,21 @@ def build_process_state(factory, device_name: str, **kwargs):
             os.environ["ACCELERATE_TORCH_DEVICE"] = saved
 
 
+def truthful_config(cfg: RelationConfig, pipe) -> RelationConfig:
+    """``cfg`` as a saved config should tell it: ``adapter.num_tokens`` and ``adapter.role_embeddings`` are the
+    settings of a *new* adapter, and a loaded adapter (``pipe.relation_adapter``) brings its own."""
+    adapter = getattr(pipe, "relation_adapter", None)
+    if adapter is None:
+        return cfg
+    real = {"num_tokens": adapter.config.num_tokens, "role_embeddings": bool(adapter.config.role_embeddings)}
+    if all(getattr(cfg.adapter, k) == v for k, v in real.items()):
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    for key, value in real.items():
+        setattr(cfg.adapter, key, value)
+    return cfg
+
+
 def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     """The ready-to-run pipeline described by ``cfg`` (LoRA fused, adapter installed): a
     :class:`~relation_cli.pipeline.RelationPipeline`, or a :class:`~relation_cli.klein.RelationKleinPipeline`

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import EXAMPLES, ROOT, tiny_overrides
 from helpers import random_image, truncated_copy
 from typer.testing import CliRunner
@@ -65,6 +66,8 @@ def test_embedded_default_runs(tmp_path, capsys):
     assert code == 0
     assert out.is_file() and (tmp_path / "edited.png.yaml").is_file()
     assert f"wrote {out}" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "edited.png.yaml").read_text())
+    assert saved["adapter"] | {"path": None} == {"path": None, "scale": 1.0, "num_tokens": 8, "role_embeddings": True}, saved
 
 
 def test_batch_mode_is_resumable(tiny_model, tmp_path):
@@ -344,12 +347,12 @@ def test_a_batch_dry_run_checks_the_output_folder_as_the_run_does(tmp_path):
     (tmp_path / "rows.jsonl").write_text(json.dumps({"cond1": "a.png", "cond2": "b.png", "source": "q.png"}) + "\n")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "generation.json").write_text(json.dumps({"infer.steps": 3, "rows": {}}))
+    random_image(out / "000000.png", (32, 32))
+    (out / "generation.json").write_text(json.dumps({"infer.steps": 3, "rows": {"000000.png": {}}}))
     args = ["infer", "--input", tmp_path / "rows.jsonl", "--output-dir", out, "--dry-run"]
     result, err = early(args, tmp_path)
     assert result == "1 []" and "were generated with other settings (" in err and "infer.steps 3 -> 8" in err, err
     (out / "generation.json").unlink()
-    random_image(out / "000000.png", (32, 32))
     result, err = early(args, tmp_path)
     assert result == "1 []" and "holds outputs (000000.png) that no generation.json describes" in err, err
     result, err = early([*args, "--overwrite"], tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -239,6 +240,17 @@ def test_paper_sizes_on_the_flux_dev_architecture():
 def test_missing_data_is_one_line(tiny_model, tmp_path, capsys):
     assert main(train_args(tiny_model, tmp_path / "nope.jsonl", tmp_path / "r", 1)) == 1
     assert "train.data" in capsys.readouterr().err
+
+
+def test_an_empty_validation_file_says_what_it_is_for(tiny_model, data, tmp_path, capsys):
+    """prepare --skip-invalid can leave test_seen.jsonl empty: the error names it as the validation rows and
+    says how to train without them."""
+    shutil.copytree(data.parent, tmp_path / "data")
+    (tmp_path / "data" / "test_seen.jsonl").write_text("")
+    assert main(train_args(tiny_model, tmp_path / "data" / "train.jsonl", tmp_path / "r", 1)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "validation rows (the test_seen.jsonl beside the data): " in err, err
+    assert "no rows; fix the file, or set train.validation_samples=0 to train without validation" in err, err
 
 
 @pytest.mark.slow

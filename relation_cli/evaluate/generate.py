@@ -53,11 +53,12 @@ class Generated:
     failed: list[Job]  # no output: the result was not finite
 
 
-def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda: None) -> Generated:
+def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda pipe: None) -> Generated:
     """Make every missing output; ``state`` is an ``accelerate.PartialState`` (one process without launch).
 
-    ``on_ready()`` runs in a process once its model has loaded, before it writes its first output: a
-    refused adapter or LoRA leaves no record that would block the corrected rerun.
+    ``on_ready(pipe)`` runs in a process once its model has loaded (``pipe``; None when every job is a copy of
+    the query), before it writes its first output: a refused adapter or LoRA leaves no record that would
+    block the corrected rerun.
     """
     todo = [j for j in jobs if not j.output.is_file()]  # their inputs were checked by setup
     # Every process must list the missing outputs before any is written, or the shares would differ.
@@ -81,7 +82,7 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
         pipe = load_pipeline(cfg, state.device if state.num_processes > 1 else None)
         prompts = PromptCache(pipe, cfg.infer.max_sequence_length)
     if jobs:
-        on_ready()
+        on_ready(pipe)
     rules = size_rules(cfg) if jobs else (0, 0)
     bar = progress_bar("generating", len(jobs)) if state.is_main_process and jobs else nullcontext(lambda n=1: None)
     with bar as advance:

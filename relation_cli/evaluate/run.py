@@ -46,14 +46,18 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
     """
     from accelerate import PartialState
 
-    from ..model import build_process_state
+    from ..model import build_process_state, truthful_config
 
     out = Path(cfg.eval.output_dir)
     splits, jobs, judge = setup(cfg, out)
     state = build_process_state(PartialState, cfg.model.device)  # the device rule of infer and train
 
-    def record() -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
-        save_config(cfg, out / "config.yaml")
+    shown = [cfg]  # the config as saved: with the loaded adapter's own token count and role embeddings
+
+    def record(pipe=None) -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
+        if pipe is not None:
+            shown[0] = truthful_config(cfg, pipe)
+        save_config(shown[0], out / "config.yaml")
         record_settings(out, cfg)
 
     made = generate(cfg, jobs, state, record)
@@ -75,8 +79,7 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     if out.exists() and not out.is_dir():
         raise RelationError(f"output dir '{out}': exists and is not a folder")
     check_writable(out, "output dir")
-    check_own_folder(out, "relation eval", lambda n: (out / n).is_dir() and not any((out / n).iterdir()),
-                     "use a new or empty --output-dir")  # fmt: skip
+    check_own_folder(out, "relation eval", lambda n: _split_folder(out / n), "use a new or empty --output-dir")
     splits, jobs = check_rows(cfg)
     check_sources(cfg.eval)
     judge = build_judge(cfg, out) if cfg.eval.judge_model else None
@@ -84,6 +87,11 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     if any(j.method != "copy_query" and not j.output.is_file() for j in jobs):
         resolve_sources(cfg.model, cfg.adapter, cfg.lora)  # model paths exist, before any image is made
     return splits, jobs, judge
+
+
+def _split_folder(path: Path) -> bool:
+    """Whether ``path`` looks like one split's outputs (``<split>/<method>/``), or an empty folder."""
+    return path.is_dir() and all(c.is_dir() and c.name in METHOD_LABELS for c in path.iterdir())
 
 
 def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], judge: Judge | None, fid_feature) -> dict:

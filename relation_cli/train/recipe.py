@@ -72,6 +72,8 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     """
     from diffusers.training_utils import cast_training_params
 
+    from ..model import truthful_config
+
     out = check_output_dir(Path(cfg.train.output_dir), resume)
     folder = ckpt.require_resumable(out / "checkpoints", warn=_warn) if resume else None
     if folder is not None:
@@ -97,7 +99,7 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     plan = BatchPlan(dataset.sizes(), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes, counts)
     encoders = build_encoders(cfg, pipe, sources, accelerator.device, dtype, out)
     generator = torch.Generator().manual_seed(t.seed * 1000 + accelerator.process_index)
-    cfg = truthful(cfg, pipe)
+    cfg = truthful_config(cfg, pipe)
     run = Run(cfg, job, accelerator, pipe, sources, model, optimizer, scheduler, encoders, dataset, plan, generator, out,
               ema=ema, validation_rows=validation_rows(cfg))  # fmt: skip
     if accelerator.is_main_process:
@@ -230,7 +232,13 @@ def validation_rows(cfg: RelationConfig) -> list:
         if t.validation_data:
             raise RelationError(f"train.validation_data '{path}': not found")
         return []
-    return spread_by_task(parse_rows(path, need_target=True), lambda r: r.task)[: max(t.validation_samples, 2)]
+    try:
+        rows = parse_rows(path, need_target=True)
+    except RelationError as e:  # say what the file is for and how to train without it
+        key = "train.validation_data" if t.validation_data else "validation rows (the test_seen.jsonl beside the data)"
+        raise RelationError(f"{key}: {e}; fix the file, or set train.validation_samples=0 to train without "
+                            "validation") from None  # fmt: skip
+    return spread_by_task(rows, lambda r: r.task)[: max(t.validation_samples, 2)]
 
 
 def _flat_config(cfg: RelationConfig) -> dict:

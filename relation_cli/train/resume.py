@@ -38,7 +38,7 @@ def continue_config(cfg: RelationConfig, folder: Path, warn=console.print) -> Re
     saved_tree = read_yaml(folder / CONFIG)
     before, now = settings(saved_tree), settings(cfg.model_dump(mode="json"))
     loads_adapter = bool(cfg.adapter.path) or cfg.model.base == DEMO  # the demo base brings its adapter
-    ignored = NOT_SETTINGS + (("adapter.num_tokens",) if loads_adapter else ())  # a loaded adapter has its own
+    ignored = NOT_SETTINGS + (("adapter.num_tokens", "adapter.role_embeddings") if loads_adapter else ())  # its own
     changed = {k: [before.get(k), v] for k, v in now.items() if k not in ignored and before.get(k) != v}
     refused = [k for k in changed if k in fixed_settings(cfg)]
     if refused:
