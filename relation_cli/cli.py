@@ -607,11 +607,13 @@ def evaluate(
     relation eval --recompute runs/eval/metrics.json [--no-encoders] recomputes a finished eval's numbers.
     """
     with user_errors():
-        if recompute is not None or no_encoders:
+        if no_encoders and recompute is None:
+            raise RelationError("--no-encoders goes with --recompute METRICS_JSON")
+        if recompute is not None:
             given = {"--input": input_files, "--output-dir": output_dir, "--limit": limit, "--steps": steps, "--model": model,
                      "--image-encoder": image_encoder, "--adapter": adapter, "--lora": lora, "--run": run,
                      "--device": device, "--offline": offline, "--dry-run": dry_run, "--config": config, "--set": overrides}  # fmt: skip
-            if ignored := [name for name, value in given.items() if value]:
+            if ignored := [name for name, value in given.items() if value is not None and value is not False and value != []]:
                 raise RelationError(f"--recompute reads everything from the metrics file; it takes no {', '.join(ignored)}")
             return recompute_metrics(recompute, no_encoders)
         flags = {

@@ -36,6 +36,8 @@ PAPER_LORA_TARGETS = [
 
 SEED_MAX = 2**63 - 1
 """The largest seed: torch's generators take a 64-bit signed integer."""
+TRAIN_SEED_MAX = SEED_MAX // 1000 - 1024
+"""The largest ``train.seed``: each process's generator is seeded with ``seed * 1000 + rank``."""
 
 
 class Section(BaseModel):
@@ -304,7 +306,7 @@ class TrainSection(Section):
     logit_std: float = Field(1.0, gt=0, description="logit_normal: standard deviation.")
     timestep_shift: float = Field(1.0, gt=0, description="s -> shift*s / (1 + (shift-1)*s); 1 = none.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the trained weights (0 = off); the EMA is what gets exported.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of data order, noise, timesteps and dropout.")
+    seed: int = Field(0, ge=0, le=TRAIN_SEED_MAX, description="Seed of data order, noise, timesteps and dropout.")
     checkpoint_every: int = Field(500, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K complete checkpoints.")
     validate_every: int = Field(0, ge=0, description="Validation grids + adapter probe every N steps (0 = only at the end).")
@@ -482,8 +484,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: the constructor below refuses it with its own message
+                continue
+            if twice:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)

@@ -392,7 +392,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
         RelationError: what :func:`plan_batch` refuses; a working size the base cannot take (explicit
             ``--width``/``--height``), before the model loads; a model the loader refuses.
     """
-    from .evaluate.settings import record_settings
+    from .evaluate.settings import generation_settings, record_settings
     from .model import load_pipeline, size_rules, truthful_config
 
     plan = plan_batch(cfg, input_file, output_dir, suffix)
@@ -402,6 +402,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
             edit_sizes(cfg.infer, plan.query_sizes[r.index], *rules).check(cfg.infer, cfg.data.max_image_pixels)
         except RelationError as e:
             raise RelationError(f"'{input_file}' row {r.index + 1}: {e}") from None
+    settings = generation_settings(cfg, eval_keys=False)  # the weights as found before they load
     pipe = load_pipeline(cfg) if plan.todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.infer.overwrite:
@@ -410,13 +411,14 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
         made = {}
     else:  # the old outputs of rows made again stay recorded until replaced: an interrupted run loses nothing
         made = plan.made | plan.others
-    save_config(truthful_config(cfg, pipe), output_dir / "config.yaml")
-    record_settings(output_dir, cfg, eval_keys=False, rows=made)
+    if pipe is not None or not (output_dir / "config.yaml").is_file():  # nothing loaded: the saved one stays true
+        save_config(truthful_config(cfg, pipe), output_dir / "config.yaml")
+    record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)
     failed: list[str] = []
     try:
-        _generate_rows(pipe, cfg, plan, input_file, output_dir, made, failed)
+        _generate_rows(pipe, cfg, plan, input_file, output_dir, made, failed, settings)
     finally:
-        record_settings(output_dir, cfg, eval_keys=False, rows=made)
+        record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)
     return BatchSummary(len(plan.todo) - len(failed), len(plan.rows) - len(plan.todo), output_dir, failed)
 
 
@@ -453,9 +455,10 @@ def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None
     return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}row {r.index + 1} ", labels, "source")
 
 
-def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict, failed: list[str]) -> None:
-    """Generate ``plan.todo``; each written output is recorded in ``made`` and ``generation.json`` at once, each
-    non-finite row goes to ``failed`` and leaves no output or record."""
+def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict, failed: list[str],
+                   settings: dict) -> None:  # fmt: skip
+    """Generate ``plan.todo``; each written output is recorded in ``made`` and ``generation.json`` (with
+    ``settings``) at once, each non-finite row goes to ``failed`` and leaves no output or record."""
     from .evaluate.settings import record_settings
     from .model import size_rules
     from .progress import progress_bar
@@ -482,5 +485,5 @@ def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Pat
                 (output_dir / name).unlink(missing_ok=True)  # an older output of this row no longer describes it
                 made.pop(name, None)
                 failed.append(f"row {r.index + 1}: {e}")
-            record_settings(output_dir, cfg, eval_keys=False, rows=made)  # a killed run keeps what it made
+            record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)  # a killed run keeps what it made
             advance()

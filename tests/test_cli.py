@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -477,3 +478,18 @@ def test_config_prints_the_resolved_yaml(capsys):
     assert main(["config", "train", "--set", "train.steps=9"]) == 0
     only = yaml.safe_load(capsys.readouterr().out)
     assert list(only) == ["train"] and only["train"]["steps"] == 9
+
+
+def test_a_batch_rerun_that_makes_nothing_keeps_the_true_config(tmp_path, capsys):
+    """The demo adapter has 8 tokens and role embeddings: the saved config says so, also after a rerun that
+    reused every output and loaded no model."""
+    for name in ("exemplar_before", "exemplar_after", "query"):
+        shutil.copy(EXAMPLES / f"{name}.png", tmp_path)
+    row = {"cond1": "exemplar_before.png", "cond2": "exemplar_after.png", "source": "query.png"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    args = ["infer", "--input", str(tmp_path / "rows.jsonl"), "--output-dir", str(tmp_path / "out"), "--steps", "1"]
+    for written in ("wrote 1 image", "wrote 0 images"):
+        assert main(args) == 0
+        assert written in capsys.readouterr().out
+        saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["adapter"]
+        assert (saved["num_tokens"], saved["role_embeddings"]) == (8, True)

@@ -96,3 +96,20 @@ def test_saved_config_loads_back_identically(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     load_config(ROOT / "configs" / name)
+
+
+def test_yaml_merge_keys_still_work_and_seeds_fit_torch(tmp_path):
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("infer: &i\n  steps: 3\n  guidance: 2.0\neval:\n  seed: 5\n")
+    assert load_config(merged).infer.steps == 3
+    anchors = tmp_path / "anchors.yaml"
+    anchors.write_text("x-common: &c\n  steps: 3\ninfer:\n  <<: *c\n  guidance: 2.0\n")
+    with pytest.raises(RelationError, match="x-common: unknown key"):  # the merge itself is read, not refused
+        load_config(anchors)
+    unhashable = tmp_path / "unhashable.yaml"
+    unhashable.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(RelationError, match="not valid YAML \\(found unhashable key\\)"):
+        load_config(unhashable)
+    with pytest.raises(RelationError, match="train.seed: Input should be less than or equal to"):
+        load_config(None, [f"train.seed={2**60}"])  # seeded as seed * 1000 + rank: must stay under 2^63
+    assert load_config(None, ["train.seed=9000000000000000"]).train.seed == 9 * 10**15

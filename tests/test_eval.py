@@ -206,8 +206,10 @@ def test_recompute_refuses_a_bad_metrics_json_in_one_line(tmp_path, content, mes
 def test_no_encoders_alone_is_refused(capsys):
     assert main(["eval", "--no-encoders"]) == 1
     assert "--no-encoders goes with --recompute" in capsys.readouterr().err
-    assert main(["eval", "--recompute", "m.json", "--input", "a.jsonl", "--limit", "3"]) == 1  # not silently ignored
+    assert main(["eval", "--recompute", "m.json", "--input", "a.jsonl", "--limit", "0"]) == 1  # not silently ignored
     assert "--recompute reads everything from the metrics file; it takes no --input, --limit" in capsys.readouterr().err
+    assert main(["eval", "--input", "a.jsonl", "--no-encoders"]) == 1
+    assert "--no-encoders goes with --recompute" in capsys.readouterr().err
 
 
 def test_fid_over_each_split_with_a_local_network(run, tmp_path, monkeypatch):
@@ -272,6 +274,42 @@ def test_eval_never_writes_into_a_folder_it_did_not_make(run, tmp_path, capsys, 
     assert err.count("\n") == 1 and (f"output dir '{folder}' holds files that relation eval did not write (adapter, "
                                       "config.yaml) and no generation.json: use a new or empty --output-dir") in err, err
     assert (folder / "config.yaml").read_text() == "run: {adapter: adapter}\n"
+
+
+def test_eval_and_batch_infer_keep_out_of_each_others_folders(run, tmp_path, tiny_model, capsys, monkeypatch):
+    """An eval folder given to batch infer (and the reverse) is refused: each would rewrite the other's record.
+    An eval folder whose record was deleted is still eval's own (its report files), and .DS_Store is nobody's."""
+    from relation_cli.evaluate.settings import weights_fingerprint
+
+    monkeypatch.setenv("RELATION_TEST_JUDGE_KEY", "k")
+    batch = ["infer", "--input", str(run["data"]), "--steps", "1", *sets(*tiny_overrides(tiny_model))]
+    assert main([*batch, "--output-dir", str(run["out"]), "--dry-run"]) == 1
+    assert f"output dir '{run['out']}' holds the outputs of relation eval, not relation infer --input" in capsys.readouterr().err
+    made = tmp_path / "batch"
+    made.mkdir()
+    (made / "generation.json").write_text(json.dumps({"made_by": "relation infer --input", "rows": {}}))
+    args = list(run["args"])
+    args[args.index("--output-dir") + 1] = str(made)
+    assert main(args) == 1
+    assert "holds the outputs of relation infer --input, not relation eval" in capsys.readouterr().err
+    copy = tmp_path / "copy"
+    shutil.copytree(run["out"], copy)
+    (copy / "generation.json").unlink()
+    (copy / ".DS_Store").write_text("")
+    (copy / "seen" / ".DS_Store").write_text("")
+    from relation_cli.evaluate.settings import check_own_folder
+    from relation_cli.evaluate.run import EVAL_FILES, _split_folder
+
+    check_own_folder(copy, "relation eval", lambda n: n in EVAL_FILES or _split_folder(copy / n), "x")  # no error
+    # the weights fingerprint leaves hidden entries out: a .git index rewritten by `git status` changes nothing
+    shutil.copytree(tiny_model / "adapter", tmp_path / "adapter")
+    cfg = load_config(None, [*run["overrides"], f"adapter.path={tmp_path / 'adapter'}"])
+    before = weights_fingerprint(cfg)
+    (tmp_path / "adapter" / ".git").mkdir()
+    (tmp_path / "adapter" / ".git" / "index").write_text(str(before))
+    assert weights_fingerprint(cfg) == before
+    (tmp_path / "adapter" / "config.json").write_text((tmp_path / "adapter" / "config.json").read_text() + " ")
+    assert weights_fingerprint(cfg)["adapter"] != before["adapter"]  # a real file changed
 
 
 def test_outputs_of_other_weights_under_the_same_path_are_refused(run, tmp_path, capsys, monkeypatch):

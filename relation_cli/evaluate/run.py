@@ -52,13 +52,12 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
     splits, jobs, judge = setup(cfg, out)
     state = build_process_state(PartialState, cfg.model.device)  # the device rule of infer and train
 
-    shown = [cfg]  # the config as saved: with the loaded adapter's own token count and role embeddings
+    settings = generation_settings(cfg)  # the weights as found before they load
 
     def record(pipe=None) -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
-        if pipe is not None:
-            shown[0] = truthful_config(cfg, pipe)
-        save_config(shown[0], out / "config.yaml")
-        record_settings(out, cfg)
+        if pipe is not None or not (out / "config.yaml").is_file():  # nothing loaded: the saved one stays true
+            save_config(truthful_config(cfg, pipe), out / "config.yaml")
+        record_settings(out, cfg, settings=settings)
 
     made = generate(cfg, jobs, state, record)
     if not state.is_main_process:
@@ -79,7 +78,8 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     if out.exists() and not out.is_dir():
         raise RelationError(f"output dir '{out}': exists and is not a folder")
     check_writable(out, "output dir")
-    check_own_folder(out, "relation eval", lambda n: _split_folder(out / n), "use a new or empty --output-dir")
+    check_own_folder(out, "relation eval", lambda n: n in EVAL_FILES or _split_folder(out / n),
+                     "use a new or empty --output-dir")  # fmt: skip
     splits, jobs = check_rows(cfg)
     check_sources(cfg.eval)
     judge = build_judge(cfg, out) if cfg.eval.judge_model else None
@@ -89,9 +89,13 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     return splits, jobs, judge
 
 
+EVAL_FILES = ("config.yaml", "metrics.json", "per_task.csv", "report.html", "grids", "judge_cache")
+"""What relation eval writes in its folder besides the splits' outputs."""
+
+
 def _split_folder(path: Path) -> bool:
     """Whether ``path`` looks like one split's outputs (``<split>/<method>/``), or an empty folder."""
-    return path.is_dir() and all(c.is_dir() and c.name in METHOD_LABELS for c in path.iterdir())
+    return path.is_dir() and all(c.name.startswith(".") or (c.is_dir() and c.name in METHOD_LABELS) for c in path.iterdir())
 
 
 def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], judge: Judge | None, fid_feature) -> dict:

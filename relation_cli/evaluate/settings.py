@@ -67,7 +67,9 @@ def weights_fingerprint(cfg: RelationConfig) -> dict | None:
         if path is None or not path.exists():
             return source
         path = path.resolve()
-        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        files = [path] if path.is_file() else sorted(
+            f for f in path.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts)
+        )  # hidden entries (.git, .cache of huggingface_hub) change without the weights changing
         lines = []
         for f in files:
             stat = f.stat()
@@ -85,7 +87,7 @@ def weights_changes(before: dict | None, now: dict | None) -> list[str]:
         return []
 
     def where(part) -> str:
-        return part["path"] if isinstance(part, dict) else str(part)
+        return str(part.get("path")) if isinstance(part, dict) else str(part)
 
     changes = []
     for key in ("base", "image_encoder", "adapter", "loras"):
@@ -163,17 +165,36 @@ def _absolute_paths(record: dict) -> dict:
     return out
 
 
+def made_by(record: dict) -> str | None:
+    """Which command wrote a ``generation.json``: its ``made_by``, or for a record from before that key, batch
+    infer when it has ``rows`` and eval when it has ``eval.seed``."""
+    if isinstance(record.get("made_by"), str):
+        return record["made_by"]
+    return "relation infer --input" if "rows" in record else "relation eval" if "eval.seed" in record else None
+
+
 def check_own_folder(output_dir: Path, command: str, ours: Callable[[str], bool], remedy: str) -> None:
-    """Refuse a folder this command did not make: one that exists, holds no ``generation.json`` and holds an
-    entry ``ours(name)`` does not accept (a training run, a prepared dataset, a user's files), so that nothing
-    of it, its ``config.yaml`` first, is overwritten. An empty folder is fine.
+    """Refuse a folder this command did not make, so that nothing of it, its ``config.yaml`` first, is
+    overwritten: one whose ``generation.json`` another command wrote (batch infer and eval folders differ),
+    or one without ``generation.json`` holding an entry ``ours(name)`` does not accept (a training run, a
+    prepared dataset, a user's files). Hidden entries (``.DS_Store``, temporary files) do not count; an empty
+    folder is fine.
 
     Raises:
-        RelationError: naming the folder, ``command``, its first three foreign entries and ``remedy``.
+        RelationError: naming the folder, ``command``, the other command or the first three foreign entries,
+            and ``remedy``.
     """
-    if not output_dir.is_dir() or (output_dir / SETTINGS_FILE).exists():
+    if not output_dir.is_dir():
         return
-    names = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith(".relation-"))
+    if (output_dir / SETTINGS_FILE).exists():
+        try:
+            other = made_by(read_settings(output_dir) or {})
+        except RelationError:  # unreadable: the settings check says so, with its remedy
+            return
+        if other is not None and other != command:
+            raise RelationError(f"output dir '{output_dir}' holds the outputs of {other}, not {command}: {remedy}")
+        return
+    names = sorted(p.name for p in output_dir.iterdir() if not p.name.startswith("."))
     foreign = [n for n in names if not ours(n)]
     if names == ["config.yaml"]:  # relation writes it together with generation.json, never alone
         foreign = names
@@ -183,7 +204,13 @@ def check_own_folder(output_dir: Path, command: str, ours: Callable[[str], bool]
                             f"({', '.join(foreign[:3])}{more}) and no {SETTINGS_FILE}: {remedy}")  # fmt: skip
 
 
-def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None) -> None:
-    """Write ``generation.json``: the settings, and for batch infer what each output was made from."""
-    record = generation_settings(cfg, eval_keys) | ({"rows": rows} if rows is not None else {})
+def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, rows: dict | None = None,
+                    settings: dict | None = None) -> None:  # fmt: skip
+    """Write ``generation.json``: which command made the folder (eval, or batch infer without ``eval_keys``),
+    the settings (``settings``: :func:`generation_settings` as taken before the model loaded, so that the
+    record describes the weights that were loaded and the folders are not walked again for every output),
+    and for batch infer what each output was made from."""
+    command = "relation eval" if eval_keys else "relation infer --input"
+    record = {"made_by": command, **(settings or generation_settings(cfg, eval_keys))}
+    record |= {"rows": rows} if rows is not None else {}
     write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
