@@ -271,8 +271,8 @@ def test_eval_never_writes_into_a_folder_it_did_not_make(run, tmp_path, capsys, 
     args[args.index("--output-dir") + 1] = str(folder)
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and (f"output dir '{folder}' holds files that relation eval did not write (adapter, "
-                                      "config.yaml) and no generation.json: use a new or empty --output-dir") in err, err
+    assert err.count("\n") == 1 and (f"output dir '{folder}' holds files that relation eval did not write (adapter) "
+                                      "and no generation.json: use a new or empty --output-dir") in err, err
     assert (folder / "config.yaml").read_text() == "run: {adapter: adapter}\n"
 
 
