@@ -566,6 +566,20 @@ def absolute_source(value: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else value
 
 
+def absolute_flat_sources(flat: dict) -> dict:
+    """A copy of a flat ``{"section.key": value}`` config (``generation.json``, ``--resume``'s comparison)
+    with its model sources as :func:`absolute_source` gives them: an older record may hold a relative
+    spelling, read from the same working directory."""
+    out = dict(flat)
+    for key in ("model.base", "model.image_encoder", "adapter.path"):
+        if isinstance(out.get(key), str):
+            out[key] = absolute_source(out[key])
+    if isinstance(out.get("lora.paths"), list):
+        out["lora.paths"] = [{**f, "path": absolute_source(f["path"])} if isinstance(f, dict) and isinstance(f.get("path"), str)
+                             else f for f in out["lora.paths"]]  # fmt: skip
+    return out
+
+
 def with_absolute_sources(cfg: RelationConfig) -> RelationConfig:
     """A copy of ``cfg`` whose local model sources (``model.base``, ``model.image_encoder``, ``adapter.path``,
     each of ``lora.paths``) are absolute paths: paths in a config are read from the working directory, so a

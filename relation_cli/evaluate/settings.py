@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import RelationConfig, absolute_source, with_absolute_sources
+from ..config import RelationConfig, absolute_flat_sources, with_absolute_sources
 from ..errors import RelationError
 from ..fs import write_text_atomic
 
@@ -142,7 +142,7 @@ def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True
         return None
     if has_outputs is not None and not has_outputs(before):
         return before
-    before = _absolute_paths(before)
+    before = absolute_flat_sources(before)
     now = generation_settings(cfg, eval_keys)
     changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != WEIGHTS and before.get(k) != v]
     changed += weights_changes(before.get(WEIGHTS), now[WEIGHTS])
@@ -150,19 +150,6 @@ def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True
         raise RelationError(f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
                             f"{remedy or EVAL_REMEDY}")  # fmt: skip
     return before
-
-
-def _absolute_paths(record: dict) -> dict:
-    """A record's model sources as :func:`generation_settings` writes them now (an older record may hold a
-    relative spelling, read from the same working directory)."""
-    out = dict(record)
-    for key in ("model.base", "model.image_encoder", "adapter.path"):
-        if isinstance(out.get(key), str):
-            out[key] = absolute_source(out[key])
-    if isinstance(out.get("lora.paths"), list):
-        out["lora.paths"] = [{**f, "path": absolute_source(f["path"])} if isinstance(f, dict) and isinstance(f.get("path"), str)
-                             else f for f in out["lora.paths"]]  # fmt: skip
-    return out
 
 
 def made_by(record: dict) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import DEMO, RelationConfig, absolute_source, read_yaml
+from ..config import DEMO, RelationConfig, absolute_flat_sources, read_yaml
 from ..errors import RelationError
 from ..progress import console
 from .checkpoint import CONFIG, load_tree
@@ -57,14 +57,9 @@ def continue_config(cfg: RelationConfig, folder: Path, warn=console.print) -> Re
 
 def settings(tree: dict) -> dict[str, Any]:
     """A config tree as ``{"section.key": value}``, with the values that mean the same made equal: local model
-    sources as absolute paths (:func:`~relation_cli.config.absolute_source`; saved configs hold them so)."""
+    sources as absolute paths (:func:`~relation_cli.config.absolute_flat_sources`; saved configs hold them so)."""
     flat = {f"{s}.{k}": v for s, values in tree.items() if s != "run" and isinstance(values, dict) for k, v in values.items()}
-    for key in ("model.base", "model.image_encoder", "adapter.path"):
-        if isinstance(flat.get(key), str):
-            flat[key] = absolute_source(flat[key])
-    if isinstance(flat.get("lora.paths"), list):
-        flat["lora.paths"] = [{**f, "path": absolute_source(f["path"])} if isinstance(f, dict) and isinstance(f.get("path"), str)
-                              else f for f in flat["lora.paths"]]  # fmt: skip
+    flat = absolute_flat_sources(flat)
     if flat.get("lora.alpha") is None:
         flat["lora.alpha"] = flat.get("lora.rank")  # empty alpha is alpha = rank
     flat["train.ema"] = "on" if (flat.get("train.ema_decay") or 0) > 0 else "off"
