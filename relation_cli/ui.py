@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .config import RelationConfig, _format_errors, dump_config, save_config
+from .config import RelationConfig, _format_errors, dump_config, save_config, with_absolute_sources
 from .errors import RelationError, first_line
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -130,6 +130,7 @@ class Editor:
         Raises RelationError for a missing or bad image, a refused setting or a non-finite result.
         """
         from .infer import edit, open_edit_inputs
+        from .model import truthful_config
 
         cfg = request_config(self.cfg, settings)
         paths = [_given(p, role) for p, role in zip((*exemplar, query), ("exemplar A", "exemplar A'", "query"))]
@@ -138,7 +139,7 @@ class Editor:
             start = time.perf_counter()
             image = edit(self.pipe, inputs, cfg, on_step=on_step)
             seconds = time.perf_counter() - start
-        return EditResult(image, cfg, seconds)
+        return EditResult(image, truthful_config(cfg, self.pipe), seconds)
 
 
 def _given(path: str | None, role: str) -> Path:
@@ -290,7 +291,7 @@ def _edit_tab(gr, editor: Editor, files: Path) -> None:
                 on_step=lambda: progress(next(done, settings.steps) / settings.steps, desc="denoising"),
             )  # fmt: skip
         image, settings_file = save_request(result, files)
-        return str(image), describe(result), dump_config(result.config), str(settings_file)
+        return str(image), describe(result), dump_config(with_absolute_sources(result.config)), str(settings_file)
 
     run.click(
         _in_page(on_run), [a, b, q, prompt, steps, guidance, scale, seed, max_area], [out, status, settings_yaml, settings_file],
