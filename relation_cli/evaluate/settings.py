@@ -52,8 +52,9 @@ def weights_fingerprint(cfg: RelationConfig) -> dict | None:
     Returns ``{"base", "image_encoder", "adapter", "loras"}`` after the demo defaults
     (:func:`relation_cli.checks.resolve_sources`): a local source is ``{"path": absolute path, "files": the
     first 16 hex digits of the sha256 of each file's relative name, size and modification time}`` (the check
-    rsync and make use: cheap for a 24 GB base, and any rewrite of a file shows), a hub id is kept as written,
-    an absent part is None. None when the sources do not resolve (a missing folder, which loading reports).
+    rsync and make use: cheap for a 24 GB base, and any rewrite of a file shows; hidden entries such as
+    ``.git`` are left out), a hub id is kept as written, an absent part is None. None when the sources do not
+    resolve (a missing folder, which loading reports).
     """
     from ..checks import resolve_sources
 
