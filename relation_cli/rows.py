@@ -45,8 +45,8 @@ class Row:
 
 def json_problem(err: Exception) -> str:
     """Why ``json.loads`` refused a text: its own message, or the limit hit (deep nesting, huge integers)."""
-    if isinstance(err, json.JSONDecodeError):
-        return err.msg
+    if isinstance(err, json.JSONDecodeError):  # its msg alone stops short: "Unterminated string starting at"
+        return f"{err.msg}, column {err.colno}"
     return "nested too deeply" if isinstance(err, RecursionError) else first_line(err)
 
 

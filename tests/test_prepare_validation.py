@@ -115,7 +115,7 @@ def test_a_file_unusable_as_a_whole_says_why_with_skip_invalid_and_empty_files_r
     assert main(["prepare", str(bad), "--output", str(tmp_path / "out"), "--skip-invalid"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: input '{bad}': no task has 2 usable pairs (1 invalid entry; the first: {bad}: line 1: " \
-                  "malformed JSON (Expecting value)); nothing to prepare"  # fmt: skip
+                  "malformed JSON (Expecting value, column 43)); nothing to prepare"  # fmt: skip
     for name in ("empty.json", "empty.jsonl"):
         (tmp_path / name).write_text("\n")
         assert main(["prepare", str(tmp_path / name), "--output", str(tmp_path / "out")]) == 1
