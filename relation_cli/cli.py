@@ -561,6 +561,13 @@ NoEncodersOpt = Annotated[
 ]
 
 
+def given_options(ctx: typer.Context, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The options of ``ctx``'s command typed on its command line (click's ``Context.get_parameter_source``),
+    by their first name, in their declared order; ``exclude``: parameter names to leave out."""
+    return [p.opts[0] for p in ctx.command.params
+            if p.name not in exclude and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]  # fmt: skip
+
+
 def recompute_metrics(metrics: Path | None, no_encoders: bool) -> None:
     """``eval --recompute``: print the largest difference per metric; RelationError if any differs."""
     if metrics is None:
@@ -575,6 +582,7 @@ def recompute_metrics(metrics: Path | None, no_encoders: bool) -> None:
 
 @app.command(name="eval", cls=RelationCommand)
 def evaluate(
+    ctx: typer.Context,
     input_files: Annotated[
         Optional[list[Path]],
         typer.Option("--input", "-i", metavar="FILE", help="Run-ready jsonl with targets, one split each, e.g. prepare's "
@@ -610,10 +618,7 @@ def evaluate(
         if no_encoders and recompute is None:
             raise RelationError("--no-encoders goes with --recompute METRICS_JSON")
         if recompute is not None:
-            given = {"--input": input_files, "--output-dir": output_dir, "--limit": limit, "--steps": steps, "--model": model,
-                     "--image-encoder": image_encoder, "--adapter": adapter, "--lora": lora, "--run": run,
-                     "--device": device, "--offline": offline, "--dry-run": dry_run, "--config": config, "--set": overrides}  # fmt: skip
-            if ignored := [name for name, value in given.items() if value is not None and value is not False and value != []]:
+            if ignored := given_options(ctx, exclude=("recompute", "no_encoders")):
                 raise RelationError(f"--recompute reads everything from the metrics file; it takes no {', '.join(ignored)}")
             return recompute_metrics(recompute, no_encoders)
         flags = {
