@@ -364,10 +364,10 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
     rows = parse_rows(input_file)
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
-    from .evaluate.settings import check_own_folder
+    from .evaluate.settings import BATCH, check_own_folder
 
     check_writable(output_dir, "output dir")
-    check_own_folder(output_dir, "relation infer --input", lambda n: n == "config.yaml" or bool(_OUTPUT_NAME.fullmatch(n)),
+    check_own_folder(output_dir, BATCH, lambda n: n == "config.yaml" or bool(_OUTPUT_NAME.fullmatch(n)),
                      "use a new or empty --output-dir")  # fmt: skip
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
     digests: dict[Path, str | None] = {}

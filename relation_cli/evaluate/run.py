@@ -18,7 +18,7 @@ from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
 from .generate import Generated, generate
-from .settings import check_own_folder, check_settings, generation_settings, record_settings
+from .settings import EVAL, check_own_folder, check_settings, generation_settings, record_settings
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
 from .plan import METHOD_LABELS, Job, Split, check_rows, methods_of
@@ -78,7 +78,7 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     if out.exists() and not out.is_dir():
         raise RelationError(f"output dir '{out}': exists and is not a folder")
     check_writable(out, "output dir")
-    check_own_folder(out, "relation eval", lambda n: n in EVAL_FILES or _split_folder(out / n),
+    check_own_folder(out, EVAL, lambda n: n in EVAL_FILES or _split_folder(out / n),
                      "use a new or empty --output-dir")  # fmt: skip
     splits, jobs = check_rows(cfg)
     check_sources(cfg.eval)

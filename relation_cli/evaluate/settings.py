@@ -8,13 +8,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import RelationConfig, absolute_flat_sources, with_absolute_sources
+from ..config import RelationConfig, absolute_flat_sources
 from ..errors import RelationError
 from ..fs import write_text_atomic
 
 SETTINGS_FILE = "generation.json"
 WEIGHTS = "model.weights"
 """The key of :func:`weights_fingerprint` in ``generation.json``."""
+EVAL, BATCH = "relation eval", "relation infer --input"
+"""The two commands that write ``generation.json`` (its ``made_by``), each in folders of its own."""
 
 
 def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
@@ -22,7 +24,6 @@ def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
 
     ``eval_keys=False`` leaves out the eval-only ones (batch ``relation infer``).
     """
-    cfg = with_absolute_sources(cfg)  # `runs/a/adapter` and its absolute spelling are the same setting
     settings = {
         "model.base": cfg.model.base,
         "model.image_encoder": cfg.model.image_encoder,
@@ -42,7 +43,7 @@ def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
     if eval_keys:
         settings.update({"eval.seed": cfg.eval.seed, "eval.use_text": cfg.eval.use_text})
     settings[WEIGHTS] = weights_fingerprint(cfg)
-    return settings
+    return absolute_flat_sources(settings)  # `runs/a/adapter` and its absolute spelling are the same setting
 
 
 def weights_fingerprint(cfg: RelationConfig) -> dict | None:
@@ -158,7 +159,7 @@ def made_by(record: dict) -> str | None:
     infer when it has ``rows`` and eval when it has ``eval.seed``."""
     if isinstance(record.get("made_by"), str):
         return record["made_by"]
-    return "relation infer --input" if "rows" in record else "relation eval" if "eval.seed" in record else None
+    return BATCH if "rows" in record else EVAL if "eval.seed" in record else None
 
 
 def check_own_folder(output_dir: Path, command: str, ours: Callable[[str], bool], remedy: str) -> None:
@@ -198,7 +199,6 @@ def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = Tru
     the settings (``settings``: :func:`generation_settings` as taken before the model loaded, so that the
     record describes the weights that were loaded and the folders are not walked again for every output),
     and for batch infer what each output was made from."""
-    command = "relation eval" if eval_keys else "relation infer --input"
-    record = {"made_by": command, **(settings or generation_settings(cfg, eval_keys))}
+    record = {"made_by": EVAL if eval_keys else BATCH, **(settings or generation_settings(cfg, eval_keys))}
     record |= {"rows": rows} if rows is not None else {}
     write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
