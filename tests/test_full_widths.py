@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -40,9 +41,12 @@ def full_width_spec():
 
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory):
+    """The model's folder (3.3 GB on disk), deleted when this file's tests end."""
     from relation_cli.tiny import init_model
 
-    return init_model(tmp_path_factory.mktemp("wide") / "model", full_width_spec())
+    folder = tmp_path_factory.mktemp("wide")
+    yield init_model(folder / "model", full_width_spec())
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def model_args(model) -> list[str]:
