@@ -3,7 +3,8 @@
 :func:`check_config` asks each ``_*_problems(cfg, command)`` function for the problems it sees and
 reports them all in one :class:`RelationError`, as torchtune's config validation does, so a user
 fixes a configuration in one round instead of one error per run. Only the standard library and
-relation's config are imported here: the answer comes before torch, diffusers or transformers load.
+relation's config are imported here: the answer comes before torch, diffusers or transformers load
+(torch alone, only to ask whether a ``model.device`` named explicitly exists).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, Model
 from .errors import RelationError
 from .fs import check_writable
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+"""Adapter files read as the authors' pickled checkpoint (``torch.load(weights_only=True)``, never code)."""
+ADAPTER_CONFIG = "config.json"  # RelationAdapter.config_name (ConfigMixin's)
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
 """``model.image_encoder`` for a hub ``model.base``: the SigLIP the paper uses (SPEC 2.1)."""
 LOADS_A_MODEL = ("infer", "eval", "train", "ui")
@@ -101,11 +106,9 @@ def resolve_sources(
     _check_source("model.image_encoder", sources.image_encoder, "config.json")
     if sources.adapter is None and adapter.scale != 0 and require_adapter:
         raise RelationError("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
-    if sources.adapter is not None and not Path(sources.adapter).exists():
-        raise RelationError(f"adapter '{sources.adapter}': not found")
-    for file in sources.loras:
-        if not Path(file.path).exists():
-            raise RelationError(f"lora '{file.path}': not found")
+    for problem in [sources.adapter and adapter_problem(sources.adapter), *(lora_problem(f.path) for f in sources.loras)]:
+        if problem:
+            raise RelationError(problem)
     return sources
 
 
@@ -145,21 +148,89 @@ def _missing_image_encoder(base: str) -> str:
 def _weights_problems(cfg: RelationConfig, command: str, demo: bool) -> list[str]:
     problems = []
     adapter = cfg.adapter.path
-    if adapter and not Path(adapter).exists():
-        problems.append(f"adapter '{adapter}': not found")
-    elif not adapter and not demo and cfg.adapter.scale != 0 and command != "train":
+    if adapter:
+        problems.append(adapter_problem(adapter))
+    elif not demo and cfg.adapter.scale != 0 and command != "train":
         problems.append("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
-    problems += [_missing_lora(f.path) for f in cfg.lora.paths if not Path(f.path).exists()]
+    problems += [lora_problem(f.path) for f in cfg.lora.paths]
     return problems
 
 
-def _missing_lora(path: str) -> str:
-    """A LoRA that is not there; ``a.safetensors:abc`` with ``a.safetensors`` there is a weight that is not a number
-    (``PATH[:WEIGHT]`` keeps such a tail in the path)."""
-    head, sep, tail = path.rpartition(":")
-    if sep and head and Path(head).exists():
-        return f"lora '{path}': weight '{tail}' is not a number (--lora PATH[:WEIGHT], e.g. {head}:0.5)"
-    return f"lora '{path}': not found"
+def adapter_problem(path: str | Path) -> str | None:
+    """What the names and first bytes tell is wrong with an ``adapter.path``, or None; no weights are read.
+
+    Accepted: a folder with ``config.json`` and ``.safetensors`` weights (relation's format), or a
+    ``.bin``/``.pt``/``.pth``/``.ckpt`` file in torch's zip format or a pickle of protocol 2 or later
+    (``torch.save``'s two formats; the authors' ``ip_adapter-*.bin``). :func:`relation_cli.weights.load_adapter`
+    asks this first, so ``--dry-run`` and loading refuse the same files.
+    """
+    p = Path(path)
+    if not p.exists():
+        return f"adapter '{path}': not found"
+    if p.is_dir():
+        if (p / "config.yaml").is_file() and (p / "adapter").is_dir():
+            return f"adapter '{path}': a training run, not an adapter folder; use --run {path}"
+        if not (p / ADAPTER_CONFIG).is_file():
+            return f"adapter '{path}': folder has no {ADAPTER_CONFIG}"
+        if not any(p.glob("*.safetensors")):
+            return f"adapter '{path}': folder has no .safetensors weights (never read as a pickle)"
+        return None
+    if p.suffix.lower() not in PICKLE_SUFFIXES:
+        return f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file"
+    head = _first_bytes(p, 4)
+    if head is not None and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        return f"adapter '{path}': not a torch checkpoint (neither torch's zip format nor a pickle)"
+    return None
+
+
+def lora_problem(path: str) -> str | None:
+    """What the names and the header tell is wrong with a ``lora.paths`` entry, or None; no weights are read.
+
+    Accepted: a ``.safetensors`` file, or a folder holding ``pytorch_lora_weights.safetensors``. The file's
+    header must be safetensors' (an 8-byte little-endian length, then that many bytes of JSON). A path
+    whose ``:tail`` follows an existing file is a ``PATH[:WEIGHT]`` whose weight is not a number.
+    """
+    p = Path(path)
+    if not p.exists():
+        head, sep, tail = path.rpartition(":")
+        if sep and head and Path(head).exists():
+            return f"lora '{path}': weight '{tail}' is not a number (--lora PATH[:WEIGHT], e.g. {head}:0.5)"
+        return f"lora '{path}': not found"
+    if p.is_dir():
+        if not (p / LORA_WEIGHT_NAME).is_file():
+            return f"lora '{path}': folder has no {LORA_WEIGHT_NAME}"
+        p = p / LORA_WEIGHT_NAME
+    head = _first_bytes(p, 9)
+    if head is not None:
+        size = p.stat().st_size
+        length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        if not (0 < length <= size - 8 and head[8:9] == b"{"):
+            return f"lora '{path}': not a safetensors file"
+    return None
+
+
+def _first_bytes(path: Path, n: int) -> bytes | None:
+    """The first ``n`` bytes of a file (fewer if it is shorter); None if it cannot be read (loading says why)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(n)
+    except OSError:
+        return None
+
+
+def _device_problems(cfg: RelationConfig, command: str) -> list[str]:
+    """A ``model.device`` named explicitly (cuda, cuda:N, mps) that this machine lacks. Only then is torch
+    imported, to ask it (:func:`relation_cli.model.resolve_device`, the rule every command loads with)."""
+    name = cfg.model.device
+    if command not in LOADS_A_MODEL or name in ("auto", "cpu"):
+        return []
+    from .model import resolve_device
+
+    try:
+        resolve_device(name)
+    except RelationError as e:
+        return [str(e)]
+    return []
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -339,7 +410,7 @@ def _output_problems(cfg: RelationConfig, command: str) -> list[str]:
 
 
 PROBLEM_FINDERS: list[Callable[[RelationConfig, str], list[str]]] = [
-    _source_problems, _memory_problems, _train_lora_problems, _package_problems, _size_problems, _data_problems,
+    _source_problems, _device_problems, _memory_problems, _train_lora_problems, _package_problems, _size_problems, _data_problems,
     _output_problems,
 ]  # fmt: skip
 """Every finder ``check_config`` asks, in the order their problems are listed. Other checks go here."""

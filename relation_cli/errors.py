@@ -21,3 +21,14 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and the noun, singular for one: ``counted(1, "image")`` is "1 image", ``counted(2, "entry", "entries")``
     is "2 entries"."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def several(problems: list[str], noun: str, head: str = "", limit: int = 10) -> RelationError:
+    """One error for every problem found, so that a user fixes them in one go: a lone problem as it is
+    (after ``head``), more as ``"<head>: 3 <noun>s cannot be used: <first>; <second>; ... and 1 more"`` with at
+    most ``limit`` of them spelt out. ``problems`` must not be empty."""
+    if len(problems) == 1:
+        return RelationError(f"{head} {problems[0]}" if head else problems[0])
+    more = f"; ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    lead = f"{head}: " if head else ""
+    return RelationError(f"{lead}{counted(len(problems), noun)} cannot be used: " + "; ".join(problems[:limit]) + more)

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import RelationError
+from .errors import RelationError, several
 from .fs import atomic_file, check_writable
 
 MIN_SIDE = 16
@@ -97,26 +97,40 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
     except Exception as e:  # PIL's decoders raise many types on corrupt data (struct.error, EOFError, ...)
         raise RelationError(f"{where}: cannot decode image ({_short(e)}); the file may be truncated") from None
     if min(image.size) < min_side:
-        raise RelationError(f"{where}: {image.width}x{image.height} is smaller than {min_side}x{min_side}")
+        raise RelationError(f"{where}: {image.width}x{image.height}, a side under {min_side} pixels (the least is {min_side}x{min_side})")
     return image
 
 
-def check_images(images: Iterable[tuple[Path, str]], max_pixels: int) -> int:
+def check_images(images: Iterable[tuple[Path, str]], max_pixels: int, head: str = "") -> int:
     """Open and fully decode each distinct image of ``(path, role)`` once; returns how many there were.
+    ``head`` starts the message (the rows file the roles' row numbers refer to).
 
-    Commands call it before loading a model or writing a file, so one bad file among thousands fails
-    in seconds rather than hours into a run. Threads: PIL decodes without holding the GIL.
+    Commands call it before loading a model or writing a file, so bad files among thousands fail in
+    seconds rather than hours into a run. Threads: PIL decodes without holding the GIL.
+
+    Raises:
+        RelationError: every image that cannot be used, in input order, in one line
+            (:func:`relation_cli.errors.several`: the first 10 spelt out and a count).
     """
     unique: dict[Path, str] = {}
     for path, role in images:
         unique.setdefault(Path(path), role)
+
+    def problem(item: tuple[Path, str]) -> str | None:
+        try:
+            open_image(item[0], item[1], max_pixels)
+        except RelationError as e:
+            return str(e)
+        return None
+
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
     try:
         with _quiet_pil:  # one installation of the filters for the whole pool
-            for _ in pool.map(lambda item: open_image(item[0], item[1], max_pixels).size, unique.items()):
-                pass  # the first failure, in input order, propagates
+            problems = [p for p in pool.map(problem, unique.items()) if p is not None]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if problems:
+        raise several(problems, "image", head)
     return len(unique)
 
 

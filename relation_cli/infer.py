@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DEMO, InferSection, RelationConfig, save_config
-from .errors import RelationError, counted
+from .errors import RelationError, several
 from .fs import check_writable
 from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
@@ -435,12 +435,8 @@ def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> dict[i
             sizes[r.index] = _row_inputs(cfg, r, input_file, where="").query.size
         except RelationError as e:
             problems.append(str(e))
-    if len(problems) == 1:
-        raise RelationError(f"'{input_file}' {problems[0]}")
     if problems:
-        more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise RelationError(f"'{input_file}': {counted(len(problems), 'row')} cannot be used: "
-                            + "; ".join(problems[:10]) + more)  # fmt: skip
+        raise several(problems, "row", head=f"'{input_file}'")
     return sizes
 
 

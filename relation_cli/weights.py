@@ -18,11 +18,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .adapter import RelationAdapter
+from .checks import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, adapter_problem
 from .errors import RelationError, first_line
 from .fs import atomic_dir
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _PROCESSOR_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 
 
@@ -112,24 +111,24 @@ def adapter_from_state(proj: dict, procs: dict, attention_head_dim: int) -> Rela
 
 
 def load_adapter(path: str | Path, attention_head_dim: int) -> RelationAdapter:
-    """An adapter from our folder format or from the authors' ``ip_adapter-*.bin``."""
+    """An adapter from our folder format or from the authors' ``ip_adapter-*.bin``.
+
+    Raises:
+        RelationError: what :func:`relation_cli.checks.adapter_problem` refuses (also ``--dry-run``'s
+            answer), then weights that do not load or do not form a RelationAdapter.
+    """
     path = Path(path)
-    if not path.exists():
-        raise RelationError(f"adapter '{path}': not found")
+    problem = adapter_problem(path)
+    if problem:
+        raise RelationError(problem)
     if path.is_dir():
-        if not (path / RelationAdapter.config_name).is_file():
-            raise RelationError(f"adapter '{path}': folder has no {RelationAdapter.config_name}")
-        if not any(path.glob("*.safetensors")):
-            raise RelationError(f"adapter '{path}': folder has no .safetensors weights (never read as a pickle)")
         try:
             # our format: never a pickle; in the file's dtype (from_pretrained would upcast to float32)
             return RelationAdapter.from_pretrained(path, use_safetensors=True, torch_dtype=stored_dtype(path))
         except (OSError, ValueError, SafetensorError) as e:
             raise RelationError(f"adapter '{path}': cannot load ({first_line(e)})") from None
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        proj, procs = split_released_state(load_pickle_safely(path), path)
-        return adapter_from_state(proj, procs, attention_head_dim)
-    raise RelationError(f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file")
+    proj, procs = split_released_state(load_pickle_safely(path), path)
+    return adapter_from_state(proj, procs, attention_head_dim)
 
 
 def stored_dtype(folder: Path) -> torch.dtype:

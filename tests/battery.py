@@ -105,7 +105,7 @@ IMAGE_ERRORS = {
     "truncated image": "cannot decode image",
     "non-image file": "not an image PIL can read",
     "folder instead of image": "not a file",
-    "1x1 image": "smaller than 16x16",
+    "1x1 image": "a side under 16 pixels",
     "image over the pixel limit": "over the limit of 64,000,000 (data.max_image_pixels)",
     "decompression bomb": "refused before decoding (decompression bomb)",
 }

@@ -108,7 +108,7 @@ BAD = [
     ("one exemplar", lambda p: ["--exemplar", p["a"], "--query", p["q"]], "exactly 2 images"),
     ("three exemplars", lambda p: ["--exemplar", p["a"], p["b"], p["q"], "--query", p["q"]], "exactly 2 images"),
     ("no query", lambda p: ["--exemplar", p["a"], p["b"]], "--query is required"),
-    ("too small", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["tiny"]], "smaller than 16x16"),
+    ("too small", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["tiny"]], "a side under 16 pixels"),
     ("pixel limit", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--set", "data.max_image_pixels=1000"], "over the limit"),
     ("existing output", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-o", p["existing"]], "already exists"),
     ("bad extension", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-o", "x.gif"], "unsupported extension"),
@@ -222,7 +222,7 @@ def test_file_path_and_option_errors_come_before_the_ml_stack(images, tmp_path):
 
 
 def test_every_config_problem_is_reported_before_any_model_file_is_opened(tiny_model, tmp_path):
-    """Five problems, one message, and not one file of the model folder opened (an audit hook watches)."""
+    """Six problems, one message, and not one file of the model folder opened (an audit hook watches)."""
     lora = tmp_path / "lora.safetensors"
     lora.write_bytes(b"")
     script = (
@@ -240,8 +240,8 @@ def test_every_config_problem_is_reported_before_any_model_file_is_opened(tiny_m
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
     err = proc.stderr.strip()
     assert proc.stdout.strip().splitlines()[-1] == "1 []", err
-    assert err.startswith("error: 5 problems in the configuration: (1) ") and len(err.splitlines()) == 1, err
-    for fragment in ("model.image_encoder is empty", "need the LoRA fused", "offloads to a GPU",
+    assert err.startswith("error: 6 problems in the configuration: (1) ") and len(err.splitlines()) == 1, err
+    for fragment in ("model.image_encoder is empty", "need the LoRA fused", "offloads to a GPU", "not a safetensors file",
                      "model.quantize=int8 needs torchao", "eval input"):  # fmt: skip
         assert fragment in err, (fragment, err)
     assert not (tmp_path / "eval").exists()
@@ -278,6 +278,46 @@ def test_dry_run_checks_and_loads_nothing(images, tmp_path, command):
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "eval").exists()
     bad, err = early([*args, "--dry-run", "--set", "model.memory=group_offload", "--device", "cpu"], tmp_path)
     assert bad == "1 []" and "offloads to a GPU" in err
+
+
+def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
+    (t / "notes.bin").write_text("an adapter? no")
+    (t / "run").mkdir()
+    (t / "run" / "config.yaml").write_text("{}\n")
+    (t / "run" / "adapter").mkdir()
+    (t / "lora.safetensors").write_text("not a header")
+    (t / "empty").mkdir()
+    return {
+        "adapter text as .bin": (["--adapter", t / "notes.bin"], "notes.bin': not a torch checkpoint"),
+        "adapter image": (["--adapter", t / "in" / "a.png"], "expected a relation adapter folder or a .bin/.pt"),
+        "adapter folder without config": (["--adapter", t / "empty"], "empty': folder has no config.json"),
+        "adapter a run": (["--adapter", t / "run"], "a training run, not an adapter folder; use --run"),
+        "lora not safetensors": (["--lora", t / "lora.safetensors"], "lora.safetensors': not a safetensors file"),
+        "lora folder without weights": (["--lora", t / "empty"], "folder has no pytorch_lora_weights.safetensors"),
+        "model LoRA folder": (["--lora", model / "base"], "folder has no pytorch_lora_weights.safetensors"),
+        "device cuda": (["--device", "cuda:7"], "model.device 'cuda:7': CUDA is not available"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "adapter text as .bin", "adapter image", "adapter folder without config", "adapter a run", "lora not safetensors",
+    "lora folder without weights", "model LoRA folder", "device cuda"])  # fmt: skip
+def test_dry_run_refuses_weights_and_devices_it_can_tell_are_wrong(images, tiny_model, tmp_path, capsys, case):
+    """What a look at names, first bytes and torch's device list tells: refused by ``--dry-run`` as by the run,
+    before the base loads (the run would otherwise fail minutes later, after loading FLUX)."""
+    import torch
+
+    if case == "device cuda" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    extra, message = _weights_cases(tmp_path, tiny_model)[case]
+    out = tmp_path / "o.png"
+    args = ["infer", "--exemplar", images["a"], images["b"], "--query", images["q"], "-o", out, "--model",
+            tiny_model / "base", "--image-encoder", tiny_model / "image_encoder", "--adapter", tiny_model / "adapter", *extra]  # fmt: skip
+    for dry in (["--dry-run"], []):
+        assert main([*map(str, args), *dry]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, (case, dry, err)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("make_args, message", [

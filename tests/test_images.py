@@ -50,7 +50,7 @@ def _write(path, data: bytes):
         (lambda d: _write(d / "empty.png", b""), "empty file"),
         (lambda d: _write(d / "text.png", b"hello"), "not an image"),
         (lambda d: truncated_copy(random_image(d / "full.png", (64, 64)), d / "cut.png"), "cannot decode"),
-        (lambda d: random_image(d / "small.png", (15, 40)), "smaller than 16x16"),
+        (lambda d: random_image(d / "small.png", (15, 40)), "a side under 16 pixels"),
         (lambda d: random_image(d / "big.png", (4000, 3000)), "over the limit"),
         (lambda d: d, "not a file"),
     ],

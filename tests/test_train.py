@@ -472,3 +472,24 @@ def test_validation_rows_show_one_of_each_task_first(tmp_path):
     assert [(r.index, r.task) for r in validation_rows(cfg)] == [(0, "blur"), (5, "mirror"), (8, "invert"), (1, "blur")]
     cfg = load_config(None, [f"train.data={tmp_path / 'train.jsonl'}", "train.validation_samples=0"])
     assert validation_rows(cfg) == []
+
+
+def test_every_bad_image_of_a_data_file_in_one_message(tmp_path):
+    """A data file with several unusable images names them all at once (the first 10 and a count), so that a
+    user fixes them in one go instead of one per run."""
+    from relation_cli.errors import RelationError
+    from relation_cli.train.data import load_rows
+
+    data = analogy_dataset(tmp_path / "d", pairs=8)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    bad = {rows[0]["cond1"]} | {r["target"] for r in rows}
+    (data.parent / rows[0]["cond1"]).write_bytes(b"not a png")
+    for row in rows:
+        (data.parent / row["target"]).write_bytes(b"")
+    with pytest.raises(RelationError) as err:
+        load_rows(data, 10**8)
+    message = str(err.value)
+    assert len(bad) > 10 and "\n" not in message
+    assert message.startswith(f"'{data}': {len(bad)} images cannot be used: row 1 cond1 '")
+    assert "not an image PIL can read; row 1 target '" in message and "empty file (0 bytes); row 2 target" in message
+    assert message.endswith(f"; ... and {len(bad) - 10} more")

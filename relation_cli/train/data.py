@@ -43,13 +43,17 @@ def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list
         if not path.is_file():
             raise RelationError(missing_data(path))
         rows = parse_rows(path, need_target=True)
-        where = f"'{path}' " if len(files) > 1 else ""
-        check_images(((getattr(r, k), f"{where}row {r.index + 1} {k}") for r in rows for k in IMAGE_FIELDS), max_pixels)
-        more = ((p, f"{where}row {r.index + 1} exemplars pair {n}") for r in rows for n, pair in enumerate(r.pairs[1:], 2)
-                for p in pair)  # fmt: skip
-        check_images(more, max_pixels)
+        check_images((image for r in rows for image in _row_images(r)), max_pixels, head=f"'{path}'")
         out += rows
     return out
+
+
+def _row_images(r: Row) -> list[tuple[Path, str]]:
+    """A row's images and how messages name them: ``row 3 cond1``, ..., ``row 3 exemplars pair 2 A'``."""
+    images = [(Path(getattr(r, k)), f"row {r.index + 1} {k}") for k in IMAGE_FIELDS]
+    for n, (a, b) in enumerate(r.pairs[1:], 2):
+        images += [(a, f"row {r.index + 1} exemplars pair {n} A"), (b, f"row {r.index + 1} exemplars pair {n} A'")]
+    return images
 
 
 def fit_size(width: int, height: int, resolution: int, multiple: int) -> tuple[int, int]:
