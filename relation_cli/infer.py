@@ -416,7 +416,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)
     failed: list[str] = []
     try:
-        _generate_rows(pipe, cfg, plan, input_file, output_dir, made, failed, settings)
+        _generate_rows(pipe, cfg, plan, input_file, output_dir, made, failed)
     finally:
         record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)
     return BatchSummary(len(plan.todo) - len(failed), len(plan.rows) - len(plan.todo), output_dir, failed)
@@ -451,11 +451,12 @@ def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None
     return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}row {r.index + 1} ", labels, "source")
 
 
-def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict, failed: list[str],
-                   settings: dict) -> None:  # fmt: skip
-    """Generate ``plan.todo``; each written output is recorded in ``made`` and ``generation.json`` (with
-    ``settings``) at once, each non-finite row goes to ``failed`` and leaves no output or record."""
-    from .evaluate.settings import record_settings
+def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict,
+                   failed: list[str]) -> None:  # fmt: skip
+    """Generate ``plan.todo``; each written output is recorded in ``made`` and at once on disk
+    (:func:`~relation_cli.evaluate.settings.record_row`), each non-finite row goes to ``failed`` and leaves
+    no output or record."""
+    from .evaluate.settings import record_row
     from .model import size_rules
     from .progress import progress_bar
 
@@ -481,5 +482,5 @@ def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Pat
                 (output_dir / name).unlink(missing_ok=True)  # an older output of this row no longer describes it
                 made.pop(name, None)
                 failed.append(f"row {r.index + 1}: {e}")
-            record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)  # a killed run keeps what it made
+            record_row(output_dir, name, made.get(name))  # a killed run keeps what it made
             advance()

@@ -243,11 +243,17 @@ def _upload_names(*payloads) -> Iterator[None]:
         raise RelationError(message) from None
 
 
+CACHE_LIFETIME = (3600, 86400)
+"""gradio's ``delete_cache`` of the page (seconds): every hour, the uploads and results older than a day."""
+
+
 def build_page(editor: Editor, files: Path):
     """The gradio Blocks: an edit tab and a results tab. ``files``: folder for the per-request YAML."""
     gr = require_gradio()
     cfg = editor.cfg
-    with gr.Blocks(title="relation") as page:
+    # gradio keeps every uploaded image and shown result in its cache folder: older than a day, they go
+    # (checked hourly; gradio's delete_cache), and all of them when the server stops
+    with gr.Blocks(title="relation", delete_cache=CACHE_LIFETIME) as page:
         gr.Markdown(f"## relation · `{cfg.model.base}`  \nEdit the query B the way the exemplar pair A → A' shows.")
         with gr.Tab("Edit"):
             _edit_tab(gr, editor, files)

@@ -80,6 +80,19 @@ def main(moment: str, ready: Path, argv: list[str]) -> int:
                     cut_and_stop(tmp)
 
             generate.save_output = save_output
+        elif command == "infer":  # batch infer's outputs, written the same way
+            import relation_cli.infer as infer
+
+            real_save = infer.save_output
+
+            def save_batch_output(image, path):
+                if not due(path, text, int(n)):
+                    return real_save(image, path)
+                with atomic_file(path) as tmp:
+                    real_save(image, tmp)
+                    cut_and_stop(tmp)
+
+            infer.save_output = save_batch_output
     elif kind == "publish":
         import relation_cli.train.checkpoint as checkpoint
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
-from helpers import analogy_dataset
+from conftest import ROOT, tiny_overrides
+from helpers import analogy_dataset, random_image
 from prepare_helpers import tree_bytes
 from safetensors.torch import load_file
 
@@ -181,6 +181,43 @@ def test_eval_killed_while_writing_an_output_resumes_with_the_same_outputs(tiny_
         assert (killed / rel).read_bytes() == (straight / rel).read_bytes(), rel
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics["generation"] == {"written": 4 - (n - 1), "reused": n - 1, "processes": 1}
+
+
+def test_batch_infer_killed_while_writing_an_output_resumes_with_the_same_outputs(tiny_model, tmp_path, rng):
+    """Killed while writing the n-th output, batch infer's folder holds the n - 1 before it, each recorded
+    (generation.json and its journal of rows); the rerun reuses them and makes the rest, as a straight run."""
+    from relation_cli.evaluate.settings import ROWS_JOURNAL, read_settings
+
+    for i in range(3):
+        random_image(tmp_path / f"{i}.png", (32, 32), seed=i)
+    rows = [{"cond1": "0.png", "cond2": "1.png", "source": "2.png", "text": t} for t in ("one", "two", "three", "four")]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = [*tiny_overrides(tiny_model), "model.device=cpu", "infer.max_sequence_length=16"]
+
+    def args(out: Path) -> list[str]:
+        return ["infer", "--input", str(tmp_path / "rows.jsonl"), "--output-dir", str(out), "--steps", "1",
+                *(x for s in sets for x in ("--set", s))]  # fmt: skip
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(args(straight)) == 0
+    n = rng.randint(1, 4)
+    proc, ready = start(f"write:{killed}:{n}", args(killed), tmp_path)
+    kill_when_ready(proc, ready)
+    done = sorted(p for p in killed.glob("*.png") if not p.name.startswith("."))
+    assert [p.name for p in done] == [f"{i:06d}.png" for i in range(n - 1)], f"kill at output {n}"
+    assert sorted(read_settings(killed)["rows"]) == [p.name for p in done]
+    assert (killed / ROWS_JOURNAL).exists() == (n > 1)
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+
+    assert main(args(killed)) == 0
+    assert {p: p.stat().st_mtime_ns for p in done} == stamps  # reused, not made again
+    def listed(folder: Path) -> list[str]:  # not the hidden temporary file the kill left
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    assert listed(killed) == listed(straight) and not (killed / ROWS_JOURNAL).exists()
+    for path in straight.glob("*.png"):
+        assert (killed / path.name).read_bytes() == path.read_bytes(), path.name
+    assert read_settings(killed)["rows"] == read_settings(straight)["rows"]
 
 
 def test_atomic_outputs_get_ordinary_permissions(tmp_path):

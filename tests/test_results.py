@@ -129,17 +129,22 @@ def test_a_shorter_rows_file_keeps_the_other_outputs_and_overwrite_leaves_only_i
 def test_batch_records_each_output_as_it_is_written_and_never_overwrites_a_stray_file(tiny_model, tmp_path, capsys,
                                                                                       monkeypatch):
     import relation_cli.infer as core
+    from relation_cli.evaluate.settings import ROWS_JOURNAL, read_settings
 
     rows, out = batch_rows(tmp_path, texts=("one", "two", "three")), tmp_path / "out"
-    recorded_before, edit = [], core.edit
+    recorded_before, edit, sizes = [], core.edit, []
 
     def edit_then_look(*args, **kwargs):  # what a run killed before this row would leave recorded
-        recorded_before.append(sorted(json.loads((out / "generation.json").read_text())["rows"]))
+        recorded_before.append(sorted(read_settings(out)["rows"]))
+        sizes.append((out / "generation.json").stat().st_size)
         return edit(*args, **kwargs)
 
     monkeypatch.setattr(core, "edit", edit_then_look)
     assert batch(tiny_model, rows, out) == 0
     assert recorded_before == [[], ["000000.png"], ["000000.png", "000001.png"]]
+    assert len(set(sizes)) == 1  # each output appends a line; generation.json itself is written at the start and end
+    assert not (out / ROWS_JOURNAL).exists()  # folded into generation.json at the end
+    assert sorted(json.loads((out / "generation.json").read_text())["rows"]) == ["000000.png", "000001.png", "000002.png"]
     monkeypatch.setattr(core, "edit", edit)
     record = json.loads((out / "generation.json").read_text())
     del record["rows"]["000002.png"]  # a file the record does not know: someone else's
@@ -493,3 +498,22 @@ def test_a_run_that_made_nothing_does_not_block_the_next(tiny_model, tmp_path, c
     monkeypatch.chdir(tiny_model)
     assert batch(tiny_model, rows, out, "--set", "adapter.path=adapter") == 0  # tiny_overrides gave it absolute
     assert "wrote 0 images" in capsys.readouterr().out
+
+
+def test_the_rows_journal_of_a_killed_run_is_read_in_order_and_a_cut_line_skipped(tmp_path):
+    """What a batch run killed mid-way leaves: generation.json from its start and one journal line per output
+    since, the last one perhaps cut short by the kill. Later lines win; ``null`` removes an entry."""
+    from relation_cli.config import load_config
+    from relation_cli.evaluate.settings import ROWS_JOURNAL, read_settings, record_row, record_settings
+
+    cfg = load_config(None, [])
+    record_settings(tmp_path, cfg, eval_keys=False, rows={"000000.png": {"text": "old"}}, settings={"infer.steps": 3})
+    record_row(tmp_path, "000001.png", {"text": "one"})
+    record_row(tmp_path, "000000.png", None)  # not finite this time: its old output was deleted
+    record_row(tmp_path, "000002.png", {"text": "two"})
+    record_row(tmp_path, "000001.png", {"text": "one again"})
+    with (tmp_path / ROWS_JOURNAL).open("a") as f:
+        f.write('{"name": "000003.png", "row": {"te')  # the kill
+    assert read_settings(tmp_path)["rows"] == {"000001.png": {"text": "one again"}, "000002.png": {"text": "two"}}
+    record_settings(tmp_path, cfg, eval_keys=False, rows={"000001.png": {}}, settings={"infer.steps": 3})
+    assert not (tmp_path / ROWS_JOURNAL).exists() and read_settings(tmp_path)["rows"] == {"000001.png": {}}

@@ -7,12 +7,14 @@ The page needs the ``ui`` extra; ``make test`` (and so CI) installs it, and with
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -27,11 +29,25 @@ from relation_cli.cli import main
 from relation_cli.config import load_config
 from relation_cli.errors import RelationError
 
+# What the server caches and the client downloads goes to this run's own folder, removed at its end
+_SCRATCH = tempfile.mkdtemp(prefix="relation-test-ui-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(_SCRATCH, "gradio")
+
 if os.environ.get("RELATION_REQUIRE_UI", "") in ("", "0"):
     pytest.importorskip("gradio", reason="the ui extra is not installed: pip install -e '.[ui]'")
 import gradio_client  # noqa: E402  (fails here, not skips, when RELATION_REQUIRE_UI=1)
 
 from relation_cli import ui  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def scratch_tempdir():
+    """gradio_client makes a folder in the system's temp folder for every file it downloads and leaves it
+    there, empty (Client's download); during these tests that folder is this run's scratch one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", _SCRATCH)
+        yield
+
 
 MAX_PIXELS = 64 * 64  # the page's data.max_image_pixels: the 32x32 examples pass, an 80x80 image does not
 PAIR = [EXAMPLES / "exemplar_before.png", EXAMPLES / "exemplar_after.png"]
@@ -66,14 +82,14 @@ def server():
         page = ui.serve(cfg, "127.0.0.1", port, block=False)
         assert loads == [threading.main_thread().name]
         try:
-            yield {"url": f"http://127.0.0.1:{port}/", "loads": loads, "cfg": cfg}
+            yield {"url": f"http://127.0.0.1:{port}/", "loads": loads, "cfg": cfg, "page": page}
         finally:
             page.close()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return gradio_client.Client(server["url"], verbose=False)
+    return gradio_client.Client(server["url"], verbose=False, download_files=os.path.join(_SCRATCH, "downloads"))
 
 
 def edit_args(steps=2, guidance=1.0, scale=1.0, seed=7, query=QUERY, prompt="", max_area=1024):
@@ -292,3 +308,11 @@ def test_without_gradio_the_command_names_the_extra(monkeypatch, capsys):
     monkeypatch.setattr("relation_cli.model.load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     assert main(["ui", "--port", str(free_port())]) == 1
     assert "error: relation ui needs gradio: pip install 'relation[ui]'" in capsys.readouterr().err
+
+
+def test_the_page_deletes_what_gradio_caches_after_a_day(server, client):
+    """Uploaded photos and results do not pile up in gradio's cache folder: the page is built with
+    gradio's delete_cache (every hour, files older than a day), and the cache is where GRADIO_TEMP_DIR says."""
+    assert server["page"].delete_cache == ui.CACHE_LIFETIME == (3600, 86400)
+    client.predict(*edit_args(steps=1), api_name="/edit")
+    assert any(Path(os.environ["GRADIO_TEMP_DIR"]).rglob("*.png"))

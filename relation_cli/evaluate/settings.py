@@ -17,6 +17,9 @@ WEIGHTS = "model.weights"
 """The key of :func:`weights_fingerprint` in ``generation.json``."""
 EVAL, BATCH = "relation eval", "relation infer --input"
 """The two commands that write ``generation.json`` (its ``made_by``), each in folders of its own."""
+ROWS_JOURNAL = ".generation-rows.jsonl"
+"""Batch infer's outputs recorded since ``generation.json`` was last written, one JSON line each
+(:func:`record_row`): each output costs one short append instead of rewriting a record of every row."""
 
 
 def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
@@ -126,7 +129,39 @@ def read_settings(output_dir: Path, remedy: str | None = None) -> dict | None:
         raise RelationError(f"'{path}': not valid JSON: {remedy}") from None
     if not isinstance(recorded, dict):
         raise RelationError(f"'{path}': expected a JSON object: {remedy}")
+    if isinstance(recorded.get("rows"), dict):
+        _apply_journal(output_dir / ROWS_JOURNAL, recorded["rows"])
     return recorded
+
+
+def _apply_journal(journal: Path, rows: dict) -> None:
+    """Bring ``rows`` (``generation.json``'s) up to date with :data:`ROWS_JOURNAL`'s lines, in order: a record
+    sets its output's entry, ``null`` removes it. A line a kill cut short, or any line not of that form, is
+    skipped (its output then has no record, and a rerun refuses to overwrite it unasked)."""
+    try:
+        lines = journal.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and "row" in entry):
+            continue
+        if isinstance(entry["row"], dict):
+            rows[entry["name"]] = entry["row"]
+        else:
+            rows.pop(entry["name"], None)
+
+
+def record_row(output_dir: Path, name: str, row: dict | None) -> None:
+    """Record one output of batch infer as soon as it is written (``row``: what it was made from), or that it
+    is gone (None): a line appended to :data:`ROWS_JOURNAL`, which :func:`read_settings` applies and
+    :func:`record_settings` folds into ``generation.json``. A run killed at any point keeps the record of
+    every output it finished."""
+    with (output_dir / ROWS_JOURNAL).open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"name": name, "row": row}) + "\n")
 
 
 def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True, remedy: str | None = None,
@@ -198,7 +233,9 @@ def record_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = Tru
     """Write ``generation.json``: which command made the folder (eval, or batch infer without ``eval_keys``),
     the settings (``settings``: :func:`generation_settings` as taken before the model loaded, so that the
     record describes the weights that were loaded and the folders are not walked again for every output),
-    and for batch infer what each output was made from."""
+    and for batch infer what each output was made from (``rows``: every output's, which replaces
+    :data:`ROWS_JOURNAL`)."""
     record = {"made_by": EVAL if eval_keys else BATCH, **(settings or generation_settings(cfg, eval_keys))}
     record |= {"rows": rows} if rows is not None else {}
     write_text_atomic(output_dir / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
+    (output_dir / ROWS_JOURNAL).unlink(missing_ok=True)  # folded in: ``rows`` holds every output it listed
