@@ -566,12 +566,16 @@ def absolute_source(value: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else value
 
 
+SOURCE_KEYS = ("model.base", "model.image_encoder", "adapter.path")
+"""The single-path model sources; with each of ``lora.paths``, what is saved as an absolute path."""
+
+
 def absolute_flat_sources(flat: dict) -> dict:
     """A copy of a flat ``{"section.key": value}`` config (``generation.json``, ``--resume``'s comparison)
     with its model sources as :func:`absolute_source` gives them: an older record may hold a relative
     spelling, read from the same working directory."""
     out = dict(flat)
-    for key in ("model.base", "model.image_encoder", "adapter.path"):
+    for key in SOURCE_KEYS:
         if isinstance(out.get(key), str):
             out[key] = absolute_source(out[key])
     if isinstance(out.get("lora.paths"), list):
@@ -585,13 +589,12 @@ def with_absolute_sources(cfg: RelationConfig) -> RelationConfig:
     each of ``lora.paths``) are absolute paths: paths in a config are read from the working directory, so a
     saved ``adapter.path: runs/a/adapter`` would name another adapter, or none, when read from elsewhere.
     Hub ids, ``demo``, empty values and paths that do not exist stay as written (:func:`absolute_source`)."""
-    absolute = absolute_source
     out = cfg.model_copy(deep=True)
-    out.model.base = absolute(out.model.base)
-    out.model.image_encoder = absolute(out.model.image_encoder)
-    out.adapter.path = absolute(out.adapter.path)
+    for key in SOURCE_KEYS:
+        section, name = key.split(".")
+        setattr(getattr(out, section), name, absolute_source(getattr(getattr(out, section), name)))
     for lora in out.lora.paths:
-        lora.path = absolute(lora.path)
+        lora.path = absolute_source(lora.path)
     return out
 
 
