@@ -42,12 +42,22 @@ def check_config(cfg: RelationConfig, command: str) -> None:
     ``command``: ``infer``, ``eval``, ``train``, ``ui`` or ``prepare``. Looks at setting combinations,
     files and folders the config names, optional packages and output folders; reads no weights.
     """
-    problems = [p for find in PROBLEM_FINDERS for p in find(cfg, command)]
+    raise_problems(config_problems(cfg, command))
+
+
+def config_problems(cfg: RelationConfig, command: str) -> list[str]:
+    """Every problem :func:`check_config` reports, one line each (empty: none)."""
+    return [p for find in PROBLEM_FINDERS for p in find(cfg, command)]
+
+
+def raise_problems(problems: list[str], what: str = "the configuration") -> None:
+    """Nothing for no problem; else one :class:`RelationError`: a lone problem as it is, several numbered
+    (``3 problems in the configuration: (1) ...; (2) ...``)."""
     if len(problems) == 1:
         raise RelationError(problems[0])
     if problems:
         listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        raise RelationError(f"{len(problems)} problems in the configuration: {listed}")
+        raise RelationError(f"{len(problems)} problems in {what}: {listed}")
 
 
 # ------------------------------------------------------------------------------------------ model sources

@@ -8,6 +8,7 @@ cheap checks (options, files, :func:`~relation_cli.checks.check_config`) before 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -318,12 +319,19 @@ def _infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, dry_ru
 
 
 def _dry_run(cfg: RelationConfig, command: str, check_inputs=None) -> None:
-    """``--dry-run``: every cheap check (all config problems together), then one line; nothing loads."""
-    from .checks import check_config
+    """``--dry-run``: every cheap check, then one line; nothing loads. The configuration's problems and the
+    inputs' (``check_inputs``: raises RelationError) come in one message."""
+    from .checks import config_problems, raise_problems
 
-    check_config(cfg, command)
+    problems = config_problems(cfg, command)
     if check_inputs is not None:
-        check_inputs()
+        try:
+            check_inputs()
+        except RelationError as e:  # said already when it names a file a config problem names (eval's inputs)
+            quoted = re.match(r"[^']*('[^']+')", str(e))
+            if not (quoted and any(quoted.group(1) in p for p in problems)):
+                problems.append(str(e))
+    raise_problems(problems, "the configuration and its inputs")
     typer.echo(f"dry run: the {command} configuration and its files are fine; nothing was loaded")
 
 

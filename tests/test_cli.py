@@ -280,6 +280,18 @@ def test_dry_run_checks_and_loads_nothing(images, tmp_path, command):
     assert bad == "1 []" and "offloads to a GPU" in err
 
 
+def test_a_dry_run_gives_the_configuration_and_input_problems_in_one_message(images, tmp_path):
+    """One round of fixes: a refused setting and a missing image together; an eval input the configuration
+    check already names missing is said once."""
+    args = ["infer", "--exemplar", tmp_path / "none.png", images["b"], "--query", images["q"], "--dry-run",
+            "--set", "model.memory=group_offload", "--device", "cpu"]  # fmt: skip
+    result, err = early(args, tmp_path)
+    assert result == "1 []" and err.startswith("error: 2 problems in the configuration and its inputs: (1) "), err
+    assert "offloads to a GPU" in err and "(2) exemplar A '" in err and "none.png': file not found" in err
+    result, err = early(["eval", "--input", tmp_path / "none.jsonl", "--output-dir", tmp_path / "e", "--dry-run"], tmp_path)
+    assert result == "1 []" and err == f"error: eval input '{tmp_path / 'none.jsonl'}': not found", err
+
+
 def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
     (t / "notes.bin").write_text("an adapter? no")
     (t / "run").mkdir()
