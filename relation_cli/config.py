@@ -557,6 +557,22 @@ def save_config(cfg: RelationConfig, path: str | Path) -> Path:
     return path
 
 
+def is_saved_config(path: str | Path) -> bool:
+    """Whether the YAML file at ``path`` is a whole resolved configuration as :func:`save_config` writes it
+    (every section with every key), not a user's own: one that gives only some keys, or is not readable."""
+    try:
+        data = read_yaml(path)
+    except RelationError:
+        return False
+    if set(data) != set(RelationConfig.model_fields):
+        return False
+    for name, f in RelationConfig.model_fields.items():
+        section = data[name]
+        if section is not None and not (isinstance(section, dict) and set(section) == set(_section_class(f).model_fields)):
+            return False
+    return True
+
+
 def absolute_source(value: str | None) -> str | None:
     """A model source as a saved config records it: an existing local path made absolute; a hub id, ``demo``,
     an empty value or a path that does not exist as written."""

@@ -493,3 +493,30 @@ def test_every_bad_image_of_a_data_file_in_one_message(tmp_path):
     assert message.startswith(f"'{data}': {len(bad)} images cannot be used: row 1 cond1 '")
     assert "not an image PIL can read; row 1 target '" in message and "empty file (0 bytes); row 2 target" in message
     assert message.endswith(f"; ... and {len(bad) - 10} more")
+
+
+@pytest.mark.parametrize("contents, message", [
+    ({"config.yaml": "train:\n  steps: 5\n"}, "holds files relation train did not write (config.yaml (not one relation saved"),
+    ({"rows.jsonl": "{}\n", "notes.txt": "mine"}, "holds files relation train did not write (notes.txt, rows.jsonl)"),
+    ({}, None), ({".DS_Store": ""}, None), ({"logs/x": "", "config.yaml": "saved"}, None),
+], ids=["a user's config", "a dataset", "empty", "hidden files", "a run killed before its first checkpoint"])  # fmt: skip
+def test_a_new_run_starts_only_in_a_folder_of_its_own(tiny_model, data, tmp_path, capsys, contents, message):
+    """A new run (no --resume) refuses a folder holding what relation train did not write, which it would
+    overwrite (a config.yaml that is not a whole saved one) or mix its files with; its own files are fine."""
+    from relation_cli.config import load_config, save_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in contents.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        if text == "saved":
+            save_config(load_config(None, train_overrides(tiny_model, data, out, 1)), out / name)
+        else:
+            (out / name).write_text(text)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(train_args(tiny_model, data, out, 1) + ["--dry-run"]) == (1 if message else 0)
+    err = capsys.readouterr().err
+    if message:
+        assert message in err and "choose a new or empty train.output_dir" in err and len(err.strip().splitlines()) == 1
+        assert main(train_args(tiny_model, data, out, 1)) == 1
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

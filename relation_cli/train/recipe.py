@@ -16,7 +16,7 @@ import torch
 from rich.progress import ProgressColumn, TextColumn
 from rich.text import Text
 
-from ..config import DEMO, RelationConfig, save_config
+from ..config import DEMO, RelationConfig, is_saved_config, save_config
 from ..errors import RelationError
 from ..fs import atomic_dir, check_writable
 from ..progress import console, make_progress
@@ -207,16 +207,36 @@ def truthful(cfg: RelationConfig, pipe) -> RelationConfig:
     return cfg
 
 
+RUN_ENTRIES = ("config.yaml", "logs", "checkpoints", "adapter", "lora", "base", "image_encoder", "validation", "cache")
+"""What relation train writes in ``train.output_dir``: a new run may start in a folder holding only these."""
+
+
 def check_output_dir(out: Path, resume: bool) -> Path:
-    """``train.output_dir`` can be written, and a new run never lands on an earlier run's checkpoints."""
+    """``train.output_dir`` can be written, and a new run never lands on an earlier run's checkpoints, nor
+    on files relation train did not write: a folder's other entries (hidden ones aside), or a
+    ``config.yaml`` that is not a whole saved configuration (a user's own, which the run would replace).
+
+    Raises:
+        RelationError: one line naming the folder, what is in the way and what to do.
+    """
     if out.exists() and not out.is_dir():
         raise RelationError(f"train.output_dir '{out}': exists and is not a folder")
     check_writable(out, "train.output_dir")
-    if not resume and ckpt.checkpoints(out / "checkpoints"):
+    if resume:
+        return out
+    if ckpt.checkpoints(out / "checkpoints"):
         raise RelationError(
             f"train.output_dir '{out}': holds checkpoints of an earlier run; pass --resume to continue it, "
             "or choose another train.output_dir"
         )
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in RUN_ENTRIES)
+        if (out / "config.yaml").is_file() and not is_saved_config(out / "config.yaml"):
+            foreign.insert(0, "config.yaml (not one relation saved; the run would replace it)")
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise RelationError(f"train.output_dir '{out}': holds files relation train did not write "
+                                f"({', '.join(foreign[:3])}{more}): choose a new or empty train.output_dir")  # fmt: skip
     return out
 
 
