@@ -215,7 +215,7 @@ def lora_problem(path: str) -> str | None:
         size = p.stat().st_size
         length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
         if not (0 < length <= size - 8 and head[8:9] == b"{"):
-            return f"lora '{path}': not a safetensors file"
+            return f"lora '{path}': not a readable safetensors file (no safetensors header)"
     return None
 
 

@@ -241,7 +241,7 @@ def test_every_config_problem_is_reported_before_any_model_file_is_opened(tiny_m
     err = proc.stderr.strip()
     assert proc.stdout.strip().splitlines()[-1] == "1 []", err
     assert err.startswith("error: 6 problems in the configuration: (1) ") and len(err.splitlines()) == 1, err
-    for fragment in ("model.image_encoder is empty", "need the LoRA fused", "offloads to a GPU", "not a safetensors file",
+    for fragment in ("model.image_encoder is empty", "need the LoRA fused", "offloads to a GPU", "not a readable safetensors file",
                      "model.quantize=int8 needs torchao", "eval input"):  # fmt: skip
         assert fragment in err, (fragment, err)
     assert not (tmp_path / "eval").exists()
@@ -304,7 +304,7 @@ def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
         "adapter image": (["--adapter", t / "in" / "a.png"], "expected a relation adapter folder or a .bin/.pt"),
         "adapter folder without config": (["--adapter", t / "empty"], "empty': folder has no config.json"),
         "adapter a run": (["--adapter", t / "run"], "a training run, not an adapter folder; use --run"),
-        "lora not safetensors": (["--lora", t / "lora.safetensors"], "lora.safetensors': not a safetensors file"),
+        "lora not safetensors": (["--lora", t / "lora.safetensors"], "lora.safetensors': not a readable safetensors file"),
         "lora folder without weights": (["--lora", t / "empty"], "folder has no pytorch_lora_weights.safetensors"),
         "model LoRA folder": (["--lora", model / "base"], "folder has no pytorch_lora_weights.safetensors"),
         "device cuda": (["--device", "cuda:7"], "model.device 'cuda:7': CUDA is not available"),
