@@ -179,7 +179,8 @@ def adapter_problem(path: str | Path) -> str | None:
         return f"adapter '{path}': not found"
     if p.is_dir():
         if (p / "config.yaml").is_file() and (p / "adapter").is_dir():
-            return f"adapter '{path}': a training run, not an adapter folder; use --run {path}"
+            return (f"adapter '{path}': a training run, not an adapter folder; its adapter is '{p / 'adapter'}' "
+                    f"(infer, eval and ui also take --run {path})")  # fmt: skip
         if not (p / ADAPTER_CONFIG).is_file():
             return f"adapter '{path}': folder has no {ADAPTER_CONFIG}"
         if not any(p.glob("*.safetensors")):
@@ -188,6 +189,8 @@ def adapter_problem(path: str | Path) -> str | None:
     if p.suffix.lower() not in PICKLE_SUFFIXES:
         return f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file"
     head = _first_bytes(p, 4)
+    if head == b"":
+        return f"adapter '{path}': empty file (0 bytes)"
     if head is not None and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         return f"adapter '{path}': not a torch checkpoint (neither torch's zip format nor a pickle)"
     return None
@@ -208,14 +211,15 @@ def lora_problem(path: str) -> str | None:
         return f"lora '{path}': not found"
     if p.is_dir():
         if not (p / LORA_WEIGHT_NAME).is_file():
-            return f"lora '{path}': folder has no {LORA_WEIGHT_NAME}"
+            run = " (a training run: its LoRA is in lora/)" if (p / "lora" / LORA_WEIGHT_NAME).is_file() else ""
+            return f"lora '{path}': folder has no {LORA_WEIGHT_NAME}{run}"
         p = p / LORA_WEIGHT_NAME
     head = _first_bytes(p, 9)
     if head is not None:
         size = p.stat().st_size
         length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
         if not (0 < length <= size - 8 and head[8:9] == b"{"):
-            return f"lora '{path}': not a readable safetensors file (no safetensors header)"
+            return f"lora '{p}': not a readable safetensors file (no safetensors header)"
     return None
 
 

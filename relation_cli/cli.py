@@ -12,7 +12,7 @@ import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Optional
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
@@ -171,15 +171,35 @@ class MissingInputs(RelationError):
         self.usage = usage
 
 
-def before_loading(cfg: RelationConfig, command: str) -> None:
-    """Everything that needs no weights, then the hub decision, then quiet libraries: just before loading."""
-    from .checks import check_config
+def before_loading(cfg: RelationConfig, command: str, *input_checks: Callable[[], object]) -> None:
+    """Everything that needs no weights, then the hub decision, then quiet libraries: just before loading.
+
+    When the configuration has problems, ``input_checks`` (each raises RelationError; the run makes them
+    again later) run too, so the message lists the inputs' problems with them, as ``--dry-run``'s does.
+    """
     from .hub import settle_hub
     from .progress import quiet_libraries
 
     quiet_libraries()
-    check_config(cfg, command)
+    check_everything(cfg, command, *input_checks, inputs_too=False)
     settle_hub(cfg, command)
+
+
+def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[[], object], inputs_too: bool = True) -> None:
+    """The configuration's problems and the inputs' (``input_checks``, each raising RelationError) in one
+    RelationError. ``inputs_too=False``: the inputs are checked only when the configuration has problems.
+    An input problem that names (in quotes) a file a configuration problem names is said once."""
+    from .checks import config_problems, raise_problems
+
+    problems = config_problems(cfg, command)
+    for check in input_checks if (problems or inputs_too) else ():
+        try:
+            check()
+        except RelationError as e:
+            quoted = re.match(r"[^']*('[^']+')", str(e))
+            if not (quoted and any(quoted.group(1) in p for p in problems)):
+                problems.append(str(e))
+    raise_problems(problems, "the configuration and its inputs" if input_checks else "the configuration")
 
 
 @contextmanager
@@ -275,9 +295,10 @@ def infer(
         pair = _one_pair(exemplar, query)
         from . import infer as core
 
+        check_inputs = lambda: _check_edit_inputs(cfg, pair, query, output)  # noqa: E731
         if dry_run:
-            return _dry_run(cfg, "infer", lambda: _check_edit_inputs(cfg, pair, query, output))
-        before_loading(cfg, "infer")
+            return _dry_run(cfg, "infer", check_inputs)
+        before_loading(cfg, "infer", check_inputs)
         written = core.infer_single(cfg, pair, query, output)
         typer.echo(f"wrote {written}")
 
@@ -303,6 +324,13 @@ def _check_edit_inputs(cfg: RelationConfig, pair: tuple[Path, Path], query: Path
     open_edit_inputs(cfg, pair, query, cfg.infer.prompt)
 
 
+def _check_eval_folder(cfg: RelationConfig) -> None:
+    """The eval output folder is eval's own or new (:func:`relation_cli.evaluate.plan.check_output_folder`)."""
+    from .evaluate.plan import check_output_folder
+
+    check_output_folder(Path(cfg.eval.output_dir))
+
+
 def _check_eval_rows(cfg: RelationConfig) -> None:
     from .evaluate.plan import check_rows
 
@@ -312,26 +340,16 @@ def _check_eval_rows(cfg: RelationConfig) -> None:
 def _infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, dry_run: bool) -> None:
     from . import infer as core
 
+    check_inputs = lambda: core.plan_batch(cfg, input_file, output_dir)  # noqa: E731
     if dry_run:
-        return _dry_run(cfg, "infer", lambda: core.plan_batch(cfg, input_file, output_dir))
-    before_loading(cfg, "infer")
+        return _dry_run(cfg, "infer", check_inputs)
+    before_loading(cfg, "infer", check_inputs)
     report_batch(core.infer_batch(cfg, input_file, output_dir))
 
 
-def _dry_run(cfg: RelationConfig, command: str, check_inputs=None) -> None:
-    """``--dry-run``: every cheap check, then one line; nothing loads. The configuration's problems and the
-    inputs' (``check_inputs``: raises RelationError) come in one message."""
-    from .checks import config_problems, raise_problems
-
-    problems = config_problems(cfg, command)
-    if check_inputs is not None:
-        try:
-            check_inputs()
-        except RelationError as e:  # said already when it names a file a config problem names (eval's inputs)
-            quoted = re.match(r"[^']*('[^']+')", str(e))
-            if not (quoted and any(quoted.group(1) in p for p in problems)):
-                problems.append(str(e))
-    raise_problems(problems, "the configuration and its inputs")
+def _dry_run(cfg: RelationConfig, command: str, *input_checks: Callable[[], object]) -> None:
+    """``--dry-run``: every cheap check (:func:`check_everything`), then one line; nothing loads."""
+    check_everything(cfg, command, *input_checks)
     typer.echo(f"dry run: the {command} configuration and its files are fine; nothing was loaded")
 
 
@@ -547,11 +565,14 @@ def train(
             "train.steps": steps, "train.mode": mode, **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
-        before_loading(cfg, "train")
+        rows: list = []
+        checks = _train_input_checks(cfg, resume, rows)
+        before_loading(cfg, "train", *checks)
         if dry_run:
             from .train.estimate import estimate
 
-            for line in estimate(cfg, resume).lines():
+            check_everything(cfg, "train", *checks)  # every input problem in one message, each image decoded once
+            for line in estimate(cfg, resume, rows).lines():
                 typer.echo(line)
             return
         from .train import train as core_train
@@ -637,14 +658,24 @@ def evaluate(
         cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
         refuse_run_config(cfg, config)
         if dry_run:
-            return _dry_run(cfg, "eval", lambda: _check_eval_rows(cfg))
-        before_loading(cfg, "eval")
+            return _dry_run(cfg, "eval", lambda: _check_eval_folder(cfg), lambda: _check_eval_rows(cfg))
+        before_loading(cfg, "eval", lambda: _check_eval_folder(cfg), lambda: _check_eval_rows(cfg))
         from .evaluate import evaluate as core_evaluate
 
         result = core_evaluate(cfg)
         if result is None:  # not the main process of a distributed run: it only generated
             return
         _print_eval(result)
+
+
+def _train_input_checks(cfg: RelationConfig, resume: bool, rows: list) -> tuple[Callable[[], object], ...]:
+    """What relation train checks of its inputs before loading: the output folder, then every data file's
+    rows and images (each file's problems its own); the rows read are added to ``rows``, in order."""
+    from .train.data import load_rows
+    from .train.recipe import check_output_dir
+
+    folder = (lambda: check_output_dir(Path(cfg.train.output_dir), resume),)
+    return folder + tuple((lambda f=f: rows.extend(load_rows(f, cfg.data.max_image_pixels))) for f in cfg.train.data_files)
 
 
 def _print_eval(result) -> None:

@@ -322,8 +322,9 @@ def reusable_rows(cfg: RelationConfig, rows: list[Row], output_dir: Path, names:
     present = [names[r.index] for r in rows if (output_dir / names[r.index]).exists()]
     unrecorded = [name for name in present if recorded is None or name not in recorded]
     if unrecorded:  # not ours, or their record is gone: never overwritten unasked
-        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}) that no "
-                            f"{SETTINGS_FILE} describes: {BATCH_REMEDY}")  # fmt: skip
+        more = f" and {len(unrecorded) - 3} more" if len(unrecorded) > 3 else ""
+        raise RelationError(f"output dir '{output_dir}' holds outputs ({', '.join(unrecorded[:3])}{more}) that no "
+                            f"{SETTINGS_FILE} describes: delete them, {BATCH_REMEDY}")  # fmt: skip
     current = {names[r.index]: row_record(r, digests) for r in rows if names[r.index] in present}
     return {name: record for name, record in current.items() if recorded.get(name) == record}
 

@@ -285,11 +285,36 @@ def test_a_dry_run_gives_the_configuration_and_input_problems_in_one_message(ima
     check already names missing is said once."""
     args = ["infer", "--exemplar", tmp_path / "none.png", images["b"], "--query", images["q"], "--dry-run",
             "--set", "model.memory=group_offload", "--device", "cpu"]  # fmt: skip
-    result, err = early(args, tmp_path)
-    assert result == "1 []" and err.startswith("error: 2 problems in the configuration and its inputs: (1) "), err
-    assert "offloads to a GPU" in err and "(2) exemplar A '" in err and "none.png': file not found" in err
+    result, dry = early(args, tmp_path)
+    assert result == "1 []" and dry.startswith("error: 2 problems in the configuration and its inputs: (1) "), dry
+    assert "offloads to a GPU" in dry and "(2) exemplar A '" in dry and "none.png': file not found" in dry
+    result, run = early([a for a in args if a != "--dry-run"], tmp_path)
+    assert result == "1 []" and run == dry  # the run, refused before loading, says all of it too
     result, err = early(["eval", "--input", tmp_path / "none.jsonl", "--output-dir", tmp_path / "e", "--dry-run"], tmp_path)
     assert result == "1 []" and err == f"error: eval input '{tmp_path / 'none.jsonl'}': not found", err
+
+
+def test_dry_runs_of_train_and_eval_check_their_output_folders_and_every_input(tmp_path, capsys):
+    """eval's folder rule (a folder it did not make) and train's (files it did not write) in the dry run, as
+    in the run; train lists the problems of every data file with the configuration's."""
+    from helpers import analogy_dataset
+
+    data = analogy_dataset(tmp_path / "d")
+    other = analogy_dataset(tmp_path / "o", seed=1)
+    (other.parent / "img" / "invert0s.png").write_bytes(b"")
+    (data.parent / "img" / "mirror1t.png").write_bytes(b"not a png")
+    for command in (["eval", "--input", str(data.with_name("test_seen.jsonl")), "--output-dir", str(data.parent)],
+                    ["train", "--data", str(data), "--output-dir", str(data.parent), "--steps", "1"]):  # fmt: skip
+        assert main([*command, "--dry-run"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "did not write (img, test_seen.jsonl, train.jsonl)" in err, err
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--data", str(other), "--output-dir", str(out), "--device", "cuda:7",
+                 "--dry-run"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 3 problems in the configuration and its inputs: (1) model.device 'cuda:7'"), err
+    assert f"(2) '{data}' row " in err and "not an image PIL can read" in err
+    assert f"(3) '{other}' row " in err and "empty file (0 bytes)" in err and not out.exists()
 
 
 def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
@@ -303,7 +328,7 @@ def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
         "adapter text as .bin": (["--adapter", t / "notes.bin"], "notes.bin': not a torch checkpoint"),
         "adapter image": (["--adapter", t / "in" / "a.png"], "expected a relation adapter folder or a .bin/.pt"),
         "adapter folder without config": (["--adapter", t / "empty"], "empty': folder has no config.json"),
-        "adapter a run": (["--adapter", t / "run"], "a training run, not an adapter folder; use --run"),
+        "adapter a run": (["--adapter", t / "run"], "a training run, not an adapter folder; its adapter is '"),
         "lora not safetensors": (["--lora", t / "lora.safetensors"], "lora.safetensors': not a readable safetensors file"),
         "lora folder without weights": (["--lora", t / "empty"], "folder has no pytorch_lora_weights.safetensors"),
         "model LoRA folder": (["--lora", model / "base"], "folder has no pytorch_lora_weights.safetensors"),

@@ -298,7 +298,7 @@ def test_eval_and_batch_infer_keep_out_of_each_others_folders(run, tmp_path, tin
     (copy / ".DS_Store").write_text("")
     (copy / "seen" / ".DS_Store").write_text("")
     from relation_cli.evaluate.settings import check_own_folder
-    from relation_cli.evaluate.run import EVAL_FILES, _split_folder
+    from relation_cli.evaluate.plan import EVAL_FILES, _split_folder
 
     check_own_folder(copy, "relation eval", lambda n: n in EVAL_FILES or _split_folder(copy / n), "x")  # no error
     # the weights fingerprint leaves hidden entries out: a .git index rewritten by `git status` changes nothing
@@ -413,3 +413,18 @@ def test_vae_reconstruction_baseline_is_the_target_through_the_vae(tiny_model, t
     sizes = edit_sizes(cfg.infer, query.size, pipe.size_multiple)
     expected = (np.clip(reconstruct(pipe, target, sizes), 0, 1) * 255).round().astype(np.uint8)
     assert np.array_equal(np.asarray(Image.open(out / "seen" / "vae_reconstruction" / "000000.png")), expected)
+
+
+def test_every_unusable_image_of_the_eval_inputs_in_one_message_row_by_row(tmp_path, capsys):
+    """eval lists every image it cannot use (the first 10 and a count), split by split and row by row."""
+    from helpers import analogy_dataset
+
+    data = analogy_dataset(tmp_path / "d", pairs=8).with_name("test_seen.jsonl")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows:
+        (data.parent / row["target"]).write_bytes(b"")
+        (data.parent / row["source"]).unlink(missing_ok=True)
+    assert main(["eval", "--input", str(data), "--output-dir", str(tmp_path / "e"), "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 4 images cannot be used: seen row 1 target '") and "\n" not in err, err
+    assert err.index("seen row 1 query") < err.index("seen row 2 target"), err

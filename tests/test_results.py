@@ -512,6 +512,10 @@ def test_the_rows_journal_of_a_killed_run_is_read_in_order_and_a_cut_line_skippe
     record_row(tmp_path, "000000.png", None)  # not finite this time: its old output was deleted
     record_row(tmp_path, "000002.png", {"text": "two"})
     record_row(tmp_path, "000001.png", {"text": "one again"})
+    with (tmp_path / ROWS_JOURNAL).open("ab") as f:
+        f.write(b"\xff\xfe garbage\n[1, 2]\n")  # lines not of the form: skipped, the others still read
+    record_row(tmp_path, "000004.png", {"text": "four"})
+    record_row(tmp_path, "000004.png", None)
     with (tmp_path / ROWS_JOURNAL).open("a") as f:
         f.write('{"name": "000003.png", "row": {"te')  # the kill
     assert read_settings(tmp_path)["rows"] == {"000001.png": {"text": "one again"}, "000002.png": {"text": "two"}}

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from ..config import EVAL_BASELINES, EvalSection, RelationConfig
 from ..errors import RelationError
+from ..fs import check_writable
 from ..images import check_images
 from ..rows import Row, parse_rows, spread_by_task
+from .settings import EVAL, check_own_folder
 
 MODEL = "relation"
 """The configured model, scored against its baselines (``EVAL_BASELINES`` in the config)."""
@@ -142,12 +144,34 @@ def check_inputs(cfg: RelationConfig, splits: list[Split], jobs: list[Job]) -> N
 
     Every process of a distributed run checks them all, so a bad row stops all of them the same way.
     """
-    images = [(row.target, f"{split.name} row {row.index + 1} target") for split in splits for row in split.rows]
+    order = {split.name: i for i, split in enumerate(splits)}  # messages list problems split by split, row by row
+    keyed = [((order[split.name], row.index, 0), row.target, f"{split.name} row {row.index + 1} target")
+             for split in splits for row in split.rows]  # fmt: skip
     for job in jobs:
         if not job.output.is_file():
-            where = f"{job.split} row {job.row.index + 1} "
+            where, key = f"{job.split} row {job.row.index + 1} ", (order[job.split], job.row.index, 1)
             for n, (a, b) in enumerate(job.exemplar.pairs, 1):
                 label = where + "exemplar" + (f" pair {n}" if n > 1 else "")
-                images += [(a, label + " A"), (b, label + " A'")]
-            images.append((job.row.source, where + "query"))
-    check_images(images, cfg.data.max_image_pixels)
+                keyed += [(key, a, label + " A"), (key, b, label + " A'")]
+            keyed.append((key, job.row.source, where + "query"))
+    keyed.sort(key=lambda entry: entry[0])  # stable: within a row, the order above
+    check_images([(path, label) for _, path, label in keyed], cfg.data.max_image_pixels)
+
+
+def check_output_folder(out: Path) -> None:
+    """The eval output folder is a folder that can be written and is new, empty or eval's own
+    (:func:`~relation_cli.evaluate.settings.check_own_folder`). Raises RelationError in one line."""
+    if out.exists() and not out.is_dir():
+        raise RelationError(f"output dir '{out}': exists and is not a folder")
+    check_writable(out, "output dir")
+    check_own_folder(out, EVAL, lambda n: n in EVAL_FILES or _split_folder(out / n),
+                     "use a new or empty --output-dir")  # fmt: skip
+
+
+EVAL_FILES = ("config.yaml", "metrics.json", "per_task.csv", "report.html", "grids", "judge_cache")
+"""What relation eval writes in its folder besides the splits' outputs."""
+
+
+def _split_folder(path: Path) -> bool:
+    """Whether ``path`` looks like one split's outputs (``<split>/<method>/``), or an empty folder."""
+    return path.is_dir() and all(c.name.startswith(".") or (c.is_dir() and c.name in METHOD_LABELS) for c in path.iterdir())

@@ -13,15 +13,14 @@ from pathlib import Path
 
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
-from ..fs import check_writable
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
 from .generate import Generated, generate
-from .settings import EVAL, check_own_folder, check_settings, generation_settings, record_settings
+from .settings import check_settings, generation_settings, record_settings
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
-from .plan import METHOD_LABELS, Job, Split, check_rows, methods_of
+from .plan import METHOD_LABELS, Job, Split, check_output_folder, check_rows, methods_of
 from .provenance import describe_model
 from .report import grid_columns, grid_images, save_grid, write_html, write_metrics, write_per_task
 
@@ -75,11 +74,7 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
 
 def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge | None]:
     """Everything cheap, before anything is generated: rows, images, encoders, judge key, settings."""
-    if out.exists() and not out.is_dir():
-        raise RelationError(f"output dir '{out}': exists and is not a folder")
-    check_writable(out, "output dir")
-    check_own_folder(out, EVAL, lambda n: n in EVAL_FILES or _split_folder(out / n),
-                     "use a new or empty --output-dir")  # fmt: skip
+    check_output_folder(out)
     splits, jobs = check_rows(cfg)
     check_sources(cfg.eval)
     judge = build_judge(cfg, out) if cfg.eval.judge_model else None
@@ -89,13 +84,6 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     return splits, jobs, judge
 
 
-EVAL_FILES = ("config.yaml", "metrics.json", "per_task.csv", "report.html", "grids", "judge_cache")
-"""What relation eval writes in its folder besides the splits' outputs."""
-
-
-def _split_folder(path: Path) -> bool:
-    """Whether ``path`` looks like one split's outputs (``<split>/<method>/``), or an empty folder."""
-    return path.is_dir() and all(c.name.startswith(".") or (c.is_dir() and c.name in METHOD_LABELS) for c in path.iterdir())
 
 
 def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], judge: Judge | None, fid_feature) -> dict:

@@ -139,13 +139,13 @@ def _apply_journal(journal: Path, rows: dict) -> None:
     sets its output's entry, ``null`` removes it. A line a kill cut short, or any line not of that form, is
     skipped (its output then has no record, and a rerun refuses to overwrite it unasked)."""
     try:
-        lines = journal.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = journal.read_bytes().splitlines()
+    except OSError:
         return
     for line in lines:
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
+            entry = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and "row" in entry):
             continue

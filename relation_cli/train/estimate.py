@@ -95,10 +95,11 @@ def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int)
     return total
 
 
-def estimate(cfg: RelationConfig, resume: bool = False) -> Estimate:
+def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None) -> Estimate:
     """Check the training config's data and output folder as the run would (a folder holding an earlier run's
     checkpoints is refused without ``resume``; with it, an intact checkpoint must be there), then estimate
-    memory (:func:`estimate_parts`). Raises RelationError."""
+    memory (:func:`estimate_parts`). ``rows``: the data's rows when already read and checked (a list that
+    is not empty), else they are read here. Raises RelationError."""
     from . import checkpoint as ckpt
     from .data import load_rows
     from .recipe import check_output_dir
@@ -107,7 +108,7 @@ def estimate(cfg: RelationConfig, resume: bool = False) -> Estimate:
     out = check_output_dir(Path(t.output_dir), resume)
     if resume:
         ckpt.require_resumable(out / "checkpoints", warn=lambda message: None)
-    rows = load_rows(t.data_files, cfg.data.max_image_pixels)
+    rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
     check_adapter_fits(cfg, parts[0])
     est = estimate_parts(cfg, len(rows), *parts)
