@@ -48,16 +48,28 @@ def open_edit_inputs(
     """Open and check every image of one edit; ``exemplars`` is one (A, A') pair of paths or a list of pairs.
 
     Messages name an image ``where`` + its label: ``labels`` per pair (default ``exemplar [pair n] A``/``A'``),
-    ``query_label`` for the query."""
+    ``query_label`` for the query.
+
+    Raises:
+        RelationError: every image that cannot be used, in one line (``exemplar A 'a.png': file not found;
+            query 'q.png': ...``).
+    """
     limit = cfg.data.max_image_pixels
     pairs = [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
     if labels is None:
         names = ["exemplar" + (f" pair {n}" if len(pairs) > 1 else "") for n in range(1, len(pairs) + 1)]
         labels = [(f"{name} A", f"{name} A'") for name in names]
-    opened = [(open_image(a, where + la, limit), open_image(b, where + lb, limit))
-              for (a, b), (la, lb) in zip(pairs, labels)]  # fmt: skip
-    q = open_image(query, where + query_label, limit)
-    return EditInputs(*opened[0], q, prompt, tuple(opened[1:]))
+    wanted = [(p, where + label) for (a, b), (la, lb) in zip(pairs, labels) for p, label in ((a, la), (b, lb))]
+    images, problems = [], []
+    for path, label in [*wanted, (query, where + query_label)]:
+        try:
+            images.append(open_image(path, label, limit))
+        except RelationError as e:
+            problems.append(str(e))
+    if problems:
+        raise RelationError("; ".join(problems))
+    opened = list(zip(images[0:-1:2], images[1:-1:2]))
+    return EditInputs(*opened[0], images[-1], prompt, tuple(opened[1:]))
 
 
 @dataclass(frozen=True)

@@ -570,3 +570,15 @@ def test_a_batch_rerun_that_makes_nothing_keeps_the_true_config(tmp_path, capsys
         assert written in capsys.readouterr().out
         saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["adapter"]
         assert (saved["num_tokens"], saved["role_embeddings"]) == (8, True)
+
+
+def test_one_edit_names_every_image_it_cannot_use(images, tmp_path, capsys):
+    args = ["infer", "--exemplar", str(tmp_path / "m1.png"), str(images["text"]), "--query", str(images["tiny"]),
+            "-o", str(tmp_path / "o.png")]  # fmt: skip
+    for dry in (["--dry-run"], []):
+        assert main(args + dry) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: exemplar A '") and "\n" not in err, err
+        assert "m1.png': file not found; exemplar A' '" in err and "not an image PIL can read; query '" in err
+        assert err.endswith("a side under 16 pixels (the least is 16x16)")
+    assert not (tmp_path / "o.png").exists()
