@@ -192,6 +192,7 @@ def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[
     from .checks import config_problems, raise_problems
 
     problems = config_problems(cfg, command)
+    ours = len(problems)
     for check in input_checks if (problems or inputs_too) else ():
         try:
             check()
@@ -199,7 +200,7 @@ def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[
             quoted = re.match(r"[^']*('[^']+')", str(e))
             if not (quoted and any(quoted.group(1) in p for p in problems)):
                 problems.append(str(e))
-    raise_problems(problems, "the configuration and its inputs" if input_checks else "the configuration")
+    raise_problems(problems, "the configuration and its inputs" if len(problems) > ours else "the configuration")
 
 
 @contextmanager
@@ -566,12 +567,12 @@ def train(
         }  # fmt: skip
         cfg = load_config(config, overrides, flags)
         rows: list = []
-        checks = _train_input_checks(cfg, resume, rows)
-        before_loading(cfg, "train", *checks)
+        if dry_run:  # every problem of the configuration and the inputs in one message, each image decoded once
+            check_everything(cfg, "train", *_train_input_checks(cfg, resume, rows))
+        before_loading(cfg, "train")  # the inputs' checks import torch: a refused configuration is said before it
         if dry_run:
             from .train.estimate import estimate
 
-            check_everything(cfg, "train", *checks)  # every input problem in one message, each image decoded once
             for line in estimate(cfg, resume, rows).lines():
                 typer.echo(line)
             return

@@ -447,7 +447,7 @@ def test_every_command_takes_offline(monkeypatch, tmp_path, command):
     target = {"infer": "relation_cli.infer.infer_single", "train": "relation_cli.train.train",
               "eval": "relation_cli.evaluate.evaluate", "prepare": "relation_cli.prepare.prepare"}[command]  # fmt: skip
     monkeypatch.setattr(target, lambda cfg, *a, **k: seen.setdefault("cfg", cfg) and None)
-    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command: None)
+    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command, *checks: None)
     args = {"infer": ["--exemplar", "a.png", "b.png", "--query", "q.png"], "train": [], "eval": [],
             "prepare": ["--output", str(tmp_path / "p")]}[command]  # fmt: skip
     CliRunner().invoke(app, [command, *args, "--offline"])

@@ -61,7 +61,7 @@ def test_cli_exemplar_options_make_pairs(tmp_path, monkeypatch):
     a, b, c, d, q = (str(tmp_path / n) for n in "abcdq")
     seen = []
     monkeypatch.setattr(core, "infer_single", lambda cfg, exemplars, query, output: seen.append(exemplars) or Path(q))
-    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command: None)
+    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command, *checks: None)
     assert main(["infer", "--exemplar", a, b, "--exemplar", c, d, "--query", q]) == 0  # k = 2 pairs
     assert main(["infer", "--exemplar", a, b, "--query", q]) == 0  # one pair stays a pair
     assert seen == [[(Path(a), Path(b)), (Path(c), Path(d))], (Path(a), Path(b))]

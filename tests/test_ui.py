@@ -291,7 +291,7 @@ def test_ui_help_imports_neither_gradio_nor_torch():
 def test_cli_flags_reach_the_page_config(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(ui, "serve", lambda cfg, host, port: seen.update(cfg=cfg, host=host, port=port))
-    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command: None)  # the paths below are made up
+    monkeypatch.setattr("relation_cli.cli.before_loading", lambda cfg, command, *checks: None)  # the paths below are made up
     adapter = tmp_path / "adapter"
     args = ["ui", "--port", "8123", "--model", "some/flux", "--adapter", str(adapter), "--memory", "model_offload",
             "--device", "cpu", "--set", "infer.steps=3"]  # fmt: skip

@@ -49,7 +49,7 @@ def test_object_in_torch_save_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"", "not a"), (b"garbage" * 10, "not a torch checkpoint \\(neither torch.s zip format nor a pickle\\)"), (None, "missing image_proj")],
+    [(b"", "empty file \\(0 bytes\\)"), (b"garbage" * 10, "not a torch checkpoint \\(neither torch.s zip format nor a pickle\\)"), (None, "missing image_proj")],
 )
 def test_bad_adapter_files(tmp_path, content, message):
     path = tmp_path / "a.bin"
