@@ -188,8 +188,11 @@ def before_loading(cfg: RelationConfig, command: str, *input_checks: Callable[[]
 def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[[], object], inputs_too: bool = True) -> None:
     """The configuration's problems and the inputs' (``input_checks``, each raising RelationError) in one
     RelationError. ``inputs_too=False``: the inputs are checked only when the configuration has problems.
-    An input problem that names (in quotes) a file a configuration problem names is said once."""
+    An input problem about a file (``... 'PATH': why``) that a configuration problem names is said once."""
     from .checks import config_problems, raise_problems
+    from .progress import quiet_libraries
+
+    quiet_libraries()  # an input check may import torch (train's): no library warnings on the way
 
     problems = config_problems(cfg, command)
     ours = len(problems)
@@ -197,8 +200,8 @@ def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[
         try:
             check()
         except RelationError as e:
-            quoted = re.match(r"[^']*('[^']+')", str(e))
-            if not (quoted and any(quoted.group(1) in p for p in problems)):
+            named = re.search(r"'(.+?)': ", str(e))  # the file it names: 'PATH': (a path may hold an apostrophe)
+            if not (named and any(f"'{named.group(1)}'" in p for p in problems[:ours])):
                 problems.append(str(e))
     raise_problems(problems, "the configuration and its inputs" if len(problems) > ours else "the configuration")
 
@@ -569,7 +572,7 @@ def train(
         rows: list = []
         if dry_run:  # every problem of the configuration and the inputs in one message, each image decoded once
             check_everything(cfg, "train", *_train_input_checks(cfg, resume, rows))
-        before_loading(cfg, "train")  # the inputs' checks import torch: a refused configuration is said before it
+        before_loading(cfg, "train")  # a run: its input checks import torch, so a refused configuration comes first
         if dry_run:
             from .train.estimate import estimate
 
@@ -672,11 +675,18 @@ def evaluate(
 def _train_input_checks(cfg: RelationConfig, resume: bool, rows: list) -> tuple[Callable[[], object], ...]:
     """What relation train checks of its inputs before loading: the output folder, then every data file's
     rows and images (each file's problems its own); the rows read are added to ``rows``, in order."""
-    from .train.data import load_rows
-    from .train.recipe import check_output_dir
 
-    folder = (lambda: check_output_dir(Path(cfg.train.output_dir), resume),)
-    return folder + tuple((lambda f=f: rows.extend(load_rows(f, cfg.data.max_image_pixels))) for f in cfg.train.data_files)
+    def folder() -> None:
+        from .train.recipe import check_output_dir
+
+        check_output_dir(Path(cfg.train.output_dir), resume)
+
+    def data(path: str) -> None:
+        from .train.data import load_rows
+
+        rows.extend(load_rows(path, cfg.data.max_image_pixels))
+
+    return (folder, *((lambda f=f: data(f)) for f in cfg.train.data_files))
 
 
 def _print_eval(result) -> None:

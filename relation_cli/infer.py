@@ -396,8 +396,9 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     """One output per row, named by row number; an output made from the same row and settings is reused.
 
     ``generation.json`` in the folder records the settings and the row behind each output, each as soon as
-    it is written (a killed run's rerun keeps them); a row whose result is not finite is reported in
-    ``failed`` and leaves no image. Outputs of rows beyond this file (an earlier, longer rows file) are
+    it is written (one line of ``.generation-rows.jsonl``, folded into ``generation.json`` when the run
+    ends; a killed run's rerun keeps them); a row whose result is not finite is reported in ``failed`` and
+    leaves no image. Outputs of rows beyond this file (an earlier, longer rows file) are
     kept and stay recorded; ``infer.overwrite`` deletes them and every current row's old output once the
     model has loaded, so the folder then holds this file's outputs only.
 

@@ -42,6 +42,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise RelationError(f"model.device '{name}': not a device name (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RelationError(f"model.device '{name}': CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise RelationError(f"model.device '{name}': this machine has {count} CUDA device{'s' if count > 1 else ''} "
+                            f"(cuda:0 to cuda:{count - 1})")  # fmt: skip
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RelationError(f"model.device '{name}': MPS is not available on this machine")
     return device

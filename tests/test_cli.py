@@ -582,3 +582,39 @@ def test_one_edit_names_every_image_it_cannot_use(images, tmp_path, capsys):
         assert "m1.png': file not found; exemplar A' '" in err and "not an image PIL can read; query '" in err
         assert err.endswith("a side under 16 pixels (the least is 16x16)")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_input_problem_is_dropped_only_when_a_configuration_problem_names_the_same_file(tmp_path, monkeypatch):
+    """The combined message says a file's problem once; a path holding an apostrophe is no reason to drop one."""
+    from relation_cli import cli
+    from relation_cli.config import load_config
+    from relation_cli.errors import RelationError
+
+    home = tmp_path / "o'brien"
+    monkeypatch.setattr("relation_cli.checks.config_problems", lambda cfg, command: [f"adapter '{home}/a.bin': not found"])
+    cfg = load_config(None, [])
+
+    def image_problem():
+        raise RelationError(f"exemplar A '{home}/x.png': file not found")
+
+    def same_file():
+        raise RelationError(f"'{home}/a.bin': file not found")
+
+    with pytest.raises(RelationError) as err:
+        cli.check_everything(cfg, "infer", image_problem, same_file)
+    assert str(err.value) == (f"2 problems in the configuration and its inputs: (1) adapter '{home}/a.bin': not found; "
+                              f"(2) exemplar A '{home}/x.png': file not found")  # fmt: skip
+
+
+def test_a_cuda_index_the_machine_lacks_is_refused(monkeypatch):
+    """``cuda:N`` past the last GPU (torch's answers stood in for a 1-GPU machine)."""
+    import torch
+
+    from relation_cli.errors import RelationError
+    from relation_cli.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(RelationError, match=r"model.device 'cuda:3': this machine has 1 CUDA device \(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:3")

@@ -496,7 +496,7 @@ def test_every_bad_image_of_a_data_file_in_one_message(tmp_path):
 
 
 @pytest.mark.parametrize("contents, message", [
-    ({"config.yaml": "train:\n  steps: 5\n"}, "its config.yaml is not one relation train saved, and the run would replace it"),
+    ({"config.yaml": "train:\n  steps: 5\n"}, "its config.yaml is not a whole configuration this relation saved, and the run would replace it"),
     ({"rows.jsonl": "{}\n", "notes.txt": "mine"}, "holds files relation train did not write (notes.txt, rows.jsonl)"),
     ({}, None), ({".DS_Store": ""}, None), ({"logs/x": "", "config.yaml": "saved"}, None),
 ], ids=["a user's config", "a dataset", "empty", "hidden files", "a run killed before its first checkpoint"])  # fmt: skip

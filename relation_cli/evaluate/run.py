@@ -84,8 +84,6 @@ def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge
     return splits, jobs, judge
 
 
-
-
 def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], judge: Judge | None, fid_feature) -> dict:
     """Metrics, FID and the judge's scores; returns the content of metrics.json."""
     section, out = cfg.eval, Path(cfg.eval.output_dir)

@@ -136,7 +136,7 @@ def read_settings(output_dir: Path, remedy: str | None = None) -> dict | None:
 
 def _apply_journal(journal: Path, rows: dict) -> None:
     """Bring ``rows`` (``generation.json``'s) up to date with :data:`ROWS_JOURNAL`'s lines, in order: a record
-    sets its output's entry, ``null`` removes it. A line a kill cut short, or any line not of that form, is
+    sets its output's entry, anything else (``null``) removes it. A line a kill cut short, or any line not of that form, is
     skipped (its output then has no record, and a rerun refuses to overwrite it unasked)."""
     try:
         lines = journal.read_bytes().splitlines()

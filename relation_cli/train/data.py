@@ -33,7 +33,7 @@ def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list
 
     Every field is checked as a string or empty (no column types guessed from the first rows), every
     image is decoded once here, before any model is loaded or file written. Raises RelationError on a
-    missing file, an empty list, a bad row or image (the file is named when there are several).
+    missing file, an empty list, a bad row or image (naming the file; every bad image of a file in one message).
     """
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not files:

@@ -232,7 +232,7 @@ def check_output_dir(out: Path, resume: bool) -> Path:
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in RUN_ENTRIES)
         if (out / "config.yaml").is_file() and not is_saved_config(out / "config.yaml"):
-            raise RelationError(f"train.output_dir '{out}': its config.yaml is not one relation train saved, and the "
+            raise RelationError(f"train.output_dir '{out}': its config.yaml is not a whole configuration this relation saved, and the "
                                 "run would replace it: keep your configuration elsewhere, or choose a new or empty "
                                 "train.output_dir")  # fmt: skip
         if foreign:
