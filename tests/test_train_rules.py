@@ -31,6 +31,7 @@ def _made(cpu, **kwargs):
 
 def test_one_device_and_precision_rule_on_a_gpu_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a 2-GPU machine: cuda:1 exists
     monkeypatch.delenv("ACCELERATE_TORCH_DEVICE", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cpu = resolve_device("cpu")
@@ -53,6 +54,7 @@ def test_training_and_eval_take_the_device_from_the_rule(monkeypatch, tmp_path):
     from relation_cli.train.recipe import build_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(accelerate, "Accelerator", _made)
     made = build_accelerator(load_config(None, ["model.device=cpu", f"train.output_dir={tmp_path}"]))
