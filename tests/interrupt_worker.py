@@ -67,32 +67,21 @@ def main(moment: str, ready: Path, argv: list[str]) -> int:
                     cut_and_stop(filename)
 
             safetensors.torch.save_file = checkpoint.save_file = save_file
-        elif command == "eval":  # the generated images, each written to a temporary file first
+        elif command in ("eval", "infer"):  # eval's and batch infer's images, each written to a temporary file first
             import relation_cli.evaluate.generate as generate
-
-            real_save_output = generate.save_output
-
-            def save_output(array, path):
-                if not due(path, text, int(n)):
-                    return real_save_output(array, path)
-                with atomic_file(path) as tmp:
-                    real_save_output(array, tmp)
-                    cut_and_stop(tmp)
-
-            generate.save_output = save_output
-        elif command == "infer":  # batch infer's outputs, written the same way
             import relation_cli.infer as infer
 
-            real_save = infer.save_output
+            module = generate if command == "eval" else infer
+            real_save_output = module.save_output
 
-            def save_batch_output(image, path):
+            def save_output(image, path):
                 if not due(path, text, int(n)):
-                    return real_save(image, path)
+                    return real_save_output(image, path)
                 with atomic_file(path) as tmp:
-                    real_save(image, tmp)
+                    real_save_output(image, tmp)
                     cut_and_stop(tmp)
 
-            infer.save_output = save_batch_output
+            module.save_output = save_output
     elif kind == "publish":
         import relation_cli.train.checkpoint as checkpoint
 
