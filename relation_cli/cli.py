@@ -68,6 +68,29 @@ class RelationCommand(TyperCommand):
     def get_help_option(self, ctx: Any) -> Any:
         return _as_flag(super().get_help_option(ctx))
 
+    def make_parser(self, ctx: Any) -> Any:
+        """Click's parser, refusing an option of one value given twice (click would keep the last silently)."""
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_once(args: list[str]) -> Any:
+            opts, rest, order = parse(args=args)  # order: each option as often as it was given
+            single = [p for p in order if p.param_type_name == "option" and not (p.multiple or p.is_flag or p.count)]
+            for param in dict.fromkeys(single):
+                if (times := single.count(param)) > 1:
+                    raise RepeatedOption(f"{param.opts[-1]} was given {times} times; it takes one value", ctx, param)
+            return opts, rest, order
+
+        parser.parse_args = parse_once
+        return parser
+
+
+class RepeatedOption(typer.BadParameter):
+    """A usage error whose message is said as it is (not as click's "Invalid value for ...")."""
+
+    def format_message(self) -> str:
+        return self.message
+
 
 class PairOption(TyperOption):
     """``--exemplar A A'`` (repeatable): a list of ``(Path, Path)``, or None when not given."""

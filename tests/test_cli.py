@@ -159,7 +159,19 @@ USAGE = [
     ("third exemplar image", lambda p: ["--exemplar", p["a"], p["b"], p["q"], "--query", p["q"]],
      "--exemplar takes exactly 2 images (A and A'); "),
     ("bad choice", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--memory", "lots"], "'lots' is not one of"),
+    ("query given twice", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--query", p["a"]],
+     "--query was given 2 times; it takes one value (see relation infer --help)"),
+    ("seed given three times", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--seed", "1", "--seed=2",
+                                          "--seed", "3"], "--seed was given 3 times"),
 ]  # fmt: skip
+
+
+def test_repeatable_options_and_flags_may_repeat(images, capsys):
+    """``--exemplar`` and ``--set`` are lists; a flag given twice says the same thing twice."""
+    code = main(["infer", "--exemplar", str(images["a"]), str(images["b"]), "--exemplar", str(images["a"]),
+                 str(images["b"]), "--query", str(images["q"]), "--overwrite", "--overwrite", "--set", "infer.steps=2",
+                 "--set", "infer.seed=3", "--dry-run"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make_args, message", [u[1:] for u in USAGE], ids=[u[0] for u in USAGE])

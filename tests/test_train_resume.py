@@ -96,6 +96,25 @@ def test_resume_without_a_usable_checkpoint_changes_nothing(tiny_model, data, tm
     assert tree(out) == before  # no config.yaml rewritten, no log added
 
 
+def test_resuming_a_finished_run_trains_nothing_and_a_run_past_its_steps_is_refused(tiny_model, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 2, *QUIET)) == 0
+    weights = out / "lora" / "pytorch_lora_weights.safetensors"
+    made = load_file(weights)
+    capsys.readouterr()
+    assert main(train_args(tiny_model, data, out, 2, *QUIET) + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "step 2: the run already reached train.steps (2); nothing to train" in err and "nan" not in err, err
+    again = load_file(weights)  # the same checkpoint's weights, written again (the header's metadata order may differ)
+    assert again.keys() == made.keys() and all(torch.equal(again[k], made[k]) for k in made)
+
+    before = tree(out)
+    assert main(train_args(tiny_model, data, out, 1, *QUIET) + ["--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume: checkpoint ") and "is at step 2, past train.steps 1" in err, err
+    assert "\n" not in err and tree(out) == before
+
+
 class _InfiniteGradient(torch.autograd.Function):
     """Identity forward, infinite gradient backward: a finite loss whose step makes the weights NaN."""
 

@@ -289,13 +289,19 @@ class SpeedColumn(ProgressColumn):
 
 def loop(run: Run) -> None:
     """Optimizer steps until ``train.steps``: log, checkpoint and validate on their schedules; stop on a
-    non-finite loss. The last step is always checkpointed and validated."""
+    non-finite loss. The last step is always checkpointed and validated; a run resumed at its last step
+    only says so."""
     t, acc = run.cfg.train, run.accelerator
     batches = iter(torch.utils.data.DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate, num_workers=t.num_workers))
     run.model.train()
     progress = make_progress(TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e}"), SpeedColumn())
     progress.disable = progress.disable or not acc.is_main_process
     progress.speed_estimate_period = 600.0  # seconds of steps the speed is averaged over (slow steps too)
+    if run.step >= t.steps:  # a resumed run that had finished: its weights are exported again, nothing trains
+        if acc.is_main_process:
+            console.print(f"step {run.step}: the run already reached train.steps ({t.steps}); nothing to train, its weights "
+                          f"are written again (a larger train.steps trains on)")  # fmt: skip
+        return
     last_saved = run.step
     with progress:
         task = progress.add_task("training", total=t.steps, completed=run.step, loss=float("nan"), lr=0.0)

@@ -28,13 +28,16 @@ NOT_SETTINGS = ("train.resumes",)  # the history itself
 def continue_config(cfg: RelationConfig, folder: Path, warn=console.print) -> RelationConfig:
     """``cfg`` with this resume added to ``train.resumes``, after the checks above; announces each change.
 
-    Raises :class:`RelationError` for a refused change. A checkpoint without ``config.yaml`` (written
+    Raises :class:`RelationError` for a refused change, and for a checkpoint past ``train.steps``. A checkpoint without ``config.yaml`` (written
     before checkpoints kept one) cannot be compared: a warning says so and ``cfg`` goes on unchanged.
     """
     if not (folder / CONFIG).is_file():
         warn(f"warning: checkpoint '{folder.name}' holds no config.yaml (an older relation wrote it): settings not compared")
         return cfg
     step = int(load_tree(folder, "trainer")["step"])
+    if step > cfg.train.steps:
+        raise RelationError(f"--resume: checkpoint '{folder}' is at step {step}, past train.steps {cfg.train.steps}; "
+                            f"set train.steps above {step} to train on (--set train.steps=N)")  # fmt: skip
     saved_tree = read_yaml(folder / CONFIG)
     before, now = settings(saved_tree), settings(cfg.model_dump(mode="json"))
     loads_adapter = bool(cfg.adapter.path) or cfg.model.base == DEMO  # the demo base brings its adapter
