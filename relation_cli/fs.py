@@ -6,14 +6,16 @@ system) and renamed into place only when complete.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import secrets
 import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import RelationError
 
@@ -36,6 +38,20 @@ def _new_temp(parent: Path, name: str, suffix: str = "", folder: bool = False) -
         except FileExistsError:
             continue
     raise RelationError(f"cannot create a temporary entry in '{parent}'")
+
+
+def remove_stale_temps(paths: Iterable[Path]) -> int:
+    """Delete the temporary files that :func:`atomic_file` left for ``paths`` when a run was killed while
+    writing them (``.name.<8 hex><suffix>`` beside each path); call it only before those paths are written
+    again. Returns how many were deleted."""
+    removed = 0
+    for path in paths:
+        stale = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}{re.escape(path.suffix)}")
+        for entry in path.parent.glob(f".{glob.escape(path.name)}.*") if path.parent.is_dir() else ():
+            if stale.fullmatch(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _apply_mode(tmp: Path, file_mode: int, dir_mode: int | None = None) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .config import DEMO, InferSection, RelationConfig, save_config
 from .errors import RelationError, several
-from .fs import check_writable
+from .fs import check_writable, remove_stale_temps
 from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
 
@@ -419,6 +419,7 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     settings = generation_settings(cfg, eval_keys=False)  # the weights as found before they load
     pipe = load_pipeline(cfg) if plan.todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output_dir / plan.names[r.index] for r in plan.todo)  # a killed run's, of outputs made now
     if cfg.infer.overwrite:
         for name in [*plan.others, *(plan.names[r.index] for r in plan.todo)]:
             (output_dir / name).unlink(missing_ok=True)

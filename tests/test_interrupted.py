@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -157,6 +158,11 @@ def outputs(out: Path) -> list[Path]:
     return sorted(p for p in out.glob("seen/*/*.png") if not p.name.startswith("."))
 
 
+def temps(out: Path) -> list[Path]:
+    """The hidden temporary image files under ``out`` (``.000001.png.<8 hex>.png``)."""
+    return sorted(p for p in out.rglob(".*.png") if re.fullmatch(r"\.\d{6}\.png\.[0-9a-f]{8}\.png", p.name))
+
+
 def test_eval_killed_while_writing_an_output_resumes_with_the_same_outputs(tiny_model, tmp_path, rng):
     from eval_helpers import write_test_file
 
@@ -168,6 +174,7 @@ def test_eval_killed_while_writing_an_output_resumes_with_the_same_outputs(tiny_
     kill_when_ready(proc, ready)
     done = outputs(killed)
     assert len(done) == n - 1, f"kill at output {n}"
+    assert len(temps(killed)) == 1  # the n-th, half-written under its temporary name
     for path in done:  # every output under its real name is complete
         assert path.read_bytes() == (straight / path.relative_to(killed)).read_bytes()
     stamps = {p: p.stat().st_mtime_ns for p in done}
@@ -175,6 +182,7 @@ def test_eval_killed_while_writing_an_output_resumes_with_the_same_outputs(tiny_
 
     assert main(eval_args(tiny_model, data, killed)) == 0
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # reused, not made again
+    assert temps(killed) == []  # the rerun deleted the kill's temporary file before making that output again
     ours = {p.relative_to(killed) for p in outputs(killed)}
     assert ours == {p.relative_to(straight) for p in outputs(straight)}
     for rel in ours:
@@ -207,17 +215,32 @@ def test_batch_infer_killed_while_writing_an_output_resumes_with_the_same_output
     assert [p.name for p in done] == [f"{i:06d}.png" for i in range(n - 1)], f"kill at output {n}"
     assert sorted(read_settings(killed)["rows"]) == [p.name for p in done]
     assert (killed / ROWS_JOURNAL).exists() == (n > 1)
+    assert [p.name[:11] for p in temps(killed)] == [f".{n - 1:06d}.png"]  # the n-th, half-written
     stamps = {p: p.stat().st_mtime_ns for p in done}
 
     assert main(args(killed)) == 0
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # reused, not made again
-    def listed(folder: Path) -> list[str]:  # not the hidden temporary file the kill left
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-    assert listed(killed) == listed(straight) and not (killed / ROWS_JOURNAL).exists()
+    listed = lambda folder: sorted(p.name for p in folder.iterdir())  # noqa: E731 (hidden entries too)
+    assert listed(killed) == listed(straight) and not (killed / ROWS_JOURNAL).exists() and temps(killed) == []
     for path in straight.glob("*.png"):
         assert (killed / path.name).read_bytes() == path.read_bytes(), path.name
     assert read_settings(killed)["rows"] == read_settings(straight)["rows"]
+
+
+def test_only_the_temporary_files_of_outputs_made_again_are_deleted(tmp_path):
+    from relation_cli.fs import atomic_file, remove_stale_temps
+
+    with pytest.raises(KeyboardInterrupt), atomic_file(tmp_path / "000001.png") as tmp:
+        raise KeyboardInterrupt  # an interrupted write deletes its own temporary file; a SIGKILLed one cannot:
+    assert not tmp.exists()
+    left = tmp_path / ".000001.png.0123abcd.png"  # what a SIGKILL leaves, in atomic_file's naming
+    left.write_bytes(b"half")
+    others = [tmp_path / n for n in (".000002.png.0123abcd.png", ".000001.png.0123abcd.jpg", ".000001.png.notes",
+                                     ".000001.png.0123abcd.png-kept", "000001.png")]  # fmt: skip
+    for path in others:
+        path.write_bytes(b"keep")
+    assert remove_stale_temps([tmp_path / "000001.png", tmp_path / "missing" / "000003.png"]) == 1
+    assert not left.exists() and all(p.read_bytes() == b"keep" for p in others)
 
 
 def test_atomic_outputs_get_ordinary_permissions(tmp_path):

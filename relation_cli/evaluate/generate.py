@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..config import RelationConfig
 from ..images import open_image, resize_result, save_output
+from ..fs import remove_stale_temps
 from ..infer import EditInputs, EditSizes, NonFiniteResult, PromptCache, edit, edit_sizes, open_edit_inputs
 from .plan import Job
 
@@ -61,6 +62,8 @@ def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda pipe: 
     block the corrected rerun.
     """
     todo = [j for j in jobs if not j.output.is_file()]  # their inputs were checked by setup
+    if state.is_main_process:
+        remove_stale_temps(j.output for j in todo)  # a killed run's, of the outputs made now
     # Every process must list the missing outputs before any is written, or the shares would differ.
     state.wait_for_everyone()
     with state.split_between_processes(todo) as mine:
