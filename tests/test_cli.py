@@ -160,18 +160,26 @@ USAGE = [
      "--exemplar takes exactly 2 images (A and A'); "),
     ("bad choice", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--memory", "lots"], "'lots' is not one of"),
     ("query given twice", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--query", p["a"]],
-     "--query was given 2 times; it takes one value (see relation infer --help)"),
-    ("seed given three times", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--seed", "1", "--seed=2",
-                                          "--seed", "3"], "--seed was given 3 times"),
+     "--query was given 2 times; give it once (see relation infer --help)"),
+    ("config given three times", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-c", "a.yaml",
+                                            "--config=b.yaml", "-c", "c.yaml"], "--config was given 3 times"),
+    ("model given twice", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--model", "x", "--model", "y"],
+     "--model was given 2 times; give it once"),
 ]  # fmt: skip
 
 
-def test_repeatable_options_and_flags_may_repeat(images, capsys):
-    """``--exemplar`` and ``--set`` are lists; a flag given twice says the same thing twice."""
+def test_repeatable_options_flags_and_settings_may_repeat(images, capsys, monkeypatch):
+    """``--exemplar`` and ``--set`` are lists; a flag given twice says the same thing twice; a setting given
+    twice takes the last value (as in most tools: an alias with defaults, then an override)."""
+    import relation_cli.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_dry_run", lambda cfg, command, *checks: seen.append(cfg.infer))
     code = main(["infer", "--exemplar", str(images["a"]), str(images["b"]), "--exemplar", str(images["a"]),
                  str(images["b"]), "--query", str(images["q"]), "--overwrite", "--overwrite", "--set", "infer.steps=2",
-                 "--set", "infer.seed=3", "--dry-run"])  # fmt: skip
+                 "--set", "infer.seed=3", "--steps", "5", "--steps", "4", "--dry-run"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+    assert seen[0].steps == 4 and seen[0].seed == 3 and seen[0].overwrite
 
 
 @pytest.mark.parametrize("make_args, message", [u[1:] for u in USAGE], ids=[u[0] for u in USAGE])
@@ -361,7 +369,8 @@ def test_dry_run_refuses_weights_and_devices_it_can_tell_are_wrong(images, tiny_
     extra, message = _weights_cases(tmp_path, tiny_model)[case]
     out = tmp_path / "o.png"
     args = ["infer", "--exemplar", images["a"], images["b"], "--query", images["q"], "-o", out, "--model",
-            tiny_model / "base", "--image-encoder", tiny_model / "image_encoder", "--adapter", tiny_model / "adapter", *extra]  # fmt: skip
+            tiny_model / "base", "--image-encoder", tiny_model / "image_encoder",
+            *(() if "--adapter" in extra else ("--adapter", tiny_model / "adapter")), *extra]  # fmt: skip
     for dry in (["--dry-run"], []):
         assert main([*map(str, args), *dry]) == 1
         err = capsys.readouterr().err.strip()
