@@ -114,10 +114,12 @@ ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' na
 
 
 def infer_with(model: Path, root: Path, *flags) -> list[str]:
+    """The tiny model's infer command, with ``flags`` (an ``--adapter`` or ``--image-encoder`` in place of its own)."""
     a, b, q = (random_image(root / f"{n}.png", (32, 32), seed=i) for i, n in enumerate("abq"))
+    parts = {"--model": model / "base", "--image-encoder": model / "image_encoder", "--adapter": model / "adapter"}
+    parts |= dict(zip(flags[::2], flags[1::2]))
     return ["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(root / "o.png"), "--steps", "1",
-            "--model", str(model / "base"), "--image-encoder", str(model / "image_encoder"),
-            "--adapter", str(model / "adapter"), *map(str, flags)]  # fmt: skip
+            *(str(x) for flag, path in parts.items() for x in (flag, path))]  # fmt: skip
 
 
 EVIL = [
