@@ -265,7 +265,8 @@ def _memory_problems(cfg: RelationConfig, command: str) -> list[str]:
 
 def _train_memory_problems(cfg: RelationConfig) -> list[str]:
     """relation train stores the frozen transformer in float8 (model.memory=fp8_storage) or not at all; the
-    inference modes would otherwise be ignored without a word."""
+    inference modes would otherwise be ignored without a word. ``train.full_bf16`` needs bf16 autocast (its
+    weights meet bf16 frozen ones) and no EMA; "auto" precision is resolved, and refused, when the run starts."""
     m, problems = cfg.model, []
     if m.memory in OFFLOADING:
         problems.append(f"model.memory={m.memory} is for inference; relation train takes none or fp8_storage")
@@ -278,6 +279,12 @@ def _train_memory_problems(cfg: RelationConfig) -> list[str]:
     if m.quantize != "none":
         problems.append("model.quantize is for inference; relation train stores the frozen transformer in float8 with "
                         "model.memory=fp8_storage")  # fmt: skip
+    t = cfg.train
+    if t.full_bf16 and t.mixed_precision in ("no", "fp16"):
+        problems.append(f"train.full_bf16 needs bf16 mixed precision; train.mixed_precision is {t.mixed_precision} "
+                        "(set bf16, or auto on a GPU)")  # fmt: skip
+    if t.full_bf16 and t.ema_decay > 0:
+        problems.append("train.full_bf16 cannot keep an EMA (train.ema_decay): its small steps are lost in bf16")
     return problems
 
 

@@ -37,9 +37,21 @@ def test_gpu_check_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
     lora = sum(p.numel() for n, p in pipe.transformer.named_parameters() if "lora_" in n)
     trained = [r["trainable_m"] for r in measured if r["kind"] == "training" and r["base"] == "tiny"]
     assert trained and trained == [pytest.approx((adapter + lora) / 1e6)] * len(trained)
+    dtypes = {r["trainable_dtype"] for r in measured if r["kind"] == "training"}
+    assert dtypes == {"torch.float32"}  # --tiny runs in float32; the full bf16 entry in bf16 is the next test
     out = capsys.readouterr().out
     assert "| tiny | inference: default | 64 |" in out
     assert "| tiny klein | inference: default | 64 |" in out and "| tiny klein | training: checkpointing | 64 |" in out
+
+
+def test_the_full_bf16_training_entry_trains_in_bf16():
+    """On a GPU run (bf16) the full bf16 entry's trainable weights are bf16, as ``train.full_bf16`` makes them;
+    the others' stay float32. A CPU step in bf16 (no autocast there) at tiny size shows it."""
+    import gpu_check
+
+    run = gpu_check.Run(gpu_check.torch.device("cpu"), gpu_check.torch.bfloat16, 100.0)
+    row = gpu_check.time_training(run, gpu_check.TINY, "checkpointing + 8-bit Adam + fp8 storage + full bf16", size=64)
+    assert row["trainable_dtype"] == "torch.bfloat16" and row["s_per_step"] > 0
 
 
 @pytest.mark.slow

@@ -368,10 +368,54 @@ def test_fp8_storage_trains_on_the_float8_rounded_transformer(tiny_model, data, 
     (["model.memory=fp8_storage", "train.mode=vae"], "train.mode=vae does not run it (leave model.memory=none)"),
     (["lora.paths=[a.safetensors, b.safetensors]"], "train.mode=lora continues one LoRA; lora.paths has 2 (give one"),
     (["lora.paths=[a.safetensors:0.5]"], "a weight (0.5) applies when it is used, not when it trains: drop ':W'"),
+    (["train.full_bf16=true", "train.mixed_precision=no"], "train.full_bf16 needs bf16 mixed precision; "
+                                                             "train.mixed_precision is no (set bf16, or auto on a GPU)"),
+    (["train.full_bf16=true", "train.mixed_precision=bf16", "train.ema_decay=0.99"], "train.full_bf16 cannot keep an EMA"),
+    (["train.full_bf16=true"], "train.full_bf16 needs bf16 mixed precision; train.mixed_precision auto is no on cpu: "
+                               "set train.mixed_precision=bf16"),  # the CPU's auto, refused before anything loads
 ])  # fmt: skip
 def test_train_refuses_settings_it_would_ignore(tiny_model, data, tmp_path, capsys, sets, message):
     assert main(train_args(tiny_model, data, tmp_path / "run", 1, *sets)) == 1
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+BF16_RUNS = """
+import sys
+from relation_cli.cli import main
+args = sys.argv[1:]
+cut = args.index("--")
+first, rest = args[:cut], args[cut + 1:]
+print(main(first + ["--set", "train.steps=3"]), main(rest + ["--set", "train.steps=2"]),
+      main(rest + ["--set", "train.steps=3", "--set", "train.full_bf16=false", "--resume"]),
+      main(rest + ["--set", "train.steps=3", "--resume"]))
+"""
+
+
+def test_full_bf16_trains_in_bf16_resumes_exactly_and_is_counted_so(tiny_model, data, tmp_path):
+    """``train.full_bf16``: the trainable weights (so their gradients and AdamW's moments) are bf16 in the
+    checkpoint, a run resumed at step 2 ends with the straight run's weights, a resume may not switch it, and
+    the estimate counts 2 + 2 + 4 bytes per trainable parameter instead of 4 + 4 + 8. (In a fresh process:
+    accelerate fixes one mixed precision per process, and the other tests train in float32.)"""
+    from relation_cli.train.estimate import _meta_pipeline_parts, estimate_parts
+
+    extra = ("train.full_bf16=true", "train.mixed_precision=bf16", "train.checkpoint_every=2", "train.validation_samples=0",
+             "train.lr_scheduler=constant")  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = [*train_args(tiny_model, data, straight, 3, *extra), "--", *train_args(tiny_model, data, resumed, 3, *extra)]
+    run = subprocess.run([sys.executable, "-c", BF16_RUNS, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.stdout.split()[-4:] == ["0", "0", "1", "0"], run.stderr[-2000:]
+    assert "--resume: train.full_bf16 is True in the checkpoint and False now" in run.stderr
+    trained = load_file(straight / "checkpoints" / "checkpoint-00000003" / "trainable.safetensors")
+    assert trained and {v.dtype for v in trained.values()} == {torch.bfloat16}
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    cfgs = [load_config(None, train_overrides(tiny_model, data, tmp_path, 1, "train.mixed_precision=bf16", f"train.full_bf16={f}"))
+            for f in ("false", "true")]  # fmt: skip
+    parts = _meta_pipeline_parts(cfgs[0])
+    plain, bf16 = (estimate_parts(c, 0, *parts) for c in cfgs)
+    n = sum(plain.trainable.values())
+    assert plain.training_bytes == 16 * n and bf16.training_bytes == 8 * n and plain.weight_bytes == bf16.weight_bytes
 
 
 def test_fp8_storage_estimate_counts_the_frozen_transformer_at_one_byte(tiny_model, data, tmp_path):

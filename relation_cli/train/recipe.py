@@ -83,11 +83,14 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     accelerator = build_accelerator(cfg)
     check_distribution(accelerator)
     dtype = weight_dtype(accelerator)
+    if t.full_bf16 and dtype != torch.bfloat16:
+        raise RelationError(f"train.full_bf16 needs bf16 mixed precision; train.mixed_precision {t.mixed_precision} "
+                            f"is {accelerator.mixed_precision} on {accelerator.device.type}: set train.mixed_precision=bf16")  # fmt: skip
     pipe, sources = job.build(cfg, dtype)
     if t.gradient_checkpointing:
         pipe.transformer.enable_gradient_checkpointing()
     model = job.model(pipe, cfg)
-    cast_training_params(model, torch.float32)  # trainable weights in fp32, frozen ones in `dtype`
+    cast_training_params(model, dtype if t.full_bf16 else torch.float32)  # trainable weights; frozen ones in `dtype`
     pipe.to(accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
     model, optimizer, scheduler = accelerator.prepare(model, *build_optimization(cfg, params, accelerator.num_processes))

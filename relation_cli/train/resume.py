@@ -3,7 +3,7 @@
 Settings that decide which weights exist and their shapes (the mode, the LoRA's rank, alpha and targets,
 the adapter's tokens and role embeddings, the base model, the image encoder and whether it trains, the
 starting weights) and settings whose state the checkpoint carries on (the seed of its random streams, the
-optimizer kind, EMA on or off) are refused with one line naming each and both values. Everything else
+optimizer kind, EMA on or off, the trainable weights' dtype) are refused with one line naming each and both values. Everything else
 (steps, learning rate, schedule, warm-up, data, batch size, ...) is honoured from the restored step and
 announced; the run's config records each resume in ``train.resumes``.
 """
@@ -21,7 +21,7 @@ from .checkpoint import CONFIG, load_tree
 LORA_SHAPE = ("lora.rank", "lora.alpha", "lora.targets", "lora.path", "lora.paths")
 ADAPTER_SHAPE = ("adapter.num_tokens", "adapter.role_embeddings", "adapter.path")
 SHAPE = ("train.mode", "model.base", "model.image_encoder", "train.train_image_encoder")
-STATE = ("train.seed", "train.optimizer", "train.ema")
+STATE = ("train.seed", "train.optimizer", "train.ema", "train.full_bf16")
 NOT_SETTINGS = ("train.resumes",)  # the history itself
 
 
