@@ -283,9 +283,25 @@ def _train_memory_problems(cfg: RelationConfig) -> list[str]:
     if t.full_bf16 and t.mixed_precision in ("no", "fp16"):
         problems.append(f"train.full_bf16 needs bf16 mixed precision; train.mixed_precision is {t.mixed_precision} "
                         "(set bf16, or auto on a GPU)")  # fmt: skip
+    elif t.full_bf16 and t.mixed_precision == "auto":  # asks torch what auto is here (only then)
+        from .model import resolve_device, resolve_mixed_precision
+
+        try:
+            device = resolve_device(cfg.model.device)
+        except RelationError:  # the device check says why
+            device = None
+        if device is not None and (resolved := resolve_mixed_precision("auto", device)) != "bf16":
+            problems.append(full_bf16_refused("auto", resolved, device.type))
     if t.full_bf16 and t.ema_decay > 0:
         problems.append("train.full_bf16 cannot keep an EMA (train.ema_decay): its small steps are lost in bf16")
     return problems
+
+
+def full_bf16_refused(setting: str, resolved: str, device: str) -> str:
+    """The one message for ``train.full_bf16`` without bf16 (``setting`` of train.mixed_precision resolving to
+    ``resolved`` on ``device``)."""
+    return (f"train.full_bf16 needs bf16 mixed precision; train.mixed_precision {setting} is {resolved} on {device}: "
+            "set train.mixed_precision=bf16")  # fmt: skip
 
 
 def _train_lora_problems(cfg: RelationConfig, command: str) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 from rich.progress import ProgressColumn, TextColumn
 from rich.text import Text
 
+from ..checks import full_bf16_refused
 from ..config import DEMO, RelationConfig, is_saved_config, save_config
 from ..errors import RelationError
 from ..fs import atomic_dir, check_writable
@@ -84,8 +85,7 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     check_distribution(accelerator)
     dtype = weight_dtype(accelerator)
     if t.full_bf16 and dtype != torch.bfloat16:
-        raise RelationError(f"train.full_bf16 needs bf16 mixed precision; train.mixed_precision {t.mixed_precision} "
-                            f"is {accelerator.mixed_precision} on {accelerator.device.type}: set train.mixed_precision=bf16")  # fmt: skip
+        raise RelationError(full_bf16_refused(t.mixed_precision, accelerator.mixed_precision, accelerator.device.type))
     pipe, sources = job.build(cfg, dtype)
     if t.gradient_checkpointing:
         pipe.transformer.enable_gradient_checkpointing()
