@@ -98,6 +98,18 @@ def test_shipped_configs_validate(name):
     load_config(ROOT / "configs" / name)
 
 
+def test_the_full_size_configs_read_what_the_readmes_prepare_command_writes():
+    """README's Relation252K steps: ``relation prepare ... --output data/relation252k`` (the command
+    configs/prepare-relation252k.yaml opens with), then the training and eval configs read that folder."""
+    first = (ROOT / "configs" / "prepare-relation252k.yaml").read_text().splitlines()[0]
+    written = first.split("--output ")[1].split()[0]
+    assert f"relation prepare data/Relation252K --output {written} " in (ROOT / "README.md").read_text()
+    readers = {p.name: load_config(p) for p in (ROOT / "configs").glob("*.yaml") if "flux" in p.name or "released" in p.name}
+    data = {n: c.train.data for n, c in readers.items() if n.startswith("train-") and "released" not in n}
+    assert data and all(d == f"{written}/train.jsonl" for d in data.values()), data
+    assert readers["eval-released.yaml"].eval.inputs == [f"{written}/test_seen.jsonl", f"{written}/test_unseen.jsonl"]
+
+
 def test_yaml_merge_keys_still_work_and_seeds_fit_torch(tmp_path):
     merged = tmp_path / "merged.yaml"
     merged.write_text("infer: &i\n  steps: 3\n  guidance: 2.0\neval:\n  seed: 5\n")
