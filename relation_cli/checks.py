@@ -258,9 +258,23 @@ def _memory_problems(cfg: RelationConfig, command: str) -> list[str]:
         return []
     if (m.memory == "fp8_storage" or m.quantize != "none") and not cfg.lora.fuse and has_lora(cfg):
         problems.append("model.memory=fp8_storage and model.quantize need the LoRA fused (lora.fuse=true)")
-    if m.memory in OFFLOADING and m.device == "cpu":
-        problems.append(f"model.memory={m.memory} offloads to a GPU; model.device is cpu")
+    if m.memory in OFFLOADING and _device_type(cfg) == "cpu":
+        where = "model.device is cpu" if m.device == "cpu" else f"model.device {m.device} is the CPU on this machine"
+        problems.append(f"model.memory={m.memory} offloads to a GPU; {where}")
     return problems
+
+
+def _device_type(cfg: RelationConfig) -> str | None:
+    """The type of ``model.device`` as the run will resolve it ("cpu", "cuda", "mps"; torch is imported
+    unless it names the CPU); None when it cannot be resolved (the device check says why)."""
+    if cfg.model.device == "cpu":
+        return "cpu"
+    from .model import resolve_device
+
+    try:
+        return resolve_device(cfg.model.device).type
+    except RelationError:
+        return None
 
 
 def _train_memory_problems(cfg: RelationConfig) -> list[str]:
@@ -283,15 +297,8 @@ def _train_memory_problems(cfg: RelationConfig) -> list[str]:
     if t.full_bf16 and t.mixed_precision in ("no", "fp16"):
         problems.append(f"train.full_bf16 needs bf16 mixed precision; train.mixed_precision is {t.mixed_precision} "
                         "(set bf16, or auto on a GPU)")  # fmt: skip
-    elif t.full_bf16 and t.mixed_precision == "auto":  # asks torch what auto is here (only then)
-        from .model import resolve_device, resolve_mixed_precision
-
-        try:
-            device = resolve_device(cfg.model.device)
-        except RelationError:  # the device check says why
-            device = None
-        if device is not None and (resolved := resolve_mixed_precision("auto", device)) != "bf16":
-            problems.append(full_bf16_refused("auto", resolved, device.type))
+    elif t.full_bf16 and t.mixed_precision == "auto" and (kind := _device_type(cfg)) not in (None, "cuda"):
+        problems.append(full_bf16_refused("auto", "no", kind))  # auto is bf16 on CUDA only (model.resolve_mixed_precision)
     if t.full_bf16 and t.ema_decay > 0:
         problems.append("train.full_bf16 cannot keep an EMA (train.ema_decay): its small steps are lost in bf16")
     return problems

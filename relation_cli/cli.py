@@ -354,12 +354,14 @@ def _one_pair(exemplar: list[tuple[Path, Path]] | None, query: Path | None):
 
 
 def _check_edit_inputs(cfg: RelationConfig, pair: tuple[Path, Path], query: Path, output: Path | None) -> None:
-    """What ``infer_single`` checks before it loads the model: the output path, and that every image decodes."""
+    """What ``infer_single`` checks before it loads the model: the output path, that every image decodes, and
+    an explicit working size."""
     from .images import check_output_path
-    from .infer import default_output, open_edit_inputs
+    from .infer import check_edit_size, default_output, open_edit_inputs
 
     check_output_path(output or default_output(query), cfg.infer.overwrite)
-    open_edit_inputs(cfg, pair, query, cfg.infer.prompt)
+    inputs = open_edit_inputs(cfg, pair, query, cfg.infer.prompt)
+    check_edit_size(cfg, inputs.query.size)
 
 
 def _check_eval_folder(cfg: RelationConfig) -> None:
@@ -378,7 +380,7 @@ def _check_eval_rows(cfg: RelationConfig) -> None:
 def _infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, dry_run: bool) -> None:
     from . import infer as core
 
-    check_inputs = lambda: core.plan_batch(cfg, input_file, output_dir)  # noqa: E731
+    check_inputs = lambda: core.check_row_sizes(cfg, input_file, core.plan_batch(cfg, input_file, output_dir))  # noqa: E731
     if dry_run:
         return _dry_run(cfg, "infer", check_inputs)
     before_loading(cfg, "infer", check_inputs)

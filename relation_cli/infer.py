@@ -407,15 +407,10 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
             ``--width``/``--height``), before the model loads; a model the loader refuses.
     """
     from .evaluate.settings import generation_settings, record_settings
-    from .model import load_pipeline, size_rules, truthful_config
+    from .model import load_pipeline, truthful_config
 
     plan = plan_batch(cfg, input_file, output_dir, suffix)
-    rules = size_rules(cfg) if plan.todo else (0, 0)
-    for r in plan.todo:
-        try:
-            edit_sizes(cfg.infer, plan.query_sizes[r.index], *rules).check(cfg.infer, cfg.data.max_image_pixels)
-        except RelationError as e:
-            raise RelationError(f"'{input_file}' row {r.index + 1}: {e}") from None
+    check_row_sizes(cfg, input_file, plan)
     settings = generation_settings(cfg, eval_keys=False)  # the weights as found before they load
     pipe = load_pipeline(cfg) if plan.todo else None  # a refused model or LoRA leaves the folder as it was
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -435,6 +430,35 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
     finally:
         record_settings(output_dir, cfg, eval_keys=False, rows=made, settings=settings)
     return BatchSummary(len(plan.todo) - len(failed), len(plan.rows) - len(plan.todo), output_dir, failed)
+
+
+def check_row_sizes(cfg: RelationConfig, input_file: Path, plan: BatchPlan) -> None:
+    """Every row to make gets a working size the base takes (reads the base's configs, not its weights, and
+    only for an explicit ``infer.width``/``infer.height``: an automatic size is always taken).
+
+    Raises:
+        RelationError: naming the rows file, the first row whose size is refused, and why.
+    """
+    if not (plan.todo and (cfg.infer.width or cfg.infer.height)):
+        return  # an automatic size is always taken (EditSizes.check)
+    from .model import size_rules
+
+    rules = size_rules(cfg)
+    for r in plan.todo:
+        try:
+            edit_sizes(cfg.infer, plan.query_sizes[r.index], *rules).check(cfg.infer, cfg.data.max_image_pixels)
+        except RelationError as e:
+            raise RelationError(f"'{input_file}' row {r.index + 1}: {e}") from None
+
+
+def check_edit_size(cfg: RelationConfig, query_size: tuple[int, int]) -> None:
+    """The working size of one edit of a ``query_size`` (width, height) query, checked as :func:`infer_single`
+    checks it before loading; only an explicit ``infer.width``/``infer.height`` can be refused (reads the
+    base's configs)."""
+    if cfg.infer.width or cfg.infer.height:
+        from .model import size_rules
+
+        edit_sizes(cfg.infer, query_size, *size_rules(cfg)).check(cfg.infer, cfg.data.max_image_pixels)
 
 
 def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> dict[int, tuple[int, int]]:

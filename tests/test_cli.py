@@ -300,6 +300,27 @@ def test_dry_run_checks_and_loads_nothing(images, tmp_path, command):
     assert bad == "1 []" and "offloads to a GPU" in err
 
 
+def test_a_dry_run_refuses_what_the_run_would_refuse_before_loading(tiny_model, images, tmp_path, capsys):
+    """A working size from --width alone over the pixel limit (one edit and batch mode), and offloading where
+    the default device is the CPU: refused by the dry run too, not only by the run after loading."""
+    import torch
+
+    sets = [x for o in tiny_overrides(tiny_model) for x in ("--set", o)]
+    one = ["infer", "--exemplar", images["a"], images["b"], "--query", images["q"], "-o", tmp_path / "o.png", *sets]
+    rows = images["a"].parent / "rows.jsonl"  # paths in a rows file are relative to it
+    rows.write_text(json.dumps({"cond1": images["a"].name, "cond2": images["b"].name, "source": images["q"].name}) + "\n")
+    batch = ["infer", "--input", rows, "--output-dir", tmp_path / "out", *sets]
+    for args in (one, batch):
+        assert main([*map(str, args), "--width", "100000", "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert "working size 100000x" in err and "over the limit of 64,000,000 (data.max_image_pixels)" in err, err
+    if not torch.cuda.is_available():
+        assert main([*map(str, one), "--memory", "model_offload", "--dry-run"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == "error: model.memory=model_offload offloads to a GPU; model.device auto is the CPU on this machine"
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_dry_run_gives_the_configuration_and_input_problems_in_one_message(images, tmp_path):
     """One round of fixes: a refused setting and a missing image together; an eval input the configuration
     check already names missing is said once."""

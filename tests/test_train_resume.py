@@ -109,10 +109,13 @@ def test_resuming_a_finished_run_trains_nothing_and_a_run_past_its_steps_is_refu
     assert again.keys() == made.keys() and all(torch.equal(again[k], made[k]) for k in made)
 
     before = tree(out)
-    assert main(train_args(tiny_model, data, out, 1, *QUIET) + ["--resume"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --resume: checkpoint ") and "is at step 2, past train.steps 1" in err, err
-    assert "\n" not in err and tree(out) == before
+    for dry in (["--dry-run"], []):  # the dry run refuses what the resume would
+        assert main(train_args(tiny_model, data, out, 1, *QUIET) + ["--resume", *dry]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --resume: checkpoint ") and "is at step 2, past train.steps 1" in err, err
+        assert "\n" not in err and tree(out) == before
+    assert main(train_args(tiny_model, data, out, 3, *QUIET, "lora.rank=8") + ["--resume", "--dry-run"]) == 1
+    assert "lora.rank is 4 in the checkpoint and 8 now" in capsys.readouterr().err and tree(out) == before
 
 
 class _InfiniteGradient(torch.autograd.Function):

@@ -97,17 +97,21 @@ def lora_parameters(transformer: torch.nn.Module, targets: list[str], rank: int)
 
 def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None) -> Estimate:
     """Check the training config's data and output folder as the run would (a folder holding an earlier run's
-    checkpoints is refused without ``resume``; with it, an intact checkpoint must be there), then estimate
+    checkpoints is refused without ``resume``; with it, an intact checkpoint must be there, which
+    :func:`~relation_cli.train.resume.continue_config` accepts), then estimate
     memory (:func:`estimate_parts`). ``rows``: the data's rows when already read and checked (a list that
     is not empty), else they are read here. Raises RelationError."""
     from . import checkpoint as ckpt
     from .data import load_rows
     from .recipe import check_output_dir
+    from .resume import continue_config
 
     t = cfg.train
     out = check_output_dir(Path(t.output_dir), resume)
-    if resume:
-        ckpt.require_resumable(out / "checkpoints", warn=lambda message: None)
+    if resume:  # the resume's own checks too: a change it refuses, a checkpoint past train.steps
+        folder = ckpt.require_resumable(out / "checkpoints", warn=lambda message: None)
+        if folder is not None:
+            continue_config(cfg, folder, warn=lambda message: None)
     rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
     check_adapter_fits(cfg, parts[0])
