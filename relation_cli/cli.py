@@ -17,12 +17,18 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from .config import DEMO_DEFAULTS, RelationConfig, describe_fields, dump_config, load_config, read_yaml
+from .config import DEMO_DEFAULTS, SEED_MAX, RelationConfig, describe_fields, dump_config, load_config, read_yaml
 from .errors import RelationError, counted, first_line
 from .runs import refuse_run_config, run_settings
 
 class RelationGroup(TyperGroup):
-    """The ``relation`` group: its ``--help`` shows as a flag too."""
+    """The ``relation`` group: its ``--help`` and ``--version`` show as flags too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "is_flag", False):
+                _as_flag(param)
 
     def get_help_option(self, ctx: Any) -> Any:
         return _as_flag(super().get_help_option(ctx))
@@ -43,6 +49,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"relation {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _group(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show relation's version and exit.")
+    ] = False,
+) -> None:
+    """Options of ``relation`` itself (before a command)."""
+
 
 PAIRED = ("exemplar",)
 """Options that take two values each time they are given (``--exemplar A A'``)."""
@@ -222,7 +245,8 @@ def before_loading(cfg: RelationConfig, command: str, *input_checks: Callable[[]
 def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[[], object], inputs_too: bool = True) -> None:
     """The configuration's problems and the inputs' (``input_checks``, each raising RelationError) in one
     RelationError. ``inputs_too=False``: the inputs are checked only when the configuration has problems.
-    An input problem about a file (``... 'PATH': why``) that a configuration problem names is said once."""
+    An input problem about a file (``... 'PATH': why``) that a configuration problem names, or one said
+    already, is said once."""
     from .checks import config_problems, raise_problems
     from .progress import quiet_libraries
 
@@ -235,7 +259,7 @@ def check_everything(cfg: RelationConfig, command: str, *input_checks: Callable[
             check()
         except RelationError as e:
             named = re.search(r"'(.+?)': ", str(e))  # the file it names: 'PATH': (a path may hold an apostrophe)
-            if not (named and any(f"'{named.group(1)}'" in p for p in problems[:ours])):
+            if str(e) not in problems and not (named and any(f"'{named.group(1)}'" in p for p in problems[:ours])):
                 problems.append(str(e))
     raise_problems(problems, "the configuration and its inputs" if len(problems) > ours else "the configuration")
 
@@ -268,7 +292,7 @@ def user_errors() -> Iterator[None]:
 
 ExemplarOpt = Annotated[
     Optional[list[Path]],
-    typer.Option(metavar="A A'", help="The exemplar pair: the image before and the image after the edit."),
+    typer.Option(metavar="A A'", help="The images before and after the edit; repeat for k pairs."),
 ]
 
 
@@ -468,7 +492,7 @@ def init_model(
     spec: Annotated[
         Optional[Path], typer.Option(help="YAML file of architecture sizes (see configs/arch/demo.yaml).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the random initialisation.")] = 0,
     kontext: Annotated[
         bool, typer.Option("--kontext", help="Save base/ in FLUX.1 Kontext's layout (FluxKontextPipeline; spec key kontext).")
     ] = False,
@@ -493,10 +517,19 @@ def init_model(
             flags = {**({"kontext": True} if kontext else {}), **({"base": "flux2-klein"} if klein else {})}
             arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **flags})
         except ValidationError as e:
-            raise RelationError(f"spec '{spec}': " + "; ".join(
-                f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()
-            )) from None  # fmt: skip
+            raise RelationError((f"spec '{spec}': " if spec else "init-model: ") + spec_problems(e)) from None
         typer.echo(f"wrote {core_init(destination, arch, seed)}")
+
+
+def spec_problems(error: Any) -> str:
+    """A spec's pydantic ``ValidationError`` in the config loader's words: ``key: why`` joined by "; ", an
+    unknown key said so, pydantic's "Value error, " left out."""
+    def one(x: dict) -> str:
+        where = ".".join(map(str, x["loc"]))
+        why = "unknown key" if x["type"] == "extra_forbidden" else x["msg"].removeprefix("Value error, ")
+        return f"{where}: {why}" if where else why
+
+    return "; ".join(one(x) for x in error.errors())
 
 
 # ------------------------------------------------------------------------------------------------ data, train, eval
@@ -788,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if getattr(e, "exit_code", None) != 2 or not hasattr(e, "format_message"):
             raise
+        if not e.format_message():  # `relation` alone: click printed the help, which is the answer
+            return 0
         typer.echo(f"error: {usage_problem(e, args)}", err=True)  # a usage error of the command line itself
         return 1
     return code if isinstance(code, int) else 0
@@ -798,7 +833,7 @@ def usage_problem(err: Any, args: list[str]) -> str:
     ctx = getattr(err, "ctx", None)
     name = getattr(ctx, "info_name", None)
     hint = f" (see relation {name} --help)" if name and name != "relation" else ""
-    message = err.format_message()
+    message = err.format_message().replace(": Value error, ", ": ")  # typer's validation wording, left out
     extra = message.startswith("Got unexpected extra argument") and ctx is not None
     word = message[message.rfind("(") + 1 : message.rfind(")")].split()[0] if extra else None
     if word is None or word not in args:

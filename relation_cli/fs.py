@@ -117,7 +117,9 @@ def _can_create_in(folder: Path) -> bool:
 def check_new_dir(path: str | Path) -> Path:
     """A destination folder must not exist yet, or be empty, and must be creatable."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise RelationError(f"output '{path}': already exists and is a file, not a folder")
+    if path.exists() and any(path.iterdir()):
         raise RelationError(f"output '{path}': already exists and is not an empty folder")
     return check_writable(path)
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from .adapter import RelationAdapter
 from .checks import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, adapter_problem
 from .errors import RelationError, first_line
-from .fs import atomic_dir
+from .fs import atomic_dir, check_new_dir
 
 _PROCESSOR_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 
@@ -84,12 +84,18 @@ def adapter_from_state(proj: dict, procs: dict, attention_head_dim: int) -> Rela
 
     The adapter is built on ``meta`` and takes the given tensors as its parameters (``assign=True``), in
     their dtype: no second copy of 2.65B weights (5.3 GB in bf16) is ever made.
+
+    Raises:
+        RelationError: ``attention_head_dim`` does not divide the processors' width; keys missing or unexpected.
     """
     image_embed_dim = proj["proj.0.weight"].shape[1]
     cross_attention_dim = proj["norm.weight"].shape[0]
     num_tokens = proj["proj.2.weight"].shape[0] // cross_attention_dim
     num_layers = 1 + max(int(_PROCESSOR_KEY.match(k).group(1)) for k in procs)
     hidden_size = procs["0.to_k_ip.weight"].shape[0]
+    if attention_head_dim < 1 or hidden_size % attention_head_dim:
+        raise RelationError(f"attention_head_dim {attention_head_dim} (--head-dim) does not divide the adapter's "
+                            f"attention width {hidden_size} into heads (FLUX.1-dev: 128, 24 heads of 3072)")  # fmt: skip
     with torch.device("meta"):  # no memory, no random init: the weights below become the parameters
         adapter = RelationAdapter(
             image_embed_dim=image_embed_dim,
@@ -141,10 +147,16 @@ def stored_dtype(folder: Path) -> torch.dtype:
 
 
 def convert_released(src: str | Path, dst: str | Path, attention_head_dim: int = 128) -> Path:
-    """Released ``.bin`` -> relation's safetensors folder, so the pickle never has to be opened again."""
+    """Released ``.bin`` -> relation's safetensors folder, so the pickle never has to be opened again.
+
+    Raises:
+        RelationError: ``src`` is not a pickle file; ``dst`` exists (checked before reading); what
+            :func:`load_adapter` refuses; ``attention_head_dim`` does not divide the processors' width.
+    """
     src, dst = Path(src), Path(dst)
     if src.suffix.lower() not in PICKLE_SUFFIXES or not src.is_file():
         raise RelationError(f"adapter '{src}': expected an existing {'/'.join(PICKLE_SUFFIXES)} file")
+    check_new_dir(dst)  # before 5.3 GB are read
     adapter = load_adapter(src, attention_head_dim)
     save_atomic(adapter, dst)
     return dst

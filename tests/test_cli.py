@@ -553,6 +553,39 @@ def test_eval_skips_unreachable_encoders_with_a_note_on_how_to_enable_them(tiny_
 # ------------------------------------------------------------------------------------------ help and relation config
 
 
+def test_relation_alone_shows_its_help_and_version_says_which(capsys):
+    from relation_cli import __version__
+
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert "Usage: relation [OPTIONS] COMMAND" in captured.out and "error" not in captured.err
+    assert "--version" in captured.out and "<bool>" not in captured.out
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"relation {__version__}\n"
+
+
+def test_init_model_says_its_problems_in_the_config_loaders_words(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("infer: 3\nnum_layers: x\n")
+    for args, message in [
+        (["--kontext", "--klein"], "error: init-model: kontext is a FLUX.1 layout; base flux2-klein has its own"),
+        (["--spec", spec], f"error: spec '{spec}': num_layers: Input should be a valid integer, unable to parse string "
+                           "as an integer; infer: unknown key"),
+        (["--seed", "-5"], "error: Invalid value for '--seed': Input should be greater than or equal to 0"),
+        (["--seed", str(2**64)], "error: Invalid value for '--seed': Input should be less than or equal to"),
+    ]:  # fmt: skip
+        assert main(["init-model", str(tmp_path / "m"), *map(str, args)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_eval_without_input_says_so_once(capsys):
+    for dry in (["--dry-run"], []):
+        assert main(["eval", *dry]) == 1
+        assert capsys.readouterr().err == ("error: no input to evaluate: pass --input FILE (e.g. prepare's test_seen.jsonl) "
+                                           "or set eval.inputs\n")  # fmt: skip
+
+
 @pytest.mark.parametrize("command", ["infer", "train", "eval", "prepare", "config", "convert", "init-model"])
 def test_help_is_short_and_shows_defaults_choices_and_flags(command, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")

@@ -68,8 +68,20 @@ def test_convert_round_trip(reference, tmp_path):
     b = load_adapter(out, attention_head_dim=16)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
-    with pytest.raises(RelationError, match="already exists"):
-        convert_released(reference / "ip_adapter.bin", out)
+    with pytest.raises(RelationError, match="already exists and is not an empty folder"):
+        convert_released(reference / "ip_adapter.bin", out)  # said before the pickle is read (any head_dim)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(RelationError, match="'.*file': already exists and is a file, not a folder"):
+        convert_released(reference / "ip_adapter.bin", tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("head_dim", [0, 7])
+def test_a_head_dim_that_does_not_divide_the_adapter_is_refused(reference, tmp_path, head_dim):
+    """``relation convert --head-dim`` must split the processors' width into heads (the reference's is 32)."""
+    with pytest.raises(RelationError, match=f"attention_head_dim {head_dim} \\(--head-dim\\) does not divide the adapter's attention width 32"):
+        convert_released(reference / "ip_adapter.bin", tmp_path / "adapter", attention_head_dim=head_dim)
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_lora_reading(reference, tmp_path):
