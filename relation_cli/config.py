@@ -426,7 +426,9 @@ class RelationConfig(Section):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'infer.steps=4'`` -> ``(['infer', 'steps'], 4)``. Values are YAML scalars/flow lists."""
+    """``'infer.steps=4'`` -> ``(['infer', 'steps'], 4)``. Values are YAML scalars/flow lists, except for a
+    text setting (``str``, ``str | None``), which takes the text as typed unless it is quoted; an empty value
+    is None for a setting that may be empty (``infer.max_area=``), else ""."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -434,11 +436,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if any(not p.isidentifier() for p in parts) or len(parts) < 2:
         raise RelationError(f"override {text!r}: {key!r} is not a section.key name")
+    kinds = _field_kinds(parts)
+    text = raw.strip()
+    if not text:
+        return parts, None if type(None) in kinds else ""  # `infer.max_area=`: empty is no value
+    if kinds and kinds <= {str, type(None)} and text[0] not in "'\"":
+        if type(None) in kinds and text in ("null", "Null", "NULL", "~"):
+            return parts, None  # YAML's null: back to the setting's empty default
+        return parts, text  # a text setting takes the text as typed: `infer.prompt=yes` is "yes", not true
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw)
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: e.g. the date 2001-02-30
         value = raw  # not YAML: keep the text as a string, let validation judge it
     return parts, value
+
+
+def _field_kinds(parts: list[str]) -> set:
+    """The types a ``section.key`` field takes (``{str, NoneType}`` for ``str | None``); empty when unknown."""
+    section = RelationConfig.model_fields.get(parts[0])
+    model = next((a for a in (section.annotation, *get_args(section.annotation)) if isinstance(a, type)
+                  and issubclass(a, BaseModel)), None) if section and len(parts) == 2 else None  # fmt: skip
+    field = model.model_fields.get(parts[1]) if model else None
+    if field is None:
+        return set()
+    union = get_origin(field.annotation) in (Union, UnionType)
+    return set(get_args(field.annotation)) if union else {field.annotation}
 
 
 def _set_path(tree: dict, parts: list[str], value: Any, origin: str) -> None:
@@ -458,6 +480,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         key = key if key.isprintable() else repr(key)  # the message stays one line
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
+        elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float, type(None))):
+            lines.append(f"{key}: expected text, got {e.get('input')!r} (YAML read it so: quote it)")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
     return f"invalid configuration ({origin}): " + "; ".join(lines)

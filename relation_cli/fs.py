@@ -118,7 +118,7 @@ def check_new_dir(path: str | Path) -> Path:
     """A destination folder must not exist yet, or be empty, and must be creatable."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise RelationError(f"output '{path}': already exists and is a file, not a folder")
+        raise RelationError(f"output '{path}': exists and is not a folder")
     if path.exists() and any(path.iterdir()):
         raise RelationError(f"output '{path}': already exists and is not an empty folder")
     return check_writable(path)

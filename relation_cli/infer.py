@@ -455,7 +455,10 @@ def check_edit_size(cfg: RelationConfig, query_size: tuple[int, int]) -> None:
     """The working size of one edit of a ``query_size`` (width, height) query, checked as :func:`infer_single`
     checks it before loading; only an explicit ``infer.width``/``infer.height`` can be refused (reads the
     base's configs)."""
-    if cfg.infer.width or cfg.infer.height:
+    i = cfg.infer
+    if i.width and i.height and i.width * i.height > cfg.data.max_image_pixels:
+        return  # the configuration check says it (checks._size_problems)
+    if i.width or i.height:
         from .model import size_rules
 
         edit_sizes(cfg.infer, query_size, *size_rules(cfg)).check(cfg.infer, cfg.data.max_image_pixels)

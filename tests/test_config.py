@@ -86,6 +86,28 @@ def test_override_values_are_yaml():
     assert parse_override("infer.guidance=3.5") == (["infer", "guidance"], 3.5)
 
 
+@pytest.mark.parametrize("text, value", [
+    ("infer.prompt=yes", "yes"), ("infer.prompt=no", "no"), ("infer.prompt=123", "123"), ("infer.prompt=#x", "#x"),
+    ("infer.prompt='a: b'", "a: b"), ("infer.prompt=  two words ", "two words"), ("model.base=null", "null"), ("model.image_encoder=null", None),
+    ("infer.max_area=", None), ("infer.width=", None), ("model.image_encoder=", None), ("infer.prompt=", ""),
+    ("train.data=[a.jsonl, b.jsonl]", ["a.jsonl", "b.jsonl"]), ("train.data=a.jsonl", "a.jsonl"),
+    ("train.mixed_precision=no", False), ("infer.steps=4", 4), ("lora.bogus=yes", True),
+])  # fmt: skip
+def test_a_text_setting_takes_the_text_as_typed_and_an_empty_value_is_none_where_allowed(text, value):
+    """YAML would read ``yes`` as true, ``123`` as a number and ``#x`` as nothing: a text setting (``str`` or
+    ``str | None``) keeps what was typed (quotes still quote); other settings stay YAML (a choice's bare ``no``
+    is the choice "no": Section's validator); an empty value is None where the setting may be empty."""
+    assert parse_override(text)[1] == value
+    if not text.startswith("lora.bogus"):
+        load_config(None, [text])
+
+
+def test_a_yaml_file_whose_text_setting_yaml_read_as_a_boolean_says_to_quote_it(tmp_path):
+    (tmp_path / "c.yaml").write_text("infer:\n  prompt: yes\n")
+    with pytest.raises(RelationError, match="infer.prompt: expected text, got True \\(YAML read it so: quote it\\)"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_config(None, ["infer.steps=9", "model.base=some/model"])
     path = save_config(cfg, tmp_path / "out.yaml")
