@@ -125,6 +125,36 @@ def test_interrupted_then_resumed_equals_straight(tiny_model, data, tmp_path, mo
         assert torch.equal(a[k], b[k]), k
 
 
+def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny_model, data, tmp_path, monkeypatch, capsys):
+    """A first Ctrl-C (SIGINT) mid-step: the step finishes and is checkpointed (train.checkpoint_every is far
+    away), the run stops with status 130, and --resume ends with the straight run's weights."""
+    import signal
+
+    import relation_cli.train.recipe as recipe
+
+    extra = ("train.checkpoint_every=100", "train.validation_samples=0", "train.lr_scheduler=cosine")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(train_args(tiny_model, data, straight, 4, *extra)) == 0
+    real_step = recipe.optimizer_step
+
+    def step_then_ctrl_c(run, batches):
+        if run.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during step 2
+        return real_step(run, batches)
+
+    monkeypatch.setattr(recipe, "optimizer_step", step_then_ctrl_c)
+    capsys.readouterr()
+    assert main(train_args(tiny_model, data, stopped, 4, *extra)) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after step 2: it is checkpointed; relation train --resume continues" in err, err
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["checkpoint-00000002"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    monkeypatch.setattr(recipe, "optimizer_step", real_step)
+    assert main(train_args(tiny_model, data, stopped, 4, *extra) + ["--resume"]) == 0
+    a, b = _weights(straight), _weights(stopped)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_corrupted_checkpoint_is_skipped_on_resume(tiny_model, data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(tiny_model, data, out, 4, "train.checkpoint_every=1", "train.keep_checkpoints=3",

@@ -9,6 +9,8 @@ optimizer step is :func:`relation_cli.train.step.optimizer_step`; checkpoints ar
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,7 +295,7 @@ class SpeedColumn(ProgressColumn):
 def loop(run: Run) -> None:
     """Optimizer steps until ``train.steps``: log, checkpoint and validate on their schedules; stop on a
     non-finite loss. The last step is always checkpointed and validated; a run resumed at its last step
-    only says so."""
+    only says so. A Ctrl-C (one process) ends the step under way, checkpoints it and raises KeyboardInterrupt."""
     t, acc = run.cfg.train, run.accelerator
     batches = iter(torch.utils.data.DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate, num_workers=t.num_workers))
     run.model.train()
@@ -306,7 +308,7 @@ def loop(run: Run) -> None:
                           f"are written again (a larger train.steps trains on)")  # fmt: skip
         return
     last_saved = run.step
-    with progress:
+    with progress, StopRequest(acc.num_processes == 1) as stop:
         task = progress.add_task("training", total=t.steps, completed=run.step, loss=float("nan"), lr=0.0)
         while run.step < t.steps:
             value = optimizer_step(run, batches)
@@ -318,6 +320,12 @@ def loop(run: Run) -> None:
             lr = run.scheduler.get_last_lr()[0]
             progress.update(task, advance=1, loss=value, lr=lr)
             log_step(run, value, lr, progress.tasks[0].speed)
+            if stop.asked:  # Ctrl-C: this finished step is kept, then the run stops
+                if last_saved != run.step:
+                    ckpt.save_checkpoint(run)
+                progress.stop()
+                console.print(f"interrupted after step {run.step}: it is checkpointed; relation train --resume continues")
+                raise KeyboardInterrupt
             if run.step % t.checkpoint_every == 0 and run.step < t.steps:
                 ckpt.save_checkpoint(run)
                 last_saved = run.step
@@ -326,6 +334,33 @@ def loop(run: Run) -> None:
     if last_saved != run.step:
         ckpt.save_checkpoint(run)
     validate(run)
+
+
+class StopRequest:
+    """``with StopRequest(enabled) as stop``: a first Ctrl-C (SIGINT) only sets ``stop.asked``, so that the
+    loop can finish and checkpoint the step under way; a second one interrupts at once. Off (``enabled``
+    False: several processes, which would have to agree on the step) or outside the main thread, Ctrl-C
+    interrupts at once as usual."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.asked = False
+        self.previous = None
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._ask) or signal.default_int_handler  # None: not Python's
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        self.asked = True
+        signal.signal(signal.SIGINT, self.previous)  # a second Ctrl-C: at once
+        console.print("stopping after this step, which is checkpointed (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc) -> bool:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def log_step(run: Run, loss: float, lr: float, speed: float | None) -> None:
