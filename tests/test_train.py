@@ -155,6 +155,12 @@ def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_batch_larger_than_the_data_is_said(tiny_model, data, tmp_path, capsys):
+    rows = len((data).read_text().splitlines())
+    assert main(train_args(tiny_model, data, tmp_path / "run", 1, "train.validation_samples=0", f"train.batch_size={rows + 5}")) == 0
+    assert f"train.batch_size {rows + 5} is more than the {rows} training rows: a batch holds at most {rows}" in capsys.readouterr().err
+
+
 def test_corrupted_checkpoint_is_skipped_on_resume(tiny_model, data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(tiny_model, data, out, 4, "train.checkpoint_every=1", "train.keep_checkpoints=3",

@@ -83,6 +83,9 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
         cfg = continue_config(cfg, folder, warn=_warn)
     t, job = cfg.train, job_for(cfg.train.mode)
     rows = load_rows(t.data_files, cfg.data.max_image_pixels)  # every image decoded: before anything is loaded or written
+    if t.batch_size > len(rows):
+        _warn(f"train.batch_size {t.batch_size} is more than the {len(rows)} training rows: a batch holds at most "
+              f"{len(rows)} (fewer where their sizes differ)")  # fmt: skip
     accelerator = build_accelerator(cfg)
     check_distribution(accelerator)
     dtype = weight_dtype(accelerator)
