@@ -43,9 +43,13 @@ def read_run(run_dir: str | Path) -> tuple[RunSection, dict]:
 
 def run_settings(run_dir: str | Path) -> dict:
     """The settings ``--run DIR`` supplies, as a config tree under the user's: the run's base, image
-    encoder, adapter and LoRA (weight 1), and its ``infer:`` section as infer defaults."""
+    encoder, adapter and LoRA (weight 1), and its ``infer:`` section as infer defaults. Raises RelationError
+    for what :func:`read_run` refuses and for a VAE pre-training run (no adapter)."""
     run_dir = Path(run_dir)
     run, tree = read_run(run_dir)
+    if not run.adapter and (tree.get("train") or {}).get("mode") == "vae":
+        raise RelationError(f"run '{run_dir}': pre-trained a VAE (train.mode vae) and has no adapter to edit with; "
+                            f"train one on its base: relation train --set model.base={run_dir / run.base}")  # fmt: skip
     model = {"base": _inside(run_dir, run.base)}
     if run.image_encoder:
         model["image_encoder"] = _inside(run_dir, run.image_encoder)

@@ -503,7 +503,7 @@ def test_accelerate_configs_parse(name):
     assert cfg.num_processes >= 2
 
 
-def test_vae_mode_pretrains_the_vae(tiny_model, data, tmp_path):
+def test_vae_mode_pretrains_the_vae(tiny_model, data, tmp_path, capsys):
     out = tmp_path / "vae"
     assert main(train_args(tiny_model, data, out, 2, "train.mode=vae")) == 0
     trained = load_file(out / "base" / "vae" / "diffusion_pytorch_model.safetensors")
@@ -513,6 +513,10 @@ def test_vae_mode_pretrains_the_vae(tiny_model, data, tmp_path):
     orig = load_file(tiny_model / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(same[k], orig[k]) for k in orig)  # only the VAE trained
     assert not (out / "adapter").exists() and list((out / "validation").glob("*.png"))
+    capsys.readouterr()
+    assert main(["infer", "--run", str(out), "--exemplar", "a.png", "b.png", "--query", "c.png"]) == 1
+    assert capsys.readouterr().err == (f"error: run '{out}': pre-trained a VAE (train.mode vae) and has no adapter to edit "
+                                       f"with; train one on its base: relation train --set model.base={out / 'base'}\n")  # fmt: skip
 
 
 def test_the_demo_recipe_runs_on_a_tiny_model(tiny_model, data, tmp_path, monkeypatch):
