@@ -57,6 +57,7 @@ class _QuietPil:
 
 _quiet_pil = _QuietPil()
 _alpha_noted = threading.Event()
+_frames_noted = threading.Event()
 
 # The aspect ratios exemplars are padded to (SPEC 2.1), as (width, height).
 EXEMPLAR_RATIOS = ((3, 4), (4, 3), (1, 1), (16, 9), (9, 16))
@@ -82,16 +83,17 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
                 raise RelationError(
                     f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (data.max_image_pixels)"
                 )
+            if getattr(im, "n_frames", 1) > 1:
+                _note_once(_frames_noted, f"note: {where} has {im.n_frames} frames; the first is used")
             im.load()
             image = _to_rgb(ImageOps.exif_transpose(im), where)
     except RelationError:
         raise
     except UnidentifiedImageError:
         raise RelationError(f"{where}: not an image PIL can read") from None
-    except Image.DecompressionBombError:
-        raise RelationError(
-            f"{where}: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, refused before decoding (decompression bomb)"
-        ) from None
+    except Image.DecompressionBombError:  # PIL's own limit, met before the size can be read
+        raise RelationError(f"{where}: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of {max_pixels:,} "
+                            "(data.max_image_pixels); refused before decoding (a decompression bomb)") from None  # fmt: skip
     except PermissionError:
         raise RelationError(f"{where}: permission denied") from None
     except Exception as e:  # PIL's decoders raise many types on corrupt data (struct.error, EOFError, ...)
@@ -161,10 +163,15 @@ def _to_rgb(im: Image.Image, where: str = "an image") -> Image.Image:
 
 def _note_alpha(where: str) -> None:
     """Say once per process that transparency is dropped (the colour under transparent pixels shows)."""
-    if not _alpha_noted.is_set():
-        _alpha_noted.set()
-        log.warning("note: %s is transparent; its alpha is dropped as the authors' code does (the colours under "
-                    "transparent pixels are used; flatten it onto a background first to choose them)", where)  # fmt: skip
+    _note_once(_alpha_noted, f"note: {where} is transparent; its alpha is dropped as the authors' code does (the "
+               "colours under transparent pixels are used; flatten it onto a background first to choose them)")  # fmt: skip
+
+
+def _note_once(said: threading.Event, message: str) -> None:
+    """``message`` as a warning, the first time ``said`` is not yet set in this process."""
+    if not said.is_set():
+        said.set()
+        log.warning("%s", message)
 
 
 def pad_exemplar(image: Image.Image, long_side: int = 512) -> Image.Image:

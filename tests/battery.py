@@ -107,7 +107,7 @@ IMAGE_ERRORS = {
     "folder instead of image": "not a file",
     "1x1 image": "a side under 16 pixels",
     "image over the pixel limit": "over the limit of 64,000,000 (data.max_image_pixels)",
-    "decompression bomb": "refused before decoding (decompression bomb)",
+    "decompression bomb": "(data.max_image_pixels); refused before decoding (a decompression bomb)",
 }
 WRONG_EXTENSION = "image with the wrong extension (PNG named .jpg)"
 IMAGE_WORKS = (WRONG_EXTENSION, "CMYK JPEG", "16-bit grayscale", "palette with transparency", "RGBA with alpha",

@@ -312,6 +312,20 @@ def test_dropped_alpha_is_said_once(tmp_path, caplog):
     assert len(notes) == 1 and f"query '{tmp_path / 't.png'}' is transparent" in notes[0]
 
 
+def test_an_animated_image_is_said_to_give_its_first_frame(tmp_path, caplog):
+    from relation_cli.images import _frames_noted, open_image
+
+    _frames_noted.clear()
+    frames = [Image.new("RGB", (16, 16), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with caplog.at_level("WARNING", logger="relation_cli.images"):
+        image = open_image(tmp_path / "a.gif", "query", 10**6)
+        open_image(tmp_path / "a.gif", "query", 10**6)
+    assert image.getpixel((0, 0))[0] > 150  # the first (red) frame
+    notes = [r.getMessage() for r in caplog.records if "frames" in r.getMessage()]
+    assert notes == [f"note: query '{tmp_path / 'a.gif'}' has 3 frames; the first is used"]
+
+
 def test_byte_order_mark_is_read(tmp_path):
     from relation_cli.rows import parse_rows
 
