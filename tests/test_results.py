@@ -514,6 +514,25 @@ def test_a_run_that_made_nothing_does_not_block_the_next(tiny_model, tmp_path, c
     assert "wrote 0 images" in capsys.readouterr().out
 
 
+def test_the_same_weights_named_otherwise_are_no_change(tmp_path, capsys):
+    """The demo's image encoder named by its folder (as a --run gives it) or left to its default (None: the
+    demo's own): the weights' fingerprint is the same, so outputs are reused, not refused as "other
+    settings"; another encoder's files are still a change."""
+    import shutil
+
+    from relation_cli.config import DEMO_DIR
+
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    demo = ["infer", "--input", str(rows), "--output-dir", str(out), "--steps", "1", "--device", "cpu"]
+    assert main(demo) == 0
+    capsys.readouterr()
+    assert main([*demo, "--image-encoder", str(DEMO_DIR / "image_encoder")]) == 0
+    assert "wrote 0 images" in capsys.readouterr().out
+    shutil.copytree(DEMO_DIR / "image_encoder", tmp_path / "encoder")
+    assert main([*demo, "--image-encoder", str(tmp_path / "encoder")]) == 1
+    assert f"image_encoder '{DEMO_DIR.resolve() / 'image_encoder'}' -> '{tmp_path / 'encoder'}'" in capsys.readouterr().err
+
+
 def test_the_rows_journal_of_a_killed_run_is_read_in_order_and_a_cut_line_skipped(tmp_path):
     """What a batch run killed mid-way leaves: generation.json from its start and one journal line per output
     since, the last one perhaps cut short by the kill. Later lines win; ``null`` removes an entry."""

@@ -22,6 +22,10 @@ ROWS_JOURNAL = ".generation-rows.jsonl"
 (:func:`record_row`): each output costs one short append instead of rewriting a record of every row."""
 
 
+FINGERPRINTED = ("model.base", "model.image_encoder", "adapter.path")
+"""Settings that name weights :func:`weights_fingerprint` resolves and compares by their files."""
+
+
 def generation_settings(cfg: RelationConfig, eval_keys: bool = True) -> dict:
     """The config values that change a generated image: outputs made with others must not be reused.
 
@@ -181,7 +185,10 @@ def check_settings(output_dir: Path, cfg: RelationConfig, eval_keys: bool = True
         return before
     before = absolute_flat_sources(before)
     now = generation_settings(cfg, eval_keys)
-    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != WEIGHTS and before.get(k) != v]
+    # With both fingerprints, the weights' own comparison says whether the base, encoder or adapter changed: the
+    # same encoder named (a run's folder) or left to its default (None) is no change.
+    compared = {WEIGHTS} | (set(FINGERPRINTED) if isinstance(before.get(WEIGHTS), dict) and now[WEIGHTS] else set())
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items() if k not in compared and before.get(k) != v]
     changed += weights_changes(before.get(WEIGHTS), now[WEIGHTS])
     if changed:
         raise RelationError(f"outputs in '{output_dir}' were generated with other settings ({'; '.join(changed)}): "
