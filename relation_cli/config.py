@@ -487,14 +487,28 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return f"invalid configuration ({origin}): " + "; ".join(lines)
 
 
+CONFIG_MAX_BYTES = 1 << 20
+"""The most a config file may hold (1 MiB): a pipe or a device is read no further."""
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config file's top-level mapping ({} when empty). A pipe (``--config <(...)``) is read too, up to
+    :data:`CONFIG_MAX_BYTES`. Raises RelationError: missing, a folder, too large, not UTF-8, not YAML, a key
+    given twice, or not a mapping."""
     path = Path(path)
     if path.is_dir():
         raise RelationError(f"config file '{path}': is a folder; give a .yaml file")
-    if not path.is_file():
+    if not path.exists():
         raise RelationError(f"config file '{path}': not found")
     try:
-        data = _load_unique(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            raw = f.read(CONFIG_MAX_BYTES + 1)
+    except OSError as e:
+        raise RelationError(f"config file '{path}': cannot be read ({e.strerror or first_line(e)})") from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise RelationError(f"config file '{path}': over {CONFIG_MAX_BYTES:,} bytes; not a config file")
+    try:
+        data = _load_unique(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise RelationError(f"config file '{path}': not UTF-8 text") from None
     except yaml.YAMLError as e:

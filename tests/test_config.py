@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,23 @@ def test_a_text_setting_takes_the_text_as_typed_and_an_empty_value_is_none_where
     assert parse_override(text)[1] == value
     if not text.startswith("lora.bogus"):
         load_config(None, [text])
+
+
+def test_a_config_from_a_pipe_is_read_and_an_endless_one_refused(tmp_path):
+    """``--config <(printf ...)`` names a pipe, not a regular file; /dev/zero would never end."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("infer:\n  steps: 5\n"))
+    writer.start()
+    try:
+        assert load_config(fifo).infer.steps == 5
+    finally:
+        writer.join(timeout=10)
+    if Path("/dev/zero").exists():
+        with pytest.raises(RelationError, match="config file '/dev/zero': over 1,048,576 bytes; not a config file"):
+            load_config(Path("/dev/zero"))
 
 
 def test_a_yaml_file_whose_text_setting_yaml_read_as_a_boolean_says_to_quote_it(tmp_path):
