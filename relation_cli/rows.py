@@ -2,6 +2,10 @@
 
 Image paths in a row are relative to the file that holds it and must stay inside its folder. Instead of
 ``cond1``/``cond2`` a row may carry k exemplar pairs: ``"exemplars": [["a.png", "a2.png"], ["c.png", "c2.png"]]``.
+
+A message names a row by its line in the file, ``Row.line`` (``row 3`` is line 3, as a JSON error's
+``line 3``), so a blank line does not shift the numbers; ``Row.index`` counts rows (0, 1, ...) and
+names outputs and records.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import RelationError, first_line
 from .fs import real_dir, resolve_inside
@@ -26,6 +30,8 @@ class Row:
     """One analogy sample: exemplar pair (cond1 -> cond2), query ``source``, optional ``target``.
 
     A row with an ``exemplars`` list keeps all its pairs in ``exemplars``; ``cond1``/``cond2`` are its first.
+    ``index``: its position among the file's rows (0-based); ``line``: its line in the file (1-based), the
+    number a message gives it (``row {line}``).
     """
 
     index: int
@@ -36,11 +42,35 @@ class Row:
     text: str
     task: str
     exemplars: tuple[Pair, ...] = ()
+    line: int = 0  # 0: not read from a file
 
     @property
     def pairs(self) -> tuple[Pair, ...]:
         """Every exemplar pair (A, A') of the row, k >= 1 of them."""
         return self.exemplars or ((self.cond1, self.cond2),)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object that gives one key twice: ``json.loads`` would keep the last value silently."""
+
+    def __init__(self, key: str):
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` of :func:`loads_object`: the object as a dict, DuplicateKey on a repeated key."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def loads_object(text: str) -> Any:
+    """``json.loads`` refusing a repeated key in any object (DuplicateKey, a ValueError)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
 
 
 def json_problem(err: Exception) -> str:
@@ -63,10 +93,15 @@ def one_json_document(text: str) -> bool:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every line of a JSON Lines file as a dict; every bad line is reported together, with its number.
 
-    Raises RelationError for a missing or unreadable file and for bad lines (up to 10 named); a file none of
-    whose lines is a JSON object (a CSV, say) gets one short message naming its first line's problem, and a
-    pretty-printed JSON document one that says so.
+    Raises RelationError for a missing or unreadable file and for bad lines (up to 10 named; a line whose
+    object gives a key twice is one); a file none of whose lines is a JSON object (a CSV, say) gets one short
+    message naming its first line's problem, and a pretty-printed JSON document one that says so.
     """
+    return [value for _, value in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | Path) -> list[tuple[int, dict]]:
+    """:func:`read_jsonl` with each object's line number (1-based; blank lines are skipped, not renumbered)."""
     path = Path(path)
     if path.is_dir():
         raise RelationError(f"'{path}': is a folder; give a JSON Lines file of rows (e.g. prepare's test_seen.jsonl)")
@@ -78,23 +113,28 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise RelationError(f"'{path}': not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise RelationError(f"'{path}': cannot read ({e.strerror or first_line(e)})") from None
-    out, problems = [], []
+    out, problems, repeats = [], [], 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = loads_object(line)
+        except DuplicateKey as e:  # still a JSON object: not a sign of a CSV or a pretty-printed document
+            problems.append(f"line {number}: {e}: give each field once")
+            repeats += 1
+            continue
         except (ValueError, RecursionError) as e:
             problems.append(f"line {number}: malformed JSON ({json_problem(e)})")
             continue
         if not isinstance(value, dict):
             problems.append(f"line {number}: expected a JSON object, found {type(value).__name__}")
             continue
-        out.append(value)
-    if not out and problems and one_json_document("\n".join(lines)):  # e.g. a list of rows, pretty-printed or not
+        out.append((number, value))
+    objects = out or repeats
+    if not objects and problems and one_json_document("\n".join(lines)):  # e.g. a list of rows, pretty-printed or not
         over = f" over {len(problems)} lines" if len(problems) > 1 else ""
         raise RelationError(f"'{path}': one JSON document{over}, not JSON Lines: write one JSON object per line")
-    if not out and len(problems) > 1:  # a CSV or other text: the first line says enough
+    if not objects and len(problems) > 1:  # a CSV or other text: the first line says enough
         raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} lines is a JSON "
                             f"object ({problems[0]})")  # fmt: skip
     if problems:
@@ -106,21 +146,22 @@ def parse_rows(path: str | Path, need_target: bool = False) -> list[Row]:
     """Rows of a run-ready jsonl file with their paths resolved; all problems are reported together.
 
     Image paths must stay inside the file's folder (see :func:`~relation_cli.fs.resolve_inside`), and
-    unknown fields are refused: a misspelt ``text`` would otherwise be dropped silently.
+    unknown fields are refused: a misspelt ``text`` would otherwise be dropped silently. A problem names
+    the row by its line in the file (``row 3``: line 3).
     """
     path = Path(path)
     root, real_root = path.parent, real_dir(path.parent)
     rows, problems = [], []
-    for i, raw in enumerate(read_jsonl(path)):
+    for i, (line, raw) in enumerate(read_jsonl_numbered(path)):
         reasons, paths = _row_paths(raw, need_target, root, real_root)
         pairs, why = _exemplar_pairs(raw, root, real_root)
         reasons += why
         if reasons:
-            problems.append(f"row {i + 1}: " + "; ".join(reasons))
+            problems.append(f"row {line}: " + "; ".join(reasons))
             continue
         first = pairs[0] if pairs else (paths["cond1"], paths["cond2"])
         rows.append(Row(i, *first, paths["source"], paths.get("target"), raw.get("text") or "", raw.get("task") or "",
-                        tuple(pairs)))  # fmt: skip
+                        tuple(pairs), line))  # fmt: skip
     if problems:
         raise RelationError(f"'{path}': " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     if not rows:

@@ -5,7 +5,8 @@ Output folder (row paths are relative to it):
     train.jsonl  test_seen.jsonl  test_unseen.jsonl    rows: cond1, cond2, source, target, text, task
                                                         (data.exemplar_pairs > 1: test rows hold exemplars)
     images/<task>/<n>_before.png, <n>_after.png         every usable pair, EXIF-upright RGB, lossless
-    manifest.json                                       counts per task and split, seed, input, settings
+    manifest.json                                       counts per task and split, seed, input, settings, notes;
+                                                        exemplar pairs the test rows got (k > 1), warnings
     config.yaml                                         the resolved configuration
     skipped.jsonl                                       with --skip-invalid: task, file, entry, reason
     raw/                                                synthetic runs only: the generated Relation252K layout
@@ -24,10 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from ..config import RelationConfig, save_config
 from ..errors import RelationError, counted
 from ..fs import atomic_dir, check_new_dir
-from ..progress import make_progress
+from ..progress import console, make_progress
 from ..rows import write_jsonl
 from .decode import DecodeJob, RateColumn, decode_all, default_workers
 from .pairing import MIN_TRAIN_PAIRS, TaskPlan, choose_unseen, plan_task
@@ -40,7 +43,7 @@ from .sources import (
     read_source,
 )
 from .families import Instance, check_families, make_families, plan_instances
-from .synthetic import make_synthetic
+from .synthetic import check_synthetic_size, make_synthetic
 
 SPLITS = ("train", "test_seen", "test_unseen")
 IMAGES_DIR = "images"
@@ -59,15 +62,22 @@ class PrepareSummary:
     samples: dict[str, int]  # per split
     skipped: int
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # a split left empty, and why; printed by prepare
 
 
 def prepare(cfg: RelationConfig, input_path: str | Path | None, output: str | Path) -> PrepareSummary:
-    """Turn INPUT (or, with ``data.synthetic_pairs``, a generated set) into run-ready splits in ``output``."""
+    """Turn INPUT (or, with ``data.synthetic_pairs``, a generated set) into run-ready splits in ``output``.
+
+    A split that comes out empty although it is normally not (train, above all) is said in a ``warning:``
+    line on stderr and in ``PrepareSummary.warnings``; the run still succeeds.
+    """
     data, output = cfg.data, Path(output)
-    check_new_dir(output)
-    if data.synthetic_pairs is not None:
+    if data.synthetic_pairs is not None:  # before the output is checked or created: nothing is written
         if input_path is not None:
             raise RelationError("give either INPUT or --synthetic N (data.synthetic_pairs), not both")
+        check_synthetic_size(data.synthetic_size, data.max_image_pixels)
+    check_new_dir(output)
+    if data.synthetic_pairs is not None:
         instances = _family_instances(cfg)  # names and ranges checked before anything is created
         with atomic_dir(output) as tmp:
             roles = _generate(cfg, tmp / RAW_DIR, instances)
@@ -81,6 +91,8 @@ def prepare(cfg: RelationConfig, input_path: str | Path | None, output: str | Pa
             choose_unseen(source.tasks, data.unseen_tasks, data.unseen_task_names, data.seed)
         with atomic_dir(output) as tmp:
             summary = _build(cfg, source, tmp, {"path": str(Path(input_path).resolve())}, label=str(input_path))
+    for warning in summary.warnings:
+        console.print("[yellow]warning:[/yellow]", escape(warning))
     return replace(summary, output=output)
 
 
@@ -146,14 +158,16 @@ def _build(
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
     dropped = dropped_tasks(source, problems, set(by_task))
     notes = [] if roles else _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
+    notes += _exemplar_notes(plans, data.exemplar_pairs)
     if dropped:
         notes.append(f"{len(dropped)} task(s) dropped, none of their pairs is in the splits (manifest.json "
                      f"dropped_tasks): " + "; ".join(f"'{t}': {why}" for t, why in dropped.items()))  # fmt: skip
-    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, notes, dropped)
+    warnings = _empty_splits(plans, samples, data.per_task_cap, data.test_per_task, data.max_test_fraction)
+    _write_manifest(tmp, cfg, info, plans, samples, len(problems), folders, notes, dropped, warnings)
     save_config(cfg, tmp / "config.yaml")
     if data.skip_invalid:
         write_jsonl(tmp / "skipped.jsonl", (_skipped_row(p, source.root) for p in problems))
-    return PrepareSummary(tmp, len(pairs_by_index), len(plans), unseen, samples, len(problems), notes)
+    return PrepareSummary(tmp, len(pairs_by_index), len(plans), unseen, samples, len(problems), notes, warnings)
 
 
 def _decode(
@@ -263,7 +277,7 @@ def dropped_tasks(source: Source, problems: list[Problem], kept: set[str]) -> di
 
 def _write_manifest(
     tmp: Path, cfg: RelationConfig, info: dict[str, Any], plans: list[TaskPlan], samples: dict[str, int],
-    skipped: int, folders: dict[str, str], notes: list[str], dropped: dict[str, str],
+    skipped: int, folders: dict[str, str], notes: list[str], dropped: dict[str, str], warnings: list[str],
 ) -> None:
     data = cfg.data
     tasks = {}
@@ -287,6 +301,10 @@ def _write_manifest(
         "notes": notes,
         "dropped_tasks": dropped,
     }
+    if data.exemplar_pairs > 1:  # what test rows got (a small task gives fewer); settings has what was asked
+        manifest["counts"]["exemplar_pairs"] = _exemplar_range(plans)
+    if warnings:  # only then: the manifest of a usual run stays as it was
+        manifest["warnings"] = warnings
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -309,3 +327,55 @@ def _notes(plans: list[TaskPlan], test_per_task: int, cap: int, max_test_fractio
         f"pairs become test queries (data.max_test_fraction) and at least {MIN_TRAIN_PAIRS} stay for training "
         f"({shown})"
     ]
+
+
+def _exemplar_range(plans: list[TaskPlan]) -> dict[str, int]:
+    """Fewest and most exemplar pairs a test row got (0 and 0 without test rows)."""
+    counts = [len(pairs) for plan in plans for pairs in plan.test_exemplars]
+    return {"min": min(counts, default=0), "max": max(counts, default=0)}
+
+
+def _exemplar_notes(plans: list[TaskPlan], wanted: int) -> list[str]:
+    """Why test rows hold fewer than ``data.exemplar_pairs`` pairs: their task has too few to give."""
+    short = [p for p in plans if any(len(pairs) < wanted for pairs in p.test_exemplars)]
+    if wanted < 2 or not short:
+        return []
+    got = _exemplar_range(plans)
+    spread = f"{got['min']}" if got["min"] == got["max"] else f"{got['min']}-{got['max']}"
+    shown = "; ".join(f"{p.task}: at most {max(map(len, p.test_exemplars))}" for p in short[:5]) + (
+        " ..." if len(short) > 5 else ""
+    )
+    return [
+        f"data.exemplar_pairs={wanted}: test rows got {spread} exemplar pairs, fewer than asked in "
+        f"{counted(len(short), 'task')} (manifest.json counts.exemplar_pairs): a row's pairs are other pairs of its "
+        f"own task, never its query, and in a seen task only its training pairs ({shown}); lower "
+        f"data.exemplar_pairs or give tasks more pairs"
+    ]
+
+
+def _empty_splits(plans: list[TaskPlan], samples: dict[str, int], cap: int, test_per_task: int,
+                 max_test_fraction: float) -> list[str]:  # fmt: skip
+    """A warning for each split left empty that is normally not, with why and what to change: train, always;
+    test_seen while test_per_task asks for samples; test_unseen while tasks are held out."""
+    seen = [p for p in plans if not p.unseen]
+    warnings = []
+    if not samples["train"]:  # every seen task keeps >= MIN_TRAIN_PAIRS pairs: only the cap leaves none
+        most = max((len(p.test) for p in seen), default=0)
+        warnings.append(
+            f"train.jsonl is empty: data.per_task_cap={cap} is used up by every seen task's test_seen samples, which "
+            f"are taken first (up to data.test_per_task={test_per_task} per task), so no sample is left for "
+            f"training; raise --per-task-cap above {most} or lower --test-per-task"
+        )
+    if not samples["test_seen"] and test_per_task and seen:  # only tasks with fewer than 3 pairs
+        warnings.append(
+            f"test_seen.jsonl is empty: no seen task has pairs to spare for a test query (at least {MIN_TRAIN_PAIRS} "
+            f"stay for training, at most data.max_test_fraction={max_test_fraction:g} of a task's pairs are test "
+            f"queries); give tasks more pairs or raise data.max_test_fraction"
+        )
+    unseen = [p for p in plans if p.unseen]
+    if not samples["test_unseen"] and unseen:
+        warnings.append(
+            f"test_unseen.jsonl is empty although {counted(len(unseen), 'task is', 'tasks are')} held out as unseen: "
+            f"data.test_per_task=0 gives them no samples; set --test-per-task above 0 or hold out no task"
+        )
+    return warnings

@@ -13,6 +13,7 @@ small model trained on it sees sharp, unambiguous edits.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -217,6 +218,19 @@ def make_pair(relation: Relation, rng: np.random.Generator, size: int) -> tuple[
     pair.paste(before, (0, 0))
     pair.paste(after, (size, 0))
     return pair, scene
+
+
+def check_synthetic_size(size: int, max_pixels: int) -> None:
+    """Refuse ``data.synthetic_size`` when a pair image (``2*size x size``) would be over ``max_pixels``:
+    prepare would refuse every image it generated, after drawing them all (and a huge side runs out of memory)."""
+    pixels = 2 * size * size
+    if pixels <= max_pixels:
+        return
+    largest = math.isqrt(max_pixels // 2)  # the largest side with 2 * side**2 <= max_pixels
+    fix = (f"use data.synthetic_size={largest} or less, or raise data.max_image_pixels" if largest >= 16
+           else "raise data.max_image_pixels")  # fmt: skip
+    raise RelationError(f"data.synthetic_size={size}: a synthetic pair image is {2 * size}x{size} = {pixels:,} pixels, "
+                        f"over data.max_image_pixels ({max_pixels:,}); {fix}")  # fmt: skip
 
 
 def make_synthetic(
