@@ -319,14 +319,17 @@ def _notes(plans: list[TaskPlan], test_per_task: int, cap: int, max_test_fractio
     short = [p for p in plans if not p.unseen and len(p.test) < wanted]
     if not short:
         return []
-    shown = "; ".join(f"{p.task}: {p.pairs} pairs, {len(p.test)} test" for p in short[:5]) + (
-        " ..." if len(short) > 5 else ""
-    )
+    shown = _first_five([f"{p.task}: {p.pairs} pairs, {len(p.test)} test" for p in short])
     return [
         f"{len(short)} seen task(s) got fewer than {wanted} test samples: at most {max_test_fraction:g} of a task's "
         f"pairs become test queries (data.max_test_fraction) and at least {MIN_TRAIN_PAIRS} stay for training "
         f"({shown})"
     ]
+
+
+def _first_five(parts: list[str]) -> str:
+    """The first five of ``parts`` joined by "; ", and " ..." when there are more."""
+    return "; ".join(parts[:5]) + (" ..." if len(parts) > 5 else "")
 
 
 def _exemplar_range(plans: list[TaskPlan]) -> dict[str, int]:
@@ -342,9 +345,7 @@ def _exemplar_notes(plans: list[TaskPlan], wanted: int) -> list[str]:
         return []
     got = _exemplar_range(plans)
     spread = f"{got['min']}" if got["min"] == got["max"] else f"{got['min']}-{got['max']}"
-    shown = "; ".join(f"{p.task}: at most {max(map(len, p.test_exemplars))}" for p in short[:5]) + (
-        " ..." if len(short) > 5 else ""
-    )
+    shown = _first_five([f"{p.task}: at most {max(map(len, p.test_exemplars))}" for p in short])
     return [
         f"data.exemplar_pairs={wanted}: test rows got {spread} exemplar pairs, fewer than asked in "
         f"{counted(len(short), 'task')} (manifest.json counts.exemplar_pairs): a row's pairs are other pairs of its "
