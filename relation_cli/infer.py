@@ -448,7 +448,7 @@ def check_row_sizes(cfg: RelationConfig, input_file: Path, plan: BatchPlan) -> N
         try:
             edit_sizes(cfg.infer, plan.query_sizes[r.index], *rules).check(cfg.infer, cfg.data.max_image_pixels)
         except RelationError as e:
-            raise RelationError(f"'{input_file}' row {r.index + 1}: {e}") from None
+            raise RelationError(f"'{input_file}' {r.name}: {e}") from None
 
 
 def check_edit_size(cfg: RelationConfig, query_size: tuple[int, int]) -> None:
@@ -490,7 +490,7 @@ def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None
     else:
         labels = [("cond1", "cond2")]
     where = f"'{input_file}' " if where is None else where
-    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}row {r.index + 1} ", labels, "source")
+    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}{r.name} ", labels, "source")
 
 
 def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict,
@@ -516,13 +516,13 @@ def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Pat
             if sizes.shrunk and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
                 print_note(DEMO_NOTE)
                 demo_noted = True
-            print_note(note and f"row {r.index + 1}: {note}")
+            print_note(note and f"{r.name}: {note}")
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / name)
                 made[name] = record
             except NonFiniteResult as e:
                 (output_dir / name).unlink(missing_ok=True)  # an older output of this row no longer describes it
                 made.pop(name, None)
-                failed.append(f"row {r.index + 1}: {e}")
+                failed.append(f"{r.name}: {e}")
             record_row(output_dir, name, made.get(name))  # a killed run keeps what it made
             advance()

@@ -49,6 +49,12 @@ class Row:
         """Every exemplar pair (A, A') of the row, k >= 1 of them."""
         return self.exemplars or ((self.cond1, self.cond2),)
 
+    @property
+    def name(self) -> str:
+        """How a message names the row: ``row {line}`` (its line in the file), ``row {index + 1}`` when it was
+        not read from a file."""
+        return f"row {self.line or self.index + 1}"
+
 
 class DuplicateKey(ValueError):
     """A JSON object that gives one key twice: ``json.loads`` would keep the last value silently."""

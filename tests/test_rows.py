@@ -52,3 +52,22 @@ def test_only_lines_with_a_key_twice_are_still_named_one_by_one(tmp_path):
             read_jsonl(path)
         listed = "; ".join(f"line {n}: duplicate key 'cond1': give each field once" for n in range(1, len(lines) + 1))
         assert str(e.value) == f"'{path}': {listed}"
+
+
+def test_commands_name_a_bad_image_by_its_line_in_the_file(tmp_path):
+    """infer's batch check and training's image check say ``row 4`` for a row on line 4 after blank lines,
+    the number an editor shows, not its position among the rows (2)."""
+    from helpers import random_image
+
+    from relation_cli.config import RelationConfig
+    from relation_cli.infer import check_rows
+    from relation_cli.train.data import load_rows
+
+    for name in ("a", "b", "q", "t"):
+        random_image(tmp_path / f"{name}.png", (32, 32))
+    bad = '{"cond1": "a.png", "cond2": "gone.png", "source": "q.png", "target": "t.png"}'
+    path = rows_file(tmp_path, GOOD.replace("}", ', "target": "t.png"}'), "", "", bad)
+    for check in (lambda: load_rows(path, 10**8), lambda: check_rows(RelationConfig(), path, parse_rows(path))):
+        with pytest.raises(RelationError) as e:
+            check()
+        assert "row 4 cond2" in str(e.value) and "row 2" not in str(e.value), str(e.value)

@@ -24,7 +24,7 @@ from .plan import Job
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
     """Open and check the images of one job (its k exemplar pairs and query); messages name the split, row and role."""
     prompt = job.row.text if cfg.eval.use_text else ""
-    return open_edit_inputs(cfg, job.exemplar.pairs, job.row.source, prompt, f"{job.split} row {job.row.index + 1} ")
+    return open_edit_inputs(cfg, job.exemplar.pairs, job.row.source, prompt, f"{job.split} {job.row.name} ")
 
 
 def copy_query(query: Image.Image, sizes: EditSizes) -> np.ndarray:
@@ -96,7 +96,7 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
                 image = copy_query(inputs.query, sizes)
             else:
                 if job.method == "vae_reconstruction":
-                    target = open_image(job.row.target, f"{job.split} row {job.row.index + 1} target", cfg.data.max_image_pixels)
+                    target = open_image(job.row.target, f"{job.split} {job.row.name} target", cfg.data.max_image_pixels)
                     image = reconstruct(pipe, target, sizes)
                 else:
                     try:

@@ -145,11 +145,11 @@ def check_inputs(cfg: RelationConfig, splits: list[Split], jobs: list[Job]) -> N
     Every process of a distributed run checks them all, so a bad row stops all of them the same way.
     """
     order = {split.name: i for i, split in enumerate(splits)}  # messages list problems split by split, row by row
-    keyed = [((order[split.name], row.index, 0), row.target, f"{split.name} row {row.index + 1} target")
+    keyed = [((order[split.name], row.index, 0), row.target, f"{split.name} {row.name} target")
              for split in splits for row in split.rows]  # fmt: skip
     for job in jobs:
         if not job.output.is_file():
-            where, key = f"{job.split} row {job.row.index + 1} ", (order[job.split], job.row.index, 1)
+            where, key = f"{job.split} {job.row.name} ", (order[job.split], job.row.index, 1)
             for n, (a, b) in enumerate(job.exemplar.pairs, 1):
                 label = where + "exemplar" + (f" pair {n}" if n > 1 else "")
                 keyed += [(key, a, label + " A"), (key, b, label + " A'")]

@@ -50,9 +50,9 @@ def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list
 
 def _row_images(r: Row) -> list[tuple[Path, str]]:
     """A row's images and how messages name them: ``row 3 cond1``, ..., ``row 3 exemplars pair 2 A'``."""
-    images = [(Path(getattr(r, k)), f"row {r.index + 1} {k}") for k in IMAGE_FIELDS]
+    images = [(Path(getattr(r, k)), f"{r.name} {k}") for k in IMAGE_FIELDS]
     for n, (a, b) in enumerate(r.pairs[1:], 2):
-        images += [(a, f"row {r.index + 1} exemplars pair {n} A"), (b, f"row {r.index + 1} exemplars pair {n} A'")]
+        images += [(a, f"{r.name} exemplars pair {n} A"), (b, f"{r.name} exemplars pair {n} A'")]
     return images
 
 
@@ -149,7 +149,7 @@ class AnalogyDataset(Dataset):
                         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                             w, h = h, w
                 except (OSError, SyntaxError) as e:
-                    raise RelationError(f"row {r.index + 1} target '{r.target}': {e}") from None
+                    raise RelationError(f"{r.name} target '{r.target}': {e}") from None
                 out.append(fit_size(w, h, self.resolution, self.multiple))
             self._sizes = out
         return self._sizes
@@ -180,7 +180,7 @@ class AnalogyDataset(Dataset):
         """``key`` = (row, epoch, position[, k]) as :class:`BatchPlan` yields it; k exemplar pairs (default 1)."""
         i, epoch, position, *more = key
         r, size = self.rows[i], self.sizes()[i]
-        where = f"row {r.index + 1} "
+        where = f"{r.name} "
         source = self.image(r.source, where + "source", size)
         target = self.image(r.target, where + "target", size)
         pairs = torch.empty(0)
