@@ -80,6 +80,17 @@ def test_every_fault_is_listed_and_nothing_is_written(faulty, tmp_path, capsys):
     assert leftovers(tmp_path, "out") == []
 
 
+def test_an_entry_giving_a_field_twice_is_refused_with_its_line(tmp_path, capsys):
+    src = side_by_side_jsonl(tmp_path / "in", GOOD)
+    twice = '{"img_name": "good/p0.png", "edit_instruction": "x", "edit_instruction": "y"}'
+    src.write_text(src.read_text() + twice + "\n")
+    assert main(["prepare", str(src), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    number = sum(GOOD.values()) + 1
+    assert err[0].strip() == f"{src}: line {number}: duplicate key 'edit_instruction': give each field once", err
+    assert leftovers(tmp_path, "out") == []
+
+
 def test_image_faults_alone_are_listed_too(tmp_path, capsys):
     """With no structural problem the images are decoded into the temporary folder; it is removed on failure."""
     root = make_synthetic(tmp_path / "raw", pairs_per_task=3, size=16, tasks=["mirror", "invert"])
@@ -143,11 +154,14 @@ def test_malformed_labels_json_names_file_and_line(tmp_path, capsys):
     root = make_synthetic(tmp_path / "raw", pairs_per_task=2, size=16, tasks=["mirror", "invert", "blur"])
     (root / "mirror" / "Group1" / "labels.json").write_text('[\n  {"img_name": "00000.png",\n  oops\n]')
     (root / "invert" / "Group1" / "labels.json").write_text('{"img_name": "00000.png"}')
+    (root / "blur" / "Group1" / "labels.json").write_text('[{"img_name": "00000.png", "img_name": "00001.png"}]')
     code = main(["prepare", str(root), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
     assert f"{root / 'mirror' / 'Group1' / 'labels.json'}: line 3: malformed JSON" in err
     assert f"{root / 'invert' / 'Group1' / 'labels.json'}: file: expected a JSON list of entries, found dict" in err
+    assert f"{root / 'blur' / 'Group1' / 'labels.json'}: file: an entry gives duplicate key 'img_name': give each " \
+           "field once" in err  # fmt: skip
     assert leftovers(tmp_path, "out") == []
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import RelationError, first_line
 from ..fs import real_dir, resolve_inside
-from ..rows import json_problem, one_json_document
+from ..rows import DuplicateKey, json_problem, loads_object, one_json_document
 
 LAYOUT_GLOB = "*/Group*/labels.json"
 FIELDS = ("left_image_description", "right_image_description", "edit_instruction", "img_name", "source", "target",
@@ -168,14 +168,19 @@ def _entries(source: Source, file: Path, text: str, task: str | None) -> Iterato
             if not line.strip():
                 continue
             try:
-                yield f"line {number}", json.loads(line)
+                yield f"line {number}", loads_object(line)
+            except DuplicateKey as e:
+                _file_problem(source, file, task, f"line {number}", f"{e}: give each field once")
             except (ValueError, RecursionError) as e:
                 _file_problem(source, file, task, f"line {number}", f"malformed JSON ({json_problem(e)})")
         return
     if not text.strip():  # an empty .json holds no entries, as an empty .jsonl does
         return
     try:
-        value = json.loads(text)
+        value = loads_object(text)
+    except DuplicateKey as e:
+        _file_problem(source, file, task, "file", f"an entry gives {e}: give each field once")
+        return
     except json.JSONDecodeError as e:
         _file_problem(source, file, task, f"line {e.lineno}", f"malformed JSON ({e.msg}, column {e.colno})")
         return
