@@ -176,3 +176,65 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------- one writer
+
+LOCK_NAME = ".relation.lock"
+"""The lock file a running command holds in the output folder it writes (filelock's FileLock: an OS lock, so a
+killed run's lock is free again at once; the empty file stays)."""
+
+
+def _busy(folder: Path, what: str) -> RelationError:
+    return RelationError(f"{what} '{folder}': another relation command is writing to it now; wait for it to "
+                         f"finish, or choose another {what}")  # fmt: skip
+
+
+def check_not_busy(folder: str | Path, what: str) -> None:
+    """No other process holds ``folder``'s lock (see :func:`hold_folder`); writes nothing where no lock file is.
+
+    Raises:
+        RelationError: ``{what} '{folder}': another relation command is writing to it now; ...``.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _busy(Path(folder), what) from None
+    lock.release()
+
+
+def hold_folder(folder: str | Path, what: str):
+    """Take ``folder``'s lock for this process until ``.release()`` (or exit): a second command writing the same
+    output folder stops with one line instead of mixing its files with this one's. ``folder`` must exist.
+
+    Returns:
+        the held ``filelock.FileLock``.
+
+    Raises:
+        RelationError: another process holds it (the message of :func:`check_not_busy`).
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(Path(folder) / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _busy(Path(folder), what) from None
+    return lock
+
+
+@contextmanager
+def holding_folder(folder: str | Path, what: str) -> Iterator[None]:
+    """:func:`hold_folder` for a ``with`` block (creates ``folder`` and its parents first)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    lock = hold_folder(folder, what)
+    try:
+        yield
+    finally:
+        lock.release()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .config import DEMO, InferSection, RelationConfig, save_config
 from .errors import RelationError, several
-from .fs import check_writable, remove_stale_temps
+from .fs import check_writable, holding_folder, remove_stale_temps
 from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
 
@@ -36,6 +36,22 @@ class EditInputs:
     def pairs(self) -> list[tuple[Image.Image, Image.Image]]:
         """All k exemplar pairs (A, A'), the first one first."""
         return [(self.exemplar_a, self.exemplar_b), *self.more_exemplars]
+
+    def shape_note(self) -> str | None:
+        """The line that says an exemplar pair's A and A' differ in aspect ratio (by more than 1%), or None.
+
+        Each exemplar image is padded to its own regular aspect ratio and squashed to the image encoder's
+        square input (:func:`~relation_cli.images.pad_exemplar`, SPEC 2.1), so a pair of two shapes also
+        shows a change of shape that the query's edit then copies.
+        """
+        for n, (a, b) in enumerate(self.pairs, 1):
+            (wa, ha), (wb, hb) = a.size, b.size
+            if abs(wa * hb - wb * ha) > 0.01 * wa * hb:
+                pair = f"exemplar pair {n}" if len(self.pairs) > 1 else "exemplar"
+                return (f"note: {pair} A is {wa}x{ha} and A' {wb}x{hb}, another shape: the image encoder sees each "
+                        "padded and squashed on its own, so the pair also shows that change of shape; give A' the "
+                        "shape of A unless it is part of the edit")  # fmt: skip
+        return None
 
 
 PathPair = tuple[Path, Path]
@@ -255,6 +271,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     pipe = load_pipeline(cfg)  # an unfit model or adapter is refused before any note about the query
     print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.shrunk else None)  # a photo, not a scene
     print_note(sizes.note(cfg.infer))
+    print_note(inputs.shape_note())
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     save_output(image, output)
@@ -404,16 +421,26 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
 
     Raises:
         RelationError: what :func:`plan_batch` refuses; a working size the base cannot take (explicit
-            ``--width``/``--height``), before the model loads; a model the loader refuses.
+            ``--width``/``--height``), before the model loads; a model the loader refuses; another command
+            writing to the folder (checked before the model loads and again when writing starts).
     """
-    from .evaluate.settings import generation_settings, record_settings
-    from .model import load_pipeline, truthful_config
+    from .evaluate.settings import generation_settings
+    from .model import load_pipeline
 
     plan = plan_batch(cfg, input_file, output_dir, suffix)
     check_row_sizes(cfg, input_file, plan)
     settings = generation_settings(cfg, eval_keys=False)  # the weights as found before they load
     pipe = load_pipeline(cfg) if plan.todo else None  # a refused model or LoRA leaves the folder as it was
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with holding_folder(output_dir, "output dir"):  # a second batch into this folder stops before writing
+        return _write_batch(cfg, pipe, plan, input_file, output_dir, settings)
+
+
+def _write_batch(cfg: RelationConfig, pipe, plan: BatchPlan, input_file: Path, output_dir: Path,
+                 settings: dict) -> BatchSummary:  # fmt: skip
+    """The writing half of :func:`infer_batch`, with the folder's lock held."""
+    from .evaluate.settings import record_settings
+    from .model import truthful_config
+
     remove_stale_temps(output_dir / plan.names[r.index] for r in plan.todo)  # a killed run's, of outputs made now
     if cfg.infer.overwrite:
         for name in [*plan.others, *(plan.names[r.index] for r in plan.todo)]:
@@ -517,6 +544,7 @@ def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Pat
                 print_note(DEMO_NOTE)
                 demo_noted = True
             print_note(note and f"{r.name}: {note}")
+            print_note((shape := inputs.shape_note()) and f"{r.name}: {shape.removeprefix('note: ')}")
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / name)
                 made[name] = record

@@ -121,7 +121,8 @@ def test_a_shorter_rows_file_keeps_the_other_outputs_and_overwrite_leaves_only_i
     (out / "generation.json").write_text(json.dumps(record))
     batch_rows(tmp_path, texts=("one",))
     assert batch(tiny_model, rows, out, "--overwrite") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "config.yaml", "generation.json"]
+    shown = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # .relation.lock: the folder's lock
+    assert shown == ["000000.png", "config.yaml", "generation.json"]
     assert list(json.loads((out / "generation.json").read_text())["rows"]) == ["000000.png"]
     assert (tmp_path / "rows.jsonl").is_file()
 

@@ -158,7 +158,7 @@ def test_last_good_checkpoint_is_finite_and_a_lower_rate_continues(tiny_model, d
     run = setup(cfg, resume=True)
     batch = next(iter(DataLoader(run.dataset, batch_sampler=run.plan, collate_fn=collate)))
     assert run.step == 1 and torch.isfinite(loss_on(run, batch))
-    run.accelerator.end_training()
+    run.close()
 
     assert main(train_args(tiny_model, data, out, 4, *QUIET, "train.learning_rate=1e-3") + ["--resume"]) == 0
     final = load_file(out / "lora" / "pytorch_lora_weights.safetensors")

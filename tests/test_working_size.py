@@ -187,3 +187,30 @@ def test_a_working_size_over_the_pixel_limit_is_refused_before_loading(photo_inp
     err = capsys.readouterr().err
     assert "working size 30000x20000 (infer.width 30000, infer.height auto (--width/--height)) is 600,000,000" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.png").exists()
+
+
+def test_a_pair_of_two_shapes_is_noted_and_one_of_two_sizes_is_not(tiny_model, tmp_path, capsys):
+    """A and A' of other aspect ratios (a crop given as A') are padded and squashed each on its own, so the pair
+    shows a change of shape too: one line says so, for one edit and per row of a batch; A' at twice A's size
+    (the same shape) gets no line."""
+    import json
+
+    from relation_cli.infer import EditInputs
+
+    blank = Image.new("RGB", (48, 32))
+    assert EditInputs(blank, blank.resize((96, 64)), blank, "").shape_note() is None
+    assert EditInputs(blank, blank, blank, "", ((blank, blank.resize((48, 48))),)).shape_note() == (
+        "note: exemplar pair 2 A is 48x32 and A' 48x48, another shape: the image encoder sees each padded and "
+        "squashed on its own, so the pair also shows that change of shape; give A' the shape of A unless it is "
+        "part of the edit")  # fmt: skip
+    a, b, q = (random_image(tmp_path / f"{n}.png", s) for n, s in (("a", (48, 32)), ("b", (32, 32)), ("q", (32, 32))))
+    sets = [x for o in tiny_overrides(tiny_model) for x in ("--set", o)]
+    assert main(["infer", "--exemplar", str(a), str(b), "--query", str(q), "-o", str(tmp_path / "o.png"),
+                 "--steps", "1", *sets]) == 0  # fmt: skip
+    assert "note: exemplar A is 48x32 and A' 32x32, another shape" in capsys.readouterr().err
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"cond1": "a.png", "cond2": "a.png", "source": "q.png"}) + "\n"
+                    + json.dumps({"cond1": "a.png", "cond2": "b.png", "source": "q.png"}) + "\n")  # fmt: skip
+    assert main(["infer", "--input", str(rows), "--output-dir", str(tmp_path / "out"), "--steps", "1", *sets]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "row 2: exemplar A is 48x32 and A' 32x32, another shape" in err and "row 1:" not in err, err

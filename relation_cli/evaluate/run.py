@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
+from ..fs import hold_folder
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
@@ -52,16 +53,31 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
     state = build_process_state(PartialState, cfg.model.device)  # the device rule of infer and train
 
     settings = generation_settings(cfg)  # the weights as found before they load
+    held = []  # the folder's lock, taken by the main process when it first writes (fs.hold_folder)
 
     def record(pipe=None) -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
+        if state.is_main_process and not held:  # a second eval into this folder stops before writing
+            out.mkdir(parents=True, exist_ok=True)
+            held.append(hold_folder(out, "output dir"))
         if pipe is not None or not (out / "config.yaml").is_file():  # nothing loaded: the saved one stays true
             save_config(truthful_config(cfg, pipe), out / "config.yaml")
         record_settings(out, cfg, settings=settings)
 
-    made = generate(cfg, jobs, state, record)
-    if not state.is_main_process:
-        return None
-    record()
+    try:
+        made = generate(cfg, jobs, state, record)
+        if not state.is_main_process:
+            return None
+        record()
+        return _score_and_report(cfg, splits, jobs, judge, made, state, fid_feature)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _score_and_report(cfg: RelationConfig, splits: list[Split], jobs: list[Job], judge: Judge | None, made: Generated,
+                      state, fid_feature) -> EvalResult:  # fmt: skip
+    """The main process's half of :func:`evaluate`: scores, metrics.json, per_task.csv, grids, report."""
+    out = Path(cfg.eval.output_dir)
     failed = {id(job) for job in made.failed}
     results = score_all(cfg, splits, [sample_of(job, out) for job in jobs if id(job) not in failed], judge, fid_feature)
     results["generation"] = {"written": made.written, "reused": made.reused, "processes": state.num_processes}

@@ -9,6 +9,7 @@ optimizer step is :func:`relation_cli.train.step.optimizer_step`; checkpoints ar
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from rich.text import Text
 from ..checks import full_bf16_refused
 from ..config import DEMO, RelationConfig, is_saved_config, save_config
 from ..errors import RelationError
-from ..fs import atomic_dir, check_writable
+from ..fs import atomic_dir, check_not_busy, check_writable, hold_folder
 from ..progress import console, make_progress
 from . import checkpoint as ckpt
 from .data import AnalogyDataset, BatchPlan, collate, load_rows
@@ -40,7 +41,7 @@ def train(cfg: RelationConfig, resume: bool = False) -> Path:
         loop(run)
         return export(run)
     finally:
-        run.accelerator.end_training()
+        run.close()
 
 
 @dataclass
@@ -63,6 +64,15 @@ class Run:
     step: int = 0
     ema: object | None = None
     validation_rows: list = field(default_factory=list)
+    lock: object | None = None  # the output folder's filelock.FileLock, held by the main process (fs.hold_folder)
+
+    def close(self) -> None:
+        """End the accelerator's trackers and free the output folder for the next command (what :func:`train`
+        does at its end; call it after using :func:`setup` directly)."""
+        self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -112,6 +122,9 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
               ema=ema, validation_rows=validation_rows(cfg))  # fmt: skip
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        run.lock = hold_folder(out, "train.output_dir")
+        if folder is None:
+            clear_unfinished_run(out)
         save_config(cfg, out / "config.yaml")
         accelerator.init_trackers("relation", config=_flat_config(cfg))
     if folder is not None:
@@ -230,6 +243,8 @@ def check_output_dir(out: Path, resume: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise RelationError(f"train.output_dir '{out}': exists and is not a folder")
     check_writable(out, "train.output_dir")
+    if out.is_dir():
+        check_not_busy(out, "train.output_dir")
     if resume:
         return out
     if ckpt.checkpoints(out / "checkpoints"):
@@ -248,6 +263,22 @@ def check_output_dir(out: Path, resume: bool) -> Path:
             raise RelationError(f"train.output_dir '{out}': holds files relation train did not write "
                                 f"({', '.join(foreign[:3])}{more}): choose a new or empty train.output_dir")  # fmt: skip
     return out
+
+
+UNFINISHED_ENTRIES = ("logs", "validation")
+"""What a run stopped before its first checkpoint leaves that a new run in its folder would mix with its own
+(tensorboard reads every events file under ``logs``); the encoding ``cache`` is kept: its entries are keyed."""
+
+
+def clear_unfinished_run(out: Path) -> None:
+    """Delete the logs and validation images of an earlier run in ``out`` that left no checkpoint (a new run
+    starts there: :func:`check_output_dir` refused the folder had it any), with one line saying so."""
+    stale = [out / name for name in UNFINISHED_ENTRIES if (out / name).is_dir()]
+    for entry in stale:
+        shutil.rmtree(entry)
+    if stale:
+        _warn(f"train.output_dir '{out}': removed {' and '.join(e.name for e in stale)} of an earlier run that "
+              "stopped before its first checkpoint, so that they do not mix with this run's")
 
 
 def validation_rows(cfg: RelationConfig) -> list:

@@ -1,0 +1,107 @@
+"""One writer per output folder: a second train, batch infer or eval into a folder another command is writing
+stops with one line and writes nothing; a new run does not mix its logs with an unfinished earlier run's."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_overrides
+from eval_helpers import tiny_encoders, write_test_file
+from filelock import FileLock
+from helpers import analogy_dataset
+from test_train import train_args
+
+from relation_cli.cli import main
+from relation_cli.errors import RelationError
+from relation_cli.fs import LOCK_NAME, check_not_busy, hold_folder, holding_folder
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture()
+def held(tmp_path):
+    """``tmp_path/out``, locked as a running command holds it (another FileLock: another open file)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = FileLock(out / LOCK_NAME, timeout=0)
+    lock.acquire()
+    yield out
+    lock.release()
+
+
+def test_the_lock_is_free_again_once_released_and_checking_writes_nothing(tmp_path):
+    check_not_busy(tmp_path, "output dir")  # no lock file: nothing created
+    assert list(tmp_path.iterdir()) == []
+    with holding_folder(tmp_path / "new", "output dir"):
+        with pytest.raises(RelationError, match="another relation command is writing to it now"):
+            check_not_busy(tmp_path / "new", "output dir")
+        with pytest.raises(RelationError) as e:
+            hold_folder(tmp_path / "new", "--output-dir")
+        assert str(e.value) == (f"--output-dir '{tmp_path / 'new'}': another relation command is writing to it now; "
+                                "wait for it to finish, or choose another --output-dir")  # fmt: skip
+    check_not_busy(tmp_path / "new", "output dir")
+    hold_folder(tmp_path / "new", "output dir").release()
+
+
+def _train(tiny_model, tmp_path, out):
+    return train_args(tiny_model, analogy_dataset(tmp_path / "data"), out, 1)
+
+
+def _batch(tiny_model, tmp_path, out):
+    rows = write_test_file(tmp_path / "rows", "rows.jsonl", rows=1)
+    sets = [x for o in tiny_overrides(tiny_model) for x in ("--set", o)]
+    return ["infer", "--input", str(rows), "--output-dir", str(out), "--steps", "1", *sets]
+
+
+def _eval(tiny_model, tmp_path, out):
+    data = write_test_file(tmp_path / "data", rows=1)
+    clip, dino = tiny_encoders(tmp_path / "encoders")
+    sets = [*tiny_overrides(tiny_model), f"eval.clip_model={clip}", f"eval.dino_model={dino}", "eval.fid=false"]
+    return ["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1", *[x for o in sets for x in ("--set", o)]]
+
+
+@pytest.mark.parametrize("args, what", [(_train, "train.output_dir"), (_batch, "output dir"), (_eval, "output dir")],
+                         ids=["train", "batch infer", "eval"])  # fmt: skip
+def test_a_second_command_into_a_folder_being_written_stops_and_writes_nothing(tiny_model, tmp_path, held, capsys,
+                                                                               args, what):  # fmt: skip
+    argv = args(tiny_model, tmp_path, held)
+    before = snapshot(held)
+    for extra in (["--dry-run"], []):
+        if extra and argv[0] == "eval":
+            continue  # eval has no dry run
+        assert main(argv + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {what} '{held}': another relation command is writing to it now; wait for it to "
+                       f"finish, or choose another {what}"), err  # fmt: skip
+        assert snapshot(held) == before
+
+
+@pytest.mark.parametrize("args", [_train, _batch, _eval], ids=["train", "batch infer", "eval"])
+def test_the_folder_is_free_after_a_command_ends(tiny_model, tmp_path, args):
+    """The lock goes with the command: the same command again (a rerun, a resume) is not refused."""
+    out = tmp_path / "out"
+    argv = args(tiny_model, tmp_path, out)
+    assert main(argv) == 0
+    assert (out / LOCK_NAME).is_file()
+    check_not_busy(out, "output dir")
+
+
+def test_a_new_run_clears_the_logs_of_a_run_stopped_before_its_first_checkpoint(tiny_model, tmp_path, capsys):
+    """tensorboard reads every events file under logs: a killed run's would draw a second curve into the new
+    run's; its validation images would sit among the new run's. Both go, with one line saying so."""
+    out = tmp_path / "run"
+    argv = _train(tiny_model, tmp_path, out)
+    old = out / "logs" / "relation" / "events.out.tfevents.1.old"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"earlier run")
+    (out / "validation").mkdir()
+    (out / "validation" / "step-000001.png").write_bytes(b"earlier run")
+    assert main(argv + ["--dry-run"]) == 0 and old.is_file()  # a dry run deletes nothing
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err = " ".join((captured.out + captured.err).split())
+    assert "removed logs and validation of an earlier run that stopped before its first checkpoint" in err, err
+    assert not old.exists() and list((out / "logs").rglob("events.out.tfevents*"))  # this run's only
+    assert all(p.read_bytes() != b"earlier run" for p in [*(out / "logs").rglob("*"), *(out / "validation").iterdir()]
+               if p.is_file())  # fmt: skip
