@@ -154,7 +154,8 @@ def resolve_inside(name: str, base: Path, root: Path, real_root: str) -> tuple[P
 def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """``with atomic_dir(d) as tmp: fill(tmp)``; ``tmp`` is renamed to ``d`` only when the block succeeds.
 
-    ``replace=True`` swaps out an existing ``d``; otherwise ``d`` must be absent or empty.
+    ``replace=True`` swaps out an existing ``d``; otherwise ``d`` must be absent or empty, before and at the
+    end: a ``d`` another process filled meanwhile is kept, and RelationError says so.
     """
     path = Path(path)
     if not replace:
@@ -165,14 +166,19 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _apply_mode(tmp, dir_mode & 0o666, dir_mode)
-        if path.exists():
+        if path.exists() and replace:
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
-            path.rename(old) if replace else path.rmdir()
+            path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(path)
+            try:
+                path.rmdir() if path.exists() else None  # empty, as checked; a concurrent writer's is not
+                tmp.rename(path)
+            except OSError:
+                raise RelationError(f"output '{path}': another command wrote it while this one was working; this "
+                                    "one's result is discarded and theirs kept") from None  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

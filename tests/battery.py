@@ -221,8 +221,21 @@ class Kit:
             pytest.skip("cannot make a read-only folder here")
         return path
 
+    def busy_dir(self, name: str) -> Path:
+        """A folder another command is writing now: its lock (``.relation.lock``) held until :meth:`release`."""
+        from filelock import FileLock
+
+        from relation_cli.fs import LOCK_NAME
+
+        (self.root / name).mkdir(exist_ok=True)
+        self._lock = FileLock(self.root / name / LOCK_NAME, timeout=0)
+        self._lock.acquire()
+        return self.root / name
+
     def release(self) -> None:
-        """Undo ``read_only_dir`` so the temporary folder can be removed."""
+        """Undo ``read_only_dir`` so the temporary folder can be removed, and free ``busy_dir``'s lock."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
         path = self.root / "ro"
         if path.exists() and shutil.which("chattr"):
             subprocess.run(["chattr", "-i", str(path)], capture_output=True)
@@ -294,6 +307,12 @@ def output_cases(args: Callable[[Kit, Path], list]) -> list[Case]:
     ]
 
 
+def busy_case(args: Callable[[Kit, Path], list], what: str) -> Case:
+    """The output folder of a command running now (train, batch infer and eval hold a lock while writing)."""
+    return Case("output folder in use by another command", lambda k: args(k, k.busy_dir("busy")),
+                (f"{what} '", "another relation command is writing to it now"))
+
+
 def model_case(args: Callable[[Kit], list]) -> Case:
     return Case("missing model folder", lambda k: [*args(k), "--model", "./nowhere"],
                 ("model.base './nowhere'", "folder not found"))
@@ -361,6 +380,7 @@ INFER = [
     *output_cases(lambda k, out: infer_batch(k, out=out)),
     Case("a training run as output folder", lambda k: infer_batch(k, out=k.training_run()),
          ("holds files that relation infer --input did not write (checkpoints", "use a new or empty --output-dir")),
+    busy_case(lambda k, out: infer_batch(k, out=out), "output dir"),
     Case("--output-dir without --input", lambda k: [*infer_args(k), "--output-dir", k.root / "d"],
          ("--output-dir goes with --input",)),
     model_case(infer_args),
@@ -442,6 +462,7 @@ TRAIN = [
     Case("existing output", lambda k: train_args(k, out=k.existing_dir("old", "checkpoints/checkpoint-00000001")),
          ("old", "holds checkpoints of an earlier run")),
     *output_cases(lambda k, out: train_args(k, out=out)),
+    busy_case(lambda k, out: train_args(k, out=out), "train.output_dir"),
     model_case(train_args),
 ]  # fmt: skip
 
@@ -473,6 +494,7 @@ EVAL = [
     *output_cases(lambda k, out: eval_args(k, out=out)),
     Case("a training run as output folder", lambda k: eval_args(k, out=k.training_run()),
          ("holds files that relation eval did not write (checkpoints", "use a new or empty --output-dir")),
+    busy_case(lambda k, out: eval_args(k, out=out), "output dir"),
     model_case(eval_args),
 ]  # fmt: skip
 

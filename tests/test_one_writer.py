@@ -105,3 +105,18 @@ def test_a_new_run_clears_the_logs_of_a_run_stopped_before_its_first_checkpoint(
     assert not old.exists() and list((out / "logs").rglob("events.out.tfevents*"))  # this run's only
     assert all(p.read_bytes() != b"earlier run" for p in [*(out / "logs").rglob("*"), *(out / "validation").iterdir()]
                if p.is_file())  # fmt: skip
+
+
+def test_a_folder_another_command_filled_meanwhile_is_kept_and_this_result_discarded(tmp_path):
+    """prepare writes a hidden folder renamed into place at the end: when a second prepare into the same output
+    finished first, the later one says so in one line instead of an OSError, and leaves theirs as it was."""
+    from relation_cli.fs import atomic_dir
+
+    out = tmp_path / "data"
+    with pytest.raises(RelationError) as e, atomic_dir(out) as tmp:
+        (tmp / "train.jsonl").write_text("mine\n")
+        out.mkdir()
+        (out / "train.jsonl").write_text("theirs\n")  # the other prepare, renamed into place meanwhile
+    assert str(e.value) == (f"output '{out}': another command wrote it while this one was working; this one's "
+                            "result is discarded and theirs kept")  # fmt: skip
+    assert (out / "train.jsonl").read_text() == "theirs\n" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
