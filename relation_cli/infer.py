@@ -15,7 +15,7 @@ from PIL import Image
 
 from .config import DEMO, InferSection, RelationConfig, save_config
 from .errors import RelationError, several
-from .fs import check_writable, holding_folder, remove_stale_temps
+from .fs import check_not_busy, check_writable, holding_folder, remove_stale_temps
 from .images import check_output_path, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
 
@@ -394,6 +394,7 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
     rows = parse_rows(input_file)
     if output_dir.exists() and not output_dir.is_dir():
         raise RelationError(f"output dir '{output_dir}': exists and is not a folder")
+    check_not_busy(output_dir, "output dir")
     from .evaluate.settings import BATCH, check_own_folder
 
     check_writable(output_dir, "output dir")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
-from ..fs import hold_folder
+from ..fs import check_not_busy, hold_folder
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
@@ -51,6 +51,8 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
     out = Path(cfg.eval.output_dir)
     splits, jobs, judge = setup(cfg, out)
     state = build_process_state(PartialState, cfg.model.device)  # the device rule of infer and train
+    if state.is_main_process:  # the main process alone: another rank's probe would collide with its lock
+        check_not_busy(out, "output dir")
 
     settings = generation_settings(cfg)  # the weights as found before they load
     held = []  # the folder's lock, taken by the main process when it first writes (fs.hold_folder)

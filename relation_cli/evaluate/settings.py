@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import RelationConfig, absolute_flat_sources
 from ..errors import RelationError
-from ..fs import check_not_busy, write_text_atomic
+from ..fs import write_text_atomic
 
 SETTINGS_FILE = "generation.json"
 WEIGHTS = "model.weights"
@@ -213,11 +213,10 @@ def check_own_folder(output_dir: Path, command: str, ours: Callable[[str], bool]
 
     Raises:
         RelationError: naming the folder, ``command``, the other command or the first three foreign entries,
-            and ``remedy``; another command writing to it now (:func:`~relation_cli.fs.check_not_busy`).
+            and ``remedy``.
     """
     if not output_dir.is_dir():
         return
-    check_not_busy(output_dir, "output dir")
     if (output_dir / SETTINGS_FILE).exists():
         try:
             other = made_by(read_settings(output_dir) or {})

@@ -87,7 +87,7 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
 
     from ..model import truthful_config
 
-    out = check_output_dir(Path(cfg.train.output_dir), resume)
+    out = check_output_dir(Path(cfg.train.output_dir), resume, busy=False)  # busy: below, by the main process
     folder = ckpt.require_resumable(out / "checkpoints", warn=_warn) if resume else None
     if folder is not None:
         cfg = continue_config(cfg, folder, warn=_warn)
@@ -98,6 +98,8 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
               f"{len(rows)} (fewer where their sizes differ)")  # fmt: skip
     accelerator = build_accelerator(cfg)
     check_distribution(accelerator)
+    if accelerator.is_main_process:  # the main process alone: another rank's probe would collide with its lock
+        check_not_busy(out, "train.output_dir")
     dtype = weight_dtype(accelerator)
     if t.full_bf16 and dtype != torch.bfloat16:
         raise RelationError(full_bf16_refused(t.mixed_precision, accelerator.mixed_precision, accelerator.device.type))
@@ -232,10 +234,12 @@ RUN_ENTRIES = ("config.yaml", "logs", "checkpoints", "adapter", "lora", "base", 
 """What relation train writes in ``train.output_dir``: a new run may start in a folder holding only these."""
 
 
-def check_output_dir(out: Path, resume: bool) -> Path:
+def check_output_dir(out: Path, resume: bool, busy: bool = True) -> Path:
     """``train.output_dir`` can be written, and a new run never lands on an earlier run's checkpoints, nor
     on files relation train did not write: a folder's other entries (hidden ones aside), or a
     ``config.yaml`` that is not a whole saved configuration (a user's own, which the run would replace).
+    ``busy``: also refuse a folder another command is writing now (:func:`~relation_cli.fs.check_not_busy`;
+    :func:`setup` passes False and checks it on the main process alone, where the lock is taken).
 
     Raises:
         RelationError: one line naming the folder, what is in the way and what to do.
@@ -243,7 +247,7 @@ def check_output_dir(out: Path, resume: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise RelationError(f"train.output_dir '{out}': exists and is not a folder")
     check_writable(out, "train.output_dir")
-    if out.is_dir():
+    if busy:
         check_not_busy(out, "train.output_dir")
     if resume:
         return out
