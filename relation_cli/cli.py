@@ -647,6 +647,11 @@ def train(
 
             for line in estimate(cfg, resume, rows).lines():
                 typer.echo(line)
+            from .train.recipe import unfinished_run_files, unfinished_run_line
+
+            out = Path(cfg.train.output_dir)
+            if not resume and (files := unfinished_run_files(out)):
+                typer.echo(f"note: {unfinished_run_line(out, files, done=False)}")
             return
         from .train import train as core_train
 

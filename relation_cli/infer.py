@@ -544,8 +544,8 @@ def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Pat
             if sizes.shrunk and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
                 print_note(DEMO_NOTE)
                 demo_noted = True
-            print_note(note and f"{r.name}: {note}")
-            print_note((shape := inputs.shape_note()) and f"{r.name}: {shape.removeprefix('note: ')}")
+            print_note(note and f"note: {r.name}: {note}")
+            print_note((shape := inputs.shape_note()) and f"note: {r.name}: {shape.removeprefix('note: ')}")
             try:
                 save_output(edit(pipe, inputs, cfg, prompts=prompts), output_dir / name)
                 made[name] = record

@@ -87,24 +87,72 @@ def test_the_folder_is_free_after_a_command_ends(tiny_model, tmp_path, args):
     check_not_busy(out, "output dir")
 
 
-def test_a_new_run_clears_the_logs_of_a_run_stopped_before_its_first_checkpoint(tiny_model, tmp_path, capsys):
-    """tensorboard reads every events file under logs: a killed run's would draw a second curve into the new
-    run's; its validation images would sit among the new run's. Both go, with one line saying so."""
+def _unfinished_run(tiny_model, tmp_path, saved_config: bool = True):
+    """A folder like a run's killed before its first checkpoint: tensorboard logs, a validation image and (the
+    mark of a relation run) its saved config.yaml; and the arguments of a new run there."""
+    from relation_cli.config import load_config, save_config
+    from test_train import train_overrides
+
     out = tmp_path / "run"
-    argv = _train(tiny_model, tmp_path, out)
+    data = analogy_dataset(tmp_path / "data")
     old = out / "logs" / "relation" / "events.out.tfevents.1.old"
     old.parent.mkdir(parents=True)
     old.write_bytes(b"earlier run")
     (out / "validation").mkdir()
-    (out / "validation" / "step-000001.png").write_bytes(b"earlier run")
-    assert main(argv + ["--dry-run"]) == 0 and old.is_file()  # a dry run deletes nothing
+    (out / "validation" / "step-00000001.png").write_bytes(b"earlier run")
+    if saved_config:
+        save_config(load_config(None, train_overrides(tiny_model, data, out, 1)), out / "config.yaml")
+    return out, old, train_args(tiny_model, data, out, 1)
+
+
+def test_a_new_run_clears_the_logs_of_a_run_that_left_no_checkpoint(tiny_model, tmp_path, capsys):
+    """tensorboard reads every events file under logs: a killed run's would draw a second curve into the new
+    run's; its validation images would sit among the new run's. Both go, with one line saying so; the dry
+    run says it will."""
+    out, old, argv = _unfinished_run(tiny_model, tmp_path)
+    assert main(argv + ["--dry-run"]) == 0 and old.is_file()  # a dry run deletes nothing, and says what the run will
+    said = " ".join(capsys.readouterr().out.split())
+    assert (f"note: train.output_dir '{out}': the run will first remove the tensorboard logs and 1 validation image "
+            "of an earlier run in this folder that left no checkpoint") in said, said  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
     err = " ".join((captured.out + captured.err).split())
-    assert "removed logs and validation of an earlier run that stopped before its first checkpoint" in err, err
+    assert "removed the tensorboard logs and 1 validation image of an earlier run in this folder that left no " \
+           "checkpoint, so that they do not mix with this run's" in err, err  # fmt: skip
     assert not old.exists() and list((out / "logs").rglob("events.out.tfevents*"))  # this run's only
     assert all(p.read_bytes() != b"earlier run" for p in [*(out / "logs").rglob("*"), *(out / "validation").iterdir()]
                if p.is_file())  # fmt: skip
+
+
+def test_logs_and_validation_folders_of_no_relation_run_are_never_removed(tiny_model, tmp_path, capsys):
+    """Without a saved config.yaml nothing marks the folders as a run's: a user's files in them stay."""
+    out, old, argv = _unfinished_run(tiny_model, tmp_path, saved_config=False)
+    mine = out / "logs" / "notes.txt"
+    mine.write_text("important")
+    assert main(argv) == 0
+    assert "removed" not in capsys.readouterr().err
+    assert old.read_bytes() == b"earlier run" and mine.read_text() == "important"
+    assert (out / "validation" / "step-00000001.png").is_file()
+
+
+def test_a_run_that_left_checkpoints_while_this_one_loaded_is_not_overwritten(tiny_model, tmp_path, capsys,
+                                                                               monkeypatch):  # fmt: skip
+    """Two new runs started together into one folder both pass the first check; the one that takes the lock
+    second finds the other's checkpoints and stops, deleting nothing, and frees the lock."""
+    from relation_cli.train import recipe
+
+    out, old, argv = _unfinished_run(tiny_model, tmp_path)
+    real = recipe.hold_folder
+
+    def the_other_run_finished_meanwhile(folder, what):
+        (folder / "checkpoints" / "checkpoint-00000001").mkdir(parents=True)
+        return real(folder, what)
+
+    monkeypatch.setattr(recipe, "hold_folder", the_other_run_finished_meanwhile)
+    assert main(argv) == 1
+    assert "holds checkpoints of an earlier run; pass --resume" in capsys.readouterr().err
+    assert old.is_file() and (out / "validation" / "step-00000001.png").is_file()
+    check_not_busy(out, "train.output_dir")
 
 
 def test_a_folder_another_command_filled_meanwhile_is_kept_and_this_result_discarded(tmp_path):

@@ -213,4 +213,4 @@ def test_a_pair_of_two_shapes_is_noted_and_one_of_two_sizes_is_not(tiny_model, t
                     + json.dumps({"cond1": "a.png", "cond2": "b.png", "source": "q.png"}) + "\n")  # fmt: skip
     assert main(["infer", "--input", str(rows), "--output-dir", str(tmp_path / "out"), "--steps", "1", *sets]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "row 2: exemplar A is 48x32 and A' 32x32, another shape" in err and "row 1:" not in err, err
+    assert "note: row 2: exemplar A is 48x32 and A' 32x32, another shape" in err and "row 1:" not in err, err

@@ -125,6 +125,11 @@ def setup(cfg: RelationConfig, resume: bool) -> Run:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         run.lock = hold_folder(out, "train.output_dir")
+        try:  # again, now that no other run can write here: one started meanwhile may have left checkpoints
+            check_output_dir(out, resume, busy=False)
+        except RelationError:
+            run.close()
+            raise
         if folder is None:
             clear_unfinished_run(out)
         save_config(cfg, out / "config.yaml")
@@ -269,20 +274,37 @@ def check_output_dir(out: Path, resume: bool, busy: bool = True) -> Path:
     return out
 
 
-UNFINISHED_ENTRIES = ("logs", "validation")
-"""What a run stopped before its first checkpoint leaves that a new run in its folder would mix with its own
-(tensorboard reads every events file under ``logs``); the encoding ``cache`` is kept: its entries are keyed."""
+def unfinished_run_files(out: Path) -> list[Path]:
+    """What an earlier run in ``out`` that left no checkpoint wrote and a new run would mix with its own:
+    its tensorboard folder ``logs/relation`` (tensorboard reads every events file under ``logs``) and its
+    ``validation/step-*.png``; the encoding ``cache`` stays (its entries are keyed). Only where ``config.yaml``
+    is a configuration relation saved, the mark of such a run: a user's own ``logs`` or ``validation`` files
+    are never listed."""
+    saved = out / "config.yaml"
+    if not (saved.is_file() and is_saved_config(saved)):
+        return []
+    logs = [out / "logs" / "relation"] if (out / "logs" / "relation").is_dir() else []
+    return logs + sorted((out / "validation").glob("step-[0-9]*.png"))
+
+
+def unfinished_run_line(out: Path, files: list[Path], done: bool) -> str:
+    """The line that says what :func:`clear_unfinished_run` removes (``done``) or will remove (a dry run)."""
+    images = sum(1 for f in files if f.suffix == ".png")
+    what = " and ".join(filter(None, ["the tensorboard logs" if len(files) > images else "",
+                                      f"{images} validation image{'s' if images != 1 else ''}" if images else ""]))
+    verb = "removed" if done else "the run will first remove"
+    return (f"train.output_dir '{out}': {verb} {what} of an earlier run in this folder that left no checkpoint, "
+            "so that they do not mix with this run's")  # fmt: skip
 
 
 def clear_unfinished_run(out: Path) -> None:
-    """Delete the logs and validation images of an earlier run in ``out`` that left no checkpoint (a new run
-    starts there: :func:`check_output_dir` refused the folder had it any), with one line saying so."""
-    stale = [out / name for name in UNFINISHED_ENTRIES if (out / name).is_dir()]
-    for entry in stale:
-        shutil.rmtree(entry)
-    if stale:
-        _warn(f"train.output_dir '{out}': removed {' and '.join(e.name for e in stale)} of an earlier run that "
-              "stopped before its first checkpoint, so that they do not mix with this run's")
+    """Delete :func:`unfinished_run_files` (a new run starts in ``out``: :func:`check_output_dir` refused the
+    folder had it a checkpoint), with one line saying so."""
+    files = unfinished_run_files(out)
+    for entry in files:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+    if files:
+        _warn(unfinished_run_line(out, files, done=True))
 
 
 def validation_rows(cfg: RelationConfig) -> list:
