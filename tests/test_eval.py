@@ -179,6 +179,7 @@ SAMPLE = '{"split": "s", "method": "relation", "index": 0, "task": "", "text": "
     [
         (None, "file not found"),
         ("{not json", "malformed JSON"),
+        ('{"cond1": "a.png"}\n{"cond1": "b.png"}\n', "malformed JSON (Extra data, line 2, column 1); a metrics.json is one"),
         ("[1, 2]", "not a metrics.json of relation eval (no samples, aggregate, encoders, batch_size)"),
         ('{"samples": [{"split": "seen"}], "aggregate": [], "encoders": {}, "batch_size": 1}', "sample 1 needs"),
         ('{"samples": [], "aggregate": [], "encoders": {}, "batch_size": 0}', "batch_size must be a positive"),

@@ -41,6 +41,9 @@ def read_results(path: Path) -> dict:
         results = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise RelationError(f"'{path}': not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:  # a whole document: the line too (a .jsonl given by mistake: line 1, column N)
+        raise RelationError(f"'{path}': malformed JSON ({e.msg}, line {e.lineno}, column {e.colno}); a metrics.json "
+                            "is one JSON document") from None  # fmt: skip
     except (ValueError, RecursionError) as e:
         raise RelationError(f"'{path}': malformed JSON ({json_problem(e)})") from None
     problem = _problem(results)
