@@ -569,6 +569,9 @@ def load_config(
     origin = f"'{path}'" if path else "defaults"
     for text in overrides or []:
         parts, value = parse_override(text)
+        if parts[0] == "run":  # a record of what a training produced, not a setting: --run reads it
+            raise RelationError(f"override {text!r}: the run section is written by relation train and read by "
+                                "--run DIR; it cannot be set")  # fmt: skip
         _set_path(tree, parts, value, f"override {text!r}")
     for key, value in (flags or {}).items():
         if value is not None:

@@ -168,3 +168,29 @@ def test_a_folder_another_command_filled_meanwhile_is_kept_and_this_result_disca
     assert str(e.value) == (f"output '{out}': another command wrote it while this one was working; this one's "
                             "result is discarded and theirs kept")  # fmt: skip
     assert (out / "train.jsonl").read_text() == "theirs\n" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_finished_run_without_its_checkpoints_is_not_trained_over(tiny_model, tmp_path, capsys):
+    """Deleting checkpoints to keep only the exported weights is common: a new run there would replace them."""
+    import shutil
+
+    out = tmp_path / "run"
+    argv = train_args(tiny_model, analogy_dataset(tmp_path / "data"), out, 1)
+    assert main(argv) == 0
+    shutil.rmtree(out / "checkpoints")
+    before = snapshot(out)
+    capsys.readouterr()
+    for extra in (["--dry-run"], []):
+        assert main(argv + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: train.output_dir '{out}': holds the exported weights of a finished run (step 1; its "
+                       "checkpoints are gone), which a new run would replace: use them with --run, or choose another "
+                       "train.output_dir"), err  # fmt: skip
+    assert snapshot(out) == before
+
+
+def test_the_run_section_cannot_be_set(capsys):
+    """run: records what a training produced (read by --run); a --set of it would be ignored and then misread."""
+    assert main(["config", "--set", "run.base=/nowhere"]) == 1
+    assert capsys.readouterr().err.strip() == ("error: override 'run.base=/nowhere': the run section is written by "
+                                               "relation train and read by --run DIR; it cannot be set")  # fmt: skip

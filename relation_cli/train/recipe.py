@@ -261,6 +261,10 @@ def check_output_dir(out: Path, resume: bool, busy: bool = True) -> Path:
             f"train.output_dir '{out}': holds checkpoints of an earlier run; pass --resume to continue it, "
             "or choose another train.output_dir"
         )
+    if (out / "config.yaml").is_file() and is_saved_config(out / "config.yaml") and _finished_step(out) is not None:
+        raise RelationError(f"train.output_dir '{out}': holds the exported weights of a finished run (step "
+                            f"{_finished_step(out)}; its checkpoints are gone), which a new run would replace: use "
+                            "them with --run, or choose another train.output_dir")  # fmt: skip
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in RUN_ENTRIES)
         if (out / "config.yaml").is_file() and not is_saved_config(out / "config.yaml"):
@@ -272,6 +276,17 @@ def check_output_dir(out: Path, resume: bool, busy: bool = True) -> Path:
             raise RelationError(f"train.output_dir '{out}': holds files relation train did not write "
                                 f"({', '.join(foreign[:3])}{more}): choose a new or empty train.output_dir")  # fmt: skip
     return out
+
+
+def _finished_step(out: Path) -> int | None:
+    """The step of the ``run:`` section in ``out/config.yaml`` (a run that exported its weights), or None."""
+    from ..config import read_yaml
+
+    run = read_yaml(out / "config.yaml").get("run")
+    if not isinstance(run, dict):
+        return None
+    step = run.get("step")
+    return step if isinstance(step, int) else 0
 
 
 def unfinished_run_files(out: Path) -> list[Path]:
