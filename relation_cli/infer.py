@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .config import DEMO, InferSection, RelationConfig, save_config
+from .config import DEMO, InferSection, RelationConfig, read_yaml, save_config
 from .errors import RelationError, several
 from .fs import check_not_busy, check_writable, holding_folder, remove_stale_temps
 from .images import check_output_path, open_image, resize_result, save_output, working_size
@@ -259,9 +259,38 @@ def config_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".yaml")
 
 
+def _a_saved_config(path: Path) -> bool:
+    """Whether ``path`` reads as a configuration relation saved (its sections, ``model`` and ``infer`` among
+    them; an older version's keys allowed), not a user's own file."""
+    try:
+        tree = read_yaml(path)
+    except RelationError:
+        return False
+    return {"model", "infer"} <= set(tree) <= set(RelationConfig.model_fields)
+
+
+def check_single_output(output: Path, overwrite: bool) -> Path:
+    """The output path of one edit (:func:`~relation_cli.images.check_output_path`) and the place of its saved
+    config beside it (:func:`config_path_for`): a folder there, or a file relation did not save, is refused
+    before any work (with ``--overwrite`` too), so a run never ends in a failed write or replaces a user's file.
+
+    Raises:
+        RelationError: one line naming the path and what to do.
+    """
+    output = check_output_path(output, overwrite)
+    beside = config_path_for(output)
+    if beside.is_dir():
+        raise RelationError(f"output '{output}': its settings go to '{beside}', which is a folder; move it or "
+                            "choose another output name")  # fmt: skip
+    if beside.exists() and not _a_saved_config(beside):
+        raise RelationError(f"output '{output}': its settings go to '{beside}', a file relation did not write, "
+                            "which the run would replace; move it or choose another output name")  # fmt: skip
+    return output
+
+
 def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, output: Path | None) -> Path:
     """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
-    output = check_output_path(output or default_output(query), cfg.infer.overwrite)
+    output = check_single_output(output or default_output(query), cfg.infer.overwrite)
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
     from .model import load_pipeline, size_rules, truthful_config  # torch and diffusers load after the cheap checks
     from .progress import progress_bar

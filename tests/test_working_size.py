@@ -214,3 +214,27 @@ def test_a_pair_of_two_shapes_is_noted_and_one_of_two_sizes_is_not(tiny_model, t
     assert main(["infer", "--input", str(rows), "--output-dir", str(tmp_path / "out"), "--steps", "1", *sets]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "note: row 2: exemplar A is 48x32 and A' 32x32, another shape" in err and "row 1:" not in err, err
+
+
+@pytest.mark.parametrize("beside, message", [
+    ("folder", "its settings go to '{b}', which is a folder; move it or choose another output name"),
+    ("my notes\n", "its settings go to '{b}', a file relation did not write, which the run would replace; move it "
+                   "or choose another output name"),
+])  # fmt: skip
+def test_the_place_of_the_saved_settings_is_checked_before_the_edit(tmp_path, capsys, beside, message):
+    """``edited.png.yaml`` gets the resolved config: a folder there would fail the run after the edit (leaving
+    the image), a user's file would be replaced silently; both are refused first, --overwrite or not, and a
+    config an earlier run saved there is replaced."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out, side = tmp_path / "edited.png", tmp_path / "edited.png.yaml"
+    side.mkdir() if beside == "folder" else side.write_text(beside)
+    args = ["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
+            "--query", str(examples / "query.png"), "-o", str(out), "--steps", "1"]  # fmt: skip
+    for extra in ([], ["--dry-run"], ["--overwrite"]):
+        assert main(args + extra) == 1
+        assert capsys.readouterr().err.strip() == f"error: output '{out}': " + message.format(b=side)
+        assert not out.exists() and (side.is_dir() or side.read_text() == beside)
+    side.rmdir() if beside == "folder" else side.unlink()
+    assert main(args) == 0 and side.is_file()
+    out.unlink()
+    assert main(args) == 0  # an earlier run's saved settings are its own: replaced
