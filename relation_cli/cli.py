@@ -747,7 +747,8 @@ def evaluate(
 
 def _train_input_checks(cfg: RelationConfig, resume: bool, rows: list) -> tuple[Callable[[], object], ...]:
     """What relation train checks of its inputs before loading: the output folder, then every data file's
-    rows and images (each file's problems its own); the rows read are added to ``rows``, in order."""
+    rows and images (each file's problems its own), then the validation rows; the rows read are added to
+    ``rows``, in order."""
 
     def folder() -> None:
         from .train.recipe import check_output_dir
@@ -759,7 +760,12 @@ def _train_input_checks(cfg: RelationConfig, resume: bool, rows: list) -> tuple[
 
         rows.extend(load_rows(path, cfg.data.max_image_pixels))
 
-    return (folder, *((lambda f=f: data(f)) for f in cfg.train.data_files))
+    def validation() -> None:
+        from .train.recipe import validation_rows
+
+        validation_rows(cfg)
+
+    return (folder, *((lambda f=f: data(f)) for f in cfg.train.data_files), validation)
 
 
 def _print_eval(result) -> None:

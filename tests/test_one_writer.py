@@ -194,3 +194,18 @@ def test_the_run_section_cannot_be_set(capsys):
     assert main(["config", "--set", "run.base=/nowhere"]) == 1
     assert capsys.readouterr().err.strip() == ("error: override 'run.base=/nowhere': the run section is written by "
                                                "relation train and read by --run DIR; it cannot be set")  # fmt: skip
+
+
+def test_the_dry_run_checks_the_validation_rows_as_the_run_does(tiny_model, tmp_path, capsys):
+    """An empty test_seen.jsonl beside the data (prepare may write one, and warns) or named by
+    train.validation_data is refused by the dry run as by the run, before anything is written."""
+    data = analogy_dataset(tmp_path / "data")
+    (data.parent / "test_seen.jsonl").write_text("")
+    named = f"train.validation_data={data.parent / 'test_seen.jsonl'}"
+    for argv, key in ((train_args(tiny_model, data, tmp_path / "run", 1), "validation rows (the test_seen.jsonl"),
+                      (train_args(tiny_model, data, tmp_path / "run", 1, named), "train.validation_data: ")):
+        for extra in (["--dry-run"], []):
+            assert main(argv + extra) == 1
+            err = capsys.readouterr().err
+            assert key in err and "set train.validation_samples=0 to train without validation" in err, err
+            assert not (tmp_path / "run").exists()

@@ -323,7 +323,13 @@ def clear_unfinished_run(out: Path) -> None:
 
 
 def validation_rows(cfg: RelationConfig) -> list:
-    """The first ``validation_samples`` held-out rows, spread over their tasks (one of each task first)."""
+    """The first ``validation_samples`` held-out rows, spread over their tasks (one of each task first): from
+    ``train.validation_data``, else the ``test_seen.jsonl`` beside the first data file when there is one.
+
+    Raises:
+        RelationError: a named file missing, or either file unreadable or without rows (saying how to train
+            without validation).
+    """
     from ..rows import parse_rows, spread_by_task
 
     t = cfg.train
