@@ -169,7 +169,7 @@ class LoraSection(Section):
     rank: int = Field(128, ge=1, description="LoRA rank when training.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha when training. Empty: equal to rank.")
     targets: list[str] = Field(
-        default_factory=lambda: list(PAPER_LORA_TARGETS),
+        default_factory=lambda: list(PAPER_LORA_TARGETS), min_length=1,
         description="Module names (suffixes) that get a LoRA when training.",
     )
 

@@ -209,3 +209,18 @@ def test_the_dry_run_checks_the_validation_rows_as_the_run_does(tiny_model, tmp_
             err = capsys.readouterr().err
             assert key in err and "set train.validation_samples=0 to train without validation" in err, err
             assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("targets, message", [
+    ("[nonsense, attn.to_z]", "lora.targets: 'nonsense', 'attn.to_z' name no linear layer of the transformer (names "
+                              "end like "),
+    ("[]", "lora.targets: List should have at least 1 item"),
+])  # fmt: skip
+def test_lora_targets_that_match_nothing_are_refused_by_the_dry_run_and_the_run(tiny_model, tmp_path, capsys,
+                                                                                 targets, message):  # fmt: skip
+    argv = train_args(tiny_model, analogy_dataset(tmp_path / "data"), tmp_path / "run", 1, f"lora.targets={targets}")
+    for extra in (["--dry-run"], []):
+        assert main(argv + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and "internal error" not in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()

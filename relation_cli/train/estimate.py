@@ -115,6 +115,10 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
     rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
     check_adapter_fits(cfg, parts[0])
+    if t.mode == "lora" and not cfg.lora.paths:  # a new LoRA on these targets (a given one keeps its own)
+        from .job import check_lora_targets
+
+        check_lora_targets(cfg, parts[0])
     est = estimate_parts(cfg, len(rows), *parts)
     est.baseline_bytes = process_baseline_bytes(cfg)
     return est

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..config import RelationConfig
+from ..errors import RelationError
 from ..fs import atomic_dir
 from .model import RelationTrainModel
 from .step import flow_loss
@@ -134,6 +135,7 @@ def make_trainable(pipe, adapter, cfg: RelationConfig, dtype: torch.dtype, loras
         else:
             from peft import LoraConfig
 
+            check_lora_targets(cfg, transformer)
             torch.manual_seed(t.seed + 1)
             config = LoraConfig(
                 r=cfg.lora.rank,
@@ -188,3 +190,22 @@ def save_base(run: Run, path: Path) -> None:
     detached = p.relation_adapter.detached(p.transformer) if p.relation_adapter is not None else nullcontext()
     with atomic_dir(path, replace=True) as tmp, detached:
         p.base_pipeline().save_pretrained(tmp)
+
+
+def check_lora_targets(cfg: RelationConfig, transformer) -> None:
+    """``lora.targets`` names linear layers of ``transformer`` (a real or meta one), matched as peft's
+    ``target_modules`` list matches: the whole module name or its ending after a dot (``attn.to_q`` matches
+    ``transformer_blocks.0.attn.to_q``). As in peft, entries a base lacks are passed over when others match
+    (the paper's ``ff.*`` targets on FLUX.2 [klein]); none matching is an error before anything loads, where
+    peft would fail after loading.
+
+    Raises:
+        RelationError: no entry matches; names the entries and a few layer names that would match.
+    """
+    linear = [name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)]
+    missing = [t for t in cfg.lora.targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if len(missing) == len(cfg.lora.targets):  # as peft: targets some bases lack (klein's ff) are passed over
+        first = [n for n in linear if n.startswith("transformer_blocks.0.")] or linear
+        shown = sorted({n.split(".", 2)[-1] for n in first})[:4]
+        raise RelationError(f"lora.targets: {', '.join(map(repr, missing))} name{'s' if len(missing) == 1 else ''} "
+                            f"no linear layer of the transformer (names end like {', '.join(shown)})")  # fmt: skip
