@@ -506,6 +506,7 @@ def init_model(
     from .progress import quiet_libraries
 
     with user_errors():
+        from huggingface_hub.errors import StrictDataclassError
         from pydantic import ValidationError
 
         quiet_libraries()
@@ -517,7 +518,13 @@ def init_model(
             arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **flags})
         except ValidationError as e:
             raise RelationError((f"spec '{spec}': " if spec else "init-model: ") + spec_problems(e)) from None
-        typer.echo(f"wrote {core_init(destination, arch, seed)}")
+        try:
+            written = core_init(destination, arch, seed)
+        except (ValueError, IndexError, StrictDataclassError) as e:  # sizes the libraries refuse, said by them
+            why = first_line(e.__cause__ if isinstance(e, StrictDataclassError) and e.__cause__ else e)
+            raise RelationError((f"spec '{spec}': " if spec else "init-model: ") + f"the sizes do not fit together "
+                                f"({why}); nothing was written") from None  # fmt: skip
+        typer.echo(f"wrote {written}")
 
 
 def spec_problems(error: Any) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .adapter import RelationAdapter
 
@@ -78,11 +78,27 @@ class ArchSpec(BaseModel):
             return {"axes_dims_rope": (4, 4, 4, 4), "joint_attention_dim": 3 * text_hidden, **data}
         return data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        """``true`` is not 1: a YAML boolean for a size is refused, as the config loader refuses it."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError(f"a number, not {str(value).lower()}")
+        return value
+
     @model_validator(mode="after")
     def _check_shapes(self):
         axes = 4 if self.base == "flux2-klein" else 3
         if len(self.axes_dims_rope) != axes:
             raise ValueError(f"axes_dims_rope needs {axes} axes for base {self.base}")
+        if sum(self.axes_dims_rope) != self.attention_head_dim:
+            raise ValueError(f"attention_head_dim {self.attention_head_dim} must equal the sum of axes_dims_rope "
+                             f"{tuple(self.axes_dims_rope)} ({sum(self.axes_dims_rope)})")  # fmt: skip
+        if not self.vae_channels or any(c % self.vae_norm_groups for c in self.vae_channels):
+            raise ValueError(f"vae_channels {tuple(self.vae_channels)} must be one or more widths, each a multiple of "
+                             f"vae_norm_groups ({self.vae_norm_groups})")  # fmt: skip
+        if self.siglip_hidden % self.siglip_heads:
+            raise ValueError(f"siglip_hidden {self.siglip_hidden} must be a multiple of siglip_heads {self.siglip_heads}")
         if self.base == "flux2-klein" and self.joint_attention_dim != 3 * self.text_hidden:
             raise ValueError("joint_attention_dim must be 3 x text_hidden for flux2-klein (3 stacked Qwen3 layers)")
         if self.base == "flux2-klein" and self.kontext:

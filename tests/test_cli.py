@@ -579,6 +579,26 @@ def test_init_model_says_its_problems_in_the_config_loaders_words(tmp_path, caps
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("attention_head_dim: 30", "attention_head_dim 30 must equal the sum of axes_dims_rope (4, 6, 6) (16)"),
+    ("vae_channels: []", "vae_channels () must be one or more widths, each a multiple of vae_norm_groups (4)"),
+    ("vae_norm_groups: 5", "vae_channels (8, 16, 16, 16) must be one or more widths, each a multiple of vae_norm_groups (5)"),
+    ("siglip_heads: 3", "siglip_hidden 16 must be a multiple of siglip_heads 3"),
+    ("num_layers: true", "num_layers: a number, not true"),
+    ("text_hidden: 9", "the sizes do not fit together (The hidden size (9) is not a multiple of the number of attention "
+                       "heads (4).); nothing was written"),
+])  # fmt: skip
+def test_init_model_refuses_sizes_that_do_not_fit_together_in_one_line(tmp_path, capsys, spec, message):
+    """Sizes the libraries would refuse with their own exception (an internal error) are named by their keys; any
+    the checks miss are still one line that says the sizes do not fit, and nothing is written."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec + "\n")
+    assert main(["init-model", str(tmp_path / "m"), "--spec", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: spec '{path}': ") and message in err and err.count("\n") == 1, err
+    assert "internal error" not in err and not (tmp_path / "m").exists()
+
+
 def test_eval_without_input_says_so_once(capsys):
     for dry in (["--dry-run"], []):
         assert main(["eval", *dry]) == 1
