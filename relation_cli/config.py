@@ -440,7 +440,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     text = raw.strip()
     if not text:
         return parts, None if type(None) in kinds else ""  # `infer.max_area=`: empty is no value
-    if kinds and kinds <= {str, type(None)} and text[0] not in "'\"":
+    bracketed = text[0] + text[-1] in ("[]", "{}")  # a YAML list or mapping: refused for text, not stringified
+    if kinds and kinds <= {str, type(None)} and text[0] not in "'\"" and not bracketed:
         if type(None) in kinds and text in ("null", "Null", "NULL", "~"):
             return parts, None  # YAML's null: back to the setting's empty default
         return parts, text  # a text setting takes the text as typed: `infer.prompt=yes` is "yes", not true
@@ -480,7 +481,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         key = key if key.isprintable() else repr(key)  # the message stays one line
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
-        elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float, type(None))):
+        elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float, type(None), list, dict)):
             lines.append(f"{key}: expected text, got {e.get('input')!r} (YAML read it so: quote it)")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")

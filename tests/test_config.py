@@ -103,6 +103,16 @@ def test_a_text_setting_takes_the_text_as_typed_and_an_empty_value_is_none_where
         load_config(None, [text])
 
 
+@pytest.mark.parametrize("text", ["model.base=[a]", "train.validation_data=[a.jsonl]", "infer.prompt={x: 1}"])
+def test_a_list_or_mapping_for_a_text_setting_is_refused_not_stringified(text):
+    """``model.base=[a]`` is a YAML list: refused with the hint to quote it, as a YAML file's list would be, not
+    taken as the text '[a]'; text that only starts with a bracket stays text."""
+    with pytest.raises(RelationError, match=f"{text.split('=')[0]}: expected text, got .* \\(YAML read it so: quote it\\)"):
+        load_config(None, [text])
+    assert load_config(None, ["infer.prompt=[watercolour] style"]).infer.prompt == "[watercolour] style"
+    assert load_config(None, ["infer.prompt='[a]'"]).infer.prompt == "[a]"
+
+
 def test_a_config_from_a_pipe_is_read_and_an_endless_one_refused(tmp_path):
     """``--config <(printf ...)`` names a pipe, not a regular file; /dev/zero would never end."""
     import threading

@@ -68,7 +68,7 @@ FIELDS_ROUND_TRIP = [
     ("eval.fid", st.booleans()),
     ("infer.prompt", st.text(PRINTABLE)),
     ("train.output_dir", st.text(PRINTABLE, min_size=1)),
-    ("lora.targets", st.lists(st.text(PRINTABLE), max_size=4)),
+    ("lora.targets", st.lists(st.text(PRINTABLE), min_size=1, max_size=4)),
 ]
 
 
