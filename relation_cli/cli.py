@@ -131,6 +131,8 @@ class PairOption(TyperOption):
 
     def process_value(self, ctx: Any, value: Any) -> Any:
         for pair in value or ():
+            if pair[0].startswith("-") and len(pair[0]) > 1 and not Path(pair[0]).exists():  # the next option taken as A
+                raise typer.BadParameter(f"takes exactly 2 images (A and A'), got none before {pair[0]}", ctx, self)
             if pair[1].startswith("--"):  # click took the next option as the second image
                 raise typer.BadParameter(f"takes exactly 2 images (A and A'), got 1 before {pair[1]}", ctx, self)
         pairs = [(Path(a), Path(b)) for a, b in value or ()]
