@@ -160,6 +160,12 @@ DEMO_NOTE = (
 )
 
 
+def _looks_like_a_photo(cfg: RelationConfig, sizes: "EditSizes") -> bool:
+    """The demo model shrinks this query to its working area by itself (``infer.max_area``): a photo, not one of
+    the 32x32 scenes it was trained on (an explicit --width/--height that shrinks a scene is the user's choice)."""
+    return cfg.model.base == DEMO and sizes.shrunk and not (cfg.infer.width or cfg.infer.height)
+
+
 def print_note(line: str | None) -> None:
     """One line on stderr beside the progress bar; nothing for None."""
     from .progress import console
@@ -298,7 +304,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
     sizes.check(cfg.infer, cfg.data.max_image_pixels)
     pipe = load_pipeline(cfg)  # an unfit model or adapter is refused before any note about the query
-    print_note(DEMO_NOTE if cfg.model.base == DEMO and sizes.shrunk else None)  # a photo, not a scene
+    print_note(DEMO_NOTE if _looks_like_a_photo(cfg, sizes) else None)
     print_note(sizes.note(cfg.infer))
     print_note(inputs.shape_note())
     with progress_bar("denoising", cfg.infer.steps) as advance:
@@ -570,7 +576,7 @@ def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Pat
             record = row_record(r, plan.digests)  # the inputs as read now, before anything is written
             sizes = edit_sizes(cfg.infer, inputs.query.size, *rules)
             note = sizes.note(cfg.infer)
-            if sizes.shrunk and cfg.model.base == DEMO and not demo_noted:  # a photo, not a scene: say what the model is
+            if _looks_like_a_photo(cfg, sizes) and not demo_noted:  # say what the model is
                 print_note(DEMO_NOTE)
                 demo_noted = True
             print_note(note and f"note: {r.name}: {note}")

@@ -32,6 +32,9 @@ def read_run(run_dir: str | Path) -> tuple[RunSection, dict]:
     if not path.is_file():
         raise RelationError(f"run '{run_dir}': no {RUN_CONFIG} (a folder written by relation train)")
     tree = read_yaml(path)
+    if not isinstance(tree.get("run"), dict) and (run_dir / "manifest.json").is_file():
+        raise RelationError(f"run '{run_dir}': is a dataset written by relation prepare, not a training run; give "
+                            "the train.output_dir of a finished relation train")  # fmt: skip
     if not isinstance(tree.get("run"), dict):
         raise RelationError(f"run '{run_dir}': its {RUN_CONFIG} has no run: section; the training has not "
                             "exported its weights yet (relation train writes it at the end)")  # fmt: skip

@@ -717,3 +717,34 @@ def test_a_cuda_index_the_machine_lacks_is_refused(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(RelationError, match=r"model.device 'cuda:3': this machine has 1 CUDA device \(cuda:0 to cuda:0\)"):
         resolve_device("cuda:3")
+
+
+def test_wording_for_a_dataset_as_run_a_folder_to_recompute_and_an_input_given_twice(tmp_path, capsys):
+    from eval_helpers import write_test_file
+
+    data = tmp_path / "data"
+    assert main(["prepare", "--synthetic", "2", "--output", str(data), "--set", "data.synthetic_size=16"]) == 0
+    capsys.readouterr()
+    args = ["infer", "--exemplar", str(EXAMPLES / "exemplar_before.png"), str(EXAMPLES / "exemplar_after.png"),
+            "--query", str(EXAMPLES / "query.png"), "--dry-run"]  # fmt: skip
+    for command, message in [
+        (args + ["--run", str(data)], f"error: run '{data}': is a dataset written by relation prepare, not a training "
+                                      "run; give the train.output_dir of a finished relation train"),
+        (["eval", "--recompute", str(data)], f"error: '{data}': no metrics.json in this folder (give a relation eval "
+                                             "output folder or its metrics.json)"),
+    ]:  # fmt: skip
+        assert main(command) == 1
+        assert capsys.readouterr().err.strip() == message
+    rows = write_test_file(tmp_path / "rows")
+    assert main(["eval", "--input", str(rows), "--input", str(rows), "--output-dir", str(tmp_path / "e")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: input '{rows}' is given twice: give each file once"
+
+
+def test_the_demo_photo_note_is_for_a_query_the_model_shrinks_itself(tmp_path, capsys):
+    """A 32x32 scene worked on at 24x24 on request is not a photo: no note about what the demo was trained on."""
+    args = ["infer", "--exemplar", str(EXAMPLES / "exemplar_before.png"), str(EXAMPLES / "exemplar_after.png"),
+            "--query", str(EXAMPLES / "query.png"), "-o", str(tmp_path / "o.png"), "--steps", "1",
+            "--width", "24", "--height", "24"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "query resized from 32x32 to 24x24" in err and "embedded demo model" not in err, err

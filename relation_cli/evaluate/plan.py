@@ -89,6 +89,8 @@ def load_splits(inputs: list[str | Path], section: EvalSection) -> list[Split]:
     for item in inputs:
         path = Path(item)
         name = split_name(path)
+        if name in seen and seen[name].resolve() == path.resolve():
+            raise RelationError(f"input '{path}' is given twice: give each file once")
         if name in seen:
             raise RelationError(f"inputs '{seen[name]}' and '{path}' are both split '{name}': rename one")
         seen[name] = path

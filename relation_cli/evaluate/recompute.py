@@ -35,6 +35,9 @@ def metrics_file(path: Path) -> Path:
 
 def read_results(path: Path) -> dict:
     """A metrics.json written by ``relation eval``; RelationError when it is missing or not one."""
+    if path.is_dir():
+        raise RelationError(f"'{path}': no metrics.json in this folder (give a relation eval output folder or its "
+                            "metrics.json)")  # fmt: skip
     if not path.is_file():
         raise RelationError(f"'{path}': file not found (the metrics.json of a relation eval output folder)")
     try:
