@@ -429,3 +429,33 @@ def test_every_unusable_image_of_the_eval_inputs_in_one_message_row_by_row(tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: 4 images cannot be used: seen row 1 target '") and "\n" not in err, err
     assert err.index("seen row 1 query") < err.index("seen row 2 target"), err
+
+
+def test_outputs_made_from_rows_or_images_that_changed_are_made_again(tiny_model, tmp_path, capsys):
+    """generation.json records what each output was made from (paths, sha256, text): after an image is replaced
+    under the same name and a row of the file is edited, only their outputs are made again (one note says how
+    many), and the scores are a fresh run's."""
+    data = write_test_file(tmp_path / "data", rows=3)
+    overrides = [*tiny_overrides(tiny_model), "eval.clip_model=", "eval.dino_model=", "eval.fid=false",
+                 "eval.baselines=[copy_query]"]  # fmt: skip
+
+    def run(out):
+        assert main(["eval", "--input", str(data), "--output-dir", str(out), "--steps", "1", *sets(*overrides)]) == 0
+        return capsys.readouterr().err
+
+    out = tmp_path / "out"
+    run(out)
+    stamps = {p.name + p.parent.name: p.stat().st_mtime_ns for p in out.glob("seen/*/*.png")}
+    random_image(tmp_path / "data" / "q1.png", (48, 32), seed=999)  # row 2's query replaced under the same name
+    lines = data.read_text().splitlines()
+    lines[2] = lines[2].replace('"source": "q2.png"', '"source": "q0.png"')  # row 3 now edits another query
+    data.write_text("\n".join(lines) + "\n")
+    err = " ".join(run(out).split())
+    assert f"note: 4 outputs in '{out}' were made from other rows or images than the inputs' now" in err, err
+    now = {p.name + p.parent.name: p.stat().st_mtime_ns for p in out.glob("seen/*/*.png")}
+    assert [k for k in sorted(now) if now[k] == stamps[k]] == ["000000.pngcopy_query", "000000.pngrelation"]
+    run(tmp_path / "fresh")
+    scores = lambda folder: [(s["method"], s["index"], s["mse"]) for s in  # noqa: E731
+                             json.loads((folder / "metrics.json").read_text())["samples"]]  # fmt: skip
+    assert scores(out) == scores(tmp_path / "fresh")
+    assert "made again" not in run(out)  # recorded now: all reused

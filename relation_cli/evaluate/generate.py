@@ -8,7 +8,8 @@ where it stopped and no file is ever half-written.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,12 +20,48 @@ from ..images import open_image, resize_result, save_output
 from ..fs import remove_stale_temps
 from ..infer import EditInputs, EditSizes, NonFiniteResult, PromptCache, edit, edit_sizes, open_edit_inputs
 from .plan import Job
+from .provenance import sha256_file
 
 
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
     """Open and check the images of one job (its k exemplar pairs and query); messages name the split, row and role."""
     prompt = job.row.text if cfg.eval.use_text else ""
     return open_edit_inputs(cfg, job.exemplar.pairs, job.row.source, prompt, f"{job.split} {job.row.name} ")
+
+
+def job_record(job: Job, out: Path, digests: dict[Path, str | None]) -> tuple[str, dict]:
+    """The name of a job's output in ``generation.json`` (its path in ``out``) and what it is made from: the
+    exemplar pairs it reads (the row's own, another row's for the wrong-pair baseline), the query, the text,
+    the target (the VAE baseline reconstructs it) and the sha256 of each image, as batch infer records a row
+    (:func:`~relation_cli.infer.row_record`: an image replaced under the same name is noticed). ``digests``
+    keeps each file's sha256 across jobs."""
+    from ..infer import row_record
+
+    record = row_record(replace(job.row, exemplars=job.exemplar.pairs), digests)
+    if job.row.target is not None:
+        target = job.row.target.resolve()
+        if target not in digests:
+            try:
+                digests[target] = sha256_file(target)
+            except OSError:
+                digests[target] = None
+        record |= {"target": str(target), "target_sha256": digests[target]}
+    return job.output.relative_to(out).as_posix(), record
+
+
+def changed_outputs(jobs: list[Job], out: Path, recorded: dict | None, digests: dict[Path, str | None]) -> set[int]:
+    """The jobs (``id``) whose output is on disk but was made from other inputs than the job's now (a rows file
+    or image changed since): ``recorded`` is ``generation.json``'s ``rows``; None (a folder from before outputs
+    were recorded) trusts every output, as before."""
+    if recorded is None:
+        return set()
+    changed = set()
+    for job in jobs:
+        if job.output.is_file():
+            name, record = job_record(job, out, digests)
+            if recorded.get(name) != record:
+                changed.add(id(job))
+    return changed
 
 
 def copy_query(query: Image.Image, sizes: EditSizes) -> np.ndarray:
@@ -54,26 +91,31 @@ class Generated:
     failed: list[Job]  # no output: the result was not finite
 
 
-def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda pipe: None) -> Generated:
+def generate(cfg: RelationConfig, jobs: list[Job], state, on_ready=lambda pipe: None, redo: set[int] = frozenset(),
+             on_saved=lambda job: None) -> Generated:  # fmt: skip
     """Make every missing output; ``state`` is an ``accelerate.PartialState`` (one process without launch).
 
     ``on_ready(pipe)`` runs in a process once its model has loaded (``pipe``; None when every job is a copy of
     the query), before it writes its first output: a refused adapter or LoRA leaves no record that would
-    block the corrected rerun.
+    block the corrected rerun. ``redo``: jobs (``id``) whose output is there but made from other inputs
+    (:func:`changed_outputs`), made again. ``on_saved(job)`` runs once each output is on disk (its record).
     """
-    todo = [j for j in jobs if not j.output.is_file()]  # their inputs were checked by setup
+    todo = [j for j in jobs if not j.output.is_file() or id(j) in redo]  # their inputs were checked by setup
     if state.is_main_process:
         remove_stale_temps(j.output for j in todo)  # a killed run's, of the outputs made now
+        for job in todo:
+            if id(job) in redo:  # made from other inputs: gone before it is made again (a failure leaves none)
+                job.output.unlink(missing_ok=True)
     # Every process must list the missing outputs before any is written, or the shares would differ.
     state.wait_for_everyone()
     with state.split_between_processes(todo) as mine:
-        _generate(cfg, mine, state, on_ready)
+        _generate(cfg, mine, state, on_ready, on_saved)
     state.wait_for_everyone()
     failed = [j for j in todo if not j.output.is_file()]  # every process sees the outputs of all
     return Generated(written=len(todo) - len(failed), reused=len(jobs) - len(todo), failed=failed)
 
 
-def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
+def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready, on_saved) -> None:
     from ..model import load_pipeline, size_rules
     from ..progress import progress_bar
 
@@ -105,4 +147,5 @@ def _generate(cfg: RelationConfig, jobs: list[Job], state, on_ready) -> None:
                         advance()
                         continue
             save_output(image, job.output)
+            on_saved(job)
             advance()

@@ -14,11 +14,12 @@ from pathlib import Path
 from ..config import RelationConfig, save_config
 from ..errors import RelationError
 from ..fs import check_not_busy, hold_folder
+from ..infer import print_note
 from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
-from .generate import Generated, generate
-from .settings import check_settings, generation_settings, record_settings
+from .generate import Generated, changed_outputs, generate, job_record
+from .settings import check_settings, generation_settings, read_settings, record_row, record_settings
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
 from .plan import METHOD_LABELS, Job, Split, check_output_folder, check_rows, methods_of
@@ -56,6 +57,16 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
 
     settings = generation_settings(cfg)  # the weights as found before they load
     held = []  # the folder's lock, taken by the main process when it first writes (fs.hold_folder)
+    digests: dict = {}  # sha256 per image file, shared by every job's record
+    before = read_settings(out)  # setup checked it
+    redo = changed_outputs(jobs, out, before.get("rows") if isinstance((before or {}).get("rows"), dict) else None,
+                           digests)  # fmt: skip
+    if redo and state.is_main_process:
+        print_note(f"note: {len(redo)} outputs in '{out}' were made from other rows or images than the inputs' now "
+                   "(changed since): made again")  # fmt: skip
+
+    def made_rows() -> dict:  # what each output on disk was made from (generation.json's rows)
+        return dict(job_record(j, out, digests) for j in jobs if j.output.is_file() and id(j) not in redo)
 
     def record(pipe=None) -> None:  # once the model loaded: a refused adapter or LoRA leaves the folder as it was
         if state.is_main_process and not held:  # a second eval into this folder stops before writing
@@ -63,10 +74,12 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
             held.append(hold_folder(out, "output dir"))
         if pipe is not None or not (out / "config.yaml").is_file():  # nothing loaded: the saved one stays true
             save_config(truthful_config(cfg, pipe), out / "config.yaml")
-        record_settings(out, cfg, settings=settings)
+        record_settings(out, cfg, rows=made_rows(), settings=settings)
 
     try:
-        made = generate(cfg, jobs, state, record)
+        saved = lambda job: record_row(out, *job_record(job, out, digests))  # noqa: E731 (a killed run keeps it)
+        made = generate(cfg, jobs, state, record, redo, saved)
+        redo = set()  # made again (or failed, and gone): every output on disk is now this run's
         if not state.is_main_process:
             return None
         record()
