@@ -435,7 +435,7 @@ def ui(
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 makes the page reachable by others.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the page (1-65535).")] = 7860,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,
     adapter: AdapterOpt = None,

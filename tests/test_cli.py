@@ -748,3 +748,11 @@ def test_the_demo_photo_note_is_for_a_query_the_model_shrinks_itself(tmp_path, c
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "query resized from 32x32 to 24x24" in err and "embedded demo model" not in err, err
+
+
+@pytest.mark.parametrize("port, message", [("99999", "less than or equal to 65535"), ("0", "greater than or equal to 1"),
+                                           ("-1", "greater than or equal to 1")])  # fmt: skip
+def test_ui_refuses_a_port_out_of_range_as_a_usage_error(capsys, port, message):
+    assert main(["ui", "--port", port, "--offline"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Invalid value for '--port': ") and message in err and "internal" not in err, err
