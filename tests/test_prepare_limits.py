@@ -85,6 +85,18 @@ def test_a_cap_that_leaves_no_training_sample_is_warned(tmp_path, capsys):
     assert manifest["warnings"] == [warning.removeprefix("warning: ").strip()]
 
 
+def test_seen_tasks_left_without_training_samples_are_warned_by_name(tmp_path):
+    """A cap used up by some seen tasks' test samples (tasks big enough for a test query) leaves them tested as
+    seen but never trained on, while a small task still trains: the warning names those tasks."""
+    src = side_by_side_jsonl(tmp_path / "src", {"inv": 4, "mir": 3, "two": 2})
+    summary = prepare(cfg("data.per_task_cap=1"), src, tmp_path / "out")
+    assert summary.samples["train"] == 1 and summary.warnings == [
+        "2 seen tasks got no training sample (inv; mir): data.per_task_cap=1 is used up by their test_seen samples, "
+        "taken first, so they are tested as seen but never trained on; raise --per-task-cap above 1 or lower "
+        "--test-per-task"
+    ], summary.warnings
+
+
 def test_tasks_too_small_for_a_test_query_and_unseen_tasks_without_samples_are_warned(tmp_path):
     src = side_by_side_jsonl(tmp_path / "src", {"t1": 2, "t2": 2, "t3": 2})
     summary = prepare(cfg("data.unseen_task_names=[t3]"), src, tmp_path / "small")

@@ -356,8 +356,9 @@ def _exemplar_notes(plans: list[TaskPlan], wanted: int) -> list[str]:
 
 def _empty_splits(plans: list[TaskPlan], samples: dict[str, int], cap: int, test_per_task: int,
                  max_test_fraction: float) -> list[str]:  # fmt: skip
-    """A warning for each split left empty that is normally not, with why and what to change: train, always;
-    test_seen while test_per_task asks for samples; test_unseen while tasks are held out."""
+    """A warning for each split left empty that is normally not, with why and what to change: train, always
+    (or, when only some seen tasks got no training sample, those tasks); test_seen while test_per_task asks for
+    samples; test_unseen while tasks are held out."""
     seen = [p for p in plans if not p.unseen]
     warnings = []
     if not samples["train"]:  # every seen task keeps >= MIN_TRAIN_PAIRS pairs: only the cap leaves none
@@ -366,6 +367,13 @@ def _empty_splits(plans: list[TaskPlan], samples: dict[str, int], cap: int, test
             f"train.jsonl is empty: data.per_task_cap={cap} is used up by every seen task's test_seen samples, which "
             f"are taken first (up to data.test_per_task={test_per_task} per task), so no sample is left for "
             f"training; raise --per-task-cap above {most} or lower --test-per-task"
+        )
+    elif untrained := [p for p in seen if not p.train]:  # some seen tasks only: tested as seen, never trained
+        most = max(len(p.test) for p in untrained)
+        warnings.append(
+            f"{counted(len(untrained), 'seen task')} got no training sample ({_first_five([p.task for p in untrained])}): "
+            f"data.per_task_cap={cap} is used up by their test_seen samples, taken first, so they are tested as seen "
+            f"but never trained on; raise --per-task-cap above {most} or lower --test-per-task"
         )
     if not samples["test_seen"] and test_per_task and seen:  # only tasks with fewer than 3 pairs
         warnings.append(
