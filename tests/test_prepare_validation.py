@@ -171,3 +171,16 @@ def test_symlinked_task_folder_leaving_the_root_is_refused(tmp_path, capsys):
     (root / "mirror").symlink_to(elsewhere / "mirror")
     assert main(["prepare", str(root), "--output", str(tmp_path / "out")]) == 1
     assert "'00000.png' leads outside the dataset root" in capsys.readouterr().err
+
+
+def test_a_task_left_with_one_usable_pair_is_dropped_with_no_folder_and_true_words(tmp_path, capsys):
+    """--skip-invalid: a task whose only other entry is invalid is dropped; the note says its invalid entries are
+    in skipped.jsonl, and no empty image folder of it is left in the output."""
+    src = side_by_side_jsonl(tmp_path / "in", {**GOOD, "lone": 1})
+    src.write_text(src.read_text() + json.dumps({"img_name": "lone/missing.png", "edit_instruction": "x"}) + "\n")
+    assert main(["prepare", str(src), "--output", str(tmp_path / "out"), "--skip-invalid"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "'lone': fewer than 2 usable pairs (its invalid entries are in skipped.jsonl)" in said, said
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(GOOD)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["dropped_tasks"] == {"lone": "fewer than 2 usable pairs (its invalid entries are in skipped.jsonl)"}

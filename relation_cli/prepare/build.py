@@ -157,6 +157,9 @@ def _build(
     samples = _write_splits(tmp, plans, pairs_by_index, names, data.exemplar_pairs > 1)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
     dropped = dropped_tasks(source, problems, set(by_task))
+    for folder in sorted({(tmp / before).parent for before, _ in names.values()}):
+        if folder.is_dir() and not any(folder.iterdir()):  # a dropped task's: none of its pairs was written
+            folder.rmdir()
     notes = [] if roles else _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
     notes += _exemplar_notes(plans, data.exemplar_pairs)
     if dropped:
@@ -269,7 +272,7 @@ def dropped_tasks(source: Source, problems: list[Problem], kept: set[str]) -> di
     dropped = {}
     for task in sorted((set(source.folders) | named) - kept):
         if task in named:  # only with --skip-invalid: invalid entries stop the run otherwise
-            dropped[task] = "fewer than 2 usable pairs (the others are in skipped.jsonl)"
+            dropped[task] = "fewer than 2 usable pairs (its invalid entries are in skipped.jsonl)"
         else:
             dropped[task] = f"'{source.folders[task]}' holds no entries"
     return dropped
