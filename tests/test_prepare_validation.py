@@ -179,7 +179,8 @@ def test_a_task_left_with_one_usable_pair_is_dropped_with_no_folder_and_true_wor
     src = side_by_side_jsonl(tmp_path / "in", {**GOOD, "lone": 1})
     src.write_text(src.read_text() + json.dumps({"img_name": "lone/missing.png", "edit_instruction": "x"}) + "\n")
     assert main(["prepare", str(src), "--output", str(tmp_path / "out"), "--skip-invalid"]) == 0
-    said = " ".join(capsys.readouterr().err.split())
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
     assert "'lone': fewer than 2 usable pairs (its invalid entries are in skipped.jsonl)" in said, said
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(GOOD)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
