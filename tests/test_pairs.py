@@ -278,6 +278,9 @@ def test_eval_reports_metrics_by_k(tiny_model, tmp_path, one_thread):
     results = json.loads((out / "metrics.json").read_text())
     assert [(s["method"], s["k"]) for s in results["samples"]] == [("relation", 2), ("relation", 1),
                                                                    ("copy_query", 2), ("copy_query", 1)]
+    first = results["samples"][0]  # k = 2: every pair used is named, relative to the eval folder
+    assert first["exemplars"] == [[first["cond1"], first["cond2"]], ["../data/img/invert0s.png", "../data/img/invert0t.png"]]
+    assert "exemplars" not in results["samples"][1]  # k = 1: cond1/cond2 say it
     by_k = {(e["method"], e["k"], e["metric"]): e["n"] for e in results["aggregate_by_k"]}
     assert by_k[("relation", 2, "mse")] == 1 and by_k[("relation", 1, "mse")] == 1
     assert "By number of exemplar pairs k" in (out / "report.html").read_text()

@@ -212,7 +212,9 @@ def failure_of(job: Job) -> dict:
 
 
 def sample_of(job: Job, out: Path) -> dict:
-    return {
+    """One sample of ``metrics.json``: its row, output, target and the exemplar pairs used (paths relative to
+    ``out``): ``cond1``/``cond2`` the first pair, and with k > 1 every pair in ``exemplars``."""
+    sample = {
         "split": job.split,
         "method": job.method,
         "index": job.row.index,
@@ -227,6 +229,9 @@ def sample_of(job: Job, out: Path) -> dict:
         "exemplar_task": job.exemplar.task,
         "k": len(job.exemplar.pairs),  # exemplar pairs given (cond1/cond2 above are the first)
     }
+    if len(job.exemplar.pairs) > 1:
+        sample["exemplars"] = [[_relative(a, out), _relative(b, out)] for a, b in job.exemplar.pairs]
+    return sample
 
 
 def score(cfg: RelationConfig, samples: list[dict], out: Path) -> dict[str, str]:
