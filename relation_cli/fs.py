@@ -191,28 +191,14 @@ LOCK_NAME = ".relation.lock"
 killed run's lock is free again at once; the empty file stays)."""
 
 
-def _busy(folder: Path, what: str) -> RelationError:
-    return RelationError(f"{what} '{folder}': another relation command is writing to it now; wait for it to "
-                         f"finish, or choose another {what}")  # fmt: skip
-
-
 def check_not_busy(folder: str | Path, what: str) -> None:
     """No other process holds ``folder``'s lock (see :func:`hold_folder`); writes nothing where no lock file is.
 
     Raises:
-        RelationError: ``{what} '{folder}': another relation command is writing to it now; ...``.
+        RelationError: another process holds it (the message of :func:`hold_folder`).
     """
-    from filelock import FileLock, Timeout
-
-    path = Path(folder) / LOCK_NAME
-    if not path.is_file():
-        return
-    lock = FileLock(path, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise _busy(Path(folder), what) from None
-    lock.release()
+    if (Path(folder) / LOCK_NAME).is_file():
+        hold_folder(folder, what).release()
 
 
 def hold_folder(folder: str | Path, what: str):
@@ -223,7 +209,8 @@ def hold_folder(folder: str | Path, what: str):
         the held ``filelock.FileLock``.
 
     Raises:
-        RelationError: another process holds it (the message of :func:`check_not_busy`).
+        RelationError: another process holds it: ``{what} '{folder}': another relation command is writing to it
+            now; ...``.
     """
     from filelock import FileLock, Timeout
 
@@ -231,7 +218,8 @@ def hold_folder(folder: str | Path, what: str):
     try:
         lock.acquire()
     except Timeout:
-        raise _busy(Path(folder), what) from None
+        raise RelationError(f"{what} '{Path(folder)}': another relation command is writing to it now; wait for it to "
+                            f"finish, or choose another {what}") from None  # fmt: skip
     return lock
 
 

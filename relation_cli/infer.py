@@ -329,12 +329,12 @@ def row_record(row: Row, digests: dict[Path, str | None]) -> dict:
     images = [p.resolve() for pair in row.pairs for p in pair] + [row.source.resolve()]
     for path in images:
         if path not in digests:
-            digests[path] = _digest(path)
+            digests[path] = file_digest(path)
     return {"exemplars": [[str(a.resolve()), str(b.resolve())] for a, b in row.pairs],
             "source": str(row.source.resolve()), "text": row.text, "sha256": [digests[p] for p in images]}  # fmt: skip
 
 
-def _digest(path: Path) -> str | None:
+def file_digest(path: Path) -> str | None:
     """sha256 of a file's bytes (:func:`relation_cli.evaluate.provenance.sha256_file`); None if it cannot be read."""
     from .evaluate.provenance import sha256_file
 

@@ -197,8 +197,8 @@ def test_rows_sharing_images_hash_each_file_once(tmp_path, monkeypatch):
     from relation_cli.rows import parse_rows
 
     rows = parse_rows(batch_rows(tmp_path, texts=("one", "two", "three")))  # all three share 0.png, 1.png, 2.png
-    hashed, digest = [], core._digest
-    monkeypatch.setattr(core, "_digest", lambda path: hashed.append(path) or digest(path))
+    hashed, digest = [], core.file_digest
+    monkeypatch.setattr(core, "file_digest", lambda path: hashed.append(path) or digest(path))
     digests = {}
     records = [core.row_record(r, digests) for r in rows]
     assert sorted(p.name for p in hashed) == ["0.png", "1.png", "2.png"]

@@ -71,7 +71,7 @@ def test_training_and_eval_take_the_device_from_the_rule(monkeypatch, tmp_path):
     def made(factory, device_name, **kwargs):
         raise Made(factory.__name__, device_name)
 
-    monkeypatch.setattr(eval_run, "setup", lambda cfg, out: ([], [], None))
+    monkeypatch.setattr(eval_run, "setup", lambda cfg, out, digests: ([], [], None, set()))
     monkeypatch.setattr(model, "build_process_state", made)
     with pytest.raises(Made) as state:
         eval_run.evaluate(load_config(None, ["model.device=cuda:1", f"eval.output_dir={tmp_path}"]))

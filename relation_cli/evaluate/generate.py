@@ -20,7 +20,6 @@ from ..images import open_image, resize_result, save_output
 from ..fs import remove_stale_temps
 from ..infer import EditInputs, EditSizes, NonFiniteResult, PromptCache, edit, edit_sizes, open_edit_inputs
 from .plan import Job
-from .provenance import sha256_file
 
 
 def job_inputs(cfg: RelationConfig, job: Job) -> EditInputs:
@@ -35,16 +34,13 @@ def job_record(job: Job, out: Path, digests: dict[Path, str | None]) -> tuple[st
     the target (the VAE baseline reconstructs it) and the sha256 of each image, as batch infer records a row
     (:func:`~relation_cli.infer.row_record`: an image replaced under the same name is noticed). ``digests``
     keeps each file's sha256 across jobs."""
-    from ..infer import row_record
+    from ..infer import file_digest, row_record
 
     record = row_record(replace(job.row, exemplars=job.exemplar.pairs), digests)
     if job.row.target is not None:
         target = job.row.target.resolve()
         if target not in digests:
-            try:
-                digests[target] = sha256_file(target)
-            except OSError:
-                digests[target] = None
+            digests[target] = file_digest(target)
         record |= {"target": str(target), "target_sha256": digests[target]}
     return job.output.relative_to(out).as_posix(), record
 

@@ -19,7 +19,7 @@ from ..model import resolve_sources
 from ..progress import progress_bar
 from .encoders import MetricUnavailable, build_fid, check_sources, load_embedders
 from .generate import Generated, changed_outputs, generate, job_record
-from .settings import check_settings, generation_settings, read_settings, record_row, record_settings
+from .settings import check_settings, generation_settings, record_row, record_settings
 from .judge import Judge, describe, judge_samples
 from .metrics import aggregate, fid_scores, implementations, score_samples
 from .plan import METHOD_LABELS, Job, Split, check_output_folder, check_rows, methods_of
@@ -50,17 +50,14 @@ def evaluate(cfg: RelationConfig, fid_feature=None) -> EvalResult | None:
     from ..model import build_process_state, truthful_config
 
     out = Path(cfg.eval.output_dir)
-    splits, jobs, judge = setup(cfg, out)
+    digests: dict = {}  # sha256 per image file, shared by every job's record
+    splits, jobs, judge, redo = setup(cfg, out, digests)
     state = build_process_state(PartialState, cfg.model.device)  # the device rule of infer and train
     if state.is_main_process:  # the main process alone: another rank's probe would collide with its lock
         check_not_busy(out, "output dir")
 
     settings = generation_settings(cfg)  # the weights as found before they load
     held = []  # the folder's lock, taken by the main process when it first writes (fs.hold_folder)
-    digests: dict = {}  # sha256 per image file, shared by every job's record
-    before = read_settings(out)  # setup checked it
-    redo = changed_outputs(jobs, out, before.get("rows") if isinstance((before or {}).get("rows"), dict) else None,
-                           digests)  # fmt: skip
     if redo and state.is_main_process:
         print_note(f"note: {len(redo)} outputs in '{out}' were made from other rows or images than the inputs' now "
                    "(changed since): made again")  # fmt: skip
@@ -103,16 +100,20 @@ def _score_and_report(cfg: RelationConfig, splits: list[Split], jobs: list[Job],
     return write_all(cfg, splits, results, made, state.num_processes)
 
 
-def setup(cfg: RelationConfig, out: Path) -> tuple[list[Split], list[Job], Judge | None]:
-    """Everything cheap, before anything is generated: rows, images, encoders, judge key, settings."""
+def setup(cfg: RelationConfig, out: Path, digests: dict) -> tuple[list[Split], list[Job], Judge | None, set[int]]:
+    """Everything cheap, before anything is generated: rows, images, encoders, judge key, settings, and the
+    outputs on disk made from other inputs than their jobs' now (``id``s, :func:`changed_outputs`; ``digests``:
+    the sha256 per image file, kept for the records)."""
     check_output_folder(out)
     splits, jobs = check_rows(cfg)
     check_sources(cfg.eval)
     judge = build_judge(cfg, out) if cfg.eval.judge_model else None
-    check_settings(out, cfg, has_outputs=lambda _: any(out.glob("*/*/[0-9][0-9][0-9][0-9][0-9][0-9].*")))
-    if any(j.method != "copy_query" and not j.output.is_file() for j in jobs):
+    before = check_settings(out, cfg, has_outputs=lambda _: any(out.glob("*/*/[0-9][0-9][0-9][0-9][0-9][0-9].*")))
+    rows = (before or {}).get("rows")
+    redo = changed_outputs(jobs, out, rows if isinstance(rows, dict) else None, digests)
+    if any(j.method != "copy_query" and (not j.output.is_file() or id(j) in redo) for j in jobs):
         resolve_sources(cfg.model, cfg.adapter, cfg.lora)  # model paths exist, before any image is made
-    return splits, jobs, judge
+    return splits, jobs, judge, redo
 
 
 def score_all(cfg: RelationConfig, splits: list[Split], samples: list[dict], judge: Judge | None, fid_feature) -> dict:

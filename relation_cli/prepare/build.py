@@ -157,7 +157,7 @@ def _build(
     samples = _write_splits(tmp, plans, pairs_by_index, names, data.exemplar_pairs > 1)
     folders = {task: Path(names[pairs[0].index][0]).parent.as_posix() for task, pairs in by_task.items()}
     dropped = dropped_tasks(source, problems, set(by_task))
-    for folder in sorted({(tmp / before).parent for before, _ in names.values()}):
+    for folder in _image_folders(tmp, names):
         if folder.is_dir() and not any(folder.iterdir()):  # a dropped task's: none of its pairs was written
             folder.rmdir()
     notes = [] if roles else _notes(plans, data.test_per_task, data.per_task_cap, data.max_test_fraction)
@@ -173,13 +173,18 @@ def _build(
     return PrepareSummary(tmp, len(pairs_by_index), len(plans), unseen, samples, len(problems), notes, warnings)
 
 
+def _image_folders(tmp: Path, names: dict[int, tuple[str, str]]) -> list[Path]:
+    """The ``images/<task>`` folders the pairs' halves are written to (``names``: pair id -> before, after)."""
+    return sorted({(tmp / before).parent for before, _ in names.values()})
+
+
 def _decode(
     cfg: RelationConfig, source: Source, tmp: Path | None, names: dict[int, tuple[str, str]]
 ) -> tuple[dict[str, list[Pair]], list[Problem]]:
     """Decode every pair (writing its halves under ``tmp`` unless None): usable pairs per task, all problems."""
     data = cfg.data
     if tmp is not None:
-        for folder in sorted({(tmp / before).parent for before, _ in names.values()}):
+        for folder in _image_folders(tmp, names):
             folder.mkdir(parents=True)
 
     def outputs(pair: Pair) -> tuple[str, str] | None:

@@ -261,13 +261,14 @@ def check_output_dir(out: Path, resume: bool, busy: bool = True) -> Path:
             f"train.output_dir '{out}': holds checkpoints of an earlier run; pass --resume to continue it, "
             "or choose another train.output_dir"
         )
-    if (out / "config.yaml").is_file() and is_saved_config(out / "config.yaml") and _finished_step(out) is not None:
+    saved = (out / "config.yaml").is_file() and is_saved_config(out / "config.yaml")
+    if saved and (step := _finished_step(out)) is not None:
         raise RelationError(f"train.output_dir '{out}': holds the exported weights of a finished run (step "
-                            f"{_finished_step(out)}; its checkpoints are gone), which a new run would replace: use "
+                            f"{step}; its checkpoints are gone), which a new run would replace: use "
                             "them with --run, or choose another train.output_dir")  # fmt: skip
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in RUN_ENTRIES)
-        if (out / "config.yaml").is_file() and not is_saved_config(out / "config.yaml"):
+        if (out / "config.yaml").is_file() and not saved:
             raise RelationError(f"train.output_dir '{out}': its config.yaml is not a whole configuration this relation saved, and the "
                                 "run would replace it: keep your configuration elsewhere, or choose a new or empty "
                                 "train.output_dir")  # fmt: skip
