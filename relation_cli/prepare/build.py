@@ -376,7 +376,7 @@ def _empty_splits(plans: list[TaskPlan], samples: dict[str, int], cap: int, test
             f"are taken first (up to data.test_per_task={test_per_task} per task), so no sample is left for "
             f"training; raise --per-task-cap above {most} or lower --test-per-task"
         )
-    elif untrained := [p for p in seen if not p.train]:  # some seen tasks only: tested as seen, never trained
+    elif untrained := [p for p in seen if not p.train and not p.test_only]:  # some seen tasks: the cap left none
         most = max(len(p.test) for p in untrained)
         warnings.append(
             f"{counted(len(untrained), 'seen task')} got no training sample ({_first_five([p.task for p in untrained])}): "

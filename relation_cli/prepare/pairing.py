@@ -43,6 +43,7 @@ class TaskPlan:
     train: list[tuple[int, int]] = field(default_factory=list)
     test: list[tuple[int, int]] = field(default_factory=list)
     test_exemplars: list[list[int]] = field(default_factory=list)  # per test sample: its k exemplar pairs
+    test_only: bool = False  # a seen task kept whole for test_seen (a synthetic family's new instance)
 
     @property
     def test_queries(self) -> set[int]:
@@ -77,7 +78,7 @@ def plan_task(
     test_seen like an unseen one to test_unseen (a held-out instance of a synthetic family)."""
     order = list(pair_ids)
     random.Random(f"{seed}/{task}").shuffle(order)  # str seeds are hashed with sha512: stable across runs
-    plan = TaskPlan(task, unseen, len(order))
+    plan = TaskPlan(task, unseen, len(order), test_only=test_only)
     if unseen or test_only:
         plan.test = rotate(order, min(test_per_task, cap))
         plan.test_exemplars = [following(order, e, q, exemplar_pairs) for e, q in plan.test]
