@@ -23,6 +23,8 @@ from relation_cli.prepare.families import (
     hue_colour,
     in_band,
     make_families,
+    overlay_box,
+    overlay_colour,
     plan_instances,
 )
 from relation_cli.prepare.synthetic import Scene, Shape, render
@@ -85,6 +87,20 @@ def test_channels_recolour_and_frame():
     before, after = edit("frame", Params(0.7, 0.99))  # width 1 + int(0.99 * 4) = 4
     assert (after[:4] == hue_colour(0.7)).all() and (after[:, -4:] == hue_colour(0.7)).all()
     assert np.array_equal(after[4:-4, 4:-4], before[4:-4, 4:-4])
+
+
+def test_overlay_paints_one_filled_rectangle_of_its_colour():
+    params = Params(0.95, 0.3)  # u >= 0.75: grey 255 * 0.2 / 0.25 = 204
+    assert overlay_colour(0.95) == (204, 204, 204) and overlay_colour(0.0) == hue_colour(0.0)
+    x0, y0, x1, y1 = overlay_box(params, SIZE)
+    assert 4 <= x1 - x0 + 1 <= SIZE // 2 and 4 <= y1 - y0 + 1 <= SIZE // 2 and x1 < SIZE and y1 < SIZE
+    before, after = edit("overlay", params)
+    inside = np.zeros((SIZE, SIZE), bool)
+    inside[y0 : y1 + 1, x0 : x1 + 1] = True
+    assert (after[inside] == 204).all() and np.array_equal(after[~inside], before[~inside])
+    assert FAMILIES["overlay"].describe(params, SIZE) == (
+        f"Paint the rectangle from ({x0}, {y0}) to ({x1}, {y1}) in RGB (204, 204, 204).")
+    assert {overlay_box(Params(0.5, v / 50), SIZE) for v in range(50)}.__len__() > 40  # v varies the place
 
 
 def test_colour_factors_blur_and_compose_are_the_named_pil_operations():
@@ -152,6 +168,8 @@ def test_prepared_splits_follow_the_roles_and_nothing_leaks(prepared):
     assert not train_images & test_images  # no test query or target, as pixels, anywhere in training
     assert len(splits["train"]) == 6 * 3 * 12 and len(splits["test_seen"]) == 6 * 2 * 2
     assert len(splits["test_unseen"]) == 7 * 2 * 2
+    # the new instances of seen families are test-only by design: no "seen task got no training sample"
+    assert "warnings" not in json.loads((prepared / "manifest.json").read_text())
 
 
 def test_default_still_writes_todays_data(tmp_path):

@@ -162,6 +162,34 @@ def _frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
     return out
 
 
+OVERLAY_GREYS = 0.25
+"""The top quarter of overlay's ``u`` paints greys, black to white; the rest saturated hues."""
+
+
+def overlay_colour(u: float) -> RGB:
+    """u in [0, 0.75): :func:`hue_colour` of hue u / 0.75; u in [0.75, 1): grey 255 (u - 0.75) / 0.25."""
+    top = 1.0 - OVERLAY_GREYS
+    if u < top:
+        return hue_colour(u / top)
+    grey = round(255 * (u - top) / OVERLAY_GREYS)
+    return grey, grey, grey
+
+
+def overlay_box(p: Params, size: int) -> tuple[int, int, int, int]:
+    """The overlay's rectangle (x0, y0, x1, y1), inclusive pixels: sides 4 to size/2 and a place, all drawn
+    from a generator seeded by v (the same v, the same rectangle at every size)."""
+    rng = np.random.default_rng(int(p.v * 2**31))
+    w, h = (4 + int(t * (size // 2 - 3)) for t in rng.uniform(0.0, 1.0, 2))
+    x0, y0 = (int(t * (size - s + 1)) for t, s in zip(rng.uniform(0.0, 1.0, 2), (w, h)))
+    return x0, y0, x0 + w - 1, y0 + h - 1
+
+
+def _overlay(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
+    out = im.copy()
+    ImageDraw.Draw(out).rectangle(list(overlay_box(p, size)), fill=overlay_colour(p.u))
+    return out
+
+
 def _channels(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
     bands = im.split()
     return Image.merge("RGB", tuple(bands[c] for c in PERMUTATIONS[choice(p, len(PERMUTATIONS))]))
@@ -207,6 +235,9 @@ FAMILIES: dict[str, Family] = {
                    "Gaussian radius (0.6 + 2.0 u) * size / 32"),
     "frame": Family(lambda p, n: "Add a frame {} pixels wide in RGB {}.".format(frame_width(p, n), hue_colour(p.u)),
                     _frame, "hue u of the frame; width from v"),
+    "overlay": Family(lambda p, n: "Paint the rectangle from ({}, {}) to ({}, {}) in RGB {}.".format(
+                          *overlay_box(p, n), overlay_colour(p.u)), _overlay,
+                      "colour: hue u / 0.75, or grey for u >= 0.75; a filled rectangle from v"),
     "channels": Family(lambda p, n: "Reorder the colour channels as {}.".format(
                            "".join("RGB"[c] for c in PERMUTATIONS[choice(p, 5)])), _channels,
                        "one of the 5 channel orders, floor(5 u)"),
