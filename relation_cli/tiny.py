@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .adapter import RelationAdapter
+from .errors import RelationError
 
 
 class ArchSpec(BaseModel):
@@ -349,10 +350,40 @@ def _installed(adapter: RelationAdapter, transformer) -> bool:
     return any(p is adapter.processors[0] for p in transformer.attn_processors.values())
 
 
+def weight_bytes(spec: ArchSpec | None = None) -> tuple[int, int]:
+    """(bytes, parameters) of every parameter and buffer :func:`build_components` makes for ``spec``, counted
+    on torch's ``meta`` device, so nothing is allocated (float32: 4 bytes a parameter). Raises what
+    :func:`build_components` raises for sizes the libraries refuse (ValueError, ...)."""
+    with torch.device("meta"):
+        parts = build_components(spec)
+    tensors = [t for m in parts.values() if isinstance(m, torch.nn.Module) for t in (*m.parameters(), *m.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors), sum(t.numel() for t in tensors)
+
+
+def check_room(spec: ArchSpec | None, out: str | Path) -> None:
+    """Raises RelationError when the model of ``spec`` does not fit in the free memory (it is built there
+    whole) or on the disk that will hold ``out`` (its safetensors files are about the same size)."""
+    import shutil
+
+    import psutil
+
+    need, count = weight_bytes(spec)
+    folder = Path(out).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    for where, free in (("memory", psutil.virtual_memory().available), (f"disk at '{folder}'", shutil.disk_usage(folder).free)):
+        if need > free:
+            raise RelationError(f"the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32), "
+                                f"more than the {free / 2**30:.1f} GiB free in {where}; nothing was written")  # fmt: skip
+
+
 def init_model(out: str | Path, spec: ArchSpec | None = None, seed: int = 0) -> Path:
-    """Write a randomly initialised model folder (see :func:`save_model`) atomically."""
+    """Write a randomly initialised model folder (see :func:`save_model`) atomically.
+
+    Raises RelationError when it would not fit in memory or on disk (:func:`check_room`), before building it."""
     from .fs import atomic_dir
 
+    check_room(spec, out)
     with atomic_dir(out) as tmp:
         save_model(build_components(spec, seed), tmp, kontext=spec is not None and spec.kontext)
     return Path(out)

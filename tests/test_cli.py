@@ -603,6 +603,35 @@ def test_init_model_refuses_sizes_that_do_not_fit_together_in_one_line(tmp_path,
     assert "internal error" not in err and not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("klein", [False, True])
+def test_init_model_counts_its_weights_without_building_them_and_refuses_what_would_not_fit(
+    tmp_path, capsys, monkeypatch, klein
+):
+    """A spec too large for the free memory is one line before anything is allocated or written; the count
+    (on torch's meta device) is the built model's to the byte."""
+    import types
+
+    import psutil
+    import torch
+
+    from relation_cli.tiny import ArchSpec, build_components, weight_bytes
+
+    spec = ArchSpec(base="flux2-klein" if klein else "flux1")
+    built = [t for m in build_components(spec).values() if isinstance(m, torch.nn.Module)
+             for t in (*m.parameters(), *m.buffers())]  # fmt: skip
+    need, count = weight_bytes(spec)
+    assert (need, count) == (sum(t.nbytes for t in built), sum(t.numel() for t in built))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=need - 1))
+    args = ["init-model", str(tmp_path / "m"), *(["--klein"] if klein else [])]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32), more than "
+                   f"the {(need - 1) / 2**30:.1f} GiB free in memory; nothing was written\n")  # fmt: skip
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=need))
+    assert main(args) == 0 and (tmp_path / "m" / "base" / "model_index.json").is_file()
+
+
 def test_eval_without_input_says_so_once(capsys):
     for dry in (["--dry-run"], []):
         assert main(["eval", *dry]) == 1
