@@ -7,6 +7,7 @@ system) and renamed into place only when complete.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import secrets
@@ -119,8 +120,9 @@ def check_new_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RelationError(f"output '{path}': exists and is not a folder")
-    if path.exists() and any(path.iterdir()):
-        raise RelationError(f"output '{path}': already exists and is not an empty folder")
+    if path.exists() and (names := sorted(e.name for e in itertools.islice(path.iterdir(), 4))):
+        shown = ", ".join(f"'{n}'" for n in names[:3]) + (", ..." if len(names) > 3 else "")  # hidden files show too
+        raise RelationError(f"output '{path}': already exists and is not an empty folder (it holds {shown})")
     return check_writable(path)
 
 
