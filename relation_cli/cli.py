@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Optional
@@ -831,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Usage errors are one line and exit 1, like every other bad input."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=args, prog_name="relation", standalone_mode=False)
+        with stop_signals_interrupt():
+            code = app(args=args, prog_name="relation", standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -845,6 +848,31 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {usage_problem(e, args)}", err=True)  # a usage error of the command line itself
         return 1
     return code if isinstance(code, int) else 0
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+"""Signals that stop a command the way Ctrl-C does (``kill``, ``timeout``, job schedulers, a closed terminal):
+temporary files are removed and ``train`` checkpoints the step under way (``train.recipe.StopRequest``)."""
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, :data:`STOP_SIGNALS` raise KeyboardInterrupt like SIGINT does (main thread only; the
+    previous handlers are restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in STOP_SIGNALS if hasattr(signal, n)]  # Windows has no SIGHUP
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(getattr(signal, n), handler if handler is not None else signal.SIG_DFL)
 
 
 def usage_problem(err: Any, args: list[str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import logging
 import os
 import re
 import secrets
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import RelationError
+
+log = logging.getLogger(__name__)
 
 # Temporary entries are created with open(..., 0o666) / mkdir(..., 0o777), so the kernel applies the
 # user's umask as an ordinary open() or mkdir() would. Some writers replace the file they are given with a
@@ -157,13 +160,16 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """``with atomic_dir(d) as tmp: fill(tmp)``; ``tmp`` is renamed to ``d`` only when the block succeeds.
 
     ``replace=True`` swaps out an existing ``d``; otherwise ``d`` must be absent or empty, before and at the
-    end: a ``d`` another process filled meanwhile is kept, and RelationError says so.
+    end: a ``d`` another process filled meanwhile is kept, and RelationError says so. ``tmp`` is
+    ``.name.<8 hex>`` beside ``d``, with a lock file ``tmp.lock`` held while it is filled; a ``tmp`` of ``d``
+    whose lock is free was left by a killed run (SIGKILL, the OOM killer) and is deleted first, with a warning.
     """
     path = Path(path)
     if not replace:
         check_new_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp(path.parent, path.name, folder=True)
+    remove_stopped_temp_dirs(path)
+    tmp, lock = _locked_temp_dir(path.parent, path.name)
     dir_mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o777 less the umask
     try:
         yield tmp
@@ -184,6 +190,69 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _drop_lock(lock)
+
+
+def _locked_temp_dir(parent: Path, name: str):
+    """A new folder ``parent/.name.<8 hex>`` and the held ``filelock.FileLock`` of ``<it>.lock``, taken before the
+    folder exists, so a folder of this kind without a held lock is always a killed run's."""
+    from filelock import FileLock, Timeout
+
+    for _ in range(100):
+        tmp = parent / f".{name}.{secrets.token_hex(4)}"
+        lock = FileLock(f"{tmp}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp, lock
+        except FileExistsError:
+            _drop_lock(lock)
+    raise RelationError(f"cannot create a temporary folder in '{parent}'")
+
+
+def _drop_lock(lock) -> None:
+    """Release ``lock`` and delete its file (another process may take it in between: it then finds no folder)."""
+    lock.release()
+    Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def remove_stopped_temp_dirs(path: Path) -> list[Path]:
+    """Delete the temporary folders that :func:`atomic_dir` left beside ``path`` when its run was killed
+    (``.name.<8 hex>`` whose lock file is free or missing), and their lock files; a running writer's are kept.
+    Says so on stderr. Returns the folders deleted."""
+    from filelock import FileLock, Timeout
+
+    stale = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}")
+    removed = []
+    for entry in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        if not (stale.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()):
+            continue
+        lock = FileLock(f"{entry}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:  # its writer is running
+            continue
+        try:
+            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+            log.warning("note: removed '%s' (%s), left by a run that was killed while writing '%s'", entry,
+                        _size_text(size), path)  # fmt: skip
+        finally:
+            _drop_lock(lock)
+    return removed
+
+
+def _size_text(size: int) -> str:
+    """``size`` bytes in B, KB, MB or GB (powers of 1000), as file browsers show them."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 # ---------------------------------------------------------------------------------------- one writer

@@ -49,8 +49,8 @@ def start(moment: str, args: list, tmp: Path) -> tuple[subprocess.Popen, Path]:
     return proc, ready
 
 
-def kill_when_ready(proc: subprocess.Popen, ready: Path, timeout: float = 240) -> None:
-    """SIGKILL the process group once the worker reached its moment."""
+def kill_when_ready(proc: subprocess.Popen, ready: Path, timeout: float = 240, sig: int = signal.SIGKILL) -> None:
+    """SIGKILL (or ``sig``) the process group once the worker reached its moment."""
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None:
@@ -60,11 +60,11 @@ def kill_when_ready(proc: subprocess.Popen, ready: Path, timeout: float = 240) -
             kill(proc)
             pytest.fail("the run never reached the moment of the kill")
         time.sleep(0.02)
-    kill(proc)
+    kill(proc, sig)
 
 
-def kill(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    os.killpg(proc.pid, sig)
     proc.wait()
     proc.stdout.close()
 
@@ -74,7 +74,7 @@ def kill(proc: subprocess.Popen) -> None:
 PREPARE = ["--synthetic", "12", "--test-per-task", "2", "--unseen-task", "frame", "--set", "data.synthetic_size=16"]
 
 
-def test_prepare_killed_anywhere_leaves_nothing_trusted(tmp_path, rng):
+def test_prepare_killed_anywhere_leaves_nothing_trusted(tmp_path, rng, caplog):
     reference = tmp_path / "reference"
     assert main(["prepare", *PREPARE, "--output", str(reference), "--workers", "1"]) == 0
     expected = tree_bytes(reference, skip=("config.yaml",))  # which records --workers
@@ -92,9 +92,32 @@ def test_prepare_killed_anywhere_leaves_nothing_trusted(tmp_path, rng):
         if out.exists():  # killed after the folder was renamed into place: it is complete
             assert tree_bytes(out, skip=("config.yaml",)) == expected
             continue
-        # At most a hidden temporary folder is left beside it, which no run reads: the rerun starts afresh.
+        # At most a hidden temporary folder is left beside it, which no run reads: the rerun starts afresh,
+        # and deletes it (its writer's lock is free), saying so.
+        left = [p for p in tmp_path.glob(f".{out.name}.*") if p.is_dir()]
+        caplog.clear()
         assert main(["prepare", *PREPARE, "--output", str(out), "--workers", "1"]) == 0
         assert tree_bytes(out, skip=("config.yaml",)) == expected
+        assert list(tmp_path.glob(f".{out.name}.*")) == []  # the folders and their lock files
+        err = caplog.text
+        assert all(f"note: removed '{p}' (" in err and f"left by a run that was killed while writing '{out}'" in err
+                   for p in left), err  # fmt: skip
+        assert moment == "none" or left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_prepare_stopped_by_sigterm_or_sighup_cleans_up_like_ctrl_c(tmp_path, sig):
+    """kill, timeout, a job scheduler (SIGTERM) or a closed terminal (SIGHUP) in the middle of writing: exit 130,
+    one line, and the temporary folder is gone (as after Ctrl-C), so nothing is left for the next run to clear."""
+    out = tmp_path / "write"
+    proc, ready = start("write:train.jsonl:1", ["prepare", *PREPARE, "--output", out, "--workers", "1"], tmp_path)
+    deadline = time.monotonic() + 240
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)  # the CLI process only, as a scheduler or a closing terminal signals it
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130 and output.strip().splitlines()[-1] == "error: interrupted", output
+    assert not out.exists() and list(tmp_path.glob(".write*")) == []
 
 
 # ------------------------------------------------------------------------------------------ train

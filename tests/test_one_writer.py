@@ -224,3 +224,30 @@ def test_lora_targets_that_match_nothing_are_refused_by_the_dry_run_and_the_run(
         err = capsys.readouterr().err.strip()
         assert message in err and "internal error" not in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_runs_temporary_folder_is_removed_and_a_running_writers_is_kept(tmp_path, caplog):
+    """atomic_dir (prepare, convert, init-model, train's exports) first deletes the temporary folders of its
+    destination whose writer is gone (SIGKILL, the OOM killer: no cleanup ran), with a note; a folder whose lock
+    file another process holds is being written and stays, and so do other destinations' folders."""
+    from relation_cli.fs import atomic_dir
+
+    killed = tmp_path / ".model.0badc0de"
+    killed.mkdir()
+    (killed / "w.safetensors").write_bytes(b"x" * 2000)
+    (tmp_path / ".model.0badc0de.lock").write_text("")  # a killed writer's lock file stays, and is free
+    older = tmp_path / ".model.12345678"  # one without a lock file
+    older.mkdir()
+    running = tmp_path / ".model.feedf00d"
+    running.mkdir()
+    lock = FileLock(f"{running}.lock", timeout=0)
+    lock.acquire()
+    (tmp_path / ".modelx.0badc0de").mkdir()  # another destination's
+    with caplog.at_level("WARNING", logger="relation_cli.fs"), atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "f").write_text("1")
+    lock.release()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".model.feedf00d", ".model.feedf00d.lock", ".modelx.0badc0de", "model"], names
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == [f"note: removed '{killed}' (2.0 KB), left by a run that was killed while writing '{tmp_path / 'model'}'",
+                     f"note: removed '{older}' (0 B), left by a run that was killed while writing '{tmp_path / 'model'}'"]

@@ -125,10 +125,15 @@ def test_interrupted_then_resumed_equals_straight(tiny_model, data, tmp_path, mo
         assert torch.equal(a[k], b[k]), k
 
 
-def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny_model, data, tmp_path, monkeypatch, capsys):
-    """A first Ctrl-C (SIGINT) mid-step: the step finishes and is checkpointed (train.checkpoint_every is far
-    away), the run stops with status 130, and --resume ends with the straight run's weights."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny_model, data, tmp_path, monkeypatch, capsys,
+                                                                            sig):  # fmt: skip
+    """A first Ctrl-C (SIGINT) or SIGTERM (kill, timeout, a job scheduler) mid-step: the step finishes and is
+    checkpointed (train.checkpoint_every is far away), the run stops with status 130, and --resume ends with the
+    straight run's weights."""
     import signal
+
+    before = signal.getsignal(signal.SIGTERM)
 
     import relation_cli.train.recipe as recipe
 
@@ -139,7 +144,7 @@ def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny
 
     def step_then_ctrl_c(run, batches):
         if run.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives during step 2
+            os.kill(os.getpid(), getattr(signal, sig))  # arrives during step 2
         return real_step(run, batches)
 
     monkeypatch.setattr(recipe, "optimizer_step", step_then_ctrl_c)
@@ -148,7 +153,8 @@ def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny
     err = capsys.readouterr().err
     assert "interrupted after step 2: it is checkpointed; relation train --resume continues" in err, err
     assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["checkpoint-00000002"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert ("Ctrl-C" if sig == "SIGINT" else sig) + ": stopping after this step, which is checkpointed" in err, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) == before
     monkeypatch.setattr(recipe, "optimizer_step", real_step)
     assert main(train_args(tiny_model, data, stopped, 4, *extra) + ["--resume"]) == 0
     a, b = _weights(straight), _weights(stopped)

@@ -419,8 +419,8 @@ def loop(run: Run) -> None:
 
 
 class StopRequest:
-    """``with StopRequest(enabled) as stop``: a first Ctrl-C (SIGINT) only sets ``stop.asked``, so that the
-    loop can finish and checkpoint the step under way; a second one interrupts at once. Off (``enabled``
+    """``with StopRequest(enabled) as stop``: a first Ctrl-C (SIGINT), SIGTERM or SIGHUP only sets ``stop.asked``, so
+    that the loop can finish and checkpoint the step under way; a second one interrupts at once. Off (``enabled``
     False: several processes, which would have to agree on the step) or outside the main thread, Ctrl-C
     interrupts at once as usual."""
 
@@ -430,18 +430,29 @@ class StopRequest:
         self.previous = None
 
     def __enter__(self) -> StopRequest:
-        if self.enabled:
-            self.previous = signal.signal(signal.SIGINT, self._ask) or signal.default_int_handler  # None: not Python's
+        if self.enabled:  # under the CLI, SIGTERM and SIGHUP raise KeyboardInterrupt like SIGINT (cli.STOP_SIGNALS)
+            self.previous = {s: signal.signal(s, self._ask) for s in self.signals()}
         return self
+
+    def _restore(self) -> None:
+        for s, handler in self.previous.items():  # None: a handler not set from Python
+            default = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+            signal.signal(s, default if handler is None else handler)
+
+    @staticmethod
+    def signals() -> list[signal.Signals]:
+        """SIGINT (Ctrl-C), SIGTERM (kill, timeout, job schedulers) and SIGHUP (a closed terminal) where they exist."""
+        return [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
 
     def _ask(self, signum, frame) -> None:
         self.asked = True
-        signal.signal(signal.SIGINT, self.previous)  # a second Ctrl-C: at once
-        console.print("stopping after this step, which is checkpointed (Ctrl-C again to stop at once)")
+        self._restore()  # a second signal: at once
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        console.print(f"{name}: stopping after this step, which is checkpointed (Ctrl-C again to stop at once)")
 
     def __exit__(self, *exc) -> bool:
         if self.enabled:
-            signal.signal(signal.SIGINT, self.previous)
+            self._restore()
         return False
 
 
