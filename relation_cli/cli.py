@@ -7,6 +7,7 @@ cheap checks (options, files, :func:`~relation_cli.checks.check_config`) before 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -286,10 +287,25 @@ def user_errors() -> Iterator[None]:
             raise
         raise fail("interrupted", 130) from None
     except Exception as e:  # a bug, not a user mistake: still one line, with the way to see more
-        if debug():
-            raise
-        why = f"{type(e).__name__}: {first_line(e)}"
-        raise fail(f"internal error: {why} (set RELATION_DEBUG=1 for the traceback)") from None
+        if full_disk(e) and not debug():
+            where = f" (writing '{e.filename}')" if getattr(e, "filename", None) else ""
+            raise fail(f"no space left on the disk{where}; free some space or write elsewhere, then run again") from None
+        raise fail_internal(e) from None
+
+
+def full_disk(e: BaseException) -> bool:
+    """A full disk or an exhausted quota (ENOSPC, EDQUOT), also as libraries word it in their own exceptions
+    (safetensors, torch's writer): a user's situation, said in one line, not an internal error."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(e) for text in ("No space left on device", "Disk quota exceeded"))
+
+
+def fail_internal(e: BaseException) -> BaseException:
+    """An unexpected error as one line pointing at RELATION_DEBUG (re-raised as it is with RELATION_DEBUG=1)."""
+    if debug():
+        raise e
+    return fail(f"internal error: {type(e).__name__}: {first_line(e)} (set RELATION_DEBUG=1 for the traceback)")
 
 
 # ------------------------------------------------------------------------------------------------ infer
