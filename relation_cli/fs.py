@@ -71,8 +71,13 @@ def _apply_mode(tmp: Path, file_mode: int, dir_mode: int | None = None) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """``with atomic_file(p) as tmp: write(tmp)``; ``tmp`` keeps ``p``'s suffix so writers infer formats."""
+def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
+    """``with atomic_file(p) as tmp: write(tmp)``; ``tmp`` keeps ``p``'s suffix so writers infer formats.
+
+    ``exclusive``: ``p`` must not exist when ``tmp`` is moved into place (a hard link, which fails on an
+    existing name; where the file system has none, an O_EXCL create then a rename). Raises FileExistsError
+    when another process wrote ``p`` meanwhile; ``tmp`` is removed and ``p`` left as that process wrote it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(path.parent, path.name, path.suffix)
@@ -80,7 +85,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _apply_mode(tmp, mode)
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

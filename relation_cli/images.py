@@ -269,14 +269,33 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
     return check_writable(path)
 
 
-def save_output(array: np.ndarray, path: str | Path) -> Path:
+MAX_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383}
+"""The largest side, in pixels, each format can store (libjpeg; libwebp's WEBP_MAX_DIMENSION)."""
+
+
+def check_output_size(path: str | Path, size: tuple[int, int]) -> None:
+    """Refuse, before any work, a result of ``size`` (width, height) that ``path``'s format cannot store.
+
+    Raises:
+        RelationError: ``output 'a.webp': a 20000x40 result is over WebP's limit of 16383 pixels a side; ...``.
+    """
+    path, (w, h) = Path(path), size
+    limit = MAX_SIDE.get(path.suffix.lower())
+    if limit and max(w, h) > limit:
+        name = "WebP" if path.suffix.lower() == ".webp" else "JPEG"
+        raise RelationError(f"output '{path}': a {w}x{h} result is over {name}'s limit of {limit} pixels a side; "
+                            "use .png")  # fmt: skip
+
+
+def save_output(array: np.ndarray, path: str | Path, exclusive: bool = False) -> Path:
     """Write a float HxWx3 image in [0, 1] atomically; the format follows the extension.
 
-    ``.npy`` keeps the float32 values unquantized, for exact comparisons.
+    ``.npy`` keeps the float32 values unquantized, for exact comparisons. ``exclusive``: never replace a file
+    another process wrote at ``path`` meanwhile (FileExistsError, see :func:`~relation_cli.fs.atomic_file`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    with atomic_file(path) as tmp:
+    with atomic_file(path, exclusive) as tmp:
         if suffix == ".npy":
             np.save(tmp, np.asarray(array, dtype=np.float32))
         else:

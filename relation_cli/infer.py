@@ -5,6 +5,7 @@ Everything cheap is checked (images decode, sizes, output paths) before the mode
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 from .config import DEMO, InferSection, RelationConfig, read_yaml, save_config
 from .errors import RelationError, several
 from .fs import check_not_busy, check_writable, holding_folder, remove_stale_temps
-from .images import check_output_path, open_image, resize_result, save_output, working_size
+from .images import check_output_path, check_output_size, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -38,7 +39,8 @@ class EditInputs:
         return [(self.exemplar_a, self.exemplar_b), *self.more_exemplars]
 
     def shape_note(self) -> str | None:
-        """The line that says an exemplar pair's A and A' differ in aspect ratio (by more than 1%), or None.
+        """The line that says an exemplar pair's A and A' differ in aspect ratio (by more than 1%) or are the same
+        image (the pair shows no edit), or None.
 
         Each exemplar image is padded to its own regular aspect ratio and squashed to the image encoder's
         square input (:func:`~relation_cli.images.pad_exemplar`, SPEC 2.1), so a pair of two shapes also
@@ -46,11 +48,14 @@ class EditInputs:
         """
         for n, (a, b) in enumerate(self.pairs, 1):
             (wa, ha), (wb, hb) = a.size, b.size
+            pair = f"exemplar pair {n}" if len(self.pairs) > 1 else "exemplar"
             if abs(wa * hb - wb * ha) > 0.01 * wa * hb:
-                pair = f"exemplar pair {n}" if len(self.pairs) > 1 else "exemplar"
                 return (f"note: {pair} A is {wa}x{ha} and A' {wb}x{hb}, another shape: the image encoder sees each "
                         "padded and squashed on its own, so the pair also shows that change of shape; give A' the "
                         "shape of A unless it is part of the edit")  # fmt: skip
+            if a.size == b.size and a.tobytes() == b.tobytes():
+                return (f"note: {pair} A and A' have the same pixels: the pair shows no edit, so the result follows "
+                        "no relation; give the image after the edit as A'")  # fmt: skip
         return None
 
 
@@ -275,14 +280,19 @@ def _a_saved_config(path: Path) -> bool:
     return {"model", "infer"} <= set(tree) <= set(RelationConfig.model_fields)
 
 
-def check_single_output(output: Path, overwrite: bool) -> Path:
+def check_single_output(output: Path, overwrite: bool, images: Sequence[Path] = ()) -> Path:
     """The output path of one edit (:func:`~relation_cli.images.check_output_path`) and the place of its saved
     config beside it (:func:`config_path_for`): a folder there, or a file relation did not save, is refused
-    before any work (with ``--overwrite`` too), so a run never ends in a failed write or replaces a user's file.
+    before any work (with ``--overwrite`` too), so a run never ends in a failed write or replaces a user's file;
+    so is an output that is one of the edit's input ``images`` (the same file, by any path).
 
     Raises:
         RelationError: one line naming the path and what to do.
     """
+    for image in images:
+        if output.exists() and Path(image).exists() and os.path.samefile(output, image):
+            raise RelationError(f"output '{output}': is an input of this edit ('{image}'); choose another output "
+                                "name (--overwrite never replaces an input)")  # fmt: skip
     output = check_output_path(output, overwrite)
     beside = config_path_for(output)
     if beside.is_dir():
@@ -295,22 +305,51 @@ def check_single_output(output: Path, overwrite: bool) -> Path:
 
 
 def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, output: Path | None) -> Path:
-    """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path."""
-    output = check_single_output(output or default_output(query), cfg.infer.overwrite)
+    """One edit of ``query`` with one exemplar pair or a list of k pairs; returns the output path.
+
+    The output is never one of the inputs (``--overwrite`` or not) and, without ``infer.overwrite``, never replaces
+    a file another command wrote at its name while this one worked: the result then takes the next free numbered
+    name, with a note."""
+    output = check_single_output(output or default_output(query), cfg.infer.overwrite, edit_images(exemplars, query))
     inputs = open_edit_inputs(cfg, exemplars, query, cfg.infer.prompt)
     from .model import load_pipeline, size_rules, truthful_config  # torch and diffusers load after the cheap checks
     from .progress import progress_bar
 
     sizes = edit_sizes(cfg.infer, inputs.query.size, *size_rules(cfg))
     sizes.check(cfg.infer, cfg.data.max_image_pixels)
+    check_output_size(output, sizes.output)
     pipe = load_pipeline(cfg)  # an unfit model or adapter is refused before any note about the query
     print_note(DEMO_NOTE if _looks_like_a_photo(cfg, sizes) else None)
     print_note(sizes.note(cfg.infer))
     print_note(inputs.shape_note())
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
-    save_output(image, output)
+    output = _save_unclobbered(image, output, cfg.infer.overwrite)
     save_config(truthful_config(cfg, pipe), config_path_for(output))
+    return output
+
+
+def edit_images(exemplars: PathPair | Sequence[PathPair], query: Path) -> list[Path]:
+    """The image paths of one edit: every exemplar pair's A and A', then the query."""
+    pairs = [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
+    return [Path(p) for pair in pairs for p in pair] + [Path(query)]
+
+
+def _save_unclobbered(image, output: Path, overwrite: bool) -> Path:
+    """Save ``image`` at ``output``; without ``overwrite``, at the next free ``<stem>-<n><suffix>`` when another
+    command wrote ``output`` since the start, with a note. Returns the path written."""
+    if overwrite:
+        return save_output(image, output)
+    wanted, n = output, 1
+    while True:
+        try:
+            save_output(image, output, exclusive=True)
+            break
+        except FileExistsError:
+            pass
+        output, n = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}"), n + 1
+    if output != wanted:
+        print_note(f"note: '{wanted}' was written by another command while this one worked; this result is '{output}'")
     return output
 
 

@@ -192,14 +192,14 @@ def test_a_working_size_over_the_pixel_limit_is_refused_before_loading(photo_inp
 def test_a_pair_of_two_shapes_is_noted_and_one_of_two_sizes_is_not(tiny_model, tmp_path, capsys):
     """A and A' of other aspect ratios (a crop given as A') are padded and squashed each on its own, so the pair
     shows a change of shape too: one line says so, for one edit and per row of a batch; A' at twice A's size
-    (the same shape) gets no line."""
+    (the same shape) gets no line. A pair of the same pixels (the same file twice) shows no edit: a line too."""
     import json
 
     from relation_cli.infer import EditInputs
 
-    blank = Image.new("RGB", (48, 32))
-    assert EditInputs(blank, blank.resize((96, 64)), blank, "").shape_note() is None
-    assert EditInputs(blank, blank, blank, "", ((blank, blank.resize((48, 48))),)).shape_note() == (
+    blank, red = Image.new("RGB", (48, 32)), Image.new("RGB", (48, 32), (255, 0, 0))
+    assert EditInputs(blank, red.resize((96, 64)), blank, "").shape_note() is None
+    assert EditInputs(blank, red, blank, "", ((blank, blank.resize((48, 48))),)).shape_note() == (
         "note: exemplar pair 2 A is 48x32 and A' 48x48, another shape: the image encoder sees each padded and "
         "squashed on its own, so the pair also shows that change of shape; give A' the shape of A unless it is "
         "part of the edit")  # fmt: skip
@@ -213,7 +213,12 @@ def test_a_pair_of_two_shapes_is_noted_and_one_of_two_sizes_is_not(tiny_model, t
                     + json.dumps({"cond1": "a.png", "cond2": "b.png", "source": "q.png"}) + "\n")  # fmt: skip
     assert main(["infer", "--input", str(rows), "--output-dir", str(tmp_path / "out"), "--steps", "1", *sets]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "note: row 2: exemplar A is 48x32 and A' 32x32, another shape" in err and "row 1:" not in err, err
+    assert "note: row 2: exemplar A is 48x32 and A' 32x32, another shape" in err, err
+    assert "note: row 1: exemplar A and A' have the same pixels: the pair shows no edit" in err, err
+    assert EditInputs(blank, blank.copy(), blank, "", ((blank, red),)).shape_note() == (
+        "note: exemplar pair 1 A and A' have the same pixels: the pair shows no edit, so the result follows no "
+        "relation; give the image after the edit as A'")  # fmt: skip
+    assert EditInputs(blank, red, blank, "", ((blank, red),)).shape_note() is None
 
 
 @pytest.mark.parametrize("beside, message", [
@@ -238,3 +243,59 @@ def test_the_place_of_the_saved_settings_is_checked_before_the_edit(tmp_path, ca
     assert main(args) == 0 and side.is_file()
     out.unlink()
     assert main(args) == 0  # an earlier run's saved settings are its own: replaced
+
+
+def test_an_output_its_format_cannot_store_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A 20000x40 result (infer.output_size: query) is over WebP's 16383-pixel side: one line before any work,
+    not an internal error after the whole generation; .png takes it."""
+    import relation_cli.model as model
+
+    def no_load(cfg):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(model, "load_pipeline", no_load)
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    Image.new("RGB", (20000, 40), (200, 30, 30)).save(tmp_path / "wide.png")
+    args = ["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
+            "--query", str(tmp_path / "wide.png"), "--steps", "1"]  # fmt: skip
+    for name, limit, fmt in (("a.webp", 16383, "WebP"),):
+        assert main([*args, "-o", str(tmp_path / name)]) == 1
+        assert capsys.readouterr().err == (f"error: output '{tmp_path / name}': a 20000x40 result is over {fmt}'s "
+                                           f"limit of {limit} pixels a side; use .png\n")  # fmt: skip
+    from relation_cli.images import check_output_size
+
+    check_output_size(tmp_path / "a.jpg", (65500, 10))  # at the limit: fine
+    with pytest.raises(Exception, match="over JPEG's limit of 65500 pixels a side"):
+        check_output_size(tmp_path / "a.JPEG", (65501, 10))
+    check_output_size(tmp_path / "a.png", (100000, 10))
+
+
+def test_an_input_is_never_the_output_and_a_result_never_replaces_another_commands(tmp_path, capsys, monkeypatch):
+    """``-o`` naming an input (by any path) is refused, ``--overwrite`` too; a file another command wrote at the
+    output's name while this one worked stays, and this result takes the next numbered name, with a note."""
+    import shutil
+
+    import relation_cli.infer as infer
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    a, b, q = (str(shutil.copy(examples / n, tmp_path / n)) for n in ("exemplar_before.png", "exemplar_after.png", "query.png"))
+    args = ["infer", "--exemplar", a, b, "--query", q, "--steps", "1"]
+    before = Path(q).read_bytes()
+    for extra in ([], ["--overwrite"], ["--overwrite", "--dry-run"]):
+        assert main([*args, "-o", str(tmp_path / "." / "query.png"), *extra]) == 1
+        assert capsys.readouterr().err == (f"error: output '{tmp_path / 'query.png'}': is an input of this edit ('{q}'); "
+                                           "choose another output name (--overwrite never replaces an input)\n")  # fmt: skip
+    assert Path(q).read_bytes() == before
+    real_edit, out = infer.edit, tmp_path / "o.png"
+
+    def edit_while_another_writes(*a, **k):
+        out.write_bytes(b"theirs")  # another command's result, written while this one denoises
+        return real_edit(*a, **k)
+
+    monkeypatch.setattr(infer, "edit", edit_while_another_writes)
+    assert main([*args, "-o", str(out)]) == 0
+    assert out.read_bytes() == b"theirs" and Image.open(tmp_path / "o-1.png").size == (32, 32)
+    assert (tmp_path / "o-1.png.yaml").is_file() and not (tmp_path / "o.png.yaml").exists()
+    assert f"note: '{out}' was written by another command while this one worked; this result is '{tmp_path / 'o-1.png'}'" in (
+        " ".join(capsys.readouterr().err.split()))  # fmt: skip
+    assert list(tmp_path.glob(".o*")) == []  # no temporary file left
