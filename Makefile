@@ -30,7 +30,7 @@ help:
 	@echo "make demo-model  rebuild the embedded demo model from nothing with relation's own commands (CPU, < 2 h)"
 	@echo "make benchmarks  CPU inference speed, step-cache quality, the demo on photos (prints figures, writes benchmarks/results/)"
 	@echo "make first-hour  error latency, offline refusal, demo and photo times of a new user (prints figures)"
-	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (needs make demo-model's data)"
+	@echo "make demo-eval   score the embedded demo model on held-out synthetic scenes (prepares them if missing)"
 	@echo "make gpu-wheels  download the wheels make gpu-check installs on a GPU machine without network (.whl/)"
 	@echo "make gpu-check   the prepared GPU check: each base (FLUX.1-dev, FLUX.1 Kontext, FLUX.2 klein 4B) at full size + adapter, random weights (H100/H200, < 8 min)"
 
@@ -70,12 +70,16 @@ demo-model: install
 	cp configs/demo-defaults.yaml relation_cli/.demo.new/relation.yaml
 	rm -rf relation_cli/demo && mv relation_cli/.demo.new relation_cli/demo
 	$(MAKE) demo-eval
-
-# Scores the installed demo model on held-out scenes; the README's grids are copied from its output.
-demo-eval: install
-	$(RELATION) eval --config configs/demo-eval.yaml
 	cp $(DEMO_BUILD)/eval/grids/seen.png docs/demo-seen.png
 	cp $(DEMO_BUILD)/eval/grids/unseen.png docs/demo-unseen.png
+
+# Scores the installed demo model on held-out scenes; the README's grids are copied from its output.
+# The held-out scenes are make demo-model's data (seeded: the same bytes every time), prepared here when missing.
+demo-eval: install $(DEMO_BUILD)/data/test_seen.jsonl
+	$(RELATION) eval --config configs/demo-eval.yaml
+
+$(DEMO_BUILD)/data/test_seen.jsonl:
+	$(RELATION) prepare --config configs/demo-data.yaml --output $(DEMO_BUILD)/data
 
 # The CPU benchmarks of the README (need make demo-model's data for cache_quality); JSON in benchmarks/results/.
 benchmarks: install
