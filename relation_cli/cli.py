@@ -152,7 +152,7 @@ def key_help(key: str, text: str) -> str:
     if get_origin(field.annotation) is Literal:
         parts.append("one of " + ", ".join(map(str, get_args(field.annotation))))
     default = field.get_default(call_default_factory=True)
-    if default not in (None, "", [], False):
+    if not (default is None or default is False or default in ("", [])):  # 0 is a default to show (0 == False)
         parts.append(f"default {default}")
     demo = DEMO_SETTINGS.get(section, {}).get(name)
     if demo is not None:
@@ -495,7 +495,10 @@ def convert(
         int, typer.Option(help="attention_head_dim of the transformer the adapter belongs to (FLUX.1-dev: 128).")
     ] = 128,
 ) -> None:
-    """Convert the released adapter pickle to safetensors (read with weights_only=True, never executed)."""
+    """Convert the released adapter pickle to safetensors (read with weights_only=True, never executed).
+
+    Example: relation convert ip_adapter-100000.bin weights/relation-adapter
+    """
     from .progress import quiet_libraries
 
     with user_errors():
@@ -521,7 +524,10 @@ def init_model(
                      "layout; spec key base: flux2-klein)."),
     ] = False,
 ) -> None:
-    """Create a small randomly initialised FLUX-architecture model, offline (for tests and the demo)."""
+    """Create a small randomly initialised FLUX-architecture model, offline (for tests and the demo).
+
+    Example: relation init-model build/demo/init --spec configs/arch/demo.yaml --seed 0
+    """
     from .config import read_yaml
     from .progress import quiet_libraries
 

@@ -69,13 +69,26 @@ def split_released_state(data: dict, path: Path) -> tuple[dict, dict]:
     missing = [k for k in ("image_proj", "ip_adapter") if k not in data]
     if missing:
         raise RelationError(f"adapter '{path}': missing {', '.join(missing)} (not a RelationAdapter checkpoint)")
+    for key in ("image_proj", "ip_adapter"):
+        part = data[key]
+        if not isinstance(part, dict):
+            raise RelationError(f"adapter '{path}': {key} is a {type(part).__name__}, not a dict of tensors")
+        if odd := next((k for k, v in part.items() if not isinstance(v, torch.Tensor)), None):
+            raise RelationError(f"adapter '{path}': {key} '{odd}' is a {type(part[odd]).__name__}, not a tensor")
     proj, procs = (_strip_module_prefix(data[k]) for k in ("image_proj", "ip_adapter"))
     need = {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias"}
     if set(proj) != need:
         raise RelationError(f"adapter '{path}': image_proj keys {sorted(proj)} are not {sorted(need)}")
+    for key in ("proj.0.weight", "proj.2.weight", "norm.weight"):
+        if proj[key].dim() != (1 if key.startswith("norm") else 2):
+            raise RelationError(f"adapter '{path}': image_proj '{key}' has shape {tuple(proj[key].shape)}, not "
+                                f"{'1' if key.startswith('norm') else '2'}-D")  # fmt: skip
     bad = [k for k in procs if not _PROCESSOR_KEY.match(k)]
     if bad:
         raise RelationError(f"adapter '{path}': unexpected ip_adapter keys, e.g. {bad[:3]}")
+    if "0.to_k_ip.weight" not in procs or procs["0.to_k_ip.weight"].dim() != 2:
+        raise RelationError(f"adapter '{path}': ip_adapter has no 2-D '0.to_k_ip.weight' (the first processor's "
+                            f"key projection; {len(procs)} keys)")  # fmt: skip
     return proj, procs
 
 
@@ -134,7 +147,16 @@ def load_adapter(path: str | Path, attention_head_dim: int) -> RelationAdapter:
         except (OSError, ValueError, SafetensorError) as e:
             raise RelationError(f"adapter '{path}': cannot load ({first_line(e)})") from None
     proj, procs = split_released_state(load_pickle_safely(path), path)
-    return adapter_from_state(proj, procs, attention_head_dim)
+    try:
+        return adapter_from_state(proj, procs, attention_head_dim)
+    except RuntimeError as e:  # load_state_dict: tensors whose shapes do not fit one adapter
+        raise RelationError(f"adapter '{path}': its weights do not fit together ({_size_mismatch(e)})") from None
+
+
+def _size_mismatch(e: RuntimeError) -> str:
+    """The first "size mismatch for <key>: ..." line of torch's load_state_dict error, else its first line."""
+    line = next((x.strip() for x in str(e).splitlines() if "size mismatch" in x), first_line(e))
+    return line.rstrip(".")
 
 
 def stored_dtype(folder: Path) -> torch.dtype:

@@ -61,6 +61,42 @@ def test_bad_adapter_files(tmp_path, content, message):
         load_adapter(path, attention_head_dim=16)
 
 
+def _break(state: dict, how: str) -> dict:
+    """The reference's released dict, broken the way ``how`` names."""
+    proj, procs = dict(state["image_proj"]), dict(state["ip_adapter"])
+    if how == "no processors":
+        procs = {}
+    elif how == "a string for image_proj":
+        return {"image_proj": "weights", "ip_adapter": procs}
+    elif how == "a list value":
+        procs["0.to_k_ip.weight"] = [1.0, 2.0]
+    elif how == "1-D projection":
+        proj["proj.0.weight"] = proj["proj.0.weight"].flatten()
+    elif how == "widths that differ":
+        procs["0.to_v_ip.weight"] = torch.zeros(procs["0.to_v_ip.weight"].shape[0] + 3, procs["0.to_v_ip.weight"].shape[1])
+    return {"image_proj": proj, "ip_adapter": procs}
+
+
+@pytest.mark.parametrize("how, message", [
+    ("no processors", "ip_adapter has no 2-D '0.to_k_ip.weight' (the first processor's key projection; 0 keys)"),
+    ("a string for image_proj", "image_proj is a str, not a dict of tensors"),
+    ("a list value", "ip_adapter '0.to_k_ip.weight' is a list, not a tensor"),
+    ("1-D projection", "image_proj 'proj.0.weight' has shape (512,), not 2-D"),
+    ("widths that differ", "its weights do not fit together (size mismatch for processors.0.to_v_ip.weight: copying a "
+                           "param with shape torch.Size([35, 32]) from checkpoint, the shape in current model is "
+                           "torch.Size([32, 32]))"),
+])  # fmt: skip
+def test_a_malformed_released_dict_is_named_not_an_internal_error(reference, tmp_path, capsys, how, message):
+    """A pickle of the released layout whose parts are not tensors, not 2-D, or not of one adapter's sizes: the
+    part is named in one line (were ValueError / AttributeError / IndexError / RuntimeError, internal errors)."""
+    from relation_cli.cli import main
+
+    torch.save(_break(_released_state(reference), how), tmp_path / "bad.bin")
+    assert main(["convert", str(tmp_path / "bad.bin"), str(tmp_path / "out"), "--head-dim", "16"]) == 1
+    assert capsys.readouterr().err == f"error: adapter '{tmp_path / 'bad.bin'}': {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_convert_round_trip(reference, tmp_path):
     out = convert_released(reference / "ip_adapter.bin", tmp_path / "adapter", attention_head_dim=16)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
