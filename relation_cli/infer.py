@@ -504,6 +504,10 @@ def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix:
 
     plan = plan_batch(cfg, input_file, output_dir, suffix)
     check_row_sizes(cfg, input_file, plan)
+    if changed := [] if cfg.infer.overwrite else [r.name for r in plan.todo if plan.names[r.index] in plan.others]:
+        print_note(f"note: {len(changed)} outputs in '{output_dir}' were made from other rows or images than the "
+                   f"rows file's now ({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}; changed since): "
+                   "made again")  # fmt: skip
     settings = generation_settings(cfg, eval_keys=False)  # the weights as found before they load
     pipe = load_pipeline(cfg) if plan.todo else None  # a refused model or LoRA leaves the folder as it was
     with holding_folder(output_dir, "output dir"):  # a second batch into this folder stops before writing

@@ -176,7 +176,10 @@ def test_an_interrupted_rerun_of_changed_rows_loses_only_the_row_it_was_making(t
     monkeypatch.setattr(core, "edit", edit)
     capsys.readouterr()
     assert batch(tiny_model, rows, out) == 0  # not refused: the old outputs stayed recorded until replaced
-    assert "wrote 2 images" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "wrote 2 images" in said.out
+    assert (f"note: 2 outputs in '{out}' were made from other rows or images than the rows file's now (row 2, row 3; "
+            "changed since): made again") in " ".join(said.err.split()), said.err  # fmt: skip
     assert [r["text"] for r in json.loads((out / "generation.json").read_text())["rows"].values()] == ["1", "2", "3"]
 
 
