@@ -503,9 +503,13 @@ def convert(
 
     with user_errors():
         quiet_libraries()
+        from .progress import console
         from .weights import convert_released
 
-        typer.echo(f"wrote {convert_released(source, destination, head_dim)}")
+        def say(line: str) -> None:
+            console.print(f"{line} ...", markup=False, highlight=False)
+
+        typer.echo(f"wrote {convert_released(source, destination, head_dim, say)}")
 
 
 @app.command(name="init-model", cls=RelationCommand)

@@ -256,13 +256,13 @@ def remove_stopped_temp_dirs(path: Path) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
             log.warning("note: removed '%s' (%s), left by a run that was killed while writing '%s'", entry,
-                        _size_text(size), path)  # fmt: skip
+                        size_text(size), path)  # fmt: skip
         finally:
             _drop_lock(lock)
     return removed
 
 
-def _size_text(size: int) -> str:
+def size_text(size: int) -> str:
     """``size`` bytes in B, KB, MB or GB (powers of 1000), as file browsers show them."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if size >= scale:

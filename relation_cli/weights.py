@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 from .adapter import RelationAdapter
 from .checks import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, adapter_problem
 from .errors import RelationError, first_line
-from .fs import atomic_dir, check_new_dir
+from .fs import atomic_dir, check_new_dir, size_text
 
 _PROCESSOR_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
 
@@ -168,18 +169,23 @@ def stored_dtype(folder: Path) -> torch.dtype:
         return names.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
 
 
-def convert_released(src: str | Path, dst: str | Path, attention_head_dim: int = 128) -> Path:
+def convert_released(src: str | Path, dst: str | Path, attention_head_dim: int = 128,
+                     say: Callable[[str], None] | None = None) -> Path:  # fmt: skip
     """Released ``.bin`` -> relation's safetensors folder, so the pickle never has to be opened again.
+    ``say`` gets a line as each of the two long steps starts (reading, writing: ~10 s each for 5.3 GB).
 
     Raises:
         RelationError: ``src`` is not a pickle file; ``dst`` exists (checked before reading); what
             :func:`load_adapter` refuses; ``attention_head_dim`` does not divide the processors' width.
     """
-    src, dst = Path(src), Path(dst)
+    src, dst, say = Path(src), Path(dst), say or (lambda line: None)
     if src.suffix.lower() not in PICKLE_SUFFIXES or not src.is_file():
         raise RelationError(f"adapter '{src}': expected an existing {'/'.join(PICKLE_SUFFIXES)} file")
     check_new_dir(dst)  # before 5.3 GB are read
+    say(f"reading '{src}' ({size_text(src.stat().st_size)})")
     adapter = load_adapter(src, attention_head_dim)
+    count = sum(t.numel() for t in adapter.parameters())
+    say(f"writing {count:,} parameters as safetensors to '{dst}'")
     save_atomic(adapter, dst)
     return dst
 
