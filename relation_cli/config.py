@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -600,11 +600,12 @@ def dump_config(cfg: RelationConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def save_config(cfg: RelationConfig, path: str | Path) -> Path:
+def save_config(cfg: RelationConfig, path: str | Path, header: Sequence[str] = ()) -> Path:
     """Write the resolved config atomically (temporary file, then rename), its model sources made absolute
-    (:func:`with_absolute_sources`)."""
+    (:func:`with_absolute_sources`); ``header`` lines go first as YAML comments (the file still loads as a config)."""
     path = Path(path)
-    write_text_atomic(path, dump_config(with_absolute_sources(cfg)))
+    comments = "".join(f"# {line}\n" for line in header)
+    write_text_atomic(path, comments + dump_config(with_absolute_sources(cfg)))
     return path
 
 

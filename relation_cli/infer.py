@@ -325,8 +325,18 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
     output = _save_unclobbered(image, output, cfg.infer.overwrite)
-    save_config(truthful_config(cfg, pipe), config_path_for(output))
+    save_config(truthful_config(cfg, pipe), config_path_for(output), made_from(exemplars, query))
     return output
+
+
+def made_from(exemplars: PathPair | Sequence[PathPair], query: Path) -> list[str]:
+    """The lines an output's saved config starts with: each input image, its absolute path and sha256."""
+    images = edit_images(exemplars, query)
+    labels = [f"exemplar {f'pair {i // 2 + 1} ' if len(images) > 3 else ''}{'A' if i % 2 == 0 else 'A' + chr(39)}"
+              for i in range(len(images) - 1)] + ["query"]  # fmt: skip
+    return ["relation infer made this output from:"] + [
+        f"  {label}: {path.resolve()} (sha256 {file_digest(path)})" for label, path in zip(labels, images)
+    ]
 
 
 def edit_images(exemplars: PathPair | Sequence[PathPair], query: Path) -> list[Path]:

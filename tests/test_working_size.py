@@ -299,3 +299,24 @@ def test_an_input_is_never_the_output_and_a_result_never_replaces_another_comman
     assert f"note: '{out}' was written by another command while this one worked; this result is '{tmp_path / 'o-1.png'}'" in (
         " ".join(capsys.readouterr().err.split()))  # fmt: skip
     assert list(tmp_path.glob(".o*")) == []  # no temporary file left
+
+
+def test_the_saved_settings_name_the_input_images_and_still_load_as_a_config(tmp_path, capsys):
+    """``<output>.yaml`` starts with comments naming each input (absolute path, sha256 of its bytes), per pair
+    with k pairs, so it tells what the output was made from; the file still loads as a config."""
+    import hashlib
+
+    from relation_cli.infer import _a_saved_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    a, b, q = (examples / n for n in ("exemplar_before.png", "exemplar_after.png", "query.png"))
+    out = tmp_path / "o.png"
+    assert main(["infer", "--exemplar", str(a), str(b), "--exemplar", str(b), str(a), "--query", str(q), "-o", str(out),
+                 "--steps", "1"]) == 0  # fmt: skip
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b, q)}
+    lines = (tmp_path / "o.png.yaml").read_text().splitlines()
+    assert lines[:6] == ["# relation infer made this output from:",
+                         f"#   exemplar pair 1 A: {a} (sha256 {digest[a]})", f"#   exemplar pair 1 A': {b} (sha256 {digest[b]})",
+                         f"#   exemplar pair 2 A: {b} (sha256 {digest[b]})", f"#   exemplar pair 2 A': {a} (sha256 {digest[a]})",
+                         f"#   query: {q} (sha256 {digest[q]})"]  # fmt: skip
+    assert _a_saved_config(tmp_path / "o.png.yaml") and load_config(tmp_path / "o.png.yaml").infer.steps == 1
