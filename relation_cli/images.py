@@ -262,6 +262,8 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
     path = Path(path)
     if path.is_dir():
         raise RelationError(f"output '{path}': is a directory; give an image file name, e.g. '{path / 'edited.png'}'")
+    if not path.suffix and path.name.lower() in OUTPUT_SUFFIXES:  # ".png": a hidden name with no extension
+        raise RelationError(f"output '{path}': a name is needed before the extension, e.g. '{path.with_name('edited' + path.name)}'")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise RelationError(f"output '{path}': unsupported extension, use one of {', '.join(OUTPUT_SUFFIXES)}")
     if path.exists() and not overwrite:

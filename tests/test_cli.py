@@ -112,6 +112,8 @@ BAD = [
     ("pixel limit", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--set", "data.max_image_pixels=1000"], "over the limit"),
     ("existing output", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-o", p["existing"]], "already exists"),
     ("bad extension", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-o", "x.gif"], "unsupported extension"),
+    ("extension alone", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "-o", "o/.png"],
+     "output 'o/.png': a name is needed before the extension, e.g. 'o/edited.png'"),
     ("negative steps", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--steps", "-2"], "infer.steps"),
     ("unknown key", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--set", "infer.nope=1"], "infer.nope: unknown key"),
     ("unknown option", lambda p: ["--exemplar", p["a"], p["b"], "--query", p["q"], "--stepz", "2"], "No such option"),
