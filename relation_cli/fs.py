@@ -177,7 +177,8 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     ``replace=True`` swaps out an existing ``d``; otherwise ``d`` must be absent or empty, before and at the
     end: a ``d`` another process filled meanwhile is kept, and RelationError says so. ``tmp`` is
     ``.name.<8 hex>`` beside ``d``, with a lock file ``tmp.lock`` held while it is filled; a ``tmp`` of ``d``
-    whose lock is free was left by a killed run (SIGKILL, the OOM killer) and is deleted first, with a warning.
+    whose lock file is there and free was left by a killed run (SIGKILL, the OOM killer) and is deleted first,
+    with a warning.
     """
     path = Path(path)
     if not replace:
@@ -237,7 +238,8 @@ def _drop_lock(lock) -> None:
 
 def remove_stopped_temp_dirs(path: Path) -> list[Path]:
     """Delete the temporary folders that :func:`atomic_dir` left beside ``path`` when its run was killed
-    (``.name.<8 hex>`` whose lock file is free or missing), and their lock files; a running writer's are kept.
+    (``.name.<8 hex>`` beside a free lock file ``.name.<8 hex>.lock``), and their lock files; a running writer's
+    are kept, and so is any such folder without its lock file (a user's own, another command's run folder).
     Says so on stderr. Returns the folders deleted."""
     from filelock import FileLock, Timeout
 
@@ -245,6 +247,8 @@ def remove_stopped_temp_dirs(path: Path) -> list[Path]:
     removed = []
     for entry in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
         if not (stale.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()):
+            continue
+        if not Path(f"{entry}.lock").is_file():  # not atomic_dir's (it takes the lock file first): a user's folder
             continue
         lock = FileLock(f"{entry}.lock", timeout=0)
         try:

@@ -236,8 +236,8 @@ def test_a_killed_runs_temporary_folder_is_removed_and_a_running_writers_is_kept
     killed.mkdir()
     (killed / "w.safetensors").write_bytes(b"x" * 2000)
     (tmp_path / ".model.0badc0de.lock").write_text("")  # a killed writer's lock file stays, and is free
-    older = tmp_path / ".model.12345678"  # one without a lock file
-    older.mkdir()
+    users = tmp_path / ".model.20240115"  # a user's dated folder: no lock file beside it, never atomic_dir's
+    users.mkdir()
     running = tmp_path / ".model.feedf00d"
     running.mkdir()
     lock = FileLock(f"{running}.lock", timeout=0)
@@ -247,7 +247,6 @@ def test_a_killed_runs_temporary_folder_is_removed_and_a_running_writers_is_kept
         (tmp / "f").write_text("1")
     lock.release()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [".model.feedf00d", ".model.feedf00d.lock", ".modelx.0badc0de", "model"], names
+    assert names == [".model.20240115", ".model.feedf00d", ".model.feedf00d.lock", ".modelx.0badc0de", "model"], names
     notes = [r.getMessage() for r in caplog.records]
-    assert notes == [f"note: removed '{killed}' (2.0 KB), left by a run that was killed while writing '{tmp_path / 'model'}'",
-                     f"note: removed '{older}' (0 B), left by a run that was killed while writing '{tmp_path / 'model'}'"]
+    assert notes == [f"note: removed '{killed}' (2.0 KB), left by a run that was killed while writing '{tmp_path / 'model'}'"]
