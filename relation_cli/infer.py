@@ -353,8 +353,9 @@ def _save_unclobbered(image, output: Path, overwrite: bool) -> Path:
     wanted, n = output, 1
     while True:
         try:
-            save_output(image, output, exclusive=True)
-            break
+            if output == wanted or not config_path_for(output).exists():  # a numbered name's .yaml may be a user's
+                save_output(image, output, exclusive=True)
+                break
         except FileExistsError:
             pass
         output, n = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}"), n + 1
@@ -485,6 +486,7 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
     check_own_folder(output_dir, BATCH, lambda n: n == "config.yaml" or bool(_OUTPUT_NAME.fullmatch(n)),
                      "use a new or empty --output-dir")  # fmt: skip
     names = {r.index: f"{r.index:06d}{suffix}" for r in rows}
+    _check_inputs_outside_outputs(rows, output_dir, input_file)
     digests: dict[Path, str | None] = {}
     recorded = recorded_rows(cfg, output_dir)
     made = reusable_rows(cfg, rows, output_dir, names, recorded, digests)
@@ -492,6 +494,20 @@ def plan_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: 
     sizes = check_rows(cfg, input_file, todo)  # decode everything once before loading the model
     others = {name: record for name, record in recorded_outputs(output_dir, recorded).items() if name not in made}
     return BatchPlan(rows, names, made, others, todo, sizes, digests)
+
+
+def _check_inputs_outside_outputs(rows: list[Row], output_dir: Path, input_file: Path) -> None:
+    """RelationError when a row reads an image in ``output_dir`` under a batch output's name (``000012.png``):
+    batch infer makes or deletes such files (``--overwrite``), so the row would lose its own input."""
+    if not output_dir.is_dir():
+        return
+    folder = output_dir.resolve()
+    for r in rows:
+        for label, path in [*((f"exemplar {x}", p) for pair in r.pairs for x, p in zip(("A", "A'"), pair)), ("source", r.source)]:
+            if _OUTPUT_NAME.fullmatch(path.name) and path.resolve().parent == folder:
+                raise RelationError(f"'{input_file}' {r.name} {label} '{path}': is an output of this --output-dir, "
+                                    "which batch infer makes again or deletes; copy it elsewhere first, or use "
+                                    "another --output-dir")  # fmt: skip
 
 
 def infer_batch(cfg: RelationConfig, input_file: Path, output_dir: Path, suffix: str = ".png") -> BatchSummary:

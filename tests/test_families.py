@@ -93,7 +93,7 @@ def test_overlay_paints_one_filled_rectangle_of_its_colour():
     params = Params(0.95, 0.3)  # u >= 0.75: grey 255 * 0.2 / 0.25 = 204
     assert overlay_colour(0.95) == (204, 204, 204) and overlay_colour(0.0) == hue_colour(0.0)
     x0, y0, x1, y1 = overlay_box(params, SIZE)
-    assert 4 <= x1 - x0 + 1 <= SIZE // 2 and 4 <= y1 - y0 + 1 <= SIZE // 2 and x1 < SIZE and y1 < SIZE
+    assert 8 <= x1 - x0 + 1 <= SIZE // 2 and 8 <= y1 - y0 + 1 <= SIZE // 2 and x1 < SIZE and y1 < SIZE
     before, after = edit("overlay", params)
     inside = np.zeros((SIZE, SIZE), bool)
     inside[y0 : y1 + 1, x0 : x1 + 1] = True
@@ -218,3 +218,13 @@ def test_family_table_weights_each_task_by_its_rows(tmp_path, capsys):
     assert lines[0] == "| split | family | a copy_query | a relation |"
     assert lines[2:] == ["| seen | rotate |  | 0.4000 |", "| unseen | frame | 0.3000 | 0.2000 |"]
     assert family_table.main(["no-label"]) == 1
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_overlay_prepares_at_the_default_counts(tmp_path, size):
+    """Every overlay instance finds a scene where its rectangle is a visible edit (sides of 4 pixels at size 64
+    could not reach MIN_VISIBLE_CHANGE: prepare failed with 'no visible edit in 200 scenes')."""
+    out = tmp_path / "ov"
+    assert main(["prepare", "--synthetic", "4", "--output", str(out), "--set", "data.synthetic_families=[overlay]",
+                 "--set", f"data.synthetic_size={size}", "--workers", "1"]) == 0  # fmt: skip
+    assert len(read_splits(out)["train"]) == 2400

@@ -558,3 +558,21 @@ def test_the_rows_journal_of_a_killed_run_is_read_in_order_and_a_cut_line_skippe
     assert read_settings(tmp_path)["rows"] == {"000001.png": {"text": "one again"}, "000002.png": {"text": "two"}}
     record_settings(tmp_path, cfg, eval_keys=False, rows={"000001.png": {}}, settings={"infer.steps": 3})
     assert not (tmp_path / ROWS_JOURNAL).exists() and read_settings(tmp_path)["rows"] == {"000001.png": {}}
+
+
+def test_a_row_reading_an_output_of_the_folder_is_refused_and_the_image_kept(tiny_model, tmp_path, capsys):
+    """Editing an earlier result again into the same --output-dir: the row's input is a file batch infer would
+    make again or delete (--overwrite); refused, with or without --overwrite, and the image stays."""
+    rows, out = batch_rows(tmp_path), tmp_path / "out"
+    assert batch(tiny_model, rows, out) == 0
+    again = tmp_path / "again.jsonl"
+    again.write_text(json.dumps({"cond1": "out/000000.png", "cond2": "out/000001.png", "source": "2.png"}) + "\n")
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert batch(tiny_model, again, out, *extra) == 1
+        err = capsys.readouterr().err
+        assert err == (f"error: '{again}' row 1 exemplar A '{tmp_path / 'out' / '000000.png'}': is an output of this "
+                       "--output-dir, which batch infer makes again or deletes; copy it elsewhere first, or use another "
+                       "--output-dir\n"), err  # fmt: skip
+        assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before

@@ -293,10 +293,12 @@ def test_an_input_is_never_the_output_and_a_result_never_replaces_another_comman
         return real_edit(*a, **k)
 
     monkeypatch.setattr(infer, "edit", edit_while_another_writes)
+    (tmp_path / "o-1.png.yaml").write_text("my notes\n")  # a user's file where the first numbered name's settings go
     assert main([*args, "-o", str(out)]) == 0
-    assert out.read_bytes() == b"theirs" and Image.open(tmp_path / "o-1.png").size == (32, 32)
-    assert (tmp_path / "o-1.png.yaml").is_file() and not (tmp_path / "o.png.yaml").exists()
-    assert f"note: '{out}' was written by another command while this one worked; this result is '{tmp_path / 'o-1.png'}'" in (
+    assert out.read_bytes() == b"theirs" and Image.open(tmp_path / "o-2.png").size == (32, 32)
+    assert (tmp_path / "o-1.png.yaml").read_text() == "my notes\n" and not (tmp_path / "o-1.png").exists()
+    assert (tmp_path / "o-2.png.yaml").is_file() and not (tmp_path / "o.png.yaml").exists()
+    assert f"note: '{out}' was written by another command while this one worked; this result is '{tmp_path / 'o-2.png'}'" in (
         " ".join(capsys.readouterr().err.split()))  # fmt: skip
     assert list(tmp_path.glob(".o*")) == []  # no temporary file left
 

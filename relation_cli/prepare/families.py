@@ -176,10 +176,11 @@ def overlay_colour(u: float) -> RGB:
 
 
 def overlay_box(p: Params, size: int) -> tuple[int, int, int, int]:
-    """The overlay's rectangle (x0, y0, x1, y1), inclusive pixels: sides 4 to size/2 and a place, all drawn
-    from a generator seeded by v (the same v, the same rectangle at every size)."""
+    """The overlay's rectangle (x0, y0, x1, y1), inclusive pixels: sides size/4 to size/2 (large enough for a
+    visible edit, MIN_VISIBLE_CHANGE, on any background) and a place, all drawn from a generator seeded by v."""
     rng = np.random.default_rng(int(p.v * 2**31))
-    w, h = (4 + int(t * (size // 2 - 3)) for t in rng.uniform(0.0, 1.0, 2))
+    low = max(4, size // 4)
+    w, h = (low + int(t * (size // 2 - low + 1)) for t in rng.uniform(0.0, 1.0, 2))
     x0, y0 = (int(t * (size - s + 1)) for t, s in zip(rng.uniform(0.0, 1.0, 2), (w, h)))
     return x0, y0, x0 + w - 1, y0 + h - 1
 
