@@ -604,7 +604,7 @@ def save_config(cfg: RelationConfig, path: str | Path, header: Sequence[str] = (
     """Write the resolved config atomically (temporary file, then rename), its model sources made absolute
     (:func:`with_absolute_sources`); ``header`` lines go first as YAML comments (the file still loads as a config)."""
     path = Path(path)
-    comments = "".join(f"# {line}\n" for line in header)
+    comments = "".join("# " + line.encode("unicode_escape").decode("ascii") + "\n" for line in header)  # one line each
     write_text_atomic(path, comments + dump_config(with_absolute_sources(cfg)))
     return path
 

@@ -322,3 +322,13 @@ def test_the_saved_settings_name_the_input_images_and_still_load_as_a_config(tmp
                          f"#   exemplar pair 2 A: {b} (sha256 {digest[b]})", f"#   exemplar pair 2 A': {a} (sha256 {digest[a]})",
                          f"#   query: {q} (sha256 {digest[q]})"]  # fmt: skip
     assert _a_saved_config(tmp_path / "o.png.yaml") and load_config(tmp_path / "o.png.yaml").infer.steps == 1
+
+
+def test_a_header_line_with_a_newline_or_odd_bytes_stays_one_comment(tmp_path):
+    """A path holding a newline (or a byte that is not UTF-8) must not become live YAML in the saved settings."""
+    from relation_cli.config import save_config
+
+    save_config(load_config(None, []), tmp_path / "c.yaml", ["query: /a\nmodel: x", "odd: /q\udcff.png"])
+    lines = (tmp_path / "c.yaml").read_text().splitlines()
+    assert lines[:2] == ["# query: /a\\nmodel: x", "# odd: /q\\udcff.png"]
+    assert load_config(tmp_path / "c.yaml", []).model.base == "demo"
