@@ -287,10 +287,13 @@ def user_errors() -> Iterator[None]:
             raise
         raise fail("interrupted", 130) from None
     except Exception as e:  # a bug, not a user mistake: still one line, with the way to see more
-        if full_disk(e) and not debug():
+        if debug():
+            raise
+        if full_disk(e):
             where = f" (writing '{e.filename}')" if getattr(e, "filename", None) else ""
             raise fail(f"no space left on the disk{where}; free some space or write elsewhere, then run again") from None
-        raise fail_internal(e) from None
+        why = f"{type(e).__name__}: {first_line(e)}"
+        raise fail(f"internal error: {why} (set RELATION_DEBUG=1 for the traceback)") from None
 
 
 def full_disk(e: BaseException) -> bool:
@@ -299,13 +302,6 @@ def full_disk(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return any(text in str(e) for text in ("No space left on device", "Disk quota exceeded"))
-
-
-def fail_internal(e: BaseException) -> BaseException:
-    """An unexpected error as one line pointing at RELATION_DEBUG (re-raised as it is with RELATION_DEBUG=1)."""
-    if debug():
-        raise e
-    return fail(f"internal error: {type(e).__name__}: {first_line(e)} (set RELATION_DEBUG=1 for the traceback)")
 
 
 # ------------------------------------------------------------------------------------------------ infer

@@ -112,13 +112,18 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
     Checked before any work, so a run never fails at its very end for want of a place to write.
     """
     path = Path(path)
-    ancestor = path.parent if str(path.parent) else Path(".")
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path.parent if str(path.parent) else Path("."))
     if not ancestor.is_dir():
         raise RelationError(f"{what} '{path}': '{ancestor}' is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK) or not _can_create_in(ancestor):
         raise RelationError(f"{what} '{path}': folder '{ancestor}' is not writable")
+    return path
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists (the file system root at worst)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
     return path
 
 

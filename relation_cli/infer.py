@@ -62,6 +62,17 @@ class EditInputs:
 PathPair = tuple[Path, Path]
 
 
+def pair_list(exemplars: PathPair | Sequence[PathPair]) -> list[PathPair]:
+    """One (A, A') pair of paths, or a list of pairs, as a list of pairs."""
+    return [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
+
+
+def pair_labels(k: int) -> list[tuple[str, str]]:
+    """How messages name the images of k exemplar pairs: ``exemplar A``/``A'``, or ``exemplar pair n A``/``A'``."""
+    names = ["exemplar" + (f" pair {n}" if k > 1 else "") for n in range(1, k + 1)]
+    return [(f"{name} A", f"{name} A'") for name in names]
+
+
 def open_edit_inputs(
     cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], query: Path, prompt: str, where: str = "",
     labels: Sequence[tuple[str, str]] | None = None, query_label: str = "query",
@@ -76,10 +87,8 @@ def open_edit_inputs(
             query 'q.png': ...``).
     """
     limit = cfg.data.max_image_pixels
-    pairs = [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
-    if labels is None:
-        names = ["exemplar" + (f" pair {n}" if len(pairs) > 1 else "") for n in range(1, len(pairs) + 1)]
-        labels = [(f"{name} A", f"{name} A'") for name in names]
+    pairs = pair_list(exemplars)
+    labels = pair_labels(len(pairs)) if labels is None else labels
     wanted = [(p, where + label) for (a, b), (la, lb) in zip(pairs, labels) for p, label in ((a, la), (b, lb))]
     images, problems = [], []
     for path, label in [*wanted, (query, where + query_label)]:
@@ -332,8 +341,7 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
 def made_from(exemplars: PathPair | Sequence[PathPair], query: Path) -> list[str]:
     """The lines an output's saved config starts with: each input image, its absolute path and sha256."""
     images = edit_images(exemplars, query)
-    labels = [f"exemplar {f'pair {i // 2 + 1} ' if len(images) > 3 else ''}{'A' if i % 2 == 0 else 'A' + chr(39)}"
-              for i in range(len(images) - 1)] + ["query"]  # fmt: skip
+    labels = [label for pair in pair_labels(len(pair_list(exemplars))) for label in pair] + ["query"]
     return ["relation infer made this output from:"] + [
         f"  {label}: {path.resolve()} (sha256 {file_digest(path)})" for label, path in zip(labels, images)
     ]
@@ -341,8 +349,7 @@ def made_from(exemplars: PathPair | Sequence[PathPair], query: Path) -> list[str
 
 def edit_images(exemplars: PathPair | Sequence[PathPair], query: Path) -> list[Path]:
     """The image paths of one edit: every exemplar pair's A and A', then the query."""
-    pairs = [exemplars] if isinstance(exemplars[0], (str, Path)) else list(exemplars)
-    return [Path(p) for pair in pairs for p in pair] + [Path(query)]
+    return [Path(p) for pair in pair_list(exemplars) for p in pair] + [Path(query)]
 
 
 def _save_unclobbered(image, output: Path, overwrite: bool) -> Path:
@@ -503,7 +510,8 @@ def _check_inputs_outside_outputs(rows: list[Row], output_dir: Path, input_file:
         return
     folder = output_dir.resolve()
     for r in rows:
-        for label, path in [*((f"exemplar {x}", p) for pair in r.pairs for x, p in zip(("A", "A'"), pair)), ("source", r.source)]:
+        named = [(label, p) for pair, labels in zip(r.pairs, row_labels(r)) for label, p in zip(labels, pair)]
+        for label, path in [*named, ("source", r.source)]:
             if _OUTPUT_NAME.fullmatch(path.name) and path.resolve().parent == folder:
                 raise RelationError(f"'{input_file}' {r.name} {label} '{path}': is an output of this --output-dir, "
                                     "which batch infer makes again or deletes; copy it elsewhere first, or use "
@@ -617,12 +625,15 @@ def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> dict[i
 def _row_inputs(cfg: RelationConfig, r: Row, input_file: Path, where: str | None = None) -> EditInputs:
     """Open one row's images; a message names the rows file (or ``where``), the row and the field as the row
     spells it (``cond1``, ``cond2``, ``exemplars pair n A``/``A'``, ``source``)."""
-    if r.exemplars:
-        labels = [(f"exemplars pair {n} A", f"exemplars pair {n} A'") for n in range(1, len(r.exemplars) + 1)]
-    else:
-        labels = [("cond1", "cond2")]
     where = f"'{input_file}' " if where is None else where
-    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}{r.name} ", labels, "source")
+    return open_edit_inputs(cfg, r.pairs, r.source, r.text, f"{where}{r.name} ", row_labels(r), "source")
+
+
+def row_labels(r: Row) -> list[tuple[str, str]]:
+    """A row's exemplar images as the row spells them: ``cond1``/``cond2`` or ``exemplars pair n A``/``A'``."""
+    if r.exemplars:
+        return [(f"exemplars pair {n} A", f"exemplars pair {n} A'") for n in range(1, len(r.exemplars) + 1)]
+    return [("cond1", "cond2")]
 
 
 def _generate_rows(pipe, cfg, plan: BatchPlan, input_file: Path, output_dir: Path, made: dict,

@@ -367,10 +367,10 @@ def check_room(spec: ArchSpec | None, out: str | Path) -> None:
 
     import psutil
 
+    from .fs import nearest_existing
+
     need, count = weight_bytes(spec)
-    folder = Path(out).absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(Path(out).absolute().parent)
     for where, free in (("memory", psutil.virtual_memory().available), (f"disk at '{folder}'", shutil.disk_usage(folder).free)):
         if need > free:
             raise RelationError(f"the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32), "

@@ -572,7 +572,7 @@ def test_a_row_reading_an_output_of_the_folder_is_refused_and_the_image_kept(tin
         capsys.readouterr()
         assert batch(tiny_model, again, out, *extra) == 1
         err = capsys.readouterr().err
-        assert err == (f"error: '{again}' row 1 exemplar A '{tmp_path / 'out' / '000000.png'}': is an output of this "
+        assert err == (f"error: '{again}' row 1 cond1 '{tmp_path / 'out' / '000000.png'}': is an output of this "
                        "--output-dir, which batch infer makes again or deletes; copy it elsewhere first, or use another "
                        "--output-dir\n"), err  # fmt: skip
         assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
