@@ -74,6 +74,19 @@ def _break(state: dict, how: str) -> dict:
         proj["proj.0.weight"] = proj["proj.0.weight"].flatten()
     elif how == "widths that differ":
         procs["0.to_v_ip.weight"] = torch.zeros(procs["0.to_v_ip.weight"].shape[0] + 3, procs["0.to_v_ip.weight"].shape[1])
+    elif how == "an int key":
+        procs[0] = torch.zeros(2)
+    elif how == "a sparse tensor":
+        procs["0.to_v_ip.weight"] = procs["0.to_v_ip.weight"].to_sparse()
+    elif how == "complex weights":
+        procs["0.to_v_ip.weight"] = procs["0.to_v_ip.weight"].to(torch.complex64)
+    elif how == "integer weights":
+        proj["norm.bias"] = proj["norm.bias"].to(torch.int64)
+    elif how in ("a NaN", "an infinity"):
+        procs["1.to_k_ip.weight"] = procs["1.to_k_ip.weight"].clone()
+        procs["1.to_k_ip.weight"][3, 4] = float("nan") if how == "a NaN" else float("-inf")
+    elif how == "a top-level step":
+        return {"image_proj": proj, "ip_adapter": procs, "step": torch.tensor(3)}
     return {"image_proj": proj, "ip_adapter": procs}
 
 
@@ -85,6 +98,13 @@ def _break(state: dict, how: str) -> dict:
     ("widths that differ", "its weights do not fit together (size mismatch for processors.0.to_v_ip.weight: copying a "
                            "param with shape torch.Size([35, 32]) from checkpoint, the shape in current model is "
                            "torch.Size([32, 32]))"),
+    ("an int key", "ip_adapter key 0 (int) is not a name"),
+    ("a sparse tensor", "ip_adapter '0.to_v_ip.weight' is a sparse tensor (torch.sparse_coo), not a dense one"),
+    ("complex weights", "ip_adapter '0.to_v_ip.weight' holds complex64 values, not floating-point weights"),
+    ("integer weights", "image_proj 'norm.bias' holds int64 values, not floating-point weights"),
+    ("a NaN", "ip_adapter '1.to_k_ip.weight' holds NaN or infinite weights (a damaged file?)"),
+    ("an infinity", "ip_adapter '1.to_k_ip.weight' holds NaN or infinite weights (a damaged file?)"),
+    ("a top-level step", "top-level keys 'step' beside image_proj and ip_adapter (the released layout has only those two)"),
 ])  # fmt: skip
 def test_a_malformed_released_dict_is_named_not_an_internal_error(reference, tmp_path, capsys, how, message):
     """A pickle of the released layout whose parts are not tensors, not 2-D, or not of one adapter's sizes: the
@@ -96,6 +116,18 @@ def test_a_malformed_released_dict_is_named_not_an_internal_error(reference, tmp
     err = capsys.readouterr().err.splitlines()
     assert err == [f"reading '{tmp_path / 'bad.bin'}' ({err[0].split('(')[-1]}", f"error: adapter '{tmp_path / 'bad.bin'}': {message}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_one_tensor_under_two_names_converts(reference, tmp_path):
+    """A pickle holding one tensor under two keys (torch.save keeps the sharing) converts: safetensors refuses
+    shared memory, so the second name gets its own copy (was an internal error)."""
+    state = _released_state(reference)
+    state["ip_adapter"]["0.to_v_ip.weight"] = state["ip_adapter"]["0.to_k_ip.weight"]
+    torch.save(state, tmp_path / "shared.bin")
+    out = convert_released(tmp_path / "shared.bin", tmp_path / "adapter", attention_head_dim=16)
+    converted = load_adapter(out, attention_head_dim=16).state_dict()
+    assert torch.equal(converted["processors.0.to_v_ip.weight"], state["ip_adapter"]["0.to_k_ip.weight"])
+    assert torch.equal(converted["processors.0.to_k_ip.weight"], state["ip_adapter"]["0.to_k_ip.weight"])
 
 
 def test_convert_round_trip(reference, tmp_path):
