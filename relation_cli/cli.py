@@ -394,13 +394,13 @@ def _one_pair(exemplar: list[tuple[Path, Path]] | None, query: Path | None):
 
 
 def _check_edit_inputs(cfg: RelationConfig, pair: tuple[Path, Path], query: Path, output: Path | None) -> None:
-    """What ``infer_single`` checks before it loads the model: the output path, that every image decodes, and
-    an explicit working size."""
+    """What ``infer_single`` checks before it loads the model: the output path, that every image decodes, an
+    explicit working size and the result's size in a JPEG or WebP output."""
     from .infer import check_edit_size, check_single_output, default_output, edit_images, open_edit_inputs
 
-    check_single_output(output or default_output(query), cfg.infer.overwrite, edit_images(pair, query))
+    output = check_single_output(output or default_output(query), cfg.infer.overwrite, edit_images(pair, query))
     inputs = open_edit_inputs(cfg, pair, query, cfg.infer.prompt)
-    check_edit_size(cfg, inputs.query.size)
+    check_edit_size(cfg, inputs.query.size, output)
 
 
 def _check_eval_folder(cfg: RelationConfig) -> None:

@@ -601,12 +601,17 @@ def dump_config(cfg: RelationConfig) -> str:
 
 
 def save_config(cfg: RelationConfig, path: str | Path, header: Sequence[str] = ()) -> Path:
-    """Write the resolved config atomically (temporary file, then rename), its model sources made absolute
-    (:func:`with_absolute_sources`); ``header`` lines go first as YAML comments (the file still loads as a config)."""
+    """Write the resolved config atomically (temporary file, then rename): :func:`config_text`."""
     path = Path(path)
-    comments = "".join("# " + line.encode("unicode_escape").decode("ascii") + "\n" for line in header)  # one line each
-    write_text_atomic(path, comments + dump_config(with_absolute_sources(cfg)))
+    write_text_atomic(path, config_text(cfg, header))
     return path
+
+
+def config_text(cfg: RelationConfig, header: Sequence[str] = ()) -> str:
+    """The resolved config as YAML, its model sources made absolute (:func:`with_absolute_sources`); ``header``
+    lines go first as YAML comments (the text still loads as a config)."""
+    comments = "".join("# " + line.encode("unicode_escape").decode("ascii") + "\n" for line in header)  # one line each
+    return comments + dump_config(with_absolute_sources(cfg))
 
 
 def is_saved_config(path: str | Path) -> bool:

@@ -6,6 +6,7 @@ system) and renamed into place only when complete.
 
 from __future__ import annotations
 
+import errno
 import glob
 import itertools
 import logging
@@ -17,7 +18,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import RelationError
 
@@ -83,7 +84,10 @@ def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     tmp = _new_temp(path.parent, path.name, path.suffix)
     mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            raise named_full_disk(e, path) from None
         _apply_mode(tmp, mode)
         if not exclusive:
             os.replace(tmp, path)
@@ -99,6 +103,44 @@ def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# numpy's words for a write the disk cut short (np.save: ndarray.tofile, or its element-wise path for large arrays)
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|problem writing element \d+ to file")
+
+
+def named_full_disk(e: OSError, path: Path) -> OSError:
+    """``e`` as an ENOSPC/EDQUOT ``OSError`` naming ``path`` (the file being written, not its temporary name)
+    when it is a full disk, also as numpy's ``np.save`` words it (``N requested and M written``, ``problem
+    writing element N to file``: no errno);
+    otherwise ``e`` unchanged."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and _SHORT_WRITE.fullmatch(str(e))):
+        code = e.errno or errno.ENOSPC
+        return OSError(code, os.strerror(code), str(path))
+    return e
+
+
+@contextmanager
+def staged_text(text: str, beside: Path) -> Iterator[Callable[[Path], None]]:
+    """``text`` written to a temporary file in ``beside``'s folder before the block runs; the block calls the
+    yielded ``place(path)`` to move it to ``path`` (an atomic rename in that folder) once its own output is in
+    place. A full disk then stops the work before that output is written, never after it (an output without
+    its settings), and a failed block leaves neither. Removed when the block fails or never places it."""
+    tmp = _new_temp(beside.parent, beside.name, beside.suffix)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
+    try:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise named_full_disk(e, beside) from None
+
+        def place(path: Path) -> None:
+            _apply_mode(tmp, mode)
+            os.replace(tmp, path)
+
+        yield place
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

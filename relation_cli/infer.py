@@ -14,10 +14,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .config import DEMO, InferSection, RelationConfig, read_yaml, save_config
+from .config import DEMO, InferSection, RelationConfig, config_text, read_yaml, save_config
 from .errors import RelationError, several
-from .fs import check_not_busy, check_writable, holding_folder, remove_stale_temps
-from .images import check_output_path, check_output_size, open_image, resize_result, save_output, working_size
+from .fs import check_not_busy, check_writable, holding_folder, remove_stale_temps, staged_text
+from .images import MAX_SIDE, check_output_path, check_output_size, open_image, resize_result, save_output, working_size
 from .rows import Row, parse_rows
 
 DEFAULT_OUTPUT_DIR = Path("outputs")
@@ -333,8 +333,10 @@ def infer_single(cfg: RelationConfig, exemplars: PathPair | Sequence[PathPair], 
     print_note(inputs.shape_note())
     with progress_bar("denoising", cfg.infer.steps) as advance:
         image = edit(pipe, inputs, cfg, on_step=advance)
-    output = _save_unclobbered(image, output, cfg.infer.overwrite)
-    save_config(truthful_config(cfg, pipe), config_path_for(output), made_from(exemplars, query))
+    settings = config_text(truthful_config(cfg, pipe), made_from(exemplars, query))
+    with staged_text(settings, config_path_for(output)) as place_settings:  # on disk before the image is written
+        output = _save_unclobbered(image, output, cfg.infer.overwrite)
+        place_settings(config_path_for(output))
     return output
 
 
@@ -591,17 +593,22 @@ def check_row_sizes(cfg: RelationConfig, input_file: Path, plan: BatchPlan) -> N
             raise RelationError(f"'{input_file}' {r.name}: {e}") from None
 
 
-def check_edit_size(cfg: RelationConfig, query_size: tuple[int, int]) -> None:
-    """The working size of one edit of a ``query_size`` (width, height) query, checked as :func:`infer_single`
-    checks it before loading; only an explicit ``infer.width``/``infer.height`` can be refused (reads the
-    base's configs)."""
+def check_edit_size(cfg: RelationConfig, query_size: tuple[int, int], output: Path | None = None) -> None:
+    """The working size of one edit of a ``query_size`` (width, height) query, and the size of its result in
+    ``output``'s format, checked as :func:`infer_single` checks them before loading: only an explicit
+    ``infer.width``/``infer.height`` can be refused, and a result over a JPEG or WebP side limit (both read the
+    base's configs, not its weights)."""
     i = cfg.infer
     if i.width and i.height and i.width * i.height > cfg.data.max_image_pixels:
         return  # the configuration check says it (checks._size_problems)
-    if i.width or i.height:
+    limited = output is not None and output.suffix.lower() in MAX_SIDE
+    if i.width or i.height or limited:
         from .model import size_rules
 
-        edit_sizes(cfg.infer, query_size, *size_rules(cfg)).check(cfg.infer, cfg.data.max_image_pixels)
+        sizes = edit_sizes(cfg.infer, query_size, *size_rules(cfg))
+        sizes.check(cfg.infer, cfg.data.max_image_pixels)
+        if limited:
+            check_output_size(output, sizes.output)
 
 
 def check_rows(cfg: RelationConfig, input_file: Path, rows: list[Row]) -> dict[int, tuple[int, int]]:

@@ -246,8 +246,8 @@ def test_the_place_of_the_saved_settings_is_checked_before_the_edit(tmp_path, ca
 
 
 def test_an_output_its_format_cannot_store_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    """A 20000x40 result (infer.output_size: query) is over WebP's 16383-pixel side: one line before any work,
-    not an internal error after the whole generation; .png takes it."""
+    """A 20000x40 result (infer.output_size: query) is over WebP's 16383-pixel side: one line before any work
+    (``--dry-run`` too), not an internal error after the whole generation; .png takes it."""
     import relation_cli.model as model
 
     def no_load(cfg):
@@ -259,9 +259,11 @@ def test_an_output_its_format_cannot_store_is_refused_before_the_model_loads(tmp
     args = ["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
             "--query", str(tmp_path / "wide.png"), "--steps", "1"]  # fmt: skip
     for name, limit, fmt in (("a.webp", 16383, "WebP"),):
-        assert main([*args, "-o", str(tmp_path / name)]) == 1
-        assert capsys.readouterr().err == (f"error: output '{tmp_path / name}': a 20000x40 result is over {fmt}'s "
-                                           f"limit of {limit} pixels a side; use .png\n")  # fmt: skip
+        for extra in ([], ["--dry-run"]):  # the dry run says it too
+            assert main([*args, "-o", str(tmp_path / name), *extra]) == 1
+            assert capsys.readouterr().err == (f"error: output '{tmp_path / name}': a 20000x40 result is over {fmt}'s "
+                                               f"limit of {limit} pixels a side; use .png\n")  # fmt: skip
+    assert main([*args, "-o", str(tmp_path / "a.png"), "--dry-run"]) == 0
     from relation_cli.images import check_output_size
 
     check_output_size(tmp_path / "a.jpg", (65500, 10))  # at the limit: fine
@@ -301,6 +303,45 @@ def test_an_input_is_never_the_output_and_a_result_never_replaces_another_comman
     assert f"note: '{out}' was written by another command while this one worked; this result is '{tmp_path / 'o-2.png'}'" in (
         " ".join(capsys.readouterr().err.split()))  # fmt: skip
     assert list(tmp_path.glob(".o*")) == []  # no temporary file left
+
+
+@pytest.mark.parametrize("where", ["the image", "its settings"])
+def test_a_full_disk_leaves_no_output_without_its_settings(tmp_path, capsys, monkeypatch, where):
+    """The disk filling up while the result (an ``.npy``: numpy says so without an errno) or its ``.yaml`` is
+    written: one line naming the output, and neither file, nor a temporary one, is left; with ``--overwrite``
+    the earlier output and its settings stay as they were."""
+    import pathlib
+
+    import numpy as np
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "o.npy"
+    args = ["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
+            "--query", str(examples / "query.png"), "--steps", "1", "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if where == "the image":
+        def full(*a, **k):
+            raise OSError("12288 requested and 4096 written")
+
+        monkeypatch.setattr(np, "save", full)
+    else:
+        real_write_text = pathlib.Path.write_text
+
+        def full(self, *a, **k):
+            if self.name.endswith(".yaml"):
+                raise OSError(28, "No space left on device", str(self))
+            return real_write_text(self, *a, **k)
+
+        monkeypatch.setattr(pathlib.Path, "write_text", full)
+    for extra, name in (([], "o-new.npy"), (["--overwrite"], "o.npy")):
+        new = tmp_path / name
+        assert main([*args[:-1], str(new), *extra]) == 1
+        named = new if where == "the image" else Path(f"{new}.yaml")
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"error: no space left on the disk (writing '{named}'); free some space or write elsewhere, then run again")
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing new, nothing replaced
 
 
 def test_the_saved_settings_name_the_input_images_and_still_load_as_a_config(tmp_path, capsys):
