@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from .config import DEMO_DEFAULTS, SEED_MAX, RelationConfig, describe_fields, dump_config, load_config, read_yaml
-from .errors import RelationError, counted, first_line
+from .errors import RelationError, Stopped, counted, first_line
 from .runs import refuse_run_config, run_settings
 
 class RelationGroup(TyperGroup):
@@ -282,6 +282,10 @@ def user_errors() -> Iterator[None]:
         if isinstance(e, MissingInputs):
             typer.echo(e.usage, err=True)
         raise fail(str(e)) from None
+    except Stopped:
+        if debug():
+            raise
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         if debug():
             raise

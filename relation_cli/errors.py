@@ -11,6 +11,11 @@ class RelationError(Exception):
     """
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop the user asked for (Ctrl-C, SIGTERM) after the command has said what it kept: the CLI exits with
+    status 130 and prints nothing more (a bare KeyboardInterrupt prints ``error: interrupted``)."""
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text (or its type name), for one-line messages."""
     text = str(err).strip()

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ..checks import full_bf16_refused
 from ..config import DEMO, RelationConfig, is_saved_config, save_config
-from ..errors import RelationError
+from ..errors import RelationError, Stopped
 from ..fs import atomic_dir, check_not_busy, check_writable, hold_folder
 from ..progress import console, make_progress
 from . import checkpoint as ckpt
@@ -407,7 +407,7 @@ def loop(run: Run) -> None:
                     ckpt.save_checkpoint(run)
                 progress.stop()
                 console.print(f"interrupted after step {run.step}: it is checkpointed; relation train --resume continues")
-                raise KeyboardInterrupt
+                raise Stopped
             if run.step % t.checkpoint_every == 0 and run.step < t.steps:
                 ckpt.save_checkpoint(run)
                 last_saved = run.step
