@@ -616,21 +616,32 @@ def test_init_model_counts_its_weights_without_building_them_and_refuses_what_wo
     import psutil
     import torch
 
-    from relation_cli.tiny import ArchSpec, build_components, weight_bytes
+    from relation_cli.tiny import LIBRARIES_BYTES, ArchSpec, build_components, weight_bytes
 
     spec = ArchSpec(base="flux2-klein" if klein else "flux1")
     built = [t for m in build_components(spec).values() if isinstance(m, torch.nn.Module)
              for t in (*m.parameters(), *m.buffers())]  # fmt: skip
     need, count = weight_bytes(spec)
     assert (need, count) == (sum(t.nbytes for t in built), sum(t.numel() for t in built))
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=need - 1))
+    room = need + LIBRARIES_BYTES  # the weights beside the libraries' own memory
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=room - 1))
     args = ["init-model", str(tmp_path / "m"), *(["--klein"] if klein else [])]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err == (f"error: the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32), more than "
-                   f"the {(need - 1) / 2**30:.1f} GiB free in memory; nothing was written\n")  # fmt: skip
+    assert err == (f"error: the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32); building "
+                   f"them takes about {room / 2**30:.1f} GiB of memory, more than the {(room - 1) / 2**30:.1f} GiB "
+                   "free; nothing was written\n")  # fmt: skip
     assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=need))
+    import shutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=room))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=need - 1))
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        f"error: the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32), more than the "
+        f"{(need - 1) / 2**30:.1f} GiB free on the disk at '{tmp_path}'; nothing was written\n")
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
     assert main(args) == 0 and (tmp_path / "m" / "base" / "model_index.json").is_file()
 
 
