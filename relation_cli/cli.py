@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             code = app(args=args, prog_name="relation", standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # also a stop arriving once the command's own handling has ended
         typer.echo("error: interrupted", err=True)
         return 130
     except Exception as e:

@@ -798,3 +798,16 @@ def test_ui_refuses_a_port_out_of_range_as_a_usage_error(capsys, port, message):
     assert main(["ui", "--port", port, "--offline"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Invalid value for '--port': ") and message in err and "internal" not in err, err
+
+
+def test_a_stop_after_a_commands_own_handling_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """SIGTERM turns into KeyboardInterrupt anywhere; one arriving after a command's own handling has ended (it
+    has printed ``wrote ...``) still gives exit status 130 and one line."""
+    import relation_cli.cli as cli
+
+    def finished_then_stopped(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", finished_then_stopped)
+    assert main(["infer", "--help"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
