@@ -126,6 +126,7 @@ def staged_text(text: str, beside: Path) -> Iterator[Callable[[Path], None]]:
     yielded ``place(path)`` to move it to ``path`` (an atomic rename in that folder) once its own output is in
     place. A full disk then stops the work before that output is written, never after it (an output without
     its settings), and a failed block leaves neither. Removed when the block fails or never places it."""
+    beside.parent.mkdir(parents=True, exist_ok=True)  # as atomic_file makes the output's folder
     tmp = _new_temp(beside.parent, beside.name, beside.suffix)
     mode = stat.S_IMODE(tmp.stat().st_mode)
     try:

@@ -305,6 +305,16 @@ def test_an_input_is_never_the_output_and_a_result_never_replaces_another_comman
     assert list(tmp_path.glob(".o*")) == []  # no temporary file left
 
 
+def test_an_output_in_a_folder_that_does_not_exist_yet(tmp_path, monkeypatch):
+    """``-o outputs/first.png`` with no ``outputs/`` yet (the README's walk-through): the folders are made and
+    the result and its settings written there."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.chdir(tmp_path)
+    assert main(["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
+                 "--query", str(examples / "query.png"), "--steps", "1", "-o", "outputs/new/first.png"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "outputs" / "new").iterdir()) == ["first.png", "first.png.yaml"]
+
+
 @pytest.mark.parametrize("where", ["the image", "its settings"])
 def test_a_full_disk_leaves_no_output_without_its_settings(tmp_path, capsys, monkeypatch, where):
     """The disk filling up while the result (an ``.npy``: numpy says so without an errno) or its ``.yaml`` is
