@@ -16,6 +16,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -147,6 +148,20 @@ def staged_text(text: str, beside: Path) -> Iterator[Callable[[Path], None]]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def not_found(path: str | Path) -> str:
+    """``file not found``, with the name the folder does hold when exactly one entry equals ``path``'s name up to
+    letter case or Unicode normalisation (an ``é`` typed as one code point, stored as two by macOS):
+    ``file not found; the folder has 'Query.png'``. Scans the folder: for messages, not for checks."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    key = unicodedata.normalize("NFC", path.name).casefold()
+    try:
+        same = [e.name for e in os.scandir(folder) if unicodedata.normalize("NFC", e.name).casefold() == key]
+    except OSError:
+        same = []
+    return f"file not found; the folder has '{folder / same[0]}'" if len(same) == 1 and same[0] != path.name else "file not found"
 
 
 def check_writable(path: str | Path, what: str = "output") -> Path:

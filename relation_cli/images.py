@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import RelationError, several
-from .fs import atomic_file, check_writable
+from .fs import atomic_file, check_writable, not_found
 
 MIN_SIDE = 16
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".npy")
@@ -71,7 +71,7 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
     path = Path(path)
     where = f"{role} '{path}'"
     if not path.exists():
-        raise RelationError(f"{where}: file not found")
+        raise RelationError(f"{where}: {not_found(path)}")
     if not path.is_file():
         raise RelationError(f"{where}: not a file")
     if path.stat().st_size == 0:

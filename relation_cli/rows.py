@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import RelationError, first_line
-from .fs import real_dir, resolve_inside
+from .fs import not_found, real_dir, resolve_inside
 
 T = TypeVar("T")
 
@@ -112,7 +112,7 @@ def read_jsonl_numbered(path: str | Path) -> list[tuple[int, dict]]:
     if path.is_dir():
         raise RelationError(f"'{path}': is a folder; give a JSON Lines file of rows (e.g. prepare's test_seen.jsonl)")
     if not path.is_file():
-        raise RelationError(f"'{path}': file not found")
+        raise RelationError(f"'{path}': {not_found(path)}")
     try:
         lines = path.read_text(encoding="utf-8-sig").split("\n")  # BOM allowed; not splitlines: JSON may hold U+2028
     except UnicodeDecodeError as e:

@@ -100,3 +100,18 @@ def test_fit_for_display_keeps_small_pixels_square_and_shrinks_large_ones():
     assert np.array_equal(np.asarray(big)[::4, ::4], np.asarray(small))  # every pixel a 4x4 square
     assert fit_for_display(Image.new("RGB", (300, 600)), 156).size == (78, 156)
     assert fit_for_display(Image.new("RGB", (100, 50)), 156).size == (100, 50)  # fits, not 2x: kept
+
+
+@pytest.mark.parametrize("stored, typed", [
+    ("Query.png", "query.png"),  # letter case
+    ("cafe\u0301.png", "caf\u00e9.png"),  # é stored decomposed (macOS), typed as one code point
+])  # fmt: skip
+def test_a_missing_file_names_the_one_the_folder_has_under_another_spelling(tmp_path, stored, typed):
+    random_image(tmp_path / stored, (32, 32))
+    with pytest.raises(RelationError) as err:
+        open_image(tmp_path / typed, "query", LIMIT)
+    assert str(err.value) == f"query '{tmp_path / typed}': file not found; the folder has '{tmp_path / stored}'"
+    random_image(tmp_path / stored.upper(), (32, 32))  # two candidates: no guess
+    if (tmp_path / stored.upper()).exists() and len(list(tmp_path.iterdir())) == 2:
+        with pytest.raises(RelationError, match="file not found$"):
+            open_image(tmp_path / typed, "query", LIMIT)
