@@ -364,3 +364,20 @@ def test_synthetic_swap_colours_is_decided_by_what_the_image_shows(tmp_path):
         assert shapes and (len(shapes) == 1 or shapes[0][0] >= CLEAR_LARGEST * shapes[1][0]), path.name
         was_bg = np.all(before == bg, axis=1)
         assert np.all(after[was_bg] == shapes[0][1]) and np.all(after[~was_bg] == bg), path.name
+
+
+def test_every_group_folder_of_a_task_is_read_as_that_task(tmp_path):
+    """The released layout has ``<task>/Group1/labels.json``; a task's other ``Group<N>`` folders are more pairs
+    of the same task (README, Prepare), and a dropped task is named by its Group1 file."""
+    from relation_cli.prepare.sources import read_source
+
+    for group, ids in (("Group1", (0, 1)), ("Group2", (2,))):
+        folder = tmp_path / "in" / "blur" / group
+        folder.mkdir(parents=True)
+        for i in ids:
+            Image.fromarray(pair_image(i)).save(folder / f"{i}.png")
+        (folder / "labels.json").write_text(json.dumps([{"left_image_description": "l", "right_image_description": "r",
+                                                         "edit_instruction": "x", "img_name": f"{i}.png"} for i in ids]))  # fmt: skip
+    source = read_source(tmp_path / "in")
+    assert [p.task for p in source.pairs] == ["blur"] * 3
+    assert source.folders == {"blur": tmp_path / "in" / "blur" / "Group1" / "labels.json"}

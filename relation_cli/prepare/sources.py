@@ -1,7 +1,8 @@
 """Reading the three input forms into one list of pairs, and every structural check that needs no pixels.
 
 Inputs (detected from INPUT itself):
-- a folder in the Relation252K layout: ``ROOT/<task>/Group1/labels.json``, each a JSON list of
+- a folder in the Relation252K layout: ``ROOT/<task>/Group1/labels.json`` (a task's other ``Group<N>`` files:
+  more pairs of the same task), each a JSON list of
   ``{left_image_description, right_image_description, edit_instruction, img_name}``; the task is the
   folder name;
 - a ``.jsonl`` or ``.json`` file of the same entries, with an optional ``task`` (else the image's
@@ -120,7 +121,7 @@ def read_source(path: str | Path) -> Source:
             )
         source = Source(path)
         for labels in files:
-            source.folders[labels.parent.parent.name] = labels
+            source.folders.setdefault(labels.parent.parent.name, labels)  # Group1's; other groups: same task
             _read_file(source, labels, task=labels.parent.parent.name)
     elif path.suffix.lower() in (".jsonl", ".json"):
         source = Source(path.parent)
