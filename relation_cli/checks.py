@@ -18,9 +18,30 @@ from pathlib import Path
 
 from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
 from .errors import RelationError
-from .fs import check_writable
+from .fs import check_writable, not_found
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_released_file(path: Path) -> None:
+    """``relation convert``'s input is an existing file of the released pickle's kind (``.bin``, ``.pt``,
+    ``.pth``, ``.ckpt``); checked before torch is imported.
+
+    Raises:
+        RelationError: ``adapter 'x.bin': file not found`` (naming a file the folder holds under another
+            letter case), a folder, a safetensors file or folder (already relation's format), another suffix.
+    """
+    where = f"adapter '{path}'"
+    if path.is_dir():
+        raise RelationError(f"{where}: is a folder; relation convert reads the authors' ip_adapter-*.bin file (a "
+                            "folder of relation's format is used as is: --adapter FOLDER)")  # fmt: skip
+    if not path.exists():
+        raise RelationError(f"{where}: {not_found(path)}")
+    if path.suffix.lower() == ".safetensors":
+        raise RelationError(f"{where}: a safetensors file; relation convert reads the authors' pickle "
+                            f"({'/'.join(PICKLE_SUFFIXES)}), and relation's own adapters are folders (--adapter FOLDER)")  # fmt: skip
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        raise RelationError(f"{where}: expected the authors' pickle, a {'/'.join(PICKLE_SUFFIXES)} file")
 """Adapter files read as the authors' pickled checkpoint (``torch.load(weights_only=True)``, never code)."""
 ADAPTER_CONFIG = "config.json"  # RelationAdapter.config_name (ConfigMixin's)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE

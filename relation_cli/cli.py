@@ -492,16 +492,20 @@ def convert(
     source: Annotated[Path, typer.Argument(help="The authors' ip_adapter-*.bin (a torch pickle).")],
     destination: Annotated[Path, typer.Argument(help="New folder for relation's safetensors format.")],
     head_dim: Annotated[
-        int, typer.Option(help="attention_head_dim of the transformer the adapter belongs to (FLUX.1-dev: 128).")
+        int, typer.Option(min=1, help="attention_head_dim of the transformer the adapter belongs to (FLUX.1-dev: 128).")
     ] = 128,
 ) -> None:
     """Convert the released adapter pickle to safetensors (read with weights_only=True, never executed).
 
     Example: relation convert ip_adapter-100000.bin weights/relation-adapter
     """
+    from .checks import check_released_file
+    from .fs import check_new_dir
     from .progress import quiet_libraries
 
     with user_errors():
+        check_released_file(source)  # the file and the destination are answered before torch is imported
+        check_new_dir(destination)
         quiet_libraries()
         from .progress import console
         from .weights import convert_released
@@ -532,22 +536,25 @@ def init_model(
 
     Example: relation init-model build/demo/init --spec configs/arch/demo.yaml --seed 0
     """
+    from pydantic import ValidationError
+
+    from .arch import ArchSpec
     from .config import read_yaml
+    from .fs import check_new_dir
     from .progress import quiet_libraries
 
     with user_errors():
-        from huggingface_hub.errors import StrictDataclassError
-        from pydantic import ValidationError
-
-        quiet_libraries()
-        from .tiny import ArchSpec
-        from .tiny import init_model as core_init
-
-        try:
+        try:  # the spec and the destination are answered before torch and diffusers are imported
             flags = {**({"kontext": True} if kontext else {}), **({"base": "flux2-klein"} if klein else {})}
             arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **flags})
         except ValidationError as e:
             raise RelationError((f"spec '{spec}': " if spec else "init-model: ") + spec_problems(e)) from None
+        check_new_dir(destination)
+        from huggingface_hub.errors import StrictDataclassError
+
+        quiet_libraries()
+        from .tiny import init_model as core_init
+
         try:
             written = core_init(destination, arch, seed)
         except (ValueError, IndexError, StrictDataclassError) as e:  # sizes the libraries refuse, said by them

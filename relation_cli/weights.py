@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .adapter import RelationAdapter
-from .checks import LORA_WEIGHT_NAME, PICKLE_SUFFIXES, adapter_problem
+from .checks import LORA_WEIGHT_NAME, adapter_problem, check_released_file
 from .errors import RelationError, first_line
 from .fs import atomic_dir, check_new_dir, size_text
 
@@ -101,6 +101,14 @@ def split_released_state(data: dict, path: Path) -> tuple[dict, dict]:
     if "0.to_k_ip.weight" not in procs or procs["0.to_k_ip.weight"].dim() != 2:
         raise RelationError(f"adapter '{path}': ip_adapter has no 2-D '0.to_k_ip.weight' (the first processor's "
                             f"key projection; {len(procs)} keys)")  # fmt: skip
+    layers = 1 + max(int(_PROCESSOR_KEY.match(k).group(1)) for k in procs)
+    if missing := [f"{i}.{kind}.weight" for i in range(layers) for kind in ("to_k_ip", "to_v_ip") if f"{i}.{kind}.weight" not in procs]:
+        raise RelationError(f"adapter '{path}': ip_adapter has no '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                            + f"; each of its {layers} processors has a to_k_ip and a to_v_ip weight")  # fmt: skip
+    width, rows = proj["norm.weight"].shape[0], proj["proj.2.weight"].shape[0]
+    if rows % width:
+        raise RelationError(f"adapter '{path}': image_proj 'norm.weight' has {width} values, which do not divide the "
+                            f"{rows} rows of 'proj.2.weight' into tokens of that width")  # fmt: skip
     return proj, procs
 
 
@@ -115,9 +123,14 @@ def _weight_problem(name: object, value: object) -> str | None:
         return f"'{name}' is a {type(value).__name__}, not a tensor"
     if value.layout != torch.strided:
         return f"'{name}' is a sparse tensor ({value.layout}), not a dense one"
+    dtype = str(value.dtype).removeprefix("torch.")
     if not value.is_floating_point():
-        return f"'{name}' holds {str(value.dtype).removeprefix('torch.')} values, not floating-point weights"
-    if value.numel() and not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
+        return f"'{name}' holds {dtype} values, not floating-point weights"
+    if value.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"'{name}' holds {dtype} values; relation reads float16, bfloat16, float32 or float64 weights"
+    if value.numel() == 0:
+        return f"'{name}' is empty (shape {tuple(value.shape)})"
+    if not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
         return f"'{name}' holds NaN or infinite weights (a damaged file?)"
     return None
 
@@ -213,8 +226,7 @@ def convert_released(src: str | Path, dst: str | Path, attention_head_dim: int =
             :func:`load_adapter` refuses; ``attention_head_dim`` does not divide the processors' width.
     """
     src, dst, say = Path(src), Path(dst), say or (lambda line: None)
-    if src.suffix.lower() not in PICKLE_SUFFIXES or not src.is_file():
-        raise RelationError(f"adapter '{src}': expected an existing {'/'.join(PICKLE_SUFFIXES)} file")
+    check_released_file(src)
     check_new_dir(dst)  # before 5.3 GB are read
     say(f"reading '{src}' ({size_text(src.stat().st_size)})")
     adapter = load_adapter(src, attention_head_dim)

@@ -231,6 +231,11 @@ def _early_cases(p, tmp):
         (["train", "--data", tmp / "none.jsonl"], "train.data"),
         (["eval", "--input", tmp / "none.jsonl"], "eval input"),
         (["prepare", tmp / "none", "--output", tmp / "out"], "none"),
+        (["convert", tmp / "none.bin", tmp / "adapter"], "adapter '" + str(tmp / "none.bin") + "': file not found"),
+        (["convert", p["a"], tmp / "adapter"], "expected the authors' pickle, a .bin/.pt/.pth/.ckpt file"),
+        (["init-model", "/proc/relation/model"], "is not writable"),
+        (["init-model", tmp / "m", "--spec", tmp / "none.yaml"], "none.yaml"),
+        (["init-model", tmp / "m", "--klein", "--kontext"], "kontext is a FLUX.1 layout"),
     ]
 
 
@@ -616,6 +621,7 @@ def test_init_model_counts_its_weights_without_building_them_and_refuses_what_wo
     import psutil
     import torch
 
+    from relation_cli.fs import size_text
     from relation_cli.tiny import LIBRARIES_BYTES, ArchSpec, build_components, weight_bytes
 
     spec = ArchSpec(base="flux2-klein" if klein else "flux1")
@@ -628,8 +634,8 @@ def test_init_model_counts_its_weights_without_building_them_and_refuses_what_wo
     args = ["init-model", str(tmp_path / "m"), *(["--klein"] if klein else [])]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err == (f"error: the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32); building "
-                   f"them takes about {room / 2**30:.1f} GiB of memory, more than the {(room - 1) / 2**30:.1f} GiB "
+    assert err == (f"error: the spec's weights take {size_text(need)} ({count:,} parameters in float32); building "
+                   f"them takes about {size_text(room)} of memory, more than the {size_text(room - 1)} "
                    "free; nothing was written\n")  # fmt: skip
     assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
     import shutil
@@ -639,8 +645,8 @@ def test_init_model_counts_its_weights_without_building_them_and_refuses_what_wo
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=need - 1))
     assert main(args) == 1
     assert capsys.readouterr().err == (
-        f"error: the spec's weights take {need / 2**30:.1f} GiB ({count:,} parameters in float32), more than the "
-        f"{(need - 1) / 2**30:.1f} GiB free on the disk at '{tmp_path}'; nothing was written\n")
+        f"error: the spec's weights take {size_text(need)} ({count:,} parameters in float32), more than the "
+        f"{size_text(need - 1)} free on the disk at '{tmp_path}'; nothing was written\n")
     monkeypatch.setattr(shutil, "disk_usage", real_usage)
     assert main(args) == 0 and (tmp_path / "m" / "base" / "model_index.json").is_file()
 

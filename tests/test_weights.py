@@ -85,6 +85,14 @@ def _break(state: dict, how: str) -> dict:
     elif how in ("a NaN", "an infinity"):
         procs["1.to_k_ip.weight"] = procs["1.to_k_ip.weight"].clone()
         procs["1.to_k_ip.weight"][3, 4] = float("nan") if how == "a NaN" else float("-inf")
+    elif how == "float8 weights":
+        proj["proj.0.weight"] = proj["proj.0.weight"].to(torch.float8_e4m3fn)
+    elif how == "an empty key projection":
+        procs["0.to_k_ip.weight"] = torch.zeros(0, procs["0.to_k_ip.weight"].shape[1])
+    elif how == "a norm of another width":
+        proj["norm.weight"] = torch.ones(31)
+    elif how == "a missing value projection":
+        del procs["3.to_v_ip.weight"]
     elif how == "a top-level step":
         return {"image_proj": proj, "ip_adapter": procs, "step": torch.tensor(3)}
     return {"image_proj": proj, "ip_adapter": procs}
@@ -104,6 +112,13 @@ def _break(state: dict, how: str) -> dict:
     ("integer weights", "image_proj 'norm.bias' holds int64 values, not floating-point weights"),
     ("a NaN", "ip_adapter '1.to_k_ip.weight' holds NaN or infinite weights (a damaged file?)"),
     ("an infinity", "ip_adapter '1.to_k_ip.weight' holds NaN or infinite weights (a damaged file?)"),
+    ("float8 weights", "image_proj 'proj.0.weight' holds float8_e4m3fn values; relation reads float16, bfloat16, float32 or "
+                       "float64 weights"),
+    ("an empty key projection", "ip_adapter '0.to_k_ip.weight' is empty (shape (0, 32))"),
+    ("a norm of another width", "image_proj 'norm.weight' has 31 values, which do not divide the 4096 rows of 'proj.2.weight' "
+                                "into tokens of that width"),
+    ("a missing value projection", "ip_adapter has no '3.to_v_ip.weight'; each of its 6 processors has a to_k_ip and a "
+                                   "to_v_ip weight"),
     ("a top-level step", "top-level keys 'step' beside image_proj and ip_adapter (the released layout has only those two)"),
 ])  # fmt: skip
 def test_a_malformed_released_dict_is_named_not_an_internal_error(reference, tmp_path, capsys, how, message):
