@@ -81,8 +81,12 @@ def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     when another process wrote ``p`` meanwhile; ``tmp`` is removed and ``p`` left as that process wrote it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp(path.parent, path.name, path.suffix)
+    made = make_parents(path)
+    try:
+        tmp = _new_temp(path.parent, path.name, path.suffix)
+    except BaseException as e:
+        remove_empty(made)
+        raise (named_full_disk(e, path) if isinstance(e, OSError) else e) from None
     mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask
     try:
         try:
@@ -103,7 +107,25 @@ def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        remove_empty(made)
         raise
+
+
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; returns those this call created, outermost first, so that a
+    failed write can take them away again (:func:`remove_empty`) and leave the disk as it found it."""
+    missing = [folder for folder in [path.parent, *path.parent.parents] if not folder.exists()][::-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (outermost first, as :func:`make_parents` returns them) while they are empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another writer's file), or gone: leave it and the folders above
+            return
 
 
 # numpy's words for a write the disk cut short (np.save: ndarray.tofile, or its element-wise path for large arrays)
@@ -127,22 +149,31 @@ def staged_text(text: str, beside: Path) -> Iterator[Callable[[Path], None]]:
     yielded ``place(path)`` to move it to ``path`` (an atomic rename in that folder) once its own output is in
     place. A full disk then stops the work before that output is written, never after it (an output without
     its settings), and a failed block leaves neither. Removed when the block fails or never places it."""
-    beside.parent.mkdir(parents=True, exist_ok=True)  # as atomic_file makes the output's folder
-    tmp = _new_temp(beside.parent, beside.name, beside.suffix)
-    mode = stat.S_IMODE(tmp.stat().st_mode)
+    made, placed = make_parents(beside), False  # as atomic_file makes the output's folder
     try:
         try:
-            tmp.write_text(text, encoding="utf-8")
+            tmp = _new_temp(beside.parent, beside.name, beside.suffix)
         except OSError as e:
             raise named_full_disk(e, beside) from None
+        mode = stat.S_IMODE(tmp.stat().st_mode)
+        try:
+            try:
+                tmp.write_text(text, encoding="utf-8")
+            except OSError as e:
+                raise named_full_disk(e, beside) from None
 
-        def place(path: Path) -> None:
-            _apply_mode(tmp, mode)
-            os.replace(tmp, path)
+            def place(path: Path) -> None:
+                nonlocal placed
+                _apply_mode(tmp, mode)
+                os.replace(tmp, path)
+                placed = True
 
-        yield place
+            yield place
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not placed:  # the block failed: the folders made for it go too
+            remove_empty(made)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

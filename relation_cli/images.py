@@ -266,6 +266,9 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
         raise RelationError(f"output '{path}': a name is needed before the extension, e.g. '{path.with_name('edited' + path.name)}'")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise RelationError(f"output '{path}': unsupported extension, use one of {', '.join(OUTPUT_SUFFIXES)}")
+    if path.is_symlink() and not path.exists() and not overwrite:  # a link to nothing: the name is taken all the same
+        raise RelationError(f"output '{path}': already exists, a link to '{os.readlink(path)}', which does not exist "
+                            "(pass --overwrite to replace the link)")  # fmt: skip
     if path.exists() and not overwrite:
         raise RelationError(f"output '{path}': already exists (pass --overwrite to replace it)")
     return check_writable(path)

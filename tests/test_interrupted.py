@@ -278,3 +278,22 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
     # as open()/mkdir() would make them (temporary files start private: 0600 / 0700)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_full_disk_when_the_temporary_file_is_made_names_the_output_and_leaves_no_folder(tmp_path, monkeypatch):
+    """Out of inodes (ENOSPC on creating the temporary file): the error names the file being written, not the
+    hidden temporary name, and the folders made for it are gone."""
+    import errno
+
+    from relation_cli import fs
+    from relation_cli.fs import atomic_file
+
+    def no_inodes(parent, name, suffix="", folder=False):
+        raise OSError(errno.ENOSPC, "No space left on device", str(parent / f".{name}.0123abcd{suffix}"))
+
+    monkeypatch.setattr(fs, "_new_temp", no_inodes)
+    target = tmp_path / "a" / "b" / "x.png"
+    with pytest.raises(OSError) as e, atomic_file(target):
+        pass
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

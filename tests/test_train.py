@@ -151,9 +151,10 @@ def test_ctrl_c_ends_the_step_checkpoints_it_and_the_resume_equals_straight(tiny
     capsys.readouterr()
     assert main(train_args(tiny_model, data, stopped, 4, *extra)) == 130
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == "interrupted after step 2: it is checkpointed; relation train --resume continues", err
+    assert err.splitlines()[-1] == "interrupted after step 2: it is checkpointed; the same command with --resume continues it", err
     assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["checkpoint-00000002"]
-    assert ("Ctrl-C" if sig == "SIGINT" else sig) + ": stopping after this step, which is checkpointed" in err, err
+    name = "Ctrl-C" if sig == "SIGINT" else sig
+    assert f"{name}: stopping after this step, which is checkpointed ({name} again to stop at once)" in err, err
     assert {s: signal.getsignal(s) for s in before} == before  # put back
     monkeypatch.setattr(recipe, "optimizer_step", real_step)
     assert main(train_args(tiny_model, data, stopped, 4, *extra) + ["--resume"]) == 0

@@ -305,6 +305,22 @@ def test_an_input_is_never_the_output_and_a_result_never_replaces_another_comman
     assert list(tmp_path.glob(".o*")) == []  # no temporary file left
 
 
+def test_a_link_to_nothing_at_the_output_name_is_an_existing_output(tmp_path, capsys):
+    """A dangling symlink at ``-o`` takes the name as a file does: refused before any work (it was taken for a file
+    another command wrote meanwhile, and the result went to a numbered name with a false note)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    (tmp_path / "o.png").symlink_to(tmp_path / "gone.png")
+    args = ["infer", "--exemplar", str(examples / "exemplar_before.png"), str(examples / "exemplar_after.png"),
+            "--query", str(examples / "query.png"), "--steps", "1", "-o", str(tmp_path / "o.png")]  # fmt: skip
+    for extra in (["--dry-run"], []):
+        assert main([*args, *extra]) == 1
+        assert capsys.readouterr().err == (f"error: output '{tmp_path / 'o.png'}': already exists, a link to "
+                                           f"'{tmp_path / 'gone.png'}', which does not exist (pass --overwrite to "
+                                           "replace the link)\n")  # fmt: skip
+    assert main([*args, "--overwrite"]) == 0
+    assert not (tmp_path / "o.png").is_symlink() and Image.open(tmp_path / "o.png").size == (32, 32)
+
+
 def test_an_output_in_a_folder_that_does_not_exist_yet(tmp_path, monkeypatch):
     """``-o outputs/first.png`` with no ``outputs/`` yet (the README's walk-through): the folders are made and
     the result and its settings written there."""
@@ -345,7 +361,7 @@ def test_a_full_disk_leaves_no_output_without_its_settings(tmp_path, capsys, mon
             return real_write_text(self, *a, **k)
 
         monkeypatch.setattr(pathlib.Path, "write_text", full)
-    for extra, name in (([], "o-new.npy"), (["--overwrite"], "o.npy")):
+    for extra, name in (([], "new/sub/o-new.npy"), (["--overwrite"], "o.npy")):  # the folders made for it go too
         new = tmp_path / name
         assert main([*args[:-1], str(new), *extra]) == 1
         named = new if where == "the image" else Path(f"{new}.yaml")

@@ -406,7 +406,7 @@ def loop(run: Run) -> None:
                 if last_saved != run.step:
                     ckpt.save_checkpoint(run)
                 progress.stop()
-                console.print(f"interrupted after step {run.step}: it is checkpointed; relation train --resume continues")
+                console.print(f"interrupted after step {run.step}: it is checkpointed; the same command with --resume continues it")
                 raise Stopped
             if run.step % t.checkpoint_every == 0 and run.step < t.steps:
                 ckpt.save_checkpoint(run)
@@ -448,7 +448,7 @@ class StopRequest:
         self.asked = True
         self._restore()  # a second signal: at once
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        console.print(f"{name}: stopping after this step, which is checkpointed (Ctrl-C again to stop at once)")
+        console.print(f"{name}: stopping after this step, which is checkpointed ({name} again to stop at once)")
 
     def __exit__(self, *exc) -> bool:
         if self.enabled:
