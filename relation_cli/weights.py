@@ -35,6 +35,9 @@ def load_pickle_safely(path: Path) -> dict:
             raise RelationError(f"adapter '{path}': not a torch checkpoint ({first_line(e)})") from None
         raise RelationError(f"adapter '{path}': {refusal(e)}") from None
     except (RuntimeError, EOFError, OSError) as e:
+        if isinstance(e, EOFError) or any(t in str(e) for t in ("central directory", "unexpected EOF")):  # zip, legacy
+            raise RelationError(f"adapter '{path}': cut short or damaged ({size_text(path.stat().st_size)}; the "
+                                "released ip_adapter-100000.bin is 5.3 GB): download it again") from None  # fmt: skip
         raise RelationError(f"adapter '{path}': not a readable torch file ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise RelationError(f"adapter '{path}': expected a dict, found {type(data).__name__}")

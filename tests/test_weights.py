@@ -47,6 +47,20 @@ def test_object_in_torch_save_is_refused(tmp_path):
         load_adapter(tmp_path / "evil.pt", attention_head_dim=16)
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_file_cut_short_says_so(reference, tmp_path, legacy):
+    """A download that stopped early (torch's zip format, or the legacy pickle format): one line saying so, not the
+    reader's cut-off sentence."""
+    state = _released_state(reference)
+    torch.save(state, tmp_path / "whole.bin", _use_new_zipfile_serialization=not legacy)
+    whole = (tmp_path / "whole.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RelationError) as e:
+        load_adapter(tmp_path / "cut.bin", attention_head_dim=16)
+    assert str(e.value).startswith(f"adapter '{tmp_path / 'cut.bin'}': cut short or damaged ("), str(e.value)
+    assert str(e.value).endswith("the released ip_adapter-100000.bin is 5.3 GB): download it again")
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(b"", "empty file \\(0 bytes\\)"), (b"garbage" * 10, "not a torch checkpoint \\(neither torch.s zip format nor a pickle\\)"), (None, "missing image_proj")],
