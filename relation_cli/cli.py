@@ -7,7 +7,6 @@ cheap checks (options, files, :func:`~relation_cli.checks.check_config`) before 
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from .config import DEMO_DEFAULTS, SEED_MAX, RelationConfig, describe_fields, dump_config, load_config, read_yaml
 from .errors import RelationError, Stopped, counted, first_line
+from .fs import full_disk
 from .runs import refuse_run_config, run_settings
 
 class RelationGroup(TyperGroup):
@@ -293,19 +293,11 @@ def user_errors() -> Iterator[None]:
     except Exception as e:  # a bug, not a user mistake: still one line, with the way to see more
         if debug():
             raise
-        if full_disk(e):
+        if full_disk(e):  # a user's situation, said in one line, not an internal error
             where = f" (writing '{e.filename}')" if getattr(e, "filename", None) else ""
             raise fail(f"no space left on the disk{where}; free some space or write elsewhere, then run again") from None
         why = f"{type(e).__name__}: {first_line(e)}"
         raise fail(f"internal error: {why} (set RELATION_DEBUG=1 for the traceback)") from None
-
-
-def full_disk(e: BaseException) -> bool:
-    """A full disk or an exhausted quota (ENOSPC, EDQUOT), also as libraries word it in their own exceptions
-    (safetensors, torch's writer): a user's situation, said in one line, not an internal error."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return any(text in str(e) for text in ("No space left on device", "Disk quota exceeded"))
 
 
 # ------------------------------------------------------------------------------------------------ infer

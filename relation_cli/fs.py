@@ -86,7 +86,7 @@ def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
         tmp = _new_temp(path.parent, path.name, path.suffix)
     except BaseException as e:
         remove_empty(made)
-        raise (named_full_disk(e, path) if isinstance(e, OSError) else e) from None
+        raise named_full_disk(e, path) from None
     mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask
     try:
         try:
@@ -132,13 +132,20 @@ def remove_empty(folders: list[Path]) -> None:
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|problem writing element \d+ to file")
 
 
-def named_full_disk(e: OSError, path: Path) -> OSError:
+def full_disk(e: BaseException) -> bool:
+    """A full disk or an exhausted quota (ENOSPC, EDQUOT), also as libraries word it in their own exceptions
+    (safetensors, torch's writer) and as numpy's ``np.save`` does (``N requested and M written``, ``problem writing
+    element N to file``: no errno)."""
+    if isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and _SHORT_WRITE.fullmatch(str(e)))):
+        return True
+    return any(text in str(e) for text in ("No space left on device", "Disk quota exceeded"))
+
+
+def named_full_disk(e: BaseException, path: Path) -> BaseException:
     """``e`` as an ENOSPC/EDQUOT ``OSError`` naming ``path`` (the file being written, not its temporary name)
-    when it is a full disk, also as numpy's ``np.save`` words it (``N requested and M written``, ``problem
-    writing element N to file``: no errno);
-    otherwise ``e`` unchanged."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and _SHORT_WRITE.fullmatch(str(e))):
-        code = e.errno or errno.ENOSPC
+    when it is a full disk (:func:`full_disk`); otherwise ``e`` unchanged."""
+    if full_disk(e):
+        code = e.errno if isinstance(e, OSError) and e.errno == errno.EDQUOT else errno.ENOSPC
         return OSError(code, os.strerror(code), str(path))
     return e
 
@@ -282,7 +289,12 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     tmp, lock = _locked_temp_dir(path.parent, path.name)
     dir_mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o777 less the umask
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            if full_disk(e):  # named by the output, not by a file in the hidden temporary folder
+                raise named_full_disk(e, path) from None
+            raise
         _apply_mode(tmp, dir_mode & 0o666, dir_mode)
         if path.exists() and replace:
             old = path.with_name(f".{path.name}.old")

@@ -231,8 +231,8 @@ def test_exif_orientation_is_applied_before_splitting(tmp_path):
     RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file: No space left on device"),
 ])  # fmt: skip
 def test_a_full_disk_is_one_line_and_leaves_nothing(raw, tmp_path, monkeypatch, capsys, error):
-    """ENOSPC, as the OS raises it or as a library words it, is the user's situation: one line, not an internal
-    error, and no half-written output."""
+    """ENOSPC, as the OS raises it or as a library words it, is the user's situation: one line naming the output
+    folder, not an internal error, and no half-written output."""
     from relation_cli.prepare import build
 
     def full(path, rows):
@@ -240,9 +240,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(raw, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(build, "write_jsonl", full)
     assert main(["prepare", str(raw), "--output", str(tmp_path / "out"), "--workers", "1"]) == 1
-    where = " (writing 'test_seen.jsonl')" if isinstance(error, OSError) else ""
-    assert capsys.readouterr().err == (f"error: no space left on the disk{where}; free some space or write elsewhere, "
-                                       "then run again\n")  # fmt: skip
+    assert capsys.readouterr().err == (f"error: no space left on the disk (writing '{tmp_path / 'out'}'); free some "
+                                       "space or write elsewhere, then run again\n")  # named by the output, not a temporary file
     assert leftovers(tmp_path, "out") == []
 
 
