@@ -538,7 +538,7 @@ def init_model(
     with user_errors():
         try:  # the spec and the destination are answered before torch and diffusers are imported
             flags = {**({"kontext": True} if kontext else {}), **({"base": "flux2-klein"} if klein else {})}
-            arch = ArchSpec.model_validate({**(read_yaml(spec) if spec else {}), **flags})
+            arch = ArchSpec.model_validate({**(read_yaml(spec, "spec") if spec else {}), **flags})
         except ValidationError as e:
             raise RelationError((f"spec '{spec}': " if spec else "init-model: ") + spec_problems(e)) from None
         check_new_dir(destination)

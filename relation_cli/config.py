@@ -492,37 +492,37 @@ CONFIG_MAX_BYTES = 1 << 20
 """The most a config file may hold (1 MiB): a pipe or a device is read no further."""
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
     """A config file's top-level mapping ({} when empty). A pipe (``--config <(...)``) is read too, up to
     :data:`CONFIG_MAX_BYTES`. Raises RelationError: missing, a folder, too large, not UTF-8, not YAML, a key
-    given twice, or not a mapping."""
+    given twice, or not a mapping; ``what`` names the file in the message (``spec 'a.yaml': not found``)."""
     path = Path(path)
     if path.is_dir():
-        raise RelationError(f"config file '{path}': is a folder; give a .yaml file")
+        raise RelationError(f"{what} '{path}': is a folder; give a .yaml file")
     if not path.exists():
-        raise RelationError(f"config file '{path}': not found")
+        raise RelationError(f"{what} '{path}': not found")
     try:
         with path.open("rb") as f:
             raw = f.read(CONFIG_MAX_BYTES + 1)
     except OSError as e:
-        raise RelationError(f"config file '{path}': cannot be read ({e.strerror or first_line(e)})") from None
+        raise RelationError(f"{what} '{path}': cannot be read ({e.strerror or first_line(e)})") from None
     if len(raw) > CONFIG_MAX_BYTES:
-        raise RelationError(f"config file '{path}': over {CONFIG_MAX_BYTES:,} bytes; not a config file")
+        raise RelationError(f"{what} '{path}': over {CONFIG_MAX_BYTES:,} bytes; not a config file")
     try:
         data = _load_unique(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise RelationError(f"config file '{path}': not UTF-8 text") from None
+        raise RelationError(f"{what} '{path}': not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = f" ({e.problem})" if getattr(e, "problem", None) else ""
-        raise RelationError(f"config file '{path}'{where}: not valid YAML{problem}") from None
+        raise RelationError(f"{what} '{path}'{where}: not valid YAML{problem}") from None
     except (ValueError, RecursionError) as e:  # a date like 2001-02-30, or nesting too deep to read
-        raise RelationError(f"config file '{path}': not valid YAML ({first_line(e)})") from None
+        raise RelationError(f"{what} '{path}': not valid YAML ({first_line(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RelationError(f"config file '{path}': expected a mapping of sections at the top level")
+        raise RelationError(f"{what} '{path}': expected a mapping of sections at the top level")
     return data
 
 

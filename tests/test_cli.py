@@ -234,7 +234,7 @@ def _early_cases(p, tmp):
         (["convert", tmp / "none.bin", tmp / "adapter"], "adapter '" + str(tmp / "none.bin") + "': file not found"),
         (["convert", p["a"], tmp / "adapter"], "expected the authors' pickle, a .bin/.pt/.pth/.ckpt file"),
         (["init-model", "/proc/relation/model"], "is not writable"),
-        (["init-model", tmp / "m", "--spec", tmp / "none.yaml"], "none.yaml"),
+        (["init-model", tmp / "m", "--spec", tmp / "none.yaml"], f"spec '{tmp / 'none.yaml'}': not found"),
         (["init-model", tmp / "m", "--klein", "--kontext"], "kontext is a FLUX.1 layout"),
     ]
 
