@@ -316,9 +316,9 @@ def infer(
     exemplar: ExemplarOpt = None,
     query: Annotated[Optional[Path], typer.Option(metavar="B", help="The image to edit the same way.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help=key_help("infer.prompt", "Text instruction for the edit."))] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option("--output", "-o", help=".png, .jpg, .webp or .npy (float32 HxWx3) "
+    output_name: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", metavar="PATH", help=".png, .jpg, .webp or .npy (float32 HxWx3) "
                      "(default outputs/<query>-edited.png)."),
     ] = None,
     input_file: Annotated[
@@ -350,6 +350,7 @@ def infer(
     Example: relation infer --exemplar examples/exemplar_before.png examples/exemplar_after.png --query examples/query.png
     """
     with user_errors():
+        output = _output_file(output_name)
         flags = {
             "infer.prompt": prompt, "infer.seed": seed, "infer.steps": steps, "infer.guidance": guidance,
             "adapter.scale": scale, "model.memory": memory, "infer.overwrite": True if overwrite else None,
@@ -375,6 +376,22 @@ def infer(
         before_loading(cfg, "infer", check_inputs)
         written = core.infer_single(cfg, pair, query, output)
         typer.echo(f"wrote {written}")
+
+
+def _output_file(value: str | None) -> Path | None:
+    """``-o``'s value as a path (kept as typed: ``Path`` would drop a trailing separator).
+
+    Raises:
+        RelationError: an empty value, or one ending in a separator (it names a folder, not a file).
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        raise RelationError("--output is empty; give an image file name, e.g. 'edited.png'")
+    if value.endswith(("/", os.sep)):
+        raise RelationError(f"output '{value}': ends with '{value[-1]}', so it names a folder; give an image file name, "
+                            f"e.g. '{Path(value) / 'edited.png'}'")  # fmt: skip
+    return Path(value)
 
 
 def _one_pair(exemplar: list[tuple[Path, Path]] | None, query: Path | None):

@@ -817,3 +817,19 @@ def test_a_stop_after_a_commands_own_handling_is_one_line_not_a_traceback(monkey
     monkeypatch.setattr(cli, "app", finished_then_stopped)
     assert main(["infer", "--help"]) == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "--output is empty; give an image file name, e.g. 'edited.png'"),
+    ("out/x.png/", "output 'out/x.png/': ends with '/', so it names a folder; give an image file name, e.g. 'out/x.png/edited.png'"),
+])  # fmt: skip
+def test_an_output_that_names_no_file_is_refused_as_typed(tmp_path, monkeypatch, capsys, value, message):
+    """``-o ''`` and ``-o out/x.png/``: ``Path`` would make them '.' (a folder) and 'out/x.png' (a file written where
+    a folder was meant); the value is read as typed."""
+    monkeypatch.chdir(tmp_path)
+    args = ["infer", "--exemplar", str(EXAMPLES / "exemplar_before.png"), str(EXAMPLES / "exemplar_after.png"),
+            "--query", str(EXAMPLES / "query.png"), "-o", value]  # fmt: skip
+    for extra in (["--dry-run"], []):
+        assert main(args + extra) == 1
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
