@@ -21,6 +21,19 @@ from .errors import RelationError
 from .fs import check_writable, not_found
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+"""Adapter files read as the authors' pickled checkpoint (``torch.load(weights_only=True)``, never code)."""
+ADAPTER_CONFIG = "config.json"  # RelationAdapter.config_name (ConfigMixin's)
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
+"""``model.image_encoder`` for a hub ``model.base``: the SigLIP the paper uses (SPEC 2.1)."""
+LOADS_A_MODEL = ("infer", "eval", "train", "ui")
+INFERS = ("infer", "eval", "ui")
+OFFLOADING = ("model_offload", "sequential_offload", "group_offload")
+ATTENTION_PACKAGES = {
+    "flash": "flash_attn", "flash_varlen": "flash_attn", "_flash_3": "flash_attn_interface",
+    "sage": "sageattention", "sage_varlen": "sageattention", "xformers": "xformers", "aiter": "aiter",
+}  # fmt: skip
+"""diffusers attention backends (``model.attention_backend``) and the module each one imports."""
 
 
 def check_released_file(path: Path) -> None:
@@ -42,19 +55,6 @@ def check_released_file(path: Path) -> None:
                             f"({'/'.join(PICKLE_SUFFIXES)}), and relation's own adapters are folders (--adapter FOLDER)")  # fmt: skip
     if path.suffix.lower() not in PICKLE_SUFFIXES:
         raise RelationError(f"{where}: expected the authors' pickle, a {'/'.join(PICKLE_SUFFIXES)} file")
-"""Adapter files read as the authors' pickled checkpoint (``torch.load(weights_only=True)``, never code)."""
-ADAPTER_CONFIG = "config.json"  # RelationAdapter.config_name (ConfigMixin's)
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
-SIGLIP_DEFAULT = "google/siglip-so400m-patch14-384"
-"""``model.image_encoder`` for a hub ``model.base``: the SigLIP the paper uses (SPEC 2.1)."""
-LOADS_A_MODEL = ("infer", "eval", "train", "ui")
-INFERS = ("infer", "eval", "ui")
-OFFLOADING = ("model_offload", "sequential_offload", "group_offload")
-ATTENTION_PACKAGES = {
-    "flash": "flash_attn", "flash_varlen": "flash_attn", "_flash_3": "flash_attn_interface",
-    "sage": "sageattention", "sage_varlen": "sageattention", "xformers": "xformers", "aiter": "aiter",
-}  # fmt: skip
-"""diffusers attention backends (``model.attention_backend``) and the module each one imports."""
 
 
 def check_config(cfg: RelationConfig, command: str) -> None:

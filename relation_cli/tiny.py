@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
 from .adapter import RelationAdapter
 from .arch import ArchSpec
 from .errors import RelationError
