@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -240,16 +240,19 @@ def make_synthetic(
     size: int = 64,
     tasks: Sequence[str] | None = None,
     advance: Callable[[int], None] | None = None,
+    relations: Mapping[str, Relation] = TASKS,
 ) -> Path:
-    """Write ``pairs_per_task`` pairs of every task (default: all of ``TASKS``) under ``root``.
+    """Write ``pairs_per_task`` pairs of every task (default: all of ``relations``) under ``root``.
 
     Each image is ``2*size x size`` (before | after). Returns ``root``; it must not exist or be empty.
+    ``relations`` maps task names to relations (default: the 14 of ``TASKS``; benchmarks/compositions.py
+    passes compositions of them).
     """
     root = Path(root)
-    names = list(TASKS) if tasks is None else list(tasks)
-    unknown = [t for t in names if t not in TASKS]
+    names = list(relations) if tasks is None else list(tasks)
+    unknown = [t for t in names if t not in relations]
     if unknown:
-        raise RelationError(f"synthetic task '{unknown[0]}': unknown; choose from {', '.join(TASKS)}")
+        raise RelationError(f"synthetic task '{unknown[0]}': unknown; choose from {', '.join(relations)}")
     if pairs_per_task < 2:
         raise RelationError(f"synthetic: {pairs_per_task} pairs per task; an analogy needs at least 2")
     if size < 16:
@@ -257,7 +260,7 @@ def make_synthetic(
     if root.exists() and any(root.iterdir()):
         raise RelationError(f"synthetic output '{root}': already exists and is not empty")
     for task in names:
-        relation = TASKS[task]
+        relation = relations[task]
         # One generator per task, keyed by its name: a task's images do not depend on the others.
         rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
         folder = root / task / "Group1"

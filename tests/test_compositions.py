@@ -1,0 +1,70 @@
+"""benchmarks/compositions.py: compositions of two fixed relations, held out in both orders, scored against
+the composed target and each relation alone (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from relation_cli.prepare.synthetic import TASKS, make_synthetic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compositions  # noqa: E402
+
+
+def test_compositions_are_new_relations_held_out_in_both_orders():
+    pairs = compositions.compositions()
+    assert len(pairs) == 89 and len(set(pairs)) == 89
+    assert all(a != b and b not in compositions.REDRAWN for a, b in pairs)
+    assert not {"flip_vertical", "frame", "swap_colours"} & {p for pair in pairs for p in pair}
+    held = [p for p in pairs if compositions.held_out(*p)]
+    assert len(held) == 18 and ("mirror", "invert") in held and ("invert", "mirror") in held
+    relation = compositions.composed_relations()["invert+mirror"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert relation.edit(None, image, 32).tobytes() == ImageOps.mirror(ImageOps.invert(image)).tobytes()
+    assert "invert+mirror" not in TASKS  # the fixed relations are left as they are
+
+
+def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outputs(tmp_path, capsys):
+    root = tmp_path / "raw"
+    assert compositions.main(["make", str(root), "--pairs", "2"]) == 0
+    assert "89 compositions (18 held out), 2 pairs each; 0 pairs removed" in capsys.readouterr().out
+    # A prepared folder whose one test row uses the first pair's halves of invert+mirror.
+    labels = json.loads((root / "invert+mirror" / "Group1" / "labels.json").read_text())
+    pair = np.asarray(Image.open(root / "invert+mirror" / "Group1" / labels[0]["img_name"]))
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for i, half in enumerate((pair[:, :32], pair[:, 32:])):
+        Image.fromarray(half).save(data / "images" / f"{i}.png")
+    row = {"cond1": "images/0.png", "cond2": "images/1.png", "source": "images/0.png", "target": "images/1.png",
+           "task": "invert+mirror"}  # fmt: skip
+    (data / "test_seen.jsonl").write_text("")
+    (data / "test_unseen.jsonl").write_text(json.dumps(row) + "\n")
+    assert compositions.avoid(root, data) == 1
+    left = json.loads((root / "invert+mirror" / "Group1" / "labels.json").read_text())
+    assert [x["img_name"] for x in left] == [labels[1]["img_name"]]
+    assert not (root / "invert+mirror" / "Group1" / labels[0]["img_name"]).exists()
+    # An output equal to the composed target is nearest it; one equal to invert alone is nearest that.
+    out = tmp_path / "run" / "unseen" / "relation"
+    out.mkdir(parents=True)
+    Image.fromarray(pair[:, 32:]).save(out / "000000.png")
+    table = compositions.score(data, tmp_path / "run")
+    assert table["invert+mirror"]["composed"] == 0 and table["invert+mirror"]["as invert"] > 0
+    assert compositions.main(["score", str(data), str(tmp_path / "run")]) == 0
+    assert "1 of 1 held-out compositions" in capsys.readouterr().out
+    ImageOps.invert(Image.fromarray(pair[:, :32])).save(out / "000000.png")
+    table = compositions.score(data, tmp_path / "run")
+    assert table["invert+mirror"]["as invert"] == 0 < table["invert+mirror"]["composed"]
+
+
+def test_make_synthetic_takes_other_relations(tmp_path):
+    relations = {"invert+mirror": compositions.composed_relations()["invert+mirror"]}
+    make_synthetic(tmp_path / "raw", 2, size=32, relations=relations)
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["invert+mirror"]
+    with pytest.raises(Exception, match="unknown; choose from invert\\+mirror"):
+        make_synthetic(tmp_path / "other", 2, size=32, tasks=["mirror"], relations=relations)
