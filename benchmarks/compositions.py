@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from relation_cli.errors import RelationError
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
@@ -76,18 +78,25 @@ def pixels(path: Path) -> bytes:
     return np.asarray(Image.open(path).convert("RGB")).tobytes()
 
 
-def avoid(root: Path, data: Path) -> int:
-    """Remove from ``root`` every pair whose before or after half equals an image of ``data``'s test rows.
+def test_images(data: Path) -> set[bytes]:
+    """The pixels of every image of ``data``'s test rows (a prepared folder's test_seen/test_unseen.jsonl).
 
-    Returns the number removed. The scenes of a composition are drawn by their own seeded generator, so an
-    equal image is chance (a scene of one small shape drawn twice); removing it keeps the held-out scenes
-    of ``data`` unseen by any model trained on ``root``.
-    """
+    Raises FileNotFoundError when ``data`` lacks them."""
     taken = set()
     for split in ("test_seen.jsonl", "test_unseen.jsonl"):
         for line in (data / split).read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             taken.update(pixels(data / row[k]) for k in ("cond1", "cond2", "source", "target"))
+    return taken
+
+
+def avoid(root: Path, taken: set[bytes]) -> int:
+    """Remove from ``root`` every pair whose before or after half is one of ``taken`` (:func:`test_images`).
+
+    Returns the number removed. The scenes of a composition are drawn by their own seeded generator, so an
+    equal image is chance (a scene of one small shape drawn twice); removing it keeps the held-out scenes
+    of the prepared folder unseen by any model trained on ``root``.
+    """
     removed = 0
     for labels_path in sorted(root.glob("*/Group1/labels.json")):
         labels, kept = json.loads(labels_path.read_text(encoding="utf-8")), []
@@ -153,10 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     rate.add_argument("--split", choices=("unseen", "seen"), default="unseen",
                       help="held-out compositions, or new scenes of the trained ones")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (RelationError, OSError, ValueError, KeyError) as e:  # a missing or foreign folder: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """The subcommand of ``args`` (``make``, ``held`` or ``score``); prints its result."""
     if args.command == "make":
+        taken = test_images(args.avoid) if args.avoid else set()  # read first: a bad --avoid writes nothing
         relations = composed_relations()
         make_synthetic(args.root, args.pairs, seed=args.seed, size=SIZE, relations=relations)
-        removed = avoid(args.root, args.avoid) if args.avoid else 0
+        removed = avoid(args.root, taken)
         held = sum(held_out(a, b) for a, b in compositions())
         print(f"wrote {args.root}: {len(relations)} compositions ({held} held out), {args.pairs} pairs each; "
               f"{removed} pairs removed as equal to a test image of {args.avoid}")
@@ -171,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()) + ("  <- composed" if composed else ""))
         what = "held-out" if args.split == "unseen" else "trained"
         print(f"{nearest} of {len(table)} {what} compositions: outputs nearer the composed target than either relation alone")
-    return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

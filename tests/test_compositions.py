@@ -45,7 +45,7 @@ def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outpu
            "task": "invert+mirror"}  # fmt: skip
     (data / "test_seen.jsonl").write_text("")
     (data / "test_unseen.jsonl").write_text(json.dumps(row) + "\n")
-    assert compositions.avoid(root, data) == 1
+    assert compositions.avoid(root, compositions.test_images(data)) == 1
     left = json.loads((root / "invert+mirror" / "Group1" / "labels.json").read_text())
     assert [x["img_name"] for x in left] == [labels[1]["img_name"]]
     assert not (root / "invert+mirror" / "Group1" / labels[0]["img_name"]).exists()
@@ -68,3 +68,16 @@ def test_make_synthetic_takes_other_relations(tmp_path):
     assert [p.name for p in (tmp_path / "raw").iterdir()] == ["invert+mirror"]
     with pytest.raises(Exception, match="unknown; choose from invert\\+mirror"):
         make_synthetic(tmp_path / "other", 2, size=32, tasks=["mirror"], relations=relations)
+
+
+def test_bad_folders_are_one_line_and_a_bad_avoid_writes_nothing(tmp_path, capsys):
+    assert compositions.main(["make", str(tmp_path / "raw"), "--pairs", "2", "--avoid", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "test_seen.jsonl" in err
+    assert not (tmp_path / "raw").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert compositions.main(["make", str(tmp_path / "full"), "--pairs", "2"]) == 1
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert compositions.main(["score", str(tmp_path / "none"), str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
