@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from relation_cli.errors import RelationError
+from relation_cli.fs import atomic_dir
+from relation_cli.progress import progress_bar
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
@@ -123,19 +125,41 @@ class Corner:
         return self.colour
 
 
-def score(data: Path, run: Path, split: str = "unseen") -> dict[str, dict[str, float]]:
+def score(data: Path, run: Path, split: str = "unseen") -> tuple[dict[str, dict[str, float]], int, int]:
     """Per composition (task of ``data/test_<split>.jsonl``: held out for "unseen", new scenes of the trained
     ones for "seen"): mean MSE (pixels in [0, 1]) of the outputs in ``run/<split>/relation`` to the composed
     target (``composed``), of the query to it (``copy``), and of the outputs to a(B) and b(B) (``as a``,
-    ``as b``; not for recolour and outline, which need the scene)."""
-    rows = [json.loads(line) for line in (data / f"test_{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    ``as b``; not for recolour and outline, which need the scene).
+
+    Returns the table, the rows scored and the rows of the jsonl: a run of ``relation eval --limit N`` has
+    outputs for some rows only. Raises RelationError when ``data`` or ``run`` is not such a folder, when
+    ``run``'s outputs (read from its ``generation.json``) were made from other rows, or when a task is not a
+    composition.
+    """
+    jsonl, record = data / f"test_{split}.jsonl", run / "generation.json"
+    if not jsonl.is_file():
+        raise RelationError(f"'{data}': no test_{split}.jsonl; give the folder relation prepare wrote")
+    if not record.is_file():
+        raise RelationError(f"'{run}': no generation.json; give the output_dir of relation eval")
+    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    made = {int(Path(key).stem): entry for key, entry in json.loads(record.read_text(encoding="utf-8"))["rows"].items()
+            if key.startswith(f"{split}/relation/")}  # fmt: skip
+    if not made:
+        raise RelationError(f"'{run}': no {split} outputs; run relation eval on '{jsonl}' into it")
+    for i, entry in sorted(made.items()):
+        if i >= len(rows) or Path(entry["source"]).resolve() != (data / rows[i]["source"]).resolve():
+            raise RelationError(f"'{run}' was not made from '{jsonl}': its {split} output {i} edits "
+                                f"'{entry['source']}'")  # fmt: skip
+        if "+" not in rows[i]["task"]:
+            raise RelationError(f"'{jsonl}': task '{rows[i]['task']}' is not a composition a+b (compositions.py make)")
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
     def load(path: Path | Image.Image) -> np.ndarray:
         image = path if isinstance(path, Image.Image) else Image.open(path)
         return np.asarray(image.convert("RGB"), np.float32) / 255
 
-    for i, row in enumerate(rows):
+    for i in sorted(made):
+        row = rows[i]
         out, query = load(run / split / "relation" / f"{i:06d}.png"), Image.open(data / row["source"]).convert("RGB")
         target, cell = load(data / row["target"]), sums[row["task"]]
         cell["composed"].append(float(((out - target) ** 2).mean()))
@@ -144,20 +168,41 @@ def score(data: Path, run: Path, split: str = "unseen") -> dict[str, dict[str, f
             if part not in REDRAWN:
                 alone = load(TASKS[part].edit(Corner(query), query, SIZE))  # type: ignore[arg-type]
                 cell[f"as {part}"].append(float(((out - alone) ** 2).mean()))
-    return {task: {k: float(np.mean(v)) for k, v in cell.items()} for task, cell in sorted(sums.items())}
+    table = {task: {k: float(np.mean(v)) for k, v in cell.items()} for task, cell in sorted(sums.items())}
+    return table, len(made), len(rows)
+
+
+def make(root: Path, pairs: int, seed: int, taken: set[bytes]) -> tuple[int, int]:
+    """Write every composition's ``pairs`` pairs under ``root`` (all or nothing: a temporary folder renamed at the
+    end), less those equal to one of ``taken``. Returns (compositions, pairs removed).
+
+    Raises RelationError when ``root`` is not new or empty, or when removing pairs leaves a composition fewer
+    than 2 (``relation prepare`` would refuse it): choose another ``seed``."""
+    relations = composed_relations()
+    with atomic_dir(root) as tmp, progress_bar("drawing pairs", len(relations) * pairs) as advance:
+        make_synthetic(tmp, pairs, seed=seed, size=SIZE, relations=relations, advance=advance)
+        removed = avoid(tmp, taken)
+        for labels_path in sorted(tmp.glob("*/Group1/labels.json")):
+            left = len(json.loads(labels_path.read_text(encoding="utf-8")))
+            if left < 2:
+                raise RelationError(f"composition '{labels_path.parent.parent.name}' keeps {left} of {pairs} pairs "
+                                    "once those equal to a test image are removed (the same --seed as that "
+                                    "folder's?); choose another --seed")  # fmt: skip
+    return len(relations), removed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    make = sub.add_parser("make", help="write every composition as a Relation252K folder")
-    make.add_argument("root", type=Path)
-    make.add_argument("--pairs", type=int, default=90, help="pairs per composition")
-    make.add_argument("--seed", type=int, default=11)
-    make.add_argument("--avoid", type=Path, help="a prepared folder whose test images no pair may equal")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    write = sub.add_parser("make", help="write every composition as a Relation252K folder", formatter_class=defaults)
+    write.add_argument("root", type=Path, help="a new folder for <a+b>/Group1/ (labels.json, before|after PNGs)")
+    write.add_argument("--pairs", type=int, default=90, help="pairs per composition")
+    write.add_argument("--seed", type=int, default=11, help="seed of the scenes (the demo's data use 0)")
+    write.add_argument("--avoid", type=Path, help="a prepared folder whose test images no pair may equal")
     sub.add_parser("held", help="print relation prepare's --unseen-task flags of the held-out compositions")
-    rate = sub.add_parser("score", help="per composition: composed, or one relation alone?")
-    rate.add_argument("data", type=Path, help="the prepared folder (its test_<split>.jsonl)")
+    rate = sub.add_parser("score", help="per composition: composed, or one relation alone?", formatter_class=defaults)
+    rate.add_argument("data", type=Path, help="the folder relation prepare wrote (its test_<split>.jsonl)")
     rate.add_argument("run", type=Path, help="relation eval's output_dir for that test_<split>.jsonl")
     rate.add_argument("--split", choices=("unseen", "seen"), default="unseen",
                       help="held-out compositions, or new scenes of the trained ones")
@@ -167,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RelationError, OSError, ValueError, KeyError) as e:  # a missing or foreign folder: one line
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # make's temporary folder is already gone
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -174,23 +222,23 @@ def run(args: argparse.Namespace) -> None:
     """The subcommand of ``args`` (``make``, ``held`` or ``score``); prints its result."""
     if args.command == "make":
         taken = test_images(args.avoid) if args.avoid else set()  # read first: a bad --avoid writes nothing
-        relations = composed_relations()
-        make_synthetic(args.root, args.pairs, seed=args.seed, size=SIZE, relations=relations)
-        removed = avoid(args.root, taken)
+        count, removed = make(args.root, args.pairs, args.seed, taken)
         held = sum(held_out(a, b) for a, b in compositions())
-        print(f"wrote {args.root}: {len(relations)} compositions ({held} held out), {args.pairs} pairs each; "
-              f"{removed} pairs removed as equal to a test image of {args.avoid}")
+        avoided = f"; {removed} pairs removed as equal to a test image of {args.avoid}" if args.avoid else ""
+        print(f"wrote {args.root}: {count} compositions ({held} held out), {args.pairs} pairs each{avoided}")
     elif args.command == "held":
         print(" ".join(f"--unseen-task {name(a, b)}" for a, b in compositions() if held_out(a, b)))
     else:
-        table, nearest = score(args.data, args.run, args.split), 0
+        (table, scored, total), nearest = score(args.data, args.run, args.split), 0
         for task, m in table.items():
             alone = [v for k, v in m.items() if k.startswith("as ")]
             composed = m["composed"] < min(alone)
             nearest += composed
             print(f"{task:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()) + ("  <- composed" if composed else ""))
         what = "held-out" if args.split == "unseen" else "trained"
-        print(f"{nearest} of {len(table)} {what} compositions: outputs nearer the composed target than either relation alone")
+        rows = "" if scored == total else f" ({scored} of the {total} rows have outputs: made with --limit?)"
+        print(f"{nearest} of {len(table)} {what} compositions: outputs nearer the composed target than either "
+              f"relation alone{rows}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

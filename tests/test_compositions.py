@@ -30,36 +30,92 @@ def test_compositions_are_new_relations_held_out_in_both_orders():
     assert "invert+mirror" not in TASKS  # the fixed relations are left as they are
 
 
-def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outputs(tmp_path, capsys):
-    root = tmp_path / "raw"
-    assert compositions.main(["make", str(root), "--pairs", "2"]) == 0
-    assert "89 compositions (18 held out), 2 pairs each; 0 pairs removed" in capsys.readouterr().out
-    # A prepared folder whose one test row uses the first pair's halves of invert+mirror.
-    labels = json.loads((root / "invert+mirror" / "Group1" / "labels.json").read_text())
-    pair = np.asarray(Image.open(root / "invert+mirror" / "Group1" / labels[0]["img_name"]))
+def prepared_row(tmp_path: Path, root: Path, task: str = "invert+mirror") -> tuple[Path, np.ndarray]:
+    """A prepared folder whose one test_unseen row uses the first pair of ``task`` under ``root``."""
+    labels = json.loads((root / task / "Group1" / "labels.json").read_text())
+    pair = np.asarray(Image.open(root / task / "Group1" / labels[0]["img_name"]))
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     for i, half in enumerate((pair[:, :32], pair[:, 32:])):
         Image.fromarray(half).save(data / "images" / f"{i}.png")
     row = {"cond1": "images/0.png", "cond2": "images/1.png", "source": "images/0.png", "target": "images/1.png",
-           "task": "invert+mirror"}  # fmt: skip
+           "task": task}  # fmt: skip
     (data / "test_seen.jsonl").write_text("")
     (data / "test_unseen.jsonl").write_text(json.dumps(row) + "\n")
+    return data, pair
+
+
+def eval_run(folder: Path, outputs: dict[int, Image.Image], source: Path) -> Path:
+    """A relation eval output_dir: ``unseen/relation/<i>.png`` and the generation.json naming each one's query."""
+    (folder / "unseen" / "relation").mkdir(parents=True)
+    rows = {}
+    for i, image in outputs.items():
+        image.save(folder / "unseen" / "relation" / f"{i:06d}.png")
+        rows[f"unseen/relation/{i:06d}.png"] = {"source": str(source.resolve())}
+    (folder / "generation.json").write_text(json.dumps({"rows": rows}))
+    return folder
+
+
+def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outputs(tmp_path, capsys):
+    root = tmp_path / "raw"
+    assert compositions.main(["make", str(root), "--pairs", "2"]) == 0
+    assert capsys.readouterr().out.strip().endswith("89 compositions (18 held out), 2 pairs each")
+    data, pair = prepared_row(tmp_path, root)
+    labels = json.loads((root / "invert+mirror" / "Group1" / "labels.json").read_text())
     assert compositions.avoid(root, compositions.test_images(data)) == 1
     left = json.loads((root / "invert+mirror" / "Group1" / "labels.json").read_text())
     assert [x["img_name"] for x in left] == [labels[1]["img_name"]]
     assert not (root / "invert+mirror" / "Group1" / labels[0]["img_name"]).exists()
     # An output equal to the composed target is nearest it; one equal to invert alone is nearest that.
-    out = tmp_path / "run" / "unseen" / "relation"
-    out.mkdir(parents=True)
-    Image.fromarray(pair[:, 32:]).save(out / "000000.png")
-    table = compositions.score(data, tmp_path / "run")
+    run = eval_run(tmp_path / "run", {0: Image.fromarray(pair[:, 32:])}, data / "images" / "0.png")
+    table, scored, total = compositions.score(data, run)
+    assert (scored, total) == (1, 1)
     assert table["invert+mirror"]["composed"] == 0 and table["invert+mirror"]["as invert"] > 0
-    assert compositions.main(["score", str(data), str(tmp_path / "run")]) == 0
+    assert compositions.main(["score", str(data), str(run)]) == 0
     assert "1 of 1 held-out compositions" in capsys.readouterr().out
-    ImageOps.invert(Image.fromarray(pair[:, :32])).save(out / "000000.png")
-    table = compositions.score(data, tmp_path / "run")
+    ImageOps.invert(Image.fromarray(pair[:, :32])).save(run / "unseen" / "relation" / "000000.png")
+    table, _, _ = compositions.score(data, run)
     assert table["invert+mirror"]["as invert"] == 0 < table["invert+mirror"]["composed"]
+
+
+def test_score_refuses_a_run_of_other_rows_and_scores_a_limited_one(tmp_path, capsys):
+    root = tmp_path / "raw"
+    compositions.make(root, 2, 11, set())
+    data, pair = prepared_row(tmp_path, root)
+    other = eval_run(tmp_path / "other", {0: Image.fromarray(pair[:, 32:])}, data / "images" / "1.png")
+    assert compositions.main(["score", str(data), str(other)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "was not made from" in err and err.count("\n") == 1
+    # Two rows, outputs for the first only (relation eval --limit): scored, and said.
+    lines = (data / "test_unseen.jsonl").read_text()
+    (data / "test_unseen.jsonl").write_text(lines * 2)
+    limited = eval_run(tmp_path / "limited", {0: Image.fromarray(pair[:, 32:])}, data / "images" / "0.png")
+    assert compositions.main(["score", str(data), str(limited)]) == 0
+    assert "(1 of the 2 rows have outputs: made with --limit?)" in capsys.readouterr().out
+    assert compositions.main(["score", str(data), str(limited), "--split", "seen"]) == 1
+    assert "no seen outputs" in capsys.readouterr().err
+    (data / "test_unseen.jsonl").write_text(lines.replace("invert+mirror", "frame"))
+    assert compositions.main(["score", str(data), str(limited)]) == 1
+    assert "task 'frame' is not a composition" in capsys.readouterr().err
+
+
+def test_make_is_all_or_nothing(tmp_path, monkeypatch, capsys):
+    # A prepared folder holding every first pair: removing them leaves compositions a single pair.
+    root = tmp_path / "raw"
+    compositions.make(root, 2, 11, set())
+    taken = {np.asarray(Image.open(p))[:, :32].tobytes() for p in root.glob("*/Group1/00000.png")}
+    with pytest.raises(Exception, match="keeps 1 of 2 pairs .* choose another --seed"):
+        compositions.make(tmp_path / "again", 2, 11, taken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+    def interrupted(*args, advance, **kwargs):
+        advance(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compositions, "make_synthetic", interrupted)
+    assert compositions.main(["make", str(tmp_path / "stopped"), "--pairs", "2"]) == 130
+    assert capsys.readouterr().err.strip().endswith("error: interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 def test_make_synthetic_takes_other_relations(tmp_path):
@@ -78,6 +134,10 @@ def test_bad_folders_are_one_line_and_a_bad_avoid_writes_nothing(tmp_path, capsy
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     assert compositions.main(["make", str(tmp_path / "full"), "--pairs", "2"]) == 1
-    assert "already exists and is not empty" in capsys.readouterr().err
+    assert "already exists and is not an empty folder (it holds 'x')" in capsys.readouterr().err
     assert compositions.main(["score", str(tmp_path / "none"), str(tmp_path / "run")]) == 1
-    assert capsys.readouterr().err.startswith("error: ")
+    assert "no test_unseen.jsonl; give the folder relation prepare wrote" in capsys.readouterr().err
+    assert compositions.main(["score", str(tmp_path / "full"), str(tmp_path / "run")]) == 1
+    (tmp_path / "full" / "test_unseen.jsonl").write_text("")
+    assert compositions.main(["score", str(tmp_path / "full"), str(tmp_path / "run")]) == 1
+    assert "no generation.json; give the output_dir of relation eval" in capsys.readouterr().err
