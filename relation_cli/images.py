@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -91,9 +92,11 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
         raise
     except UnidentifiedImageError:
         raise RelationError(f"{where}: not an image PIL can read") from None
-    except Image.DecompressionBombError:  # PIL's own limit, met before the size can be read
-        raise RelationError(f"{where}: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of {max_pixels:,} "
-                            "(data.max_image_pixels); refused before decoding (a decompression bomb)") from None  # fmt: skip
+    except Image.DecompressionBombError as e:  # PIL's own limit, met before the size can be read
+        said = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds limit of ..."
+        size = f"{int(said.group(1)):,} pixels" if said else f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+        raise RelationError(f"{where}: {size}, over the limit of {max_pixels:,} (data.max_image_pixels); refused "
+                            "before decoding (a decompression bomb)") from None  # fmt: skip
     except PermissionError:
         raise RelationError(f"{where}: permission denied") from None
     except Exception as e:  # PIL's decoders raise many types on corrupt data (struct.error, EOFError, ...)

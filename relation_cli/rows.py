@@ -141,8 +141,8 @@ def read_jsonl_numbered(path: str | Path) -> list[tuple[int, dict]]:
         over = f" over {len(problems)} lines" if len(problems) > 1 else ""
         raise RelationError(f"'{path}': one JSON document{over}, not JSON Lines: write one JSON object per line")
     if not objects and len(problems) > 1:  # a CSV or other text: the first line says enough
-        raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} lines is a JSON "
-                            f"object ({problems[0]})")  # fmt: skip
+        raise RelationError(f"'{path}': not a JSON Lines file, none of its {len(problems)} non-blank lines is a "
+                            f"JSON object ({problems[0]})")  # fmt: skip
     if problems:
         raise RelationError(f"'{path}': " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     return out

@@ -347,7 +347,7 @@ def rows_cases(args: Callable[[Kit, Path], list], name: str) -> list[Case]:
     cases = [Case(kind, lambda k, kind=kind: args(k, k.bad_rows(name, kind)), (name, why))
              for kind, why in ROWS_ERRORS.items()]  # fmt: skip
     csv = Case("CSV file instead of JSON Lines", lambda k: args(k, k.file("rows.csv", CSV)),
-               ("rows.csv", "not a JSON Lines file, none of its 2 lines is a JSON object (line 1: malformed JSON"))
+               ("rows.csv", "not a JSON Lines file, none of its 2 non-blank lines is a JSON object (line 1: malformed JSON"))
     pretty = Case("pretty-printed JSON instead of JSON Lines", lambda k: args(k, k.file(name, PRETTY_JSON)),
                   (name, "one JSON document over 6 lines, not JSON Lines"))
     return [*cases, csv, pretty]

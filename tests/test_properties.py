@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +260,15 @@ def test_pixel_limit_is_the_configured_one_not_pils(tmp_path, monkeypatch):
     assert open_image(path, "query", 10_000).size == (40, 40)
     with pytest.raises(RelationError, match="over the limit of 1,500"):
         open_image(path, "query", 1_500)
+
+
+def test_a_decompression_bomb_is_refused_with_its_own_size(tmp_path):
+    """PIL refuses a header of 100000x100000 before the image's size can be read: the message gives the size
+    PIL read (10,000,000,000 pixels), not PIL's own limit."""
+    path = tmp_path / "bomb.png"
+    raw = bytearray(encode("RGB", "PNG", (16, 16), 0))
+    raw[16:24] = struct.pack(">II", 100_000, 100_000)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RelationError, match=r"bomb\.png': 10,000,000,000 pixels, over the limit of 64,000,000 "):
+        open_image(path, "query", 64_000_000)

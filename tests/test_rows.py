@@ -71,3 +71,11 @@ def test_commands_name_a_bad_image_by_its_line_in_the_file(tmp_path):
         with pytest.raises(RelationError) as e:
             check()
         assert "row 4 cond2" in str(e.value) and "row 2" not in str(e.value), str(e.value)
+
+
+def test_a_csv_with_blank_lines_counts_the_lines_it_read(tmp_path):
+    """Blank lines are skipped, so the message counts the non-blank ones (and says so)."""
+    path = tmp_path / "rows.csv"
+    path.write_text("cond1,cond2\n\na.png,b.png\n\n\n")
+    with pytest.raises(RelationError, match="none of its 2 non-blank lines is a JSON object"):
+        read_jsonl(path)

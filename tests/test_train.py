@@ -233,7 +233,7 @@ def test_several_data_files_train_together(tiny_model, data, tmp_path, capsys):
 @pytest.mark.parametrize("value, message", [
     ("[]", "train.data: an empty list"), ("missing", "not found"), ("folder", "is a folder; give the train.jsonl"),
     ("comma", "several files: --data repeated or train.data=[a.jsonl,b.jsonl]"),
-    ("csv", "not a JSON Lines file, none of its 40 lines is a JSON object (line 1: malformed JSON"),
+    ("csv", "not a JSON Lines file, none of its 40 non-blank lines is a JSON object (line 1: malformed JSON"),
     ("json", "rows.json': one JSON document over 6 lines, not JSON Lines: write one JSON object per line"),
     ("list", "rows.json': one JSON document, not JSON Lines: write one JSON object per line"),
 ])  # fmt: skip
