@@ -792,7 +792,14 @@ def evaluate(
         before_loading(cfg, "eval", lambda: _check_eval_folder(cfg), lambda: _check_eval_rows(cfg))
         from .evaluate import evaluate as core_evaluate
 
-        result = core_evaluate(cfg)
+        try:
+            result = core_evaluate(cfg)
+        except KeyboardInterrupt:  # Ctrl-C or a stop signal: what was written is whole, and the rerun reuses it
+            if debug():
+                raise
+            typer.echo(f"error: interrupted; the outputs made so far stay in {cfg.eval.output_dir}, and the same "
+                       "command continues from them", err=True)  # fmt: skip
+            raise Stopped from None
         if result is None:  # not the main process of a distributed run: it only generated
             return
         _print_eval(result)

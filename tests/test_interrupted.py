@@ -297,3 +297,21 @@ def test_a_full_disk_when_the_temporary_file_is_made_names_the_output_and_leaves
         pass
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_interrupted_says_its_outputs_are_kept_for_the_rerun(tiny_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) during generation: exit 130 and one line saying the
+    outputs made so far stay and the same command continues from them (they are reused: the test above)."""
+    from eval_helpers import write_test_file
+
+    import relation_cli.evaluate as evaluate
+
+    def stopped(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate", stopped)
+    data, out = write_test_file(tmp_path / "data", rows=2), tmp_path / "eval"
+    assert main(eval_args(tiny_model, data, out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: interrupted; the outputs made so far stay in {out}, and the same command continues from them"
+    assert not any(line == "error: interrupted" for line in err)
