@@ -459,3 +459,20 @@ def test_outputs_made_from_rows_or_images_that_changed_are_made_again(tiny_model
                              json.loads((folder / "metrics.json").read_text())["samples"]]  # fmt: skip
     assert scores(out) == scores(tmp_path / "fresh")
     assert "made again" not in run(out)  # recorded now: all reused
+
+
+def test_a_rerun_with_fewer_inputs_drops_the_other_splits_grids_and_keeps_their_outputs(tiny_model, tmp_path):
+    """The report and metrics.json describe this run's inputs; a grid of an earlier run's other split would sit
+    beside them unexplained, so it goes. Its outputs stay: a later run with that input reuses them."""
+    seen = write_test_file(tmp_path / "data", rows=2)
+    unseen = seen.with_name("test_unseen.jsonl")
+    unseen.write_text(seen.read_text())
+    out = tmp_path / "out"
+    common = ["--output-dir", str(out), "--steps", "1",
+              *sets(*tiny_overrides(tiny_model), "infer.max_sequence_length=16", "eval.baselines=[copy_query]")]  # fmt: skip
+    assert main(["eval", "--input", str(seen), "--input", str(unseen), *common]) == 0
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["seen.png", "unseen.png"]
+    assert main(["eval", "--input", str(seen), *common]) == 0
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["seen.png"]
+    assert len(list((out / "unseen" / "relation").glob("*.png"))) == 2
+    assert "unseen" not in (out / "report.html").read_text()

@@ -173,6 +173,9 @@ def write_all(cfg: RelationConfig, splits: list[Split], results: dict, made: Gen
         images, columns = grid_images(own, out, methods, cfg.eval.grid_rows), grid_columns(methods)
         png = save_grid(out / "grids" / f"{split.name}.png", columns, images)
         grids[split.name] = (columns, images, png.relative_to(out))
+    for stale in sorted((out / "grids").glob("*.png")):  # an earlier run's split into this folder: not in the report
+        if stale.stem not in grids:
+            stale.unlink()
     return EvalResult(
         output_dir=out,
         metrics=write_metrics(out / "metrics.json", results),
