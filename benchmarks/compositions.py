@@ -31,6 +31,7 @@ from PIL import Image
 from relation_cli.errors import RelationError
 from relation_cli.fs import atomic_dir
 from relation_cli.progress import progress_bar
+from relation_cli.rows import read_jsonl
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
@@ -83,11 +84,10 @@ def pixels(path: Path) -> bytes:
 def test_images(data: Path) -> set[bytes]:
     """The pixels of every image of ``data``'s test rows (a prepared folder's test_seen/test_unseen.jsonl).
 
-    Raises FileNotFoundError when ``data`` lacks them."""
+    Raises RelationError when ``data`` lacks them (:func:`relation_cli.rows.read_jsonl`)."""
     taken = set()
     for split in ("test_seen.jsonl", "test_unseen.jsonl"):
-        for line in (data / split).read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in read_jsonl(data / split):
             taken.update(pixels(data / row[k]) for k in ("cond1", "cond2", "source", "target"))
     return taken
 
@@ -141,7 +141,7 @@ def score(data: Path, run: Path, split: str = "unseen") -> tuple[dict[str, dict[
         raise RelationError(f"'{data}': no test_{split}.jsonl; give the folder relation prepare wrote")
     if not record.is_file():
         raise RelationError(f"'{run}': no generation.json; give the output_dir of relation eval")
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    rows = read_jsonl(jsonl)
     made = {int(Path(key).stem): entry for key, entry in json.loads(record.read_text(encoding="utf-8"))["rows"].items()
             if key.startswith(f"{split}/relation/")}  # fmt: skip
     if not made:
