@@ -31,57 +31,85 @@ from PIL import Image
 
 from relation_cli.errors import RelationError
 from relation_cli.fs import atomic_dir
+from relation_cli.images import open_image
+from relation_cli.infer import file_digest
 from relation_cli.progress import progress_bar
-from relation_cli.rows import read_jsonl
+from relation_cli.rows import Row, parse_rows
 
 SPLITS = ("train", "test_seen", "test_unseen")
+MAX_PIXELS = 1 << 20  # the demo's scenes are 32x32; a grid cell of a million pixels is not one of them
 
 
-def grid(images: list[Image.Image]) -> Image.Image:
-    """Images of one size side by side, left to right: ``(n*w, h)``."""
+def grid(images: list[Image.Image], row: Row, file: Path) -> Image.Image:
+    """Images of one size side by side, left to right: ``(n*w, h)``; RelationError when the sizes differ."""
+    sizes = {image.size for image in images}
+    if len(sizes) > 1:
+        said = ", ".join(f"{w}x{h}" for w, h in (image.size for image in images))
+        raise RelationError(f"'{file}': {row.name}: images of sizes {said}; a row's images must be one size")
     w, h = images[0].size
     out = Image.new("RGB", (w * len(images), h))
     for i, image in enumerate(images):
-        out.paste(image.convert("RGB"), (i * w, 0))
+        out.paste(image, (i * w, 0))
     return out
 
 
-def wrong_partner(rows: list[dict], i: int) -> dict:
+def wrong_partner(rows: list[Row], i: int) -> Row:
     """The first row after row ``i`` (cyclically) of another task: its pair is row i's wrong pair."""
     for step in range(1, len(rows)):
         other = rows[(i + step) % len(rows)]
-        if other["task"] != rows[i]["task"]:
+        if other.task != rows[i].task:
             return other
-    raise RelationError("every row is of one task: no wrong pair to take")
+    raise AssertionError("checked by read_splits")
+
+
+def read_splits(data: Path) -> dict[str, list[Row]]:
+    """Every split's rows (their first exemplar pair), all checked before anything is written: each file's rows
+    (``parse_rows``: paths inside ``data``, known fields, a target), and a second task in every test split."""
+    if not data.is_dir():
+        raise RelationError(f"'{data}': " + ("is a file" if data.exists() else "no such folder")
+                            + "; give a folder relation prepare wrote")  # fmt: skip
+    splits = {}
+    for split in SPLITS:
+        source = data / f"{split}.jsonl"
+        if not source.is_file():
+            raise RelationError(f"'{data}': no {split}.jsonl; give a folder relation prepare wrote")
+        rows = parse_rows(source, need_target=True)
+        if split != "train" and len({r.task for r in rows}) < 2:
+            raise RelationError(f"'{source}': every row is of one task, so no row has a wrong pair to take")
+        splits[split] = rows
+    return splits
 
 
 def make(data: Path, out: Path) -> dict[str, int]:
     """Write ``out/<split>.jsonl`` (and ``<split>_wrong.jsonl`` for test splits) with grid images under
-    ``out/images``; returns the rows written per file."""
+    ``out/images``; returns the rows written per file. The grid's pair (and the adapter's) is the row's first
+    exemplar pair. RelationError for a bad folder, row or image, before or while writing; ``out`` is written
+    whole or not at all."""
+    splits = read_splits(data)
     counts = {}
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
-        for split in SPLITS:
-            source = data / f"{split}.jsonl"
-            if not source.is_file():
-                raise RelationError(f"'{data}': no {split}.jsonl; give a folder relation prepare wrote")
-            rows = read_jsonl(source)
+        for split, rows in splits.items():
+            file = data / f"{split}.jsonl"
             variants = [("", False)] + ([("_wrong", True)] if split != "train" else [])
             for suffix, wrong in variants:
                 written = []
                 with progress_bar(f"{split}{suffix}", len(rows)) as advance:
                     for i, row in enumerate(rows):
                         pair = wrong_partner(rows, i) if wrong else row
-                        a, a2 = (Image.open(data / pair[k]) for k in ("cond1", "cond2"))
-                        b, b2 = (Image.open(data / row[k]) for k in ("source", "target"))
+                        opened = {}
+                        for key, owner in (("cond1", pair), ("cond2", pair), ("source", row), ("target", row)):
+                            role = f"'{file}' {owner.name} {key}"
+                            opened[key] = open_image(getattr(owner, key), role, MAX_PIXELS)
+                        a, a2, b, b2 = opened.values()
                         stem = f"images/{split}{suffix}_{i:06d}"
-                        grid([a, a2, b]).save(tmp / f"{stem}_query.png")
-                        grid([a, a2, b2]).save(tmp / f"{stem}_target.png")
+                        grid([a, a2, b], row, file).save(tmp / f"{stem}_query.png")
+                        grid([a, a2, b2], row, file).save(tmp / f"{stem}_target.png")
                         a.save(tmp / f"{stem}_cond1.png")  # rows name files inside their folder only
                         a2.save(tmp / f"{stem}_cond2.png")
                         written.append({"cond1": f"{stem}_cond1.png", "cond2": f"{stem}_cond2.png",
                                         "source": f"{stem}_query.png", "target": f"{stem}_target.png",
-                                        "text": row.get("text", ""), "task": row["task"]})  # fmt: skip
+                                        "text": row.text, "task": row.task})  # fmt: skip
                         advance()
                 with open(tmp / f"{split}{suffix}.jsonl", "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(r) + "\n" for r in written)
@@ -89,48 +117,75 @@ def make(data: Path, out: Path) -> dict[str, int]:
     return counts
 
 
-def outputs(run: Path, split: str, data: Path, rows: list[dict]) -> dict[int, Path]:
-    """Row index -> output image of ``relation eval``'s ``run`` for ``split`` (e.g. "unseen", "unseen_wrong");
-    RelationError when ``run`` is not such a folder or its outputs were made from other rows than ``rows``."""
+def outputs(run: Path, split: str, rows: list[Row]) -> dict[int, Path]:
+    """Row index -> output image of ``relation eval``'s ``run`` for ``split`` (e.g. "unseen", "unseen_wrong").
+
+    RelationError when ``run`` is not such a folder, when an output was made from another query than its row's,
+    or when its query or target changed since (sha256 in ``generation.json``: a folder remade by ``make``)."""
     record = run / "generation.json"
     if not record.is_file():
         raise RelationError(f"'{run}': no generation.json; give the output_dir of relation eval")
-    made = {int(Path(key).stem): (run / key, entry)
-            for key, entry in json.loads(record.read_text(encoding="utf-8"))["rows"].items()
-            if key.startswith(f"{split}/relation/")}  # fmt: skip
-    for i, (_, entry) in made.items():
-        if i >= len(rows) or Path(entry["source"]).resolve() != (data / rows[i]["source"]).resolve():
-            raise RelationError(f"'{run}': its {split} output {i} was not made from the grid rows of '{data}'")
-    return {i: path for i, (path, _) in made.items()}
+    try:
+        made = json.loads(record.read_text(encoding="utf-8"))["rows"]
+        made = {key: entry for key, entry in made.items() if key.startswith(f"{split}/relation/")}
+        indices = {key: int(Path(key).stem) for key in made}
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise RelationError(f"'{record}': not relation eval's record of its outputs ({type(e).__name__})") from None
+    found = {}
+    for key, entry in made.items():
+        i = indices[key]
+        row = rows[i] if i < len(rows) else None
+        if row is None or not isinstance(entry, dict) or Path(str(entry.get("source"))).resolve() != row.source.resolve():
+            raise RelationError(f"'{run}': its {split} output {i} was not made from the grid rows given")
+        digests = entry.get("sha256") or [None]
+        if digests[-1] != file_digest(row.source) or entry.get("target_sha256") != file_digest(row.target):
+            raise RelationError(f"'{run}': the query or target of its {split} output {i} changed since it was made; "
+                                f"run relation eval again")  # fmt: skip
+        found[i] = run / key
+    return found
 
 
 def score(data: Path, run: Path, wrong_run: Path | None, split: str) -> dict[str, dict[str, float]]:
-    """Per task: mean MSE (pixels in [0, 1]) of the last third of ``run``'s outputs to B' (``true pair``), of
-    B to B' (``copy``) and of the last third of ``wrong_run``'s outputs to B' (``wrong pair``)."""
-    rows = read_jsonl(data / f"test_{split}.jsonl")
-    made = outputs(run, split, data, rows)
-    wrong = outputs(wrong_run, f"{split}_wrong", data, read_jsonl(data / f"test_{split}_wrong.jsonl")) if wrong_run else {}
+    """Per task and for all rows (``mean``): mean MSE (pixels in [0, 1]) of the last third of ``run``'s outputs
+    to B' (``true pair``), of B to B' (``copy``), of the last third of ``wrong_run``'s outputs to B' (``wrong
+    pair``; only the rows both runs have are scored then) and the rows scored (``n``). RelationError for a bad
+    folder or output, an output of another size than its row's target, and a ``wrong_run`` without outputs."""
+    rows = parse_rows(data / f"test_{split}.jsonl", need_target=True)
+    made = outputs(run, split, rows)
     if not made:
         raise RelationError(f"'{run}': no {split} outputs")
+    if wrong_run is not None:
+        wrong = outputs(wrong_run, f"{split}_wrong", parse_rows(data / f"test_{split}_wrong.jsonl", need_target=True))
+        if not wrong:
+            raise RelationError(f"'{wrong_run}': no {split}_wrong outputs; run relation eval on test_{split}_wrong.jsonl")
+        made = {i: path for i, path in made.items() if i in wrong}
+        if not made:
+            raise RelationError(f"'{run}' and '{wrong_run}' have no row in common")
 
-    def third(path: Path) -> np.ndarray:
-        image = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
-        w = image.shape[1] // 3
-        return image[:, 2 * w:]
+    def third(path: Path, role: str, size: tuple[int, int]) -> np.ndarray:
+        image = open_image(path, role, MAX_PIXELS * 3)
+        if image.size != size:
+            raise RelationError(f"{role} '{path}' is {image.width}x{image.height}, the grid rows are {size[0]}x{size[1]} "
+                                f"(run relation eval with infer.output_size: query)")  # fmt: skip
+        array = np.asarray(image, np.float32) / 255
+        return array[:, 2 * (array.shape[1] // 3) :]
 
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for i, path in sorted(made.items()):
-        target, cell = third(data / rows[i]["target"]), sums[rows[i]["task"]]
-        cell["true pair"].append(float(((third(path) - target) ** 2).mean()))
-        cell["copy"].append(float(((third(data / rows[i]["source"]) - target) ** 2).mean()))
-        if i in wrong:
-            cell["wrong pair"].append(float(((third(wrong[i]) - target) ** 2).mean()))
-    table = {task: {k: float(np.mean(v)) for k, v in cell.items()} for task, cell in sorted(sums.items())}
+        row = rows[i]
+        size = open_image(row.target, f"{row.name} target", MAX_PIXELS * 3).size
+        target, cell = third(row.target, f"{row.name} target", size), sums[row.task]
+        cell["true pair"].append(float(((third(path, f"output {i}", size) - target) ** 2).mean()))
+        cell["copy"].append(float(((third(row.source, f"{row.name} source", size) - target) ** 2).mean()))
+        if wrong_run is not None:
+            cell["wrong pair"].append(float(((third(wrong[i], f"wrong-pair output {i}", size) - target) ** 2).mean()))
+    table = {task: {k: float(np.mean(v)) for k, v in cell.items()} | {"n": len(cell["copy"])}
+             for task, cell in sorted(sums.items())}  # fmt: skip
     every = defaultdict(list)
     for cell in sums.values():
         for k, v in cell.items():
             every[k].extend(v)
-    table["mean"] = {k: float(np.mean(v)) for k, v in every.items()}
+    table["mean"] = {k: float(np.mean(v)) for k, v in every.items()} | {"n": len(every["copy"])}
     return table
 
 
@@ -144,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", type=Path, help="the folder make wrote")
     p.add_argument("run", type=Path, help="relation eval's output_dir for test_<split>.jsonl")
     p.add_argument("wrong_run", type=Path, nargs="?", help="relation eval's output_dir for test_<split>_wrong.jsonl")
-    p.add_argument("--split", choices=("seen", "unseen"), default="unseen")
+    p.add_argument("--split", choices=("seen", "unseen"), default="unseen",
+                   help="which test split: test_<split>.jsonl and, in WRONG_RUN, test_<split>_wrong.jsonl's outputs")
     args = parser.parse_args(argv)
     try:
         if args.command == "make":
@@ -152,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {n} rows")
         else:
             table = score(args.data, args.run, args.wrong_run, args.split)
-            print("| task | true pair | copy | wrong pair |\n| --- | --- | --- | --- |")
+            keys = ("true pair", "copy", "wrong pair") if args.wrong_run else ("true pair", "copy")
+            print("| task | rows | " + " | ".join(keys) + " |\n|" + " --- |" * (len(keys) + 2))
             for task, cell in table.items():
-                print(f"| {task} | " + " | ".join(f"{cell.get(k, float('nan')):.4f}" for k in ("true pair", "copy", "wrong pair")) + " |")
+                print(f"| {task} | {cell['n']} | " + " | ".join(f"{cell[k]:.4f}" for k in keys) + " |")
     except RelationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

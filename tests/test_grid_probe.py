@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from relation_cli.infer import file_digest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import grid_probe  # noqa: E402
 
@@ -25,7 +27,7 @@ def prepared(tmp_path: Path) -> Path:
             names = {}
             for key in ("cond1", "cond2", "source", "target"):
                 names[key] = f"images/{split}_{i}_{key}.png"
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(data / names[key])
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / names[key])
             rows.append({**names, "text": "", "task": task})
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return data
@@ -35,14 +37,16 @@ def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
 
 
-def eval_run(folder: Path, split: str, grids: dict[int, tuple[Path, Path]]) -> Path:
-    """A relation eval output_dir whose ``split`` output i is a copy of an image, made from a query: i -> (query,
-    image)."""
+def eval_run(folder: Path, split: str, grids: dict[int, tuple[dict, Path]], data: Path) -> Path:
+    """A relation eval output_dir whose ``split`` output i is a copy of an image, made from a grid row of
+    ``data``: i -> (row, image); ``generation.json`` records the row's query and target with their sha256."""
     (folder / split / "relation").mkdir(parents=True)
     rows = {}
-    for i, (query, image) in grids.items():
+    for i, (row, image) in grids.items():
         Image.open(image).save(folder / split / "relation" / f"{i:06d}.png")
-        rows[f"{split}/relation/{i:06d}.png"] = {"source": str(query.resolve())}
+        source, target = data / row["source"], data / row["target"]
+        rows[f"{split}/relation/{i:06d}.png"] = {"source": str(source.resolve()), "sha256": [file_digest(source)],
+                                                 "target": str(target.resolve()), "target_sha256": file_digest(target)}
     (folder / "generation.json").write_text(json.dumps({"rows": rows}))
     return folder
 
@@ -57,14 +61,14 @@ def test_make_writes_grids_with_the_pair_inside_and_a_wrong_pair_for_tests(tmp_p
     src = [json.loads(x) for x in (data / "test_unseen.jsonl").read_text().splitlines()]
     row = json.loads((out / "test_unseen.jsonl").read_text().splitlines()[0])
     query, target = pixels(out / row["source"]), pixels(out / row["target"])
-    assert query.shape == (8, 24, 3)
+    assert query.shape == (16, 48, 3)
     a, a2, b, b2 = (pixels(data / src[0][k]) for k in ("cond1", "cond2", "source", "target"))
     assert np.array_equal(query, np.concatenate([a, a2, b], axis=1))
     assert np.array_equal(target, np.concatenate([a, a2, b2], axis=1))
     assert np.array_equal(pixels(out / row["cond1"]), a)  # the adapter gets the same pair, inside the folder
     wrong = json.loads((out / "test_unseen_wrong.jsonl").read_text().splitlines()[0])
     assert wrong["task"] == "red" and np.array_equal(pixels(out / wrong["cond1"]), pixels(data / src[1]["cond1"]))
-    assert np.array_equal(pixels(out / wrong["source"])[:, 16:], b)  # another task's pair, the same query
+    assert np.array_equal(pixels(out / wrong["source"])[:, 32:], b)  # another task's pair, the same query
 
 
 def test_score_reads_the_last_third_and_refuses_other_rows(tmp_path, capsys):
@@ -73,19 +77,20 @@ def test_score_reads_the_last_third_and_refuses_other_rows(tmp_path, capsys):
     grid_probe.make(data, out)
     rows = [json.loads(x) for x in (out / "test_unseen.jsonl").read_text().splitlines()]
     wrong_rows = [json.loads(x) for x in (out / "test_unseen_wrong.jsonl").read_text().splitlines()]
-    run = eval_run(tmp_path / "run", "unseen", {i: (out / r["source"], out / r["target"]) for i, r in enumerate(rows)})
+    run = eval_run(tmp_path / "run", "unseen", {i: (r, out / r["target"]) for i, r in enumerate(rows)}, out)
     table = grid_probe.score(out, run, None, "unseen")
     assert table["mean"]["true pair"] == 0 and "wrong pair" not in table["mean"]
-    b, b2 = pixels(out / rows[1]["source"])[:, 16:], pixels(out / rows[1]["target"])[:, 16:]
+    b, b2 = pixels(out / rows[1]["source"])[:, 32:], pixels(out / rows[1]["target"])[:, 32:]
     assert table["blue"]["copy"] == pytest.approx(float(((b - b2) ** 2).mean()))
     # A "wrong" run whose outputs are the queries: its MSE is copying's.
-    wrong_run = eval_run(tmp_path / "wrong", "unseen_wrong", {i: (out / r["source"],) * 2 for i, r in enumerate(wrong_rows)})
+    wrong_run = eval_run(tmp_path / "wrong", "unseen_wrong", {i: (r, out / r["source"]) for i, r in enumerate(wrong_rows)},
+                         out)
     table = grid_probe.score(out, run, wrong_run, "unseen")
     assert table["mean"]["wrong pair"] == pytest.approx(table["mean"]["copy"])
     assert grid_probe.main(["score", str(out), str(run), str(wrong_run)]) == 0
-    assert "| mean | 0.0000 |" in capsys.readouterr().out
+    assert "| mean | 3 | 0.0000 |" in capsys.readouterr().out
     # Outputs made from other rows (the wrong rows' queries under the unseen name) are refused in one line.
-    other = eval_run(tmp_path / "other", "unseen", {0: (out / wrong_rows[0]["source"],) * 2})
+    other = eval_run(tmp_path / "other", "unseen", {0: (wrong_rows[0], out / wrong_rows[0]["source"])}, out)
     assert grid_probe.main(["score", str(out), str(other)]) == 1
     assert "was not made from the grid rows" in capsys.readouterr().err
 
@@ -95,5 +100,34 @@ def test_make_refuses_a_split_of_one_task_and_leaves_nothing(tmp_path, capsys):
     rows = (data / "test_seen.jsonl").read_text().splitlines()
     (data / "test_seen.jsonl").write_text(rows[0] + "\n" + rows[2] + "\n")  # both "red"
     assert grid_probe.main(["make", str(data), str(tmp_path / "grid")]) == 1
-    assert "no wrong pair" in capsys.readouterr().err
+    assert "test_seen.jsonl': every row is of one task" in capsys.readouterr().err
     assert not (tmp_path / "grid").exists()
+
+
+def test_make_refuses_rows_outside_the_folder_and_images_of_other_sizes(tmp_path, capsys):
+    data = prepared(tmp_path)
+    rows = (data / "test_unseen.jsonl").read_text().splitlines()
+    outside = json.loads(rows[0]) | {"cond1": "../elsewhere.png"}
+    (data / "test_unseen.jsonl").write_text("\n".join([json.dumps(outside), *rows[1:]]) + "\n")
+    assert grid_probe.main(["make", str(data), str(tmp_path / "grid")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "test_unseen.jsonl': row 1" in err and len(err.splitlines()) == 1
+    (data / "test_unseen.jsonl").write_text("\n".join(rows) + "\n")
+    Image.new("RGB", (24, 16)).save(data / json.loads(rows[1])["target"])
+    assert grid_probe.main(["make", str(data), str(tmp_path / "grid")]) == 1
+    assert "row 2: images of sizes 16x16, 16x16, 24x16" in capsys.readouterr().err
+    assert not (tmp_path / "grid").exists()
+
+
+def test_score_refuses_outputs_of_rows_remade_since_and_of_another_size(tmp_path, capsys):
+    data = prepared(tmp_path)
+    out = tmp_path / "grid"
+    grid_probe.make(data, out)
+    rows = [json.loads(x) for x in (out / "test_unseen.jsonl").read_text().splitlines()]
+    run = eval_run(tmp_path / "run", "unseen", {i: (r, out / r["target"]) for i, r in enumerate(rows)}, out)
+    Image.new("RGB", (48, 16), "white").save(out / rows[2]["target"])  # the folder remade under the same names
+    assert grid_probe.main(["score", str(out), str(run)]) == 1
+    assert "changed since it was made" in capsys.readouterr().err
+    small = eval_run(tmp_path / "small", "unseen", {0: (rows[0], data / "images" / "test_unseen_0_source.png")}, out)
+    assert grid_probe.main(["score", str(out), str(small)]) == 1
+    assert "is 16x16, the grid rows are 48x16" in capsys.readouterr().err
