@@ -32,7 +32,8 @@ from PIL import Image
 from relation_cli.errors import RelationError
 from relation_cli.fs import atomic_dir
 from relation_cli.images import open_image
-from relation_cli.infer import file_digest
+from relation_cli.evaluate.settings import read_settings
+from relation_cli.infer import row_record
 from relation_cli.progress import progress_bar
 from relation_cli.rows import Row, parse_rows
 
@@ -120,28 +121,27 @@ def make(data: Path, out: Path) -> dict[str, int]:
 def outputs(run: Path, split: str, rows: list[Row]) -> dict[int, Path]:
     """Row index -> output image of ``relation eval``'s ``run`` for ``split`` (e.g. "unseen", "unseen_wrong").
 
-    RelationError when ``run`` is not such a folder, when an output was made from another query than its row's,
-    or when its query or target changed since (sha256 in ``generation.json``: a folder remade by ``make``)."""
-    record = run / "generation.json"
-    if not record.is_file():
+    Each output's record in ``generation.json`` (:func:`~relation_cli.evaluate.settings.read_settings`, an
+    interrupted run's journal included) must be its row's as eval writes it now
+    (:func:`~relation_cli.infer.row_record` with the target): RelationError when ``run`` is not such a folder,
+    when an output was made from another row, or when its images changed since (a folder remade by ``make``)."""
+    recorded = read_settings(run, remedy="give the output_dir of relation eval")
+    if recorded is None:
         raise RelationError(f"'{run}': no generation.json; give the output_dir of relation eval")
-    try:
-        made = json.loads(record.read_text(encoding="utf-8"))["rows"]
-        made = {key: entry for key, entry in made.items() if key.startswith(f"{split}/relation/")}
-        indices = {key: int(Path(key).stem) for key in made}
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise RelationError(f"'{record}': not relation eval's record of its outputs ({type(e).__name__})") from None
-    found = {}
-    for key, entry in made.items():
-        i = indices[key]
-        row = rows[i] if i < len(rows) else None
-        if row is None or not isinstance(entry, dict) or Path(str(entry.get("source"))).resolve() != row.source.resolve():
-            raise RelationError(f"'{run}': its {split} output {i} was not made from the grid rows given")
-        digests = entry.get("sha256") or [None]
-        if digests[-1] != file_digest(row.source) or entry.get("target_sha256") != file_digest(row.target):
-            raise RelationError(f"'{run}': the query or target of its {split} output {i} changed since it was made; "
+    if not isinstance(recorded.get("rows"), dict):
+        raise RelationError(f"'{run / 'generation.json'}': no record of its outputs; give the output_dir of relation eval")
+    found, digests = {}, {}
+    for key, entry in recorded["rows"].items():
+        if not key.startswith(f"{split}/relation/"):
+            continue
+        stem = Path(key).stem
+        row = rows[int(stem)] if stem.isdigit() and int(stem) < len(rows) else None
+        if row is None or not isinstance(entry, dict) or entry.get("source") != str(row.source.resolve()):
+            raise RelationError(f"'{run}': its {split} output {stem} was not made from the grid rows given")
+        if entry != row_record(row, digests, with_target=True):
+            raise RelationError(f"'{run}': the images of its {split} output {stem} changed since it was made; "
                                 f"run relation eval again")  # fmt: skip
-        found[i] = run / key
+        found[int(stem)] = run / key
     return found
 
 
@@ -162,23 +162,26 @@ def score(data: Path, run: Path, wrong_run: Path | None, split: str) -> dict[str
         if not made:
             raise RelationError(f"'{run}' and '{wrong_run}' have no row in common")
 
-    def third(path: Path, role: str, size: tuple[int, int]) -> np.ndarray:
+    def pixels(path: Path, role: str, like: np.ndarray | None = None) -> np.ndarray:
+        """An image as pixels in [0, 1]; RelationError when it is not the size of ``like`` (when given)."""
         image = open_image(path, role, MAX_PIXELS * 3)
-        if image.size != size:
-            raise RelationError(f"{role} '{path}' is {image.width}x{image.height}, the grid rows are {size[0]}x{size[1]} "
-                                f"(run relation eval with infer.output_size: query)")  # fmt: skip
-        array = np.asarray(image, np.float32) / 255
-        return array[:, 2 * (array.shape[1] // 3) :]
+        if like is not None and image.size != (like.shape[1], like.shape[0]):
+            raise RelationError(f"{role} '{path}' is {image.width}x{image.height}, the grid rows are "
+                                f"{like.shape[1]}x{like.shape[0]} (run relation eval with infer.output_size: query)")  # fmt: skip
+        return np.asarray(image, np.float32) / 255
+
+    def mse_of_thirds(a: np.ndarray, b: np.ndarray) -> float:
+        w = a.shape[1] // 3
+        return float(((a[:, 2 * w :] - b[:, 2 * w :]) ** 2).mean())
 
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for i, path in sorted(made.items()):
         row = rows[i]
-        size = open_image(row.target, f"{row.name} target", MAX_PIXELS * 3).size
-        target, cell = third(row.target, f"{row.name} target", size), sums[row.task]
-        cell["true pair"].append(float(((third(path, f"output {i}", size) - target) ** 2).mean()))
-        cell["copy"].append(float(((third(row.source, f"{row.name} source", size) - target) ** 2).mean()))
+        target, cell = pixels(row.target, f"{row.name} target"), sums[row.task]
+        cell["true pair"].append(mse_of_thirds(pixels(path, f"output {i}", target), target))
+        cell["copy"].append(mse_of_thirds(pixels(row.source, f"{row.name} source", target), target))
         if wrong_run is not None:
-            cell["wrong pair"].append(float(((third(wrong[i], f"wrong-pair output {i}", size) - target) ** 2).mean()))
+            cell["wrong pair"].append(mse_of_thirds(pixels(wrong[i], f"wrong-pair output {i}", target), target))
     table = {task: {k: float(np.mean(v)) for k, v in cell.items()} | {"n": len(cell["copy"])}
              for task, cell in sorted(sums.items())}  # fmt: skip
     every = defaultdict(list)

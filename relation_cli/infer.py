@@ -381,16 +381,25 @@ class BatchSummary:
     failed: list[str] = field(default_factory=list)  # "row N: why", for rows that gave no image
 
 
-def row_record(row: Row, digests: dict[Path, str | None]) -> dict:
+def row_record(row: Row, digests: dict[Path, str | None], with_target: bool = False) -> dict:
     """What an output of batch infer was made from, as ``generation.json`` records it: the images' paths and,
     so that an image replaced under the same name is noticed, the sha256 of each one's bytes. ``digests``
-    remembers each file's sha256 across the rows of one run (rows often share an exemplar pair)."""
-    images = [p.resolve() for pair in row.pairs for p in pair] + [row.source.resolve()]
-    for path in images:
+    remembers each file's sha256 across the rows of one run (rows often share an exemplar pair).
+    ``with_target`` adds the row's target and its sha256 (``target``, ``target_sha256``), as relation eval
+    records its outputs; nothing for a row without one."""
+
+    def digest(path: Path) -> str | None:
         if path not in digests:
             digests[path] = file_digest(path)
-    return {"exemplars": [[str(a.resolve()), str(b.resolve())] for a, b in row.pairs],
-            "source": str(row.source.resolve()), "text": row.text, "sha256": [digests[p] for p in images]}  # fmt: skip
+        return digests[path]
+
+    images = [p.resolve() for pair in row.pairs for p in pair] + [row.source.resolve()]
+    record = {"exemplars": [[str(a.resolve()), str(b.resolve())] for a, b in row.pairs],
+              "source": str(row.source.resolve()), "text": row.text, "sha256": [digest(p) for p in images]}  # fmt: skip
+    if with_target and row.target is not None:
+        target = row.target.resolve()
+        record |= {"target": str(target), "target_sha256": digest(target)}
+    return record
 
 
 def file_digest(path: Path) -> str | None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relation_cli.infer import file_digest
+from relation_cli.infer import row_record
+from relation_cli.rows import parse_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import grid_probe  # noqa: E402
@@ -39,14 +40,14 @@ def pixels(path: Path) -> np.ndarray:
 
 def eval_run(folder: Path, split: str, grids: dict[int, tuple[dict, Path]], data: Path) -> Path:
     """A relation eval output_dir whose ``split`` output i is a copy of an image, made from a grid row of
-    ``data``: i -> (row, image); ``generation.json`` records the row's query and target with their sha256."""
+    ``data`` (test_unseen or test_unseen_wrong): i -> (row, image); ``generation.json`` records the row as eval
+    does (``row_record`` with the target)."""
     (folder / split / "relation").mkdir(parents=True)
+    parsed = {r.source.resolve(): r for name in ("test_unseen", "test_unseen_wrong") for r in parse_rows(data / f"{name}.jsonl")}
     rows = {}
     for i, (row, image) in grids.items():
         Image.open(image).save(folder / split / "relation" / f"{i:06d}.png")
-        source, target = data / row["source"], data / row["target"]
-        rows[f"{split}/relation/{i:06d}.png"] = {"source": str(source.resolve()), "sha256": [file_digest(source)],
-                                                 "target": str(target.resolve()), "target_sha256": file_digest(target)}
+        rows[f"{split}/relation/{i:06d}.png"] = row_record(parsed[(data / row["source"]).resolve()], {}, with_target=True)
     (folder / "generation.json").write_text(json.dumps({"rows": rows}))
     return folder
 

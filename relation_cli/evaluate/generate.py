@@ -34,14 +34,9 @@ def job_record(job: Job, out: Path, digests: dict[Path, str | None]) -> tuple[st
     the target (the VAE baseline reconstructs it) and the sha256 of each image, as batch infer records a row
     (:func:`~relation_cli.infer.row_record`: an image replaced under the same name is noticed). ``digests``
     keeps each file's sha256 across jobs."""
-    from ..infer import file_digest, row_record
+    from ..infer import row_record
 
-    record = row_record(replace(job.row, exemplars=job.exemplar.pairs), digests)
-    if job.row.target is not None:
-        target = job.row.target.resolve()
-        if target not in digests:
-            digests[target] = file_digest(target)
-        record |= {"target": str(target), "target_sha256": digests[target]}
+    record = row_record(replace(job.row, exemplars=job.exemplar.pairs), digests, with_target=True)
     return job.output.relative_to(out).as_posix(), record
 
 
