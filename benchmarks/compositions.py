@@ -29,9 +29,11 @@ import numpy as np
 from PIL import Image
 
 from relation_cli.errors import RelationError
+from relation_cli.evaluate.settings import eval_outputs
 from relation_cli.fs import atomic_dir
+from relation_cli.images import open_image
 from relation_cli.progress import progress_bar
-from relation_cli.rows import read_jsonl
+from relation_cli.rows import parse_rows, read_jsonl
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
@@ -43,6 +45,7 @@ HELD_OUT = (("invert", "channel_cycle"), ("darken", "invert"), ("invert", "mirro
             ("mirror", "rotate90"), ("shift", "zoom"), ("blur", "recolour"), ("outline", "darken"),
             ("channel_cycle", "shift"), ("grayscale", "zoom"))  # fmt: skip
 SIZE = 32
+MAX_PIXELS = 1 << 20  # the compositions' scenes are 32x32
 
 
 def compositions() -> list[tuple[str, str]]:
@@ -133,38 +136,36 @@ def score(data: Path, run: Path, split: str = "unseen") -> tuple[dict[str, dict[
 
     Returns the table, the rows scored and the rows of the jsonl: a run of ``relation eval --limit N`` has
     outputs for some rows only. Raises RelationError when ``data`` or ``run`` is not such a folder, when
-    ``run``'s outputs (read from its ``generation.json``) were made from other rows, or when a task is not a
-    composition.
+    ``run``'s outputs were made from other rows or from images changed since
+    (:func:`~relation_cli.evaluate.settings.eval_outputs`), when an output is not its target's size, or when a
+    task is not a composition.
     """
-    jsonl, record = data / f"test_{split}.jsonl", run / "generation.json"
+    jsonl = data / f"test_{split}.jsonl"
     if not jsonl.is_file():
         raise RelationError(f"'{data}': no test_{split}.jsonl; give the folder relation prepare wrote")
-    if not record.is_file():
-        raise RelationError(f"'{run}': no generation.json; give the output_dir of relation eval")
-    rows = read_jsonl(jsonl)
-    made = {int(Path(key).stem): entry for key, entry in json.loads(record.read_text(encoding="utf-8"))["rows"].items()
-            if key.startswith(f"{split}/relation/")}  # fmt: skip
+    rows = parse_rows(jsonl, need_target=True)
+    made = eval_outputs(run, split, rows)
     if not made:
         raise RelationError(f"'{run}': no {split} outputs; run relation eval on '{jsonl}' into it")
-    for i, entry in sorted(made.items()):
-        if i >= len(rows) or Path(entry["source"]).resolve() != (data / rows[i]["source"]).resolve():
-            raise RelationError(f"'{run}' was not made from '{jsonl}': its {split} output {i} edits "
-                                f"'{entry['source']}'")  # fmt: skip
-        if "+" not in rows[i]["task"]:
-            raise RelationError(f"'{jsonl}': task '{rows[i]['task']}' is not a composition a+b (compositions.py make)")
+    for i in sorted(made):
+        if "+" not in rows[i].task:
+            raise RelationError(f"'{jsonl}': task '{rows[i].task}' is not a composition a+b (compositions.py make)")
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
-    def load(path: Path | Image.Image) -> np.ndarray:
-        image = path if isinstance(path, Image.Image) else Image.open(path)
+    def load(path: Path | Image.Image, role: str = "") -> np.ndarray:
+        image = path if isinstance(path, Image.Image) else open_image(path, role, MAX_PIXELS)
         return np.asarray(image.convert("RGB"), np.float32) / 255
 
-    for i in sorted(made):
+    for i, output in sorted(made.items()):
         row = rows[i]
-        out, query = load(run / split / "relation" / f"{i:06d}.png"), Image.open(data / row["source"]).convert("RGB")
-        target, cell = load(data / row["target"]), sums[row["task"]]
+        out, query = load(output, f"output {i}"), open_image(row.source, f"{row.name} source", MAX_PIXELS)
+        target, cell = load(row.target, f"{row.name} target"), sums[row.task]
+        if out.shape != target.shape:
+            raise RelationError(f"output {i} '{output}' is {out.shape[1]}x{out.shape[0]}, its target "
+                                f"{target.shape[1]}x{target.shape[0]} (run relation eval with infer.output_size: query)")  # fmt: skip
         cell["composed"].append(float(((out - target) ** 2).mean()))
         cell["copy"].append(float(((load(query) - target) ** 2).mean()))
-        for part in row["task"].split("+"):
+        for part in row.task.split("+"):
             if part not in REDRAWN:
                 alone = load(TASKS[part].edit(Corner(query), query, SIZE))  # type: ignore[arg-type]
                 cell[f"as {part}"].append(float(((out - alone) ** 2).mean()))

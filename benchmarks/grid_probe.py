@@ -32,8 +32,7 @@ from PIL import Image
 from relation_cli.errors import RelationError
 from relation_cli.fs import atomic_dir
 from relation_cli.images import open_image
-from relation_cli.evaluate.settings import read_settings
-from relation_cli.infer import row_record
+from relation_cli.evaluate.settings import eval_outputs
 from relation_cli.progress import progress_bar
 from relation_cli.rows import Row, parse_rows
 
@@ -118,44 +117,17 @@ def make(data: Path, out: Path) -> dict[str, int]:
     return counts
 
 
-def outputs(run: Path, split: str, rows: list[Row]) -> dict[int, Path]:
-    """Row index -> output image of ``relation eval``'s ``run`` for ``split`` (e.g. "unseen", "unseen_wrong").
-
-    Each output's record in ``generation.json`` (:func:`~relation_cli.evaluate.settings.read_settings`, an
-    interrupted run's journal included) must be its row's as eval writes it now
-    (:func:`~relation_cli.infer.row_record` with the target): RelationError when ``run`` is not such a folder,
-    when an output was made from another row, or when its images changed since (a folder remade by ``make``)."""
-    recorded = read_settings(run, remedy="give the output_dir of relation eval")
-    if recorded is None:
-        raise RelationError(f"'{run}': no generation.json; give the output_dir of relation eval")
-    if not isinstance(recorded.get("rows"), dict):
-        raise RelationError(f"'{run / 'generation.json'}': no record of its outputs; give the output_dir of relation eval")
-    found, digests = {}, {}
-    for key, entry in recorded["rows"].items():
-        if not key.startswith(f"{split}/relation/"):
-            continue
-        stem = Path(key).stem
-        row = rows[int(stem)] if stem.isdigit() and int(stem) < len(rows) else None
-        if row is None or not isinstance(entry, dict) or entry.get("source") != str(row.source.resolve()):
-            raise RelationError(f"'{run}': its {split} output {stem} was not made from the grid rows given")
-        if entry != row_record(row, digests, with_target=True):
-            raise RelationError(f"'{run}': the images of its {split} output {stem} changed since it was made; "
-                                f"run relation eval again")  # fmt: skip
-        found[int(stem)] = run / key
-    return found
-
-
 def score(data: Path, run: Path, wrong_run: Path | None, split: str) -> dict[str, dict[str, float]]:
     """Per task and for all rows (``mean``): mean MSE (pixels in [0, 1]) of the last third of ``run``'s outputs
     to B' (``true pair``), of B to B' (``copy``), of the last third of ``wrong_run``'s outputs to B' (``wrong
     pair``; only the rows both runs have are scored then) and the rows scored (``n``). RelationError for a bad
     folder or output, an output of another size than its row's target, and a ``wrong_run`` without outputs."""
     rows = parse_rows(data / f"test_{split}.jsonl", need_target=True)
-    made = outputs(run, split, rows)
+    made = eval_outputs(run, split, rows)
     if not made:
         raise RelationError(f"'{run}': no {split} outputs")
     if wrong_run is not None:
-        wrong = outputs(wrong_run, f"{split}_wrong", parse_rows(data / f"test_{split}_wrong.jsonl", need_target=True))
+        wrong = eval_outputs(wrong_run, f"{split}_wrong", parse_rows(data / f"test_{split}_wrong.jsonl", need_target=True))
         if not wrong:
             raise RelationError(f"'{wrong_run}': no {split}_wrong outputs; run relation eval on test_{split}_wrong.jsonl")
         made = {i: path for i, path in made.items() if i in wrong}

@@ -3,6 +3,7 @@ the composed target and each relation alone (issue 18)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from relation_cli.infer import row_record
 from relation_cli.prepare.synthetic import TASKS, make_synthetic
+from relation_cli.rows import parse_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compositions  # noqa: E402
@@ -45,13 +48,16 @@ def prepared_row(tmp_path: Path, root: Path, task: str = "invert+mirror") -> tup
     return data, pair
 
 
-def eval_run(folder: Path, outputs: dict[int, Image.Image], source: Path) -> Path:
-    """A relation eval output_dir: ``unseen/relation/<i>.png`` and the generation.json naming each one's query."""
+def eval_run(folder: Path, outputs: dict[int, Image.Image], data: Path, source: Path | None = None) -> Path:
+    """A relation eval output_dir: ``unseen/relation/<i>.png`` and the generation.json recording each one as eval
+    does (``row_record`` with the target) for row i of ``data``'s test_unseen.jsonl, its query replaced by
+    ``source`` when given (a run of other rows)."""
     (folder / "unseen" / "relation").mkdir(parents=True)
-    rows = {}
+    rows, parsed = {}, parse_rows(data / "test_unseen.jsonl", need_target=True)
     for i, image in outputs.items():
         image.save(folder / "unseen" / "relation" / f"{i:06d}.png")
-        rows[f"unseen/relation/{i:06d}.png"] = {"source": str(source.resolve())}
+        row = parsed[i] if source is None else dataclasses.replace(parsed[i], source=source)
+        rows[f"unseen/relation/{i:06d}.png"] = row_record(row, {}, with_target=True)
     (folder / "generation.json").write_text(json.dumps({"rows": rows}))
     return folder
 
@@ -67,7 +73,7 @@ def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outpu
     assert [x["img_name"] for x in left] == [labels[1]["img_name"]]
     assert not (root / "invert+mirror" / "Group1" / labels[0]["img_name"]).exists()
     # An output equal to the composed target is nearest it; one equal to invert alone is nearest that.
-    run = eval_run(tmp_path / "run", {0: Image.fromarray(pair[:, 32:])}, data / "images" / "0.png")
+    run = eval_run(tmp_path / "run", {0: Image.fromarray(pair[:, 32:])}, data)
     table, scored, total = compositions.score(data, run)
     assert (scored, total) == (1, 1)
     assert table["invert+mirror"]["composed"] == 0 and table["invert+mirror"]["as invert"] > 0
@@ -76,22 +82,34 @@ def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outpu
     ImageOps.invert(Image.fromarray(pair[:, :32])).save(run / "unseen" / "relation" / "000000.png")
     table, _, _ = compositions.score(data, run)
     assert table["invert+mirror"]["as invert"] == 0 < table["invert+mirror"]["composed"]
+    # An output of another size than its target (eval without infer.output_size: query) is refused in one line.
+    Image.new("RGB", (16, 16)).save(run / "unseen" / "relation" / "000000.png")
+    assert compositions.main(["score", str(data), str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "is 16x16, its target 32x32" in err and err.count("\n") == 1
+    # A target replaced since the output was made: the record no longer matches.
+    Image.new("RGB", (32, 32)).save(data / "images" / "1.png")
+    assert compositions.main(["score", str(data), str(run)]) == 1
+    assert "changed since it was made" in capsys.readouterr().err
 
 
 def test_score_refuses_a_run_of_other_rows_and_scores_a_limited_one(tmp_path, capsys):
     root = tmp_path / "raw"
     compositions.make(root, 2, 11, set())
     data, pair = prepared_row(tmp_path, root)
-    other = eval_run(tmp_path / "other", {0: Image.fromarray(pair[:, 32:])}, data / "images" / "1.png")
+    other = eval_run(tmp_path / "other", {0: Image.fromarray(pair[:, 32:])}, data, data / "images" / "1.png")
     assert compositions.main(["score", str(data), str(other)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "was not made from" in err and err.count("\n") == 1
     # Two rows, outputs for the first only (relation eval --limit): scored, and said.
     lines = (data / "test_unseen.jsonl").read_text()
     (data / "test_unseen.jsonl").write_text(lines * 2)
-    limited = eval_run(tmp_path / "limited", {0: Image.fromarray(pair[:, 32:])}, data / "images" / "0.png")
+    limited = eval_run(tmp_path / "limited", {0: Image.fromarray(pair[:, 32:])}, data)
     assert compositions.main(["score", str(data), str(limited)]) == 0
     assert "(1 of the 2 rows have outputs: made with --limit?)" in capsys.readouterr().out
+    assert compositions.main(["score", str(data), str(limited), "--split", "seen"]) == 1
+    assert "test_seen.jsonl': no rows" in capsys.readouterr().err
+    (data / "test_seen.jsonl").write_text(lines)
     assert compositions.main(["score", str(data), str(limited), "--split", "seen"]) == 1
     assert "no seen outputs" in capsys.readouterr().err
     (data / "test_unseen.jsonl").write_text(lines.replace("invert+mirror", "frame"))
@@ -139,5 +157,10 @@ def test_bad_folders_are_one_line_and_a_bad_avoid_writes_nothing(tmp_path, capsy
     assert "no test_unseen.jsonl; give the folder relation prepare wrote" in capsys.readouterr().err
     assert compositions.main(["score", str(tmp_path / "full"), str(tmp_path / "run")]) == 1
     (tmp_path / "full" / "test_unseen.jsonl").write_text("")
+    assert compositions.main(["score", str(tmp_path / "full"), str(tmp_path / "run")]) == 1
+    assert "test_unseen.jsonl': no rows" in capsys.readouterr().err
+    Image.new("RGB", (32, 32)).save(tmp_path / "full" / "a.png")
+    row = {"cond1": "a.png", "cond2": "a.png", "source": "a.png", "target": "a.png", "task": "invert+mirror"}
+    (tmp_path / "full" / "test_unseen.jsonl").write_text(json.dumps(row) + "\n")
     assert compositions.main(["score", str(tmp_path / "full"), str(tmp_path / "run")]) == 1
     assert "no generation.json; give the output_dir of relation eval" in capsys.readouterr().err

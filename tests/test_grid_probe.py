@@ -93,7 +93,7 @@ def test_score_reads_the_last_third_and_refuses_other_rows(tmp_path, capsys):
     # Outputs made from other rows (the wrong rows' queries under the unseen name) are refused in one line.
     other = eval_run(tmp_path / "other", "unseen", {0: (wrong_rows[0], out / wrong_rows[0]["source"])}, out)
     assert grid_probe.main(["score", str(out), str(other)]) == 1
-    assert "was not made from the grid rows" in capsys.readouterr().err
+    assert "was not made from the rows of the test_unseen.jsonl given" in capsys.readouterr().err
 
 
 def test_make_refuses_a_split_of_one_task_and_leaves_nothing(tmp_path, capsys):

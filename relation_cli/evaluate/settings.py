@@ -138,6 +138,41 @@ def read_settings(output_dir: Path, remedy: str | None = None) -> dict | None:
     return recorded
 
 
+def eval_outputs(run: Path, split: str, rows: list) -> dict[int, Path]:
+    """Row index -> its output made with its own exemplar pairs (method ``relation``), in the folder ``run``
+    that ``relation eval`` wrote for the rows of ``test_<split>.jsonl`` (e.g. split "unseen"; ``rows`` as
+    :func:`~relation_cli.rows.parse_rows` read that file).
+
+    Each output's record in ``generation.json`` (:func:`read_settings`, an interrupted run's journal included)
+    must be its row's as eval writes it (:func:`~relation_cli.infer.row_record` with the target). A run of
+    ``relation eval --limit N`` has outputs for some rows only.
+
+    Raises:
+        RelationError: ``run`` is not such a folder; an output was made from another row; or the images of
+            its row changed since it was made (replaced under the same name).
+    """
+    from ..infer import row_record
+
+    recorded = read_settings(run, remedy="give the output_dir of relation eval")
+    if recorded is None:
+        raise RelationError(f"'{run}': no {SETTINGS_FILE}; give the output_dir of relation eval")
+    if not isinstance(recorded.get("rows"), dict):
+        raise RelationError(f"'{run / SETTINGS_FILE}': no record of its outputs; give the output_dir of relation eval")
+    found, digests = {}, {}
+    for key, entry in recorded["rows"].items():
+        if not key.startswith(f"{split}/relation/"):
+            continue
+        stem = Path(key).stem
+        row = rows[int(stem)] if stem.isdigit() and int(stem) < len(rows) else None
+        if row is None or not isinstance(entry, dict) or entry.get("source") != str(row.source.resolve()):
+            raise RelationError(f"'{run}': its {split} output {stem} was not made from the rows of the test_{split}.jsonl given")
+        if entry != row_record(row, digests, with_target=True):
+            raise RelationError(f"'{run}': the images of its {split} output {stem} changed since it was made; "
+                                f"run relation eval again")  # fmt: skip
+        found[int(stem)] = run / key
+    return found
+
+
 def _apply_journal(journal: Path, rows: dict) -> None:
     """Bring ``rows`` (``generation.json``'s) up to date with :data:`ROWS_JOURNAL`'s lines, in order: a record
     sets its output's entry, anything else (``null``) removes it. A line a kill cut short, or any line not of that form, is
