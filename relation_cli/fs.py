@@ -279,14 +279,19 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     end: a ``d`` another process filled meanwhile is kept, and RelationError says so. ``tmp`` is
     ``.name.<8 hex>`` beside ``d``, with a lock file ``tmp.lock`` held while it is filled; a ``tmp`` of ``d``
     whose lock file is there and free was left by a killed run (SIGKILL, the OOM killer) and is deleted first,
-    with a warning.
+    with a warning. Parent folders of ``d`` it had to make are removed again when the block fails (while empty).
     """
     path = Path(path)
     if not replace:
         check_new_dir(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again on failure
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stopped_temp_dirs(path)
-    tmp, lock = _locked_temp_dir(path.parent, path.name)
+    try:
+        tmp, lock = _locked_temp_dir(path.parent, path.name)
+    except BaseException:
+        _remove_empty(made)
+        raise
     dir_mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o777 less the umask
     try:
         try:
@@ -312,8 +317,20 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    else:
+        made = []  # the output is in place: its parents stay
     finally:
         _drop_lock(lock)
+        _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first), each only while empty: the parents a failed :func:`atomic_dir` made."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another writer's file, a lock file still held), or gone
+            return
 
 
 def _locked_temp_dir(parent: Path, name: str):

@@ -170,6 +170,26 @@ def test_a_folder_another_command_filled_meanwhile_is_kept_and_this_result_disca
     assert (out / "train.jsonl").read_text() == "theirs\n" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_a_failed_output_leaves_no_parent_folders_it_made(tmp_path):
+    """An output under folders that did not exist (``-o runs/new/data``): a failure or Ctrl+C removes the parents
+    it made, while empty; ones that existed before, or that another writer put a file in, stay."""
+    from relation_cli.fs import atomic_dir
+
+    (tmp_path / "kept").mkdir()
+    for error in (RelationError("bad row"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), atomic_dir(tmp_path / "kept" / "new" / "deeper" / "data") as tmp:
+            (tmp / "train.jsonl").write_text("half\n")
+            raise error
+        assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    with pytest.raises(RelationError), atomic_dir(tmp_path / "kept" / "new" / "data"):
+        (tmp_path / "kept" / "new" / "other.txt").write_text("another writer's\n")
+        raise RelationError("bad row")
+    assert [p.name for p in (tmp_path / "kept" / "new").iterdir()] == ["other.txt"]
+    with atomic_dir(tmp_path / "made" / "data") as tmp:
+        (tmp / "train.jsonl").write_text("whole\n")
+    assert (tmp_path / "made" / "data" / "train.jsonl").read_text() == "whole\n"
+
+
 def test_a_finished_run_without_its_checkpoints_is_not_trained_over(tiny_model, tmp_path, capsys):
     """Deleting checkpoints to keep only the exported weights is common: a new run there would replace them."""
     import shutil
