@@ -17,13 +17,21 @@ Key = tuple[str, str, str]  # split, family, method
 
 
 def family_means(path: Path) -> dict[Key, float]:
-    """(split, family, method) -> n-weighted mean MSE of the per_task.csv at ``path``."""
+    """(split, family, method) -> n-weighted mean MSE of the per_task.csv at ``path``.
+
+    Raises ValueError naming ``path`` when it cannot be read or is not a per_task.csv (columns split, task,
+    method, n, mse)."""
     sums: dict[Key, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            key = (row["split"], row["task"].split("-")[0], row["method"])
-            sums[key][0] += float(row["mse"]) * int(row["n"])
-            sums[key][1] += int(row["n"])
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                key = (row["split"], row["task"].split("-")[0], row["method"])
+                sums[key][0] += float(row["mse"]) * int(row["n"])
+                sums[key][1] += int(row["n"])
+    except OSError as e:
+        raise ValueError(f"'{path}': {e.strerror or e}; give the per_task.csv that relation eval wrote") from None
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error):
+        raise ValueError(f"'{path}': not a per_task.csv of relation eval (columns split, task, method, n, mse)") from None
     return {k: total / n for k, (total, n) in sums.items()}
 
 
@@ -43,7 +51,11 @@ def main(argv: list[str]) -> int:
     if not argv or any("=" not in a for a in argv):
         print("usage: python benchmarks/family_table.py LABEL=per_task.csv [LABEL=per_task.csv ...]", file=sys.stderr)
         return 1
-    runs = {label: family_means(Path(path)) for label, path in (a.split("=", 1) for a in argv)}
+    try:
+        runs = {label: family_means(Path(path)) for label, path in (a.split("=", 1) for a in argv)}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print("\n".join(table(runs)))
     return 0
 

@@ -218,6 +218,13 @@ def test_family_table_weights_each_task_by_its_rows(tmp_path, capsys):
     assert lines[0] == "| split | family | a copy_query | a relation |"
     assert lines[2:] == ["| seen | rotate |  | 0.4000 |", "| unseen | frame | 0.3000 | 0.2000 |"]
     assert family_table.main(["no-label"]) == 1
+    capsys.readouterr()
+    # A missing file (an eval still running) or another CSV: one line, no traceback.
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    for path, said in ((tmp_path / "none.csv", "No such file or directory"), (tmp_path / "other.csv", "not a per_task.csv")):
+        assert family_table.main([f"a={path}"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: '{path}': ") and said in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("size", [32, 64])
