@@ -147,9 +147,11 @@ def score(data: Path, run: Path, split: str = "unseen") -> tuple[dict[str, dict[
     made = eval_outputs(run, split, rows)
     if not made:
         raise RelationError(f"'{run}': no {split} outputs; run relation eval on '{jsonl}' into it")
+    known = composed_relations()
     for i in sorted(made):
-        if "+" not in rows[i].task:
-            raise RelationError(f"'{jsonl}': task '{rows[i].task}' is not a composition a+b (compositions.py make)")
+        if rows[i].task not in known:
+            raise RelationError(f"'{jsonl}': task '{rows[i].task}' is not one of the compositions a+b that "
+                                f"compositions.py make writes")  # fmt: skip
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
     def load(path: Path | Image.Image, role: str = "") -> np.ndarray:

@@ -9,6 +9,7 @@ the mean MSE over a family's rows of one split and method (per-task means weight
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -26,12 +27,18 @@ def family_means(path: Path) -> dict[Key, float]:
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 key = (row["split"], row["task"].split("-")[0], row["method"])
-                sums[key][0] += float(row["mse"]) * int(row["n"])
-                sums[key][1] += int(row["n"])
+                mse, n = float(row["mse"]), int(row["n"])
+                if n < 1 or not math.isfinite(mse):
+                    raise ValueError
+                sums[key][0] += mse * n
+                sums[key][1] += n
     except OSError as e:
         raise ValueError(f"'{path}': {e.strerror or e}; give the per_task.csv that relation eval wrote") from None
     except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error):
-        raise ValueError(f"'{path}': not a per_task.csv of relation eval (columns split, task, method, n, mse)") from None
+        raise ValueError(f"'{path}': not a per_task.csv of relation eval (columns split, task, method, n >= 1, "
+                         "a finite mse)") from None  # fmt: skip
+    if not sums:
+        raise ValueError(f"'{path}': no rows; give the per_task.csv of a relation eval that scored outputs")
     return {k: total / n for k, (total, n) in sums.items()}
 
 
@@ -48,8 +55,10 @@ def table(runs: dict[str, dict[Key, float]]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or any("=" not in a for a in argv):
-        print("usage: python benchmarks/family_table.py LABEL=per_task.csv [LABEL=per_task.csv ...]", file=sys.stderr)
+    labels = [a.split("=", 1)[0] for a in argv]
+    if not argv or any("=" not in a for a in argv) or "" in labels or len(set(labels)) < len(labels):
+        print("error: usage: python benchmarks/family_table.py LABEL=per_task.csv [LABEL=per_task.csv ...] "
+              "(each LABEL given once, not empty)", file=sys.stderr)  # fmt: skip
         return 1
     try:
         runs = {label: family_means(Path(path)) for label, path in (a.split("=", 1) for a in argv)}

@@ -90,7 +90,7 @@ def test_make_removes_pairs_equal_to_a_test_image_and_score_finds_composed_outpu
     # A target replaced since the output was made: the record no longer matches.
     Image.new("RGB", (32, 32)).save(data / "images" / "1.png")
     assert compositions.main(["score", str(data), str(run)]) == 1
-    assert "changed since it was made" in capsys.readouterr().err
+    assert "changed or were removed since it was made" in capsys.readouterr().err
 
 
 def test_score_refuses_a_run_of_other_rows_and_scores_a_limited_one(tmp_path, capsys):
@@ -114,7 +114,18 @@ def test_score_refuses_a_run_of_other_rows_and_scores_a_limited_one(tmp_path, ca
     assert "no seen outputs" in capsys.readouterr().err
     (data / "test_unseen.jsonl").write_text(lines.replace("invert+mirror", "frame"))
     assert compositions.main(["score", str(data), str(limited)]) == 1
-    assert "task 'frame' is not a composition" in capsys.readouterr().err
+    assert "task 'frame' is not one of the compositions a+b" in capsys.readouterr().err
+    for task in ("foo+bar", "recolour+outline", "invert+mirror+blur", "frame+flip_vertical"):
+        (data / "test_unseen.jsonl").write_text(lines.replace("invert+mirror", task))
+        assert compositions.main(["score", str(data), str(limited)]) == 1
+        assert f"task '{task}' is not one of the compositions" in capsys.readouterr().err
+    # An output key eval does not write (a path out of the run folder) is refused, not read.
+    (data / "test_unseen.jsonl").write_text(lines)
+    record = json.loads((limited / "generation.json").read_text())
+    record["rows"]["unseen/relation/../../000000.png"] = record["rows"].pop("unseen/relation/000000.png")
+    (limited / "generation.json").write_text(json.dumps(record))
+    assert compositions.main(["score", str(data), str(limited)]) == 1
+    assert "records an output 'unseen/relation/../../000000.png' that relation eval does not write" in capsys.readouterr().err
 
 
 def test_make_is_all_or_nothing(tmp_path, monkeypatch, capsys):

@@ -217,11 +217,16 @@ def test_family_table_weights_each_task_by_its_rows(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| split | family | a copy_query | a relation |"
     assert lines[2:] == ["| seen | rotate |  | 0.4000 |", "| unseen | frame | 0.3000 | 0.2000 |"]
-    assert family_table.main(["no-label"]) == 1
-    capsys.readouterr()
+    for argv in (["no-label"], [f"={csv}"], [f"a={csv}", f"a={csv}"]):
+        assert family_table.main(argv) == 1
+        assert capsys.readouterr().err.startswith("error: usage: ")
     # A missing file (an eval still running) or another CSV: one line, no traceback.
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
-    for path, said in ((tmp_path / "none.csv", "No such file or directory"), (tmp_path / "other.csv", "not a per_task.csv")):
+    (tmp_path / "n0.csv").write_text("split,task,method,n,mse\nseen,rotate-seen-0000,relation,0,0.1\n")
+    (tmp_path / "nan.csv").write_text("split,task,method,n,mse\nseen,rotate-seen-0000,relation,1,nan\n")
+    (tmp_path / "header.csv").write_text("split,task,method,n,mse\n")
+    for path, said in ((tmp_path / "none.csv", "No such file or directory"), (tmp_path / "other.csv", "not a per_task.csv"),
+                       (tmp_path / "n0.csv", "n >= 1"), (tmp_path / "nan.csv", "a finite mse"), (tmp_path / "header.csv", "no rows")):
         assert family_table.main([f"a={path}"]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"error: '{path}': ") and said in err and err.count("\n") == 1, err

@@ -128,7 +128,7 @@ def test_score_refuses_outputs_of_rows_remade_since_and_of_another_size(tmp_path
     run = eval_run(tmp_path / "run", "unseen", {i: (r, out / r["target"]) for i, r in enumerate(rows)}, out)
     Image.new("RGB", (48, 16), "white").save(out / rows[2]["target"])  # the folder remade under the same names
     assert grid_probe.main(["score", str(out), str(run)]) == 1
-    assert "changed since it was made" in capsys.readouterr().err
+    assert "changed or were removed since it was made" in capsys.readouterr().err
     small = eval_run(tmp_path / "small", "unseen", {0: (rows[0], data / "images" / "test_unseen_0_source.png")}, out)
     assert grid_probe.main(["score", str(out), str(small)]) == 1
     assert "is 16x16, the grid rows are 48x16" in capsys.readouterr().err

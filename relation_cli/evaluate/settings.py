@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,8 +149,9 @@ def eval_outputs(run: Path, split: str, rows: list) -> dict[int, Path]:
     ``relation eval --limit N`` has outputs for some rows only.
 
     Raises:
-        RelationError: ``run`` is not such a folder; an output was made from another row; or the images of
-            its row changed since it was made (replaced under the same name).
+        RelationError: ``run`` is not such a folder; it records an output under a name eval does not write
+            (``<split>/relation/<row:06d>.png``); an output was made from another row; or the images of its row
+            changed since it was made (replaced under the same name, or removed).
     """
     from ..infer import row_record
 
@@ -159,16 +161,19 @@ def eval_outputs(run: Path, split: str, rows: list) -> dict[int, Path]:
     if not isinstance(recorded.get("rows"), dict):
         raise RelationError(f"'{run / SETTINGS_FILE}': no record of its outputs; give the output_dir of relation eval")
     found, digests = {}, {}
+    named = re.compile(rf"{re.escape(split)}/relation/([0-9]{{6}})\.png", re.ASCII)
     for key, entry in recorded["rows"].items():
         if not key.startswith(f"{split}/relation/"):
             continue
-        stem = Path(key).stem
-        row = rows[int(stem)] if stem.isdigit() and int(stem) < len(rows) else None
+        if (match := named.fullmatch(key)) is None:  # eval names its outputs <split>/<method>/<row:06d>.png
+            raise RelationError(f"'{run / SETTINGS_FILE}' records an output '{key}' that relation eval does not write")
+        stem = match.group(1)
+        row = rows[int(stem)] if int(stem) < len(rows) else None
         if row is None or not isinstance(entry, dict) or entry.get("source") != str(row.source.resolve()):
             raise RelationError(f"'{run}': its {split} output {stem} was not made from the rows of the test_{split}.jsonl given")
         if entry != row_record(row, digests, with_target=True):
-            raise RelationError(f"'{run}': the images of its {split} output {stem} changed since it was made; "
-                                f"run relation eval again")  # fmt: skip
+            raise RelationError(f"'{run}': the images of its {split} output {stem} changed or were removed since it "
+                                f"was made; run relation eval again")  # fmt: skip
         found[int(stem)] = run / key
     return found
 
