@@ -109,6 +109,10 @@ def test_processes_share_the_missing_outputs(tmp_path):
     def process(rank: int) -> None:
         results[rank] = generate(cfg, jobs, FakeState(rank, 2, barrier))
 
+    # Real processes each import diffusers alone; two threads importing it at once race in its lazy module
+    # ("cannot import name 'AutoencoderKL'" in one of them, about half the runs here), so import it first.
+    from diffusers import AutoencoderKL  # noqa: F401
+
     threads = [threading.Thread(target=process, args=(rank,), name=str(rank)) for rank in (0, 1)]
     with patch("relation_cli.evaluate.generate.save_output", save):
         for t in threads:
