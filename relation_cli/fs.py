@@ -286,8 +286,8 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
         check_new_dir(path)
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again on failure
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stopped_temp_dirs(path)
     try:
+        remove_stopped_temp_dirs(path)
         tmp, lock = _locked_temp_dir(path.parent, path.name)
     except BaseException:
         _remove_empty(made)

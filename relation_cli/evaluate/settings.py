@@ -167,14 +167,14 @@ def eval_outputs(run: Path, split: str, rows: list) -> dict[int, Path]:
             continue
         if (match := named.fullmatch(key)) is None:  # eval names its outputs <split>/<method>/<row:06d>.png
             raise RelationError(f"'{run / SETTINGS_FILE}' records an output '{key}' that relation eval does not write")
-        stem = match.group(1)
-        row = rows[int(stem)] if int(stem) < len(rows) else None
+        stem, index = match.group(1), int(match.group(1))
+        row = rows[index] if index < len(rows) else None
         if row is None or not isinstance(entry, dict) or entry.get("source") != str(row.source.resolve()):
             raise RelationError(f"'{run}': its {split} output {stem} was not made from the rows of the test_{split}.jsonl given")
         if entry != row_record(row, digests, with_target=True):
             raise RelationError(f"'{run}': the images of its {split} output {stem} changed or were removed since it "
                                 f"was made; run relation eval again")  # fmt: skip
-        found[int(stem)] = run / key
+        found[index] = run / key
     return found
 
 
