@@ -9,7 +9,6 @@ run, and the pixel MSE of the output against the exact output and against the ta
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from _args import Parser
 
 SETTINGS = [
     ("exact", []),
@@ -33,7 +33,7 @@ def main() -> None:
     from relation_cli.progress import quiet_libraries
     from relation_cli.rows import parse_rows
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows-file", default="build/demo/data/test_seen.jsonl")
     ap.add_argument("--rows", type=int, default=40)
     ap.add_argument("--steps", type=int, default=24, help="denoising steps (caches need several to act)")

@@ -35,6 +35,7 @@ from relation_cli.images import open_image
 from relation_cli.progress import progress_bar
 from relation_cli.rows import parse_rows, read_jsonl
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
+from _args import Parser
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
 # out because it returns the image unedited for scenes without a clearly largest shape.
@@ -195,7 +196,7 @@ def make(root: Path, pairs: int, seed: int, taken: set[bytes]) -> tuple[int, int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
     write = sub.add_parser("make", help="write every composition as a Relation252K folder", formatter_class=defaults)

@@ -14,7 +14,6 @@ since these are wall times. Prints a Markdown table; ``--out`` also writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from _args import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -84,7 +84,7 @@ def error_cases(tmp: Path) -> list[tuple[str, list]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a photo run is stopped")
     parser.add_argument("--out", type=Path, default=None)

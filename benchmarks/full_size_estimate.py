@@ -8,11 +8,11 @@ Usage: ``python benchmarks/full_size_estimate.py [--config configs/train-flux-de
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
+from _args import Parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,7 +24,7 @@ def main() -> None:
     from relation_cli.tiny import build_components
     from relation_cli.train.estimate import estimate_parts
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/train-flux-dev-paper.yaml")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
     args = parser.parse_args()

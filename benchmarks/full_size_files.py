@@ -18,7 +18,6 @@ deleted afterwards unless ``--keep``. ``--scale N`` divides the widths by N (tes
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _args import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
@@ -139,7 +139,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/relation-fullsize"), help="work folder (5.3 GB + 5.3 GB)")
     parser.add_argument("--scale", type=int, default=1, help="divide the widths by this (1: full size)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")

@@ -34,6 +34,7 @@ from PIL import Image
 
 from relation_cli.config import LoraSection, ModelSection, RelationConfig
 from relation_cli.tiny import ArchSpec, build_components
+from _args import Parser
 
 GIB = 1024**3
 
@@ -430,7 +431,7 @@ def goals(results: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny architecture on the CPU (checks the script)")
     parser.add_argument("--bases", nargs="*", default=None, help=f"bases to check: {', '.join(BASES)} (all); "
                         f"with --tiny: {', '.join(TINY_BASES)}")  # fmt: skip

@@ -20,7 +20,6 @@ the wrong-pair run's output.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -35,6 +34,7 @@ from relation_cli.images import open_image
 from relation_cli.evaluate.settings import eval_outputs
 from relation_cli.progress import progress_bar
 from relation_cli.rows import Row, parse_rows
+from _args import Parser
 
 SPLITS = ("train", "test_seen", "test_unseen")
 MAX_PIXELS = 1 << 20  # the demo's scenes are 32x32; a grid cell of a million pixels is not one of them
@@ -165,7 +165,7 @@ def score(data: Path, run: Path, wrong_run: Path | None, split: str) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("make", help="write the grid rows of a prepared folder")
     p.add_argument("data", type=Path, help="a folder relation prepare wrote (train/test_seen/test_unseen.jsonl)")

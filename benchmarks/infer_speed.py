@@ -18,7 +18,6 @@ Figures are medians of ``--repeats`` runs after one warm-up run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from _args import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -211,7 +211,7 @@ def gpu_full(repeats: int, steps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=["cpu-demo", "cpu-mid", "gpu-full"], default="cpu-demo")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=24)

@@ -13,7 +13,6 @@ is many times slower than the disk the data will live on).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from PIL import Image
 from relation_cli.config import load_config
 from relation_cli.prepare import TASKS, make_synthetic, prepare
 from relation_cli.prepare.decode import default_workers
+from _args import Parser
 
 
 def pil_decode_encode(images: list[Path], out: Path, compress_level: int) -> float:
@@ -50,7 +50,7 @@ def time_prepare(raw: Path, out: Path, workers: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5000, help="pairs in all (rounded up to whole tasks)")
     parser.add_argument("--size", type=int, default=64, help="side of each half-image in pixels")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")

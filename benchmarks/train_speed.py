@@ -13,13 +13,13 @@ Prints a table and writes JSON (``--out``). Figures are medians over ``--steps``
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
 import time
 
 import torch
+from _args import Parser
 
 FLUX_DEV = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
                 joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))  # fmt: skip
@@ -98,7 +98,7 @@ def measure(model, optimizer, batch, target, steps: int, warmup: int, device) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", choices=["flux-dev", "tiny"], default="flux-dev")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--side", type=int, default=512)

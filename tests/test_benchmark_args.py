@@ -1,0 +1,39 @@
+"""The benchmark scripts' usage errors: one line and exit status 1, as relation's own (benchmarks/_args.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from _args import Parser  # noqa: E402
+
+
+def test_a_usage_error_is_one_line_with_the_help_to_read(capsys):
+    parser = Parser(prog="tool.py")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("score").add_argument("data")
+    for argv, said in [(["--bogus"], "the following arguments are required: command (see tool.py --help)"),
+                       (["score"], "the following arguments are required: data (see tool.py score --help)"),
+                       (["score", "d", "--x"], "unrecognized arguments: --x (see tool.py --help)")]:  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args(argv)
+        assert stopped.value.code == 1
+        assert capsys.readouterr().err == f"error: {said}\n"
+    assert parser.parse_args(["score", "d"]).data == "d"
+
+
+def test_every_benchmark_parses_with_it():
+    scripts = {p.name: p.read_text() for p in BENCHMARKS.glob("*.py") if p.name != "_args.py"}
+    assert [name for name, text in scripts.items() if "ArgumentParser(" in text] == []
+    parsing = [name for name, text in scripts.items() if "Parser(" in text]
+    assert len(parsing) >= 11 and all("\nfrom _args import Parser\n" in scripts[name] for name in parsing)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "compositions.py"), "score", "--bogus"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1:] == [
+        "error: the following arguments are required: data, run (see compositions.py score --help)"]
