@@ -46,6 +46,7 @@ HELD_OUT = (("invert", "channel_cycle"), ("darken", "invert"), ("invert", "mirro
             ("mirror", "rotate90"), ("shift", "zoom"), ("blur", "recolour"), ("outline", "darken"),
             ("channel_cycle", "shift"), ("grayscale", "zoom"))  # fmt: skip
 SIZE = 32
+LIMIT = "compositions.py's MAX_PIXELS"  # named in the message of an image over it
 MAX_PIXELS = 1 << 20  # the compositions' scenes are 32x32
 
 
@@ -156,12 +157,12 @@ def score(data: Path, run: Path, split: str = "unseen") -> tuple[dict[str, dict[
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
     def load(path: Path | Image.Image, role: str = "") -> np.ndarray:
-        image = path if isinstance(path, Image.Image) else open_image(path, role, MAX_PIXELS)
+        image = path if isinstance(path, Image.Image) else open_image(path, role, MAX_PIXELS, limit=LIMIT)
         return np.asarray(image.convert("RGB"), np.float32) / 255
 
     for i, output in sorted(made.items()):
         row = rows[i]
-        out, query = load(output, f"output {i}"), open_image(row.source, f"{row.name} source", MAX_PIXELS)
+        out, query = load(output, f"output {i}"), open_image(row.source, f"{row.name} source", MAX_PIXELS, limit=LIMIT)
         target, cell = load(row.target, f"{row.name} target"), sums[row.task]
         if out.shape != target.shape:
             raise RelationError(f"output {i} '{output}' is {out.shape[1]}x{out.shape[0]}, its target "

@@ -37,6 +37,7 @@ from relation_cli.rows import Row, parse_rows
 from _args import Parser
 
 SPLITS = ("train", "test_seen", "test_unseen")
+LIMIT = "grid_probe.py's MAX_PIXELS"  # named in the message of an image over it
 MAX_PIXELS = 1 << 20  # the demo's scenes are 32x32; a grid cell of a million pixels is not one of them
 
 
@@ -100,7 +101,7 @@ def make(data: Path, out: Path) -> dict[str, int]:
                         opened = {}
                         for key, owner in (("cond1", pair), ("cond2", pair), ("source", row), ("target", row)):
                             role = f"'{file}' {owner.name} {key}"
-                            opened[key] = open_image(getattr(owner, key), role, MAX_PIXELS)
+                            opened[key] = open_image(getattr(owner, key), role, MAX_PIXELS, limit=LIMIT)
                         a, a2, b, b2 = opened.values()
                         stem = f"images/{split}{suffix}_{i:06d}"
                         grid([a, a2, b], row, file).save(tmp / f"{stem}_query.png")
@@ -136,7 +137,7 @@ def score(data: Path, run: Path, wrong_run: Path | None, split: str) -> dict[str
 
     def pixels(path: Path, role: str, like: np.ndarray | None = None) -> np.ndarray:
         """An image as pixels in [0, 1]; RelationError when it is not the size of ``like`` (when given)."""
-        image = open_image(path, role, MAX_PIXELS * 3)
+        image = open_image(path, role, MAX_PIXELS * 3, limit=LIMIT)
         if like is not None and image.size != (like.shape[1], like.shape[0]):
             raise RelationError(f"{role} '{path}' is {image.width}x{image.height}, the grid rows are "
                                 f"{like.shape[1]}x{like.shape[0]} (run relation eval with infer.output_size: query)")  # fmt: skip

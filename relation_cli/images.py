@@ -64,10 +64,14 @@ _frames_noted = threading.Event()
 EXEMPLAR_RATIOS = ((3, 4), (4, 3), (1, 1), (16, 9), (9, 16))
 
 
-def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN_SIDE) -> Image.Image:
+def open_image(
+    path: str | Path, role: str, max_pixels: int, min_side: int = MIN_SIDE, limit: str = "data.max_image_pixels"
+) -> Image.Image:
     """Open, fully decode and check one image; returns an upright 8-bit RGB copy.
 
-    ``role`` names the input in messages ("query", "exemplar A", "row 3 source", ...).
+    ``role`` names the input in messages ("query", "exemplar A", "row 3 source", ...); ``limit`` names the
+    setting ``max_pixels`` comes from, in the message of an image over it. Raises RelationError for a missing,
+    unreadable, corrupt, over-size or too small image.
     """
     path = Path(path)
     where = f"{role} '{path}'"
@@ -82,7 +86,7 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
             w, h = im.size
             if w * h > max_pixels:
                 raise RelationError(
-                    f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (data.max_image_pixels)"
+                    f"{where}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} ({limit})"
                 )
             if getattr(im, "n_frames", 1) > 1:
                 _note_once(_frames_noted, f"note: {where} has {im.n_frames} frames; the first is used")
@@ -95,7 +99,7 @@ def open_image(path: str | Path, role: str, max_pixels: int, min_side: int = MIN
     except Image.DecompressionBombError as e:  # PIL's own limit, met before the size can be read
         said = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds limit of ..."
         size = f"{int(said.group(1)):,} pixels" if said else f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
-        raise RelationError(f"{where}: {size}, over the limit of {max_pixels:,} (data.max_image_pixels); refused "
+        raise RelationError(f"{where}: {size}, over the limit of {max_pixels:,} ({limit}); refused "
                             "before decoding (a decompression bomb)") from None  # fmt: skip
     except PermissionError:
         raise RelationError(f"{where}: permission denied") from None

@@ -117,6 +117,9 @@ def test_make_refuses_rows_outside_the_folder_and_images_of_other_sizes(tmp_path
     Image.new("RGB", (24, 16)).save(data / json.loads(rows[1])["target"])
     assert grid_probe.main(["make", str(data), str(tmp_path / "grid")]) == 1
     assert "row 2: images of sizes 16x16, 16x16, 24x16" in capsys.readouterr().err
+    Image.new("RGB", (1025, 1024)).save(data / json.loads(rows[1])["target"])  # the script's own limit, named
+    assert grid_probe.main(["make", str(data), str(tmp_path / "grid")]) == 1
+    assert "over the limit of 1,048,576 (grid_probe.py's MAX_PIXELS)" in capsys.readouterr().err
     assert not (tmp_path / "grid").exists()
 
 

@@ -61,6 +61,14 @@ def test_bad_images(tmp_path, make, message):
     assert str(err.value).startswith("query '") and "\n" not in str(err.value)
 
 
+def test_the_limit_is_named_as_the_caller_says(tmp_path):
+    big = random_image(tmp_path / "big.png", (4000, 3000))
+    with pytest.raises(RelationError, match=r"over the limit of 1,000 \(data.max_image_pixels\)$"):
+        open_image(big, "query", 1000)
+    with pytest.raises(RelationError, match=r"over the limit of 1,000 \(tool.py's MAX_PIXELS\)$"):
+        open_image(big, "query", 1000, limit="tool.py's MAX_PIXELS")
+
+
 @pytest.mark.parametrize(
     "size, expected", [((60, 44), (512, 384)), ((40, 52), (386, 512)), ((100, 100), (512, 512)), ((300, 100), (512, 287))]
 )
