@@ -10,6 +10,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from _args import Parser
+
 
 def functions(path: Path) -> list[tuple[str, int]]:
     """(qualified name, lines from ``def`` to the last line) of every function and method in a file."""
@@ -22,8 +24,13 @@ def functions(path: Path) -> list[tuple[str, int]]:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[0] if argv else "relation_cli")
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", type=Path, default=Path("relation_cli"), help="a package folder")
+    root = parser.parse_args(argv).root
     files = sorted(p for p in root.rglob("*.py"))
+    if not files:
+        print(f"error: '{root}': " + ("no Python files under it" if root.is_dir() else "no such folder"), file=sys.stderr)
+        return 1
     sizes = [f for p in files for f in functions(p)]
     lengths = [n for _, n in sizes]
     long = sorted((n, name) for name, n in sizes if n > 60)

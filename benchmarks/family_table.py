@@ -8,11 +8,14 @@ the mean MSE over a family's rows of one split and method (per-task means weight
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from _args import Parser
 
 Key = tuple[str, str, str]  # split, family, method
 
@@ -54,14 +57,24 @@ def table(runs: dict[str, dict[Key, float]]) -> list[str]:
     return lines
 
 
+def labelled(text: str) -> tuple[str, Path]:
+    """``LABEL=per_task.csv`` -> (label, path); argparse's type (its error is a usage error)."""
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"'{text}' is not LABEL=per_task.csv (a label, '=', a path)")
+    return label, Path(path)
+
+
 def main(argv: list[str]) -> int:
-    labels = [a.split("=", 1)[0] for a in argv]
-    if not argv or any("=" not in a for a in argv) or "" in labels or len(set(labels)) < len(labels):
-        print("error: usage: python benchmarks/family_table.py LABEL=per_task.csv [LABEL=per_task.csv ...] "
-              "(each LABEL given once, not empty)", file=sys.stderr)  # fmt: skip
-        return 1
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=labelled, metavar="LABEL=per_task.csv",
+                        help="a column label and the per_task.csv of relation eval (each label once)")  # fmt: skip
+    args = parser.parse_args(argv)
+    labels = [label for label, _ in args.runs]
+    if len(set(labels)) < len(labels):
+        parser.error(f"label '{next(x for x in labels if labels.count(x) > 1)}' given twice; each LABEL once")
     try:
-        runs = {label: family_means(Path(path)) for label, path in (a.split("=", 1) for a in argv)}
+        runs = {label: family_means(path) for label, path in args.runs}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -14,21 +14,30 @@ from pathlib import Path
 import torch
 from _args import Parser
 
+from relation_cli.progress import quiet_libraries
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/train-flux-dev-paper.yaml")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
+    args = parser.parse_args()  # before the imports below: a usage error answers at once
+    quiet_libraries()
+
     from gpu_check import BASES
 
     from relation_cli.config import load_config
     from relation_cli.tiny import build_components
     from relation_cli.train.estimate import estimate_parts
 
-    parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/train-flux-dev-paper.yaml")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
-    args = parser.parse_args()
-    cfg = load_config(Path(args.config), args.set)
+    from relation_cli.errors import RelationError
+
+    try:
+        cfg = load_config(Path(args.config), args.set)
+    except RelationError as e:  # a missing config or a bad --set: one line
+        raise SystemExit(f"error: {e}") from None
     with torch.device("meta"):
         c = build_components(BASES["flux1-dev"].spec)
     est = estimate_parts(cfg, 0, c["transformer"], c["vae"], c["text_encoder"], c["text_encoder_2"], c["image_encoder"])

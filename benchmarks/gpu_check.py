@@ -32,9 +32,14 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from relation_cli.config import LoraSection, ModelSection, RelationConfig
-from relation_cli.tiny import ArchSpec, build_components
-from _args import Parser
+from relation_cli.progress import quiet_libraries
+
+if __name__ == "__main__":  # a run, not a test's import: transformers' advisory lines off before it is imported
+    quiet_libraries()
+
+from relation_cli.config import LoraSection, ModelSection, RelationConfig  # noqa: E402
+from relation_cli.tiny import ArchSpec, build_components  # noqa: E402
+from _args import Parser  # noqa: E402
 
 GIB = 1024**3
 

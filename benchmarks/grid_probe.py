@@ -137,7 +137,7 @@ def score(data: Path, run: Path, wrong_run: Path | None, split: str) -> dict[str
 
     def pixels(path: Path, role: str, like: np.ndarray | None = None) -> np.ndarray:
         """An image as pixels in [0, 1]; RelationError when it is not the size of ``like`` (when given)."""
-        image = open_image(path, role, MAX_PIXELS * 3, limit=LIMIT)
+        image = open_image(path, role, MAX_PIXELS * 3, limit=f"3 x {LIMIT}: a grid row of three cells")
         if like is not None and image.size != (like.shape[1], like.shape[0]):
             raise RelationError(f"{role} '{path}' is {image.width}x{image.height}, the grid rows are "
                                 f"{like.shape[1]}x{like.shape[0]} (run relation eval with infer.output_size: query)")  # fmt: skip

@@ -13,6 +13,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from _args import Parser
+
 
 def slim(wheel: Path, drop: str) -> tuple[int, int]:
     """Rewrite ``wheel`` without the members whose names match ``drop``; returns (bytes before, after).
@@ -31,8 +33,23 @@ def slim(wheel: Path, drop: str) -> tuple[int, int]:
     return before, wheel.stat().st_size
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("wheel", type=Path, help="the wheel to rewrite in place")
+    parser.add_argument("regex", help="member names to drop (re.search)")
+    args = parser.parse_args(argv)
+    try:
+        re.compile(args.regex)
+    except re.error as e:
+        parser.error(f"regex {args.regex!r}: {e}")
+    try:
+        old, new = slim(args.wheel, args.regex)
+    except (OSError, zipfile.BadZipFile) as e:
+        print(f"error: '{args.wheel}': {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 1
+    print(f"{args.wheel}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python benchmarks/slim_wheel.py WHEEL REGEX")
-    old, new = slim(Path(sys.argv[1]), sys.argv[2])
-    print(f"{sys.argv[1]}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")
+    sys.exit(main())

@@ -98,9 +98,11 @@ def open_image(
         raise RelationError(f"{where}: not an image PIL can read") from None
     except Image.DecompressionBombError as e:  # PIL's own limit, met before the size can be read
         said = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds limit of ..."
-        size = f"{int(said.group(1)):,} pixels" if said else f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
-        raise RelationError(f"{where}: {size}, over the limit of {max_pixels:,} ({limit}); refused "
-                            "before decoding (a decompression bomb)") from None  # fmt: skip
+        pil_limit = 2 * Image.MAX_IMAGE_PIXELS  # PIL refuses at twice its MAX_IMAGE_PIXELS (a warning below that)
+        size = f"{int(said.group(1)):,} pixels" if said else f"over {pil_limit:,} pixels"
+        over = f"{max_pixels:,} ({limit})" if max_pixels <= pil_limit else f"{pil_limit:,} (PIL's, 2 x Image.MAX_IMAGE_PIXELS)"
+        raise RelationError(f"{where}: {size}, over the limit of {over}; refused before decoding (a decompression "
+                            "bomb)") from None  # fmt: skip
     except PermissionError:
         raise RelationError(f"{where}: permission denied") from None
     except Exception as e:  # PIL's decoders raise many types on corrupt data (struct.error, EOFError, ...)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,13 @@ def test_every_benchmark_parses_with_it():
     scripts = {p.name: p.read_text() for p in BENCHMARKS.glob("*.py") if p.name != "_args.py"}
     assert [name for name, text in scripts.items() if "ArgumentParser(" in text] == []
     parsing = [name for name, text in scripts.items() if "Parser(" in text]
-    assert len(parsing) >= 11 and all("\nfrom _args import Parser\n" in scripts[name] for name in parsing)
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "compositions.py"), "score", "--bogus"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines()[-1:] == [
-        "error: the following arguments are required: data, run (see compositions.py score --help)"]
+    assert len(parsing) >= 14 and all(re.search(r"^from _args import Parser\b", scripts[name], re.M) for name in parsing)
+    for argv, said in [(["compositions.py", "score", "--bogus"],
+                        "the following arguments are required: data, run (see compositions.py score --help)"),
+                       (["gpu_check.py", "--bogus"], "unrecognized arguments: --bogus (see gpu_check.py --help)"),
+                       (["code_size.py", "a", "b"], "unrecognized arguments: b (see code_size.py --help)"),
+                       (["code_size.py", "/nonexistent"], "'/nonexistent': no such folder"),
+                       (["slim_wheel.py", "/nonexistent.whl", "x"], "'/nonexistent.whl': No such file or directory")]:  # fmt: skip
+        proc = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"error: {said}\n")  # the whole of stderr

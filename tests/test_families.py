@@ -217,9 +217,12 @@ def test_family_table_weights_each_task_by_its_rows(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| split | family | a copy_query | a relation |"
     assert lines[2:] == ["| seen | rotate |  | 0.4000 |", "| unseen | frame | 0.3000 | 0.2000 |"]
-    for argv in (["no-label"], [f"={csv}"], [f"a={csv}", f"a={csv}"]):
-        assert family_table.main(argv) == 1
-        assert capsys.readouterr().err.startswith("error: usage: ")
+    for argv, said in (([], "required: LABEL=per_task.csv"), (["no-label"], "'no-label' is not LABEL=per_task.csv"),
+                       ([f"={csv}"], "is not LABEL=per_task.csv"), ([f"a={csv}", f"a={csv}"], "label 'a' given twice")):
+        with pytest.raises(SystemExit) as stopped:
+            family_table.main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 1 and err.startswith("error: ") and said in err and err.count("\n") == 1, err
     # A missing file (an eval still running) or another CSV: one line, no traceback.
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     (tmp_path / "n0.csv").write_text("split,task,method,n,mse\nseen,rotate-seen-0000,relation,0,0.1\n")

@@ -69,6 +69,16 @@ def test_the_limit_is_named_as_the_caller_says(tmp_path):
         open_image(big, "query", 1000, limit="tool.py's MAX_PIXELS")
 
 
+
+def test_a_decompression_bomb_names_the_limit_that_refused_it(tmp_path, monkeypatch):
+    big = random_image(tmp_path / "big.png", (100, 100))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses over 2,000 pixels, before the size is read
+    with pytest.raises(RelationError, match=r"10,000 pixels, over the limit of 1,500 \(data.max_image_pixels\); refused"):
+        open_image(big, "query", 1500)
+    with pytest.raises(RelationError, match=r"10,000 pixels, over the limit of 2,000 \(PIL's, 2 x Image.MAX_IMAGE_PIXELS\)"):
+        open_image(big, "grid image", 10**9, limit="unused")  # report, judge, ui: their 10**9 is not what refused it
+
+
 @pytest.mark.parametrize(
     "size, expected", [((60, 44), (512, 384)), ((40, 52), (386, 512)), ((100, 100), (512, 512)), ((300, 100), (512, 287))]
 )
