@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 from _args import Parser
@@ -20,16 +21,20 @@ def slim(wheel: Path, drop: str) -> tuple[int, int]:
     """Rewrite ``wheel`` without the members whose names match ``drop``; returns (bytes before, after).
     The new wheel is written beside it and renamed over it, so a failure leaves the original."""
     before, pattern, tmp = wheel.stat().st_size, re.compile(drop), wheel.with_suffix(".partial")
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            if pattern.search(info.filename):
-                continue
-            data = src.read(info)
-            if info.filename.endswith(".dist-info/RECORD"):
-                rows = data.decode().splitlines()
-                data = "\n".join(r for r in rows if not pattern.search(r.split(",")[0])).encode() + b"\n"
-            dst.writestr(info, data)
-    tmp.replace(wheel)
+    try:
+        with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                if pattern.search(info.filename):
+                    continue
+                data = src.read(info)
+                if info.filename.endswith(".dist-info/RECORD"):
+                    rows = data.decode().splitlines()
+                    data = "\n".join(r for r in rows if not pattern.search(r.split(",")[0])).encode() + b"\n"
+                dst.writestr(info, data)
+        tmp.replace(wheel)
+    except BaseException:  # a corrupt member, a full disk, Ctrl-C: the wheel as it was, no .partial beside it
+        tmp.unlink(missing_ok=True)
+        raise
     return before, wheel.stat().st_size
 
 
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"regex {args.regex!r}: {e}")
     try:
         old, new = slim(args.wheel, args.regex)
-    except (OSError, zipfile.BadZipFile) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:  # not a readable wheel
         print(f"error: '{args.wheel}': {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 1
     print(f"{args.wheel}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")

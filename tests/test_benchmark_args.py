@@ -42,3 +42,26 @@ def test_every_benchmark_parses_with_it():
         proc = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], capture_output=True, text=True,
                               timeout=120)  # fmt: skip
         assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"error: {said}\n")  # the whole of stderr
+
+
+def test_slim_wheel_drops_members_and_their_record_rows_or_leaves_the_wheel(tmp_path):
+    import zipfile
+
+    import slim_wheel
+
+    wheel = tmp_path / "pkg-1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("pkg/lib_cuda12.so", b"x" * 4096)
+        z.writestr("pkg/keep.py", "print(1)\n")
+        z.writestr("pkg-1.dist-info/RECORD", "pkg/lib_cuda12.so,sha256=a,4096\npkg/keep.py,sha256=b,9\n")
+    assert slim_wheel.main([str(wheel), r"lib_cuda1[0-2]"]) == 0
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == ["pkg-1.dist-info/RECORD", "pkg/keep.py"]
+        assert z.read("pkg-1.dist-info/RECORD") == b"pkg/keep.py,sha256=b,9\n"
+    good = wheel.read_bytes()
+    broken = bytearray(good)
+    start = good.index(b"pkg/keep.py") + len("pkg/keep.py")  # keep.py's deflated bytes follow its local header
+    broken[start : start + 8] = b"\xff" * 8
+    wheel.write_bytes(bytes(broken))
+    assert slim_wheel.main([str(wheel), "nothing"]) == 1
+    assert wheel.read_bytes() == bytes(broken) and sorted(p.name for p in tmp_path.iterdir()) == [wheel.name]
