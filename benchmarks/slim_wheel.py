@@ -20,7 +20,7 @@ from _args import Parser
 def slim(wheel: Path, drop: str) -> tuple[int, int]:
     """Rewrite ``wheel`` without the members whose names match ``drop``; returns (bytes before, after).
     The new wheel is written beside it and renamed over it, so a failure leaves the original."""
-    before, pattern, tmp = wheel.stat().st_size, re.compile(drop), wheel.with_suffix(".partial")
+    pattern, before, tmp = re.compile(drop), wheel.stat().st_size, wheel.with_suffix(".partial")  # a bad regex first
     try:
         with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
             for info in src.infolist():
@@ -44,11 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("regex", help="member names to drop (re.search)")
     args = parser.parse_args(argv)
     try:
-        re.compile(args.regex)
-    except re.error as e:
-        parser.error(f"regex {args.regex!r}: {e}")
-    try:
         old, new = slim(args.wheel, args.regex)
+    except re.error as e:  # compiled by slim before the wheel is opened
+        parser.error(f"regex {args.regex!r}: {e}")
     except (OSError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:  # not a readable wheel
         print(f"error: '{args.wheel}': {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 1
