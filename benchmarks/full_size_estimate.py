@@ -29,10 +29,9 @@ def main() -> None:
     from gpu_check import BASES
 
     from relation_cli.config import load_config
+    from relation_cli.errors import RelationError
     from relation_cli.tiny import build_components
     from relation_cli.train.estimate import estimate_parts
-
-    from relation_cli.errors import RelationError
 
     try:
         cfg = load_config(Path(args.config), args.set)

@@ -69,7 +69,6 @@ def test_the_limit_is_named_as_the_caller_says(tmp_path):
         open_image(big, "query", 1000, limit="tool.py's MAX_PIXELS")
 
 
-
 def test_a_decompression_bomb_names_the_limit_that_refused_it(tmp_path, monkeypatch):
     big = random_image(tmp_path / "big.png", (100, 100))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses over 2,000 pixels, before the size is read
