@@ -58,10 +58,15 @@ test: install install-ui
 	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 # The embedded demo model, rebuilt from nothing by relation's own commands (configs/demo-*.yaml):
-# synthetic data -> random init -> VAE pre-training -> full training -> install -> eval.
+# synthetic data (the fixed relations, the relation families, the frame family alone) -> random init ->
+# VAE pre-training -> full training -> install -> eval.
 demo-model: install
 	rm -rf $(DEMO_BUILD)
 	$(RELATION) prepare --config configs/demo-data.yaml --output $(DEMO_BUILD)/data
+	$(RELATION) prepare --config configs/demo-data-families.yaml --output $(DEMO_BUILD)/families \
+		--set 'data.synthetic_unseen_families=[contrast]'
+	$(RELATION) prepare --config configs/demo-data-families.yaml --output $(DEMO_BUILD)/frames \
+		--set 'data.synthetic_families=[frame]' --set 'data.synthetic_unseen_families=[]'
 	$(RELATION) init-model $(DEMO_BUILD)/init --spec configs/arch/demo.yaml --seed 0
 	$(RELATION) train --config configs/demo-vae.yaml
 	$(RELATION) train --config configs/demo-train.yaml
