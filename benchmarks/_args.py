@@ -2,19 +2,56 @@
 
 argparse's own ``error`` prints the whole usage block and exits with status 2; the scripts beside this one
 are run by hand and from ``make``, where a wrong flag should read like ``relation``'s own usage errors:
-``error: <argparse's message> (see <script> --help)`` on stderr, exit status 1.
+``error: <argparse's message> (see <script> --help)`` on stderr, exit status 1. As in ``relation`` (click), a
+flag that no parser knows is named first, before any missing argument: argparse alone would answer
+``tool.py --bogus`` with the missing arguments and never mention ``--bogus``.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import sys
+from contextlib import contextmanager
+from typing import Iterator, NoReturn, Sequence
 
 
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are one line and exit 1 (subparsers inherit it:
-    ``add_subparsers`` makes them of the parent's class)."""
+    ``add_subparsers`` makes them of the parent's class), and which names an unknown flag before a missing
+    argument."""
 
     def error(self, message: str) -> NoReturn:
         """Print ``error: message (see PROG --help)`` to stderr and exit with status 1 (argparse: 2)."""
         self.exit(1, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace=None):  # type: ignore[override]
+        """argparse's ``parse_args``, after a first pass with every argument optional that stops at a flag no
+        parser (this one or the chosen subcommand's) knows: ``error: unrecognized arguments: --bogus``.
+
+        Raises SystemExit(1) on a usage error (:meth:`error`)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        with _all_optional(self):
+            _, extras = self.parse_known_args(argv, argparse.Namespace())
+        flags = [a for a in extras if a.startswith("-") and a != "-"]
+        if flags:
+            self.error("unrecognized arguments: " + " ".join(flags))
+        return super().parse_args(argv, namespace)
+
+
+@contextmanager
+def _all_optional(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Mark every argument of ``parser`` and of its subcommands' parsers not required, for the block."""
+    changed: list[argparse.Action] = []
+    stack = [parser]
+    while stack:
+        for action in stack.pop()._actions:
+            if action.required:
+                action.required = False
+                changed.append(action)
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    try:
+        yield
+    finally:
+        for action in changed:
+            action.required = True

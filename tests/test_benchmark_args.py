@@ -18,14 +18,18 @@ def test_a_usage_error_is_one_line_with_the_help_to_read(capsys):
     parser = Parser(prog="tool.py")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("score").add_argument("data")
-    for argv, said in [(["--bogus"], "the following arguments are required: command (see tool.py --help)"),
+    for argv, said in [([], "the following arguments are required: command (see tool.py --help)"),
+                       (["--bogus"], "unrecognized arguments: --bogus (see tool.py --help)"),  # named before `command`
                        (["score"], "the following arguments are required: data (see tool.py score --help)"),
-                       (["score", "d", "--x"], "unrecognized arguments: --x (see tool.py --help)")]:  # fmt: skip
+                       (["score", "--x"], "unrecognized arguments: --x (see tool.py --help)"),  # before `data`
+                       (["score", "d", "--x"], "unrecognized arguments: --x (see tool.py --help)"),
+                       (["score", "d", "e"], "unrecognized arguments: e (see tool.py --help)")]:  # fmt: skip
         with pytest.raises(SystemExit) as stopped:
             parser.parse_args(argv)
         assert stopped.value.code == 1
         assert capsys.readouterr().err == f"error: {said}\n"
     assert parser.parse_args(["score", "d"]).data == "d"
+    assert [a.required for a in parser._actions if a.dest == "command"] == [True]  # restored after each parse
 
 
 def test_every_benchmark_parses_with_it():
@@ -34,6 +38,8 @@ def test_every_benchmark_parses_with_it():
     parsing = [name for name, text in scripts.items() if "Parser(" in text]
     assert len(parsing) >= 14 and all(re.search(r"^from _args import Parser\b", scripts[name], re.M) for name in parsing)
     for argv, said in [(["compositions.py", "score", "--bogus"],
+                        "unrecognized arguments: --bogus (see compositions.py --help)"),
+                       (["compositions.py", "score"],
                         "the following arguments are required: data, run (see compositions.py score --help)"),
                        (["gpu_check.py", "--bogus"], "unrecognized arguments: --bogus (see gpu_check.py --help)"),
                        (["code_size.py", "a", "b"], "unrecognized arguments: b (see code_size.py --help)"),
@@ -42,6 +48,15 @@ def test_every_benchmark_parses_with_it():
         proc = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], capture_output=True, text=True,
                               timeout=120)  # fmt: skip
         assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"error: {said}\n")  # the whole of stderr
+
+
+def test_a_benchmark_runs_as_a_module_too():
+    """``python -m benchmarks.X`` from the repository root finds ``_args`` as running the file does."""
+    for command in (["-m", "benchmarks.family_table"], [str(BENCHMARKS / "family_table.py")]):
+        proc = subprocess.run([sys.executable, *command, "--bogus", "x=y"], capture_output=True, text=True,
+                              cwd=BENCHMARKS.parent, timeout=120)  # fmt: skip
+        said = "error: unrecognized arguments: --bogus (see family_table.py --help)\n"
+        assert (proc.returncode, proc.stderr) == (1, said)
 
 
 def test_slim_wheel_drops_members_and_their_record_rows_or_leaves_the_wheel(tmp_path):
