@@ -120,6 +120,23 @@ def test_prepare_stopped_by_sigterm_or_sighup_cleans_up_like_ctrl_c(tmp_path, si
     assert not out.exists() and list(tmp_path.glob(".write*")) == []
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("args, status", [(["--help"], 0), (["infer", "--bogus"], 1)])
+def test_a_stop_after_the_command_has_finished_exits_with_its_status(sig, args, status):
+    """A stop arriving after the command has said what it did, while Python shuts down, ends the process at once
+    with the command's own status: not 143 (SIGTERM's), nor a KeyboardInterrupt traceback."""
+    code = (f"import os, signal, sys, time\nfrom relation_cli.cli import main\nsys.argv = ['relation', *{args!r}]\n"
+            f"main()\nos.kill(os.getpid(), {int(sig)})\ntime.sleep(60)\nsys.exit(99)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_main_called_with_arguments_leaves_the_signal_handlers_alone(capsys):
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    assert main(["--help"]) == 0
+    assert {s: signal.getsignal(s) for s in before} == before  # in-process callers (tests, the page) keep theirs
+
+
 # ------------------------------------------------------------------------------------------ train
 
 
