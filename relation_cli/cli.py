@@ -882,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Usage errors are one line and exit 1, like every other bad input.
 
     Called with ``argv=None`` (the process's own command line, as the ``relation`` script calls it), a stop
-    signal arriving after the command has finished ends the process at once with the command's status
+    signal arriving after the command has finished is ignored, so the process exits with the command's status
     (:func:`finish_on_stop`)."""
     code = _run(list(sys.argv[1:] if argv is None else argv))
     if argv is None:
@@ -911,26 +911,18 @@ def _run(args: list[str]) -> int:
 
 
 def finish_on_stop(code: int) -> None:
-    """From now on, SIGINT and :data:`STOP_SIGNALS` end the process at once with status ``code``.
+    """From now on, SIGINT and :data:`STOP_SIGNALS` are ignored, so the process ends with status ``code``.
 
     For the time after a command has finished and said so (``wrote ...``), while Python shuts down (torch's
     teardown takes about 2 s): a stop then has nothing left to save, and would otherwise end the process with
     the signal's own status (143 for SIGTERM) or a KeyboardInterrupt traceback, as if the finished command had
-    failed. Standard streams are flushed first; ``os._exit`` skips the remaining teardown. Main thread only."""
+    failed. The shutdown itself still runs whole (``atexit`` handlers, such as ``relation ui`` removing its
+    uploads folder). SIGKILL still ends a shutdown that hangs. Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         return
-
-    def finish(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said on it
-                pass
-        os._exit(code)
-
     for name in ("SIGINT", *STOP_SIGNALS):
         if hasattr(signal, name):  # Windows has no SIGHUP
-            signal.signal(getattr(signal, name), finish)
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")

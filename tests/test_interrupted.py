@@ -122,13 +122,18 @@ def test_prepare_stopped_by_sigterm_or_sighup_cleans_up_like_ctrl_c(tmp_path, si
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 @pytest.mark.parametrize("args, status", [(["--help"], 0), (["infer", "--bogus"], 1)])
-def test_a_stop_after_the_command_has_finished_exits_with_its_status(sig, args, status):
-    """A stop arriving after the command has said what it did, while Python shuts down, ends the process at once
-    with the command's own status: not 143 (SIGTERM's), nor a KeyboardInterrupt traceback."""
-    code = (f"import os, signal, sys, time\nfrom relation_cli.cli import main\nsys.argv = ['relation', *{args!r}]\n"
-            f"main()\nos.kill(os.getpid(), {int(sig)})\ntime.sleep(60)\nsys.exit(99)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+def test_a_stop_after_the_command_has_finished_exits_with_its_status(sig, args, status, tmp_path):
+    """A stop arriving after the command has said what it did (right after, and during Python's shutdown, from an
+    atexit handler) leaves the process to end with the command's own status: not 143 (SIGTERM's), nor a
+    KeyboardInterrupt traceback; the shutdown's own work (the atexit handler's) still runs to its end."""
+    done = tmp_path / "atexit-done"
+    code = (f"import atexit, os, signal, sys, time\nfrom relation_cli.cli import main\n"
+            f"def late():\n    os.kill(os.getpid(), {int(sig)}); time.sleep(0.2); open({str(done)!r}, 'w').close()\n"
+            f"atexit.register(late)\nsys.argv = ['relation', *{args!r}]\n"
+            f"code = main()\nos.kill(os.getpid(), {int(sig)})\ntime.sleep(0.2)\nsys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
+    assert done.is_file()
 
 
 def test_main_called_with_arguments_leaves_the_signal_handlers_alone(capsys):
