@@ -57,4 +57,6 @@ def test_the_embedded_model_transfers_the_example(tmp_path):
     mse = lambda x, y: float(((x - y) ** 2).mean())  # noqa: E731
     assert mse(edited, target) < mse(query, target)  # nearer the true edit than copying the query
     changed = np.abs(edited - query).mean(axis=2)  # (32, 32) mean |change| over RGB
-    assert changed[ring].mean() > 3 * changed[~ring].mean()  # the change is the frame, where the frame is
+    # the change is the frame, where the frame is: 4.2x for the embedded model at the default settings (8 steps,
+    # seed 1000); a new model or new defaults must be checked against this example again (examples/README.md)
+    assert changed[ring].mean() > 3 * changed[~ring].mean()
