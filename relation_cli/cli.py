@@ -920,14 +920,18 @@ def finish_on_stop(code: int) -> None:
     uploads folder). SIGKILL still ends a shutdown that hangs. Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for name in ("SIGINT", *STOP_SIGNALS):
-        if hasattr(signal, name):  # Windows has no SIGHUP
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for name in ("SIGINT", *present_stop_signals()):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 """Signals that stop a command the way Ctrl-C does (``kill``, ``timeout``, job schedulers, a closed terminal):
 temporary files are removed and ``train`` checkpoints the step under way (``train.recipe.StopRequest``)."""
+
+
+def present_stop_signals() -> list[str]:
+    """The names in :data:`STOP_SIGNALS` that this platform has (Windows has no SIGHUP)."""
+    return [n for n in STOP_SIGNALS if hasattr(signal, n)]
 
 
 @contextmanager
@@ -937,7 +941,7 @@ def stop_signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = [n for n in STOP_SIGNALS if hasattr(signal, n)]  # Windows has no SIGHUP
+    names = present_stop_signals()
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt

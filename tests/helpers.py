@@ -8,6 +8,10 @@ import numpy as np
 from PIL import Image
 
 
+def pixels(path: Path, dtype=np.float32) -> np.ndarray:
+    """(H, W, 3) RGB values in [0, 1] of the image at ``path``."""
+    return np.asarray(Image.open(path).convert("RGB"), dtype) / 255
+
 def random_image(path: Path, size=(64, 48), seed: int = 0, mode: str = "RGB") -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import pixels
 from PIL import Image
 
 from relation_cli.infer import row_record
@@ -32,10 +33,6 @@ def prepared(tmp_path: Path) -> Path:
             rows.append({**names, "text": "", "task": task})
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return data
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
 
 
 def eval_run(folder: Path, split: str, grids: dict[int, tuple[dict, Path]], data: Path) -> Path:
