@@ -5,14 +5,18 @@ are run by hand and from ``make``, where a wrong flag should read like ``relatio
 ``error: <argparse's message> (see <script> --help)`` on stderr, exit status 1. As in ``relation`` (click), a
 flag that no parser knows is named first, before any missing argument: argparse alone would answer
 ``tool.py --bogus`` with the missing arguments and never mention ``--bogus``.
+
+:func:`run_main` runs a script's ``main`` so that a reader that stops early (``tool.py | head``) ends the
+script quietly with status 1, as ``relation`` (click) does, instead of a ``BrokenPipeError`` traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,3 +59,20 @@ def _all_optional(parser: argparse.ArgumentParser) -> Iterator[None]:
     finally:
         for action in changed:
             action.required = True
+
+
+def run_main(main: Callable[..., int | None], *args) -> NoReturn:
+    """Exit with ``main(*args)``'s status (None: 0). When stdout's reader has gone (``BrokenPipeError``, as
+    after ``| head``), exit 1 without a traceback: stdout is pointed at ``os.devnull`` first, so the
+    interpreter's final flush of the buffered rest cannot raise again (the recipe of Python's ``signal``
+    documentation, "Note on SIGPIPE"; click's ``BaseCommand.main`` does the same for ``relation``).
+
+    Raises SystemExit always."""
+    try:
+        code = main(*args)
+        sys.stdout.flush()  # a broken pipe found here, inside the try, not in the interpreter's shutdown
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
+    raise SystemExit(code)

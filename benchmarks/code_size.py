@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _args import Parser
+from _args import Parser, run_main
 
 
 def functions(path: Path) -> list[tuple[str, int]]:
@@ -42,4 +42,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_main(main, sys.argv[1:])

@@ -35,7 +35,7 @@ from relation_cli.images import open_image
 from relation_cli.progress import progress_bar
 from relation_cli.rows import parse_rows, read_jsonl
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
-from _args import Parser
+from _args import Parser, run_main
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
 # out because it returns the image unedited for scenes without a clearly largest shape.
@@ -246,4 +246,4 @@ def run(args: argparse.Namespace) -> None:
               f"relation alone{rows}")
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from _args import Parser
+from _args import Parser, run_main
 
 Key = tuple[str, str, str]  # split, family, method
 
@@ -83,4 +83,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    run_main(main, sys.argv[1:])

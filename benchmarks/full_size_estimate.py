@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _args import Parser
+from _args import Parser, run_main
 
 from relation_cli.progress import quiet_libraries
 
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from _args import Parser
+from _args import Parser, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
@@ -156,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

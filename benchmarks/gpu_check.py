@@ -39,7 +39,7 @@ if __name__ == "__main__":  # a run, not a test's import: transformers' advisory
 
 from relation_cli.config import LoraSection, ModelSection, RelationConfig  # noqa: E402
 from relation_cli.tiny import ArchSpec, build_components  # noqa: E402
-from _args import Parser  # noqa: E402
+from _args import Parser, run_main  # noqa: E402
 
 GIB = 1024**3
 
@@ -469,4 +469,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,7 +34,7 @@ from relation_cli.images import open_image
 from relation_cli.evaluate.settings import eval_outputs
 from relation_cli.progress import progress_bar
 from relation_cli.rows import Row, parse_rows
-from _args import Parser
+from _args import Parser, run_main
 
 SPLITS = ("train", "test_seen", "test_unseen")
 LIMIT = "grid_probe.py's MAX_PIXELS"  # named in the message of an image over it
@@ -198,4 +198,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from _args import Parser
+from _args import Parser, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -241,4 +241,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

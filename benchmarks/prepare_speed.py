@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from PIL import Image
 from relation_cli.config import load_config
 from relation_cli.prepare import TASKS, make_synthetic, prepare
 from relation_cli.prepare.decode import default_workers
-from _args import Parser
+from _args import Parser, run_main
 
 
 def pil_decode_encode(images: list[Path], out: Path, compress_level: int) -> float:
@@ -110,4 +109,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

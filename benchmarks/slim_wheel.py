@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from _args import Parser
+from _args import Parser, run_main
 
 
 def slim(wheel: Path, drop: str) -> tuple[int, int]:
@@ -55,4 +55,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

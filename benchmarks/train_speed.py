@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from _args import Parser
+from _args import Parser, run_main
 
 FLUX_DEV = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
                 joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))  # fmt: skip
@@ -152,4 +152,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def test_every_benchmark_parses_with_it():
     assert [name for name, text in scripts.items() if "ArgumentParser(" in text] == []
     parsing = [name for name, text in scripts.items() if "Parser(" in text]
     assert len(parsing) >= 14 and all(re.search(r"^from _args import Parser\b", scripts[name], re.M) for name in parsing)
+    ends = {name: text.rstrip().splitlines()[-1].strip() for name, text in scripts.items() if "__main__" in text}
+    assert len(ends) >= 14 and [name for name, end in ends.items() if not end.startswith("run_main(main")] == []
     for argv, said in [(["compositions.py", "score", "--bogus"],
                         "unrecognized arguments: --bogus (see compositions.py --help)"),
                        (["compositions.py", "score"],
@@ -48,6 +51,22 @@ def test_every_benchmark_parses_with_it():
         proc = subprocess.run([sys.executable, str(BENCHMARKS / argv[0]), *argv[1:]], capture_output=True, text=True,
                               timeout=120)  # fmt: skip
         assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"error: {said}\n")  # the whole of stderr
+
+
+def test_a_reader_that_stops_early_ends_a_benchmark_quietly():
+    """``code_size.py | head``: stdout's reader gone before the table is written -> exit 1, nothing on stderr (no
+    ``BrokenPipeError`` traceback, not even the interpreter's "Exception ignored" line at its final flush)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE (Python ignores SIGPIPE)
+    try:
+        proc = subprocess.run([sys.executable, str(BENCHMARKS / "code_size.py")], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, "")
+    whole = subprocess.run([sys.executable, str(BENCHMARKS / "code_size.py")], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert (whole.returncode, whole.stderr) == (0, "") and "median function" in whole.stdout  # a reader that stays
 
 
 def test_a_benchmark_runs_as_a_module_too():
