@@ -72,6 +72,15 @@ def _apply_mode(tmp: Path, file_mode: int, dir_mode: int | None = None) -> None:
             os.chmod(os.path.join(root, f), file_mode)
 
 
+def give_folder_mode(folder: Path) -> None:
+    """Give every file under ``folder`` the folder's own mode less execute bits and every subfolder the
+    folder's mode: for a folder made with ``mkdir`` (umask applied) and filled by writers that leave private
+    files (safetensors' ``save_file``: 0600), so what it holds gets the mode the umask gives (0644 / 0755
+    under 022), as :func:`atomic_file` and :func:`atomic_dir` do for theirs."""
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    _apply_mode(folder, mode & 0o666, mode)
+
+
 @contextmanager
 def atomic_file(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     """``with atomic_file(p) as tmp: write(tmp)``; ``tmp`` keeps ``p``'s suffix so writers infer formats.

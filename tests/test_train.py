@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -181,6 +182,22 @@ def test_corrupted_checkpoint_is_skipped_on_resume(tiny_model, data, tmp_path, c
     text = capsys.readouterr()
     assert "does not match its checksum" in text.err + text.out and "no completion marker" in text.err + text.out
     assert "resumed from" in text.err + text.out and "checkpoint-00000002" in text.err + text.out
+
+
+def test_checkpoint_files_get_the_umask_mode(tiny_model, data, tmp_path):
+    """Every file of a checkpoint (weights, optimizer, random state) is 0644 under umask 022, not the 0600 that
+    safetensors' save_file leaves, like every other output (README: files get the mode the umask gives)."""
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert main(train_args(tiny_model, data, out, 1, "train.checkpoint_every=1", "train.validation_samples=0")) == 0
+    finally:
+        os.umask(old)
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    files = [p for p in checkpoint.rglob("*") if p.is_file()]
+    assert {"trainable.safetensors", "optimizer.safetensors", "process_0.safetensors"} <= {p.name for p in files}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o755
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_model, data, tmp_path, monkeypatch, capsys):

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import save_config
 from ..errors import RelationError
+from ..fs import give_folder_mode
 from ..progress import console
 
 if TYPE_CHECKING:
@@ -238,6 +239,7 @@ def save_checkpoint(run: Run) -> Path | None:
     acc.wait_for_everyone()
     final = None
     if acc.is_main_process:
+        give_folder_mode(tmp)  # safetensors' save_file leaves 0600; the umask's mode, as for every other output
         seal(tmp)
         final = publish(tmp, root, run.step, run.cfg.train.keep_checkpoints)
     acc.wait_for_everyone()
