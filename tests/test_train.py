@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -490,6 +491,28 @@ def test_fp8_storage_estimate_counts_the_frozen_transformer_at_one_byte(tiny_mod
     vae = estimate_parts(vae_cfg, 0, *parts)
     assert vae.trainable == {"vae": count(parts[1])} and vae.activation_bytes is None
     assert vae.frozen == sum(count(m) for i, m in enumerate(parts) if i != 1 and m is not None)
+
+
+def test_estimate_counts_the_adapter_that_trains(tiny_model, data, tmp_path):
+    """The trainable count (and so the memory estimate) is the adapter the run trains: the start adapter's own
+    tokens and role embeddings (adapter.path), or a new one's from adapter.num_tokens / role_embeddings, not the
+    field default of 128 tokens: both equal the parameters in the adapter file a run writes."""
+    from safetensors import safe_open
+
+    from relation_cli.train.estimate import estimate
+
+    def saved(folder: Path) -> int:
+        with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), "pt") as f:
+            return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+
+    new = ("adapter.path=null", "adapter.num_tokens=3", "adapter.role_embeddings=true", "train.validation_samples=0")
+    out = tmp_path / "new"
+    before = estimate(load_config(None, train_overrides(tiny_model, data, out, 1, *new))).trainable["adapter"]
+    assert main(train_args(tiny_model, data, out, 1, *new)) == 0
+    assert before == saved(out / "adapter")
+    # that adapter as the start of another run whose adapter.* fields are the defaults (128 tokens, no roles)
+    given = load_config(None, train_overrides(tiny_model, data, tmp_path / "next", 1, f"adapter.path={out / 'adapter'}"))
+    assert given.adapter.num_tokens == 128 and estimate(given).trainable["adapter"] == saved(out / "adapter")
 
 
 def test_dry_run_checks_the_output_folder_as_the_run_does(tiny_model, data, tmp_path, capsys):

@@ -114,27 +114,29 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
             continue_config(cfg, folder, warn=lambda message: None)
     rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
-    check_adapter_fits(cfg, parts[0])
+    adapter = check_adapter_fits(cfg, parts[0])
     if t.mode == "lora" and not cfg.lora.paths:  # a new LoRA on these targets (a given one keeps its own)
         from .job import check_lora_targets
 
         check_lora_targets(cfg, parts[0])
-    est = estimate_parts(cfg, len(rows), *parts)
+    est = estimate_parts(cfg, len(rows), *parts, adapter=adapter)
     est.baseline_bytes = process_baseline_bytes(cfg)
     return est
 
 
-def check_adapter_fits(cfg: RelationConfig, transformer) -> None:
+def check_adapter_fits(cfg: RelationConfig, transformer):
     """The start adapter (``adapter.path``, a relation folder) against the (meta) ``transformer`` from its
     ``config.json`` alone, as loading would check it (:meth:`RelationAdapter.check_compatible`): e.g. a
     FLUX.1 adapter on a FLUX.2 [klein] base. A released ``.bin`` is checked when the run loads it.
+    Returns that adapter on the meta device (what trains: its own ``num_tokens`` and role embeddings, not
+    the config's ``adapter.*`` for a new one), or None (a new adapter, or a released ``.bin``).
     Raises RelationError."""
     from ..adapter import RelationAdapter
     from ..model import resolve_sources
 
     path = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).adapter
     if path is None or not (Path(path) / RelationAdapter.config_name).is_file():
-        return
+        return None
     try:
         config = RelationAdapter.load_config(path)
     except (OSError, ValueError) as e:
@@ -142,6 +144,7 @@ def check_adapter_fits(cfg: RelationConfig, transformer) -> None:
     with torch.device("meta"):
         adapter = RelationAdapter.from_config(config)
     adapter.check_compatible(transformer, path)
+    return adapter
 
 
 def process_baseline_bytes(cfg: RelationConfig) -> int:
@@ -167,15 +170,20 @@ def process_baseline_bytes(cfg: RelationConfig) -> int:
     return kib * 1024
 
 
-def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, image_encoder) -> Estimate:
+def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, image_encoder, adapter=None) -> Estimate:
     """The memory arithmetic of :func:`estimate` for given (meta) components; no file is read.
+    ``adapter``: the start adapter (:func:`check_adapter_fits`); None: a new one as training builds it
+    (``adapter.num_tokens``, ``adapter.role_embeddings``; a released ``.bin`` has the default 128 tokens).
     ``model.memory=fp8_storage`` counts the frozen transformer at 1 byte per weight."""
     from ..adapter import RelationAdapter
     from ..model import resolve_device, resolve_mixed_precision
 
     t = cfg.train
-    with torch.device("meta"):
-        adapter = RelationAdapter.for_transformer(transformer, image_encoder.config.hidden_size, cfg.adapter.num_tokens)
+    if adapter is None:
+        with torch.device("meta"):
+            adapter = RelationAdapter.for_transformer(
+                transformer, image_encoder.config.hidden_size, cfg.adapter.num_tokens, cfg.adapter.role_embeddings
+            )
     trainable = {"vae": count(vae)} if t.mode == "vae" else {"adapter": count(adapter)}
     if t.mode == "lora":
         trainable["lora"] = lora_parameters(transformer, cfg.lora.targets, cfg.lora.rank)
