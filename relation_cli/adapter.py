@@ -354,14 +354,23 @@ class RelationAdapter(ModelMixin, ConfigMixin):
         finally:
             self._modules["processors"] = processors
 
-    def check_compatible(self, transformer: Transformer, path: str | Path | None = None) -> None:
+    def check_compatible(
+        self, transformer: Transformer, path: str | Path | None = None, image_embed_dim: int | None = None
+    ) -> None:
         """Refuse an adapter whose shapes do not fit ``transformer``: layer count, joint (text) width, hidden
-        width, head width, and the FLUX.1 / FLUX.2 [klein] family (``flux2_double_layers``), named first.
+        width, head width, and the FLUX.1 / FLUX.2 [klein] family (``flux2_double_layers``), named first;
+        with ``image_embed_dim`` (the image encoder's ``hidden_size``, the width of its pooled output) also
+        the width the adapter's projection reads.
 
         Raises RelationError listing every mismatch in one line, naming the adapter's file or folder ``path``
         when given.
         """
         c, a = transformer.config, self.config
+        wrong_encoder = (
+            [f"image_embed_dim {a.image_embed_dim} (the image encoder gives {image_embed_dim})"]
+            if image_embed_dim is not None and a.image_embed_dim != image_embed_dim
+            else []
+        )
         expected = {
             "num_layers": c.num_layers + c.num_single_layers,
             "cross_attention_dim": c.joint_attention_dim,
@@ -374,14 +383,18 @@ class RelationAdapter(ModelMixin, ConfigMixin):
             family = {True: "FLUX.1", False: "FLUX.2 [klein]"}
             wrong.insert(0, f"it was made for a {family[a.flux2_double_layers is None]} transformer and the base "
                             f"is {family[expected['flux2_double_layers'] is None]}")  # fmt: skip
-        if wrong:
+        if wrong or wrong_encoder:
             name = "adapter" if path is None else f"adapter '{path}'"
-            raise RelationError(f"{name} does not fit this transformer: " + ", ".join(wrong))
+            what = "this transformer" if not wrong_encoder else "this image encoder" if not wrong else "this model"
+            raise RelationError(f"{name} does not fit {what}: " + ", ".join(wrong + wrong_encoder))
 
-    def install(self, transformer: Transformer, path: str | Path | None = None) -> None:
+    def install(
+        self, transformer: Transformer, path: str | Path | None = None, image_embed_dim: int | None = None
+    ) -> None:
         """Put one processor on every attention layer, in ``transformer.attn_processors`` order, after
-        :meth:`check_compatible` (naming the adapter's ``path`` when given)."""
-        self.check_compatible(transformer, path)
+        :meth:`check_compatible` (naming the adapter's ``path`` when given; ``image_embed_dim``: the image
+        encoder's width, checked too)."""
+        self.check_compatible(transformer, path, image_embed_dim)
         names = list(transformer.attn_processors.keys())
         transformer.set_attn_processor(dict(zip(names, self.processors)))
 

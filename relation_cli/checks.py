@@ -103,6 +103,28 @@ def source_problem(key: str, name: str, marker: str) -> str | None:
     return None
 
 
+IMAGE_ENCODER_TYPES = ("siglip_vision_model", "siglip")
+"""``model_type`` values of a ``model.image_encoder`` config that ``SiglipVisionModel.from_pretrained`` loads: a
+SigLIP vision tower, or a whole SigLIP (its vision half is taken)."""
+
+
+def image_encoder_problem(name: str) -> str | None:
+    """What the ``config.json`` of a local ``model.image_encoder`` folder tells is wrong: not a SigLIP (e.g. a
+    base's ``text_encoder`` given by mistake), or None; hub ids and folders without the file are left to
+    :func:`source_problem` and loading. No weights are read."""
+    path = Path(name).expanduser() / "config.json"
+    if not looks_local(name) or not path.is_file():
+        return None
+    try:
+        kind = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return f"model.image_encoder '{name}': config.json is not a readable JSON object"
+    if kind not in IMAGE_ENCODER_TYPES:
+        return (f"model.image_encoder '{name}': a SigLIP is needed (model_type {' or '.join(IMAGE_ENCODER_TYPES)}), "
+                f"this folder holds {kind or 'no model_type'}")  # fmt: skip
+    return None
+
+
 @dataclass(frozen=True)
 class ModelSources:
     """Where each part comes from, after defaults are applied: hub ids or local paths."""
@@ -135,6 +157,8 @@ def resolve_sources(
         sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, tuple(lora.paths))
     _check_source("model.base", sources.base, "model_index.json")
     _check_source("model.image_encoder", sources.image_encoder, "config.json")
+    if problem := image_encoder_problem(sources.image_encoder):
+        raise RelationError(problem)
     if sources.adapter is None and adapter.scale != 0 and require_adapter:
         raise RelationError("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
     for problem in [sources.adapter and adapter_problem(sources.adapter), *(lora_problem(f.path) for f in sources.loras)]:
@@ -162,7 +186,8 @@ def _source_problems(cfg: RelationConfig, command: str) -> list[str]:
         return [f"the embedded demo model is missing from {DEMO_DIR}; run `make demo-model`"]
     problems = [] if demo else [source_problem("model.base", m.base, "model_index.json")]
     if m.image_encoder:
-        problems.append(source_problem("model.image_encoder", m.image_encoder, "config.json"))
+        problems.append(source_problem("model.image_encoder", m.image_encoder, "config.json")
+                        or image_encoder_problem(m.image_encoder))  # fmt: skip
     elif not demo and looks_local(m.base):
         problems.append(_missing_image_encoder(m.base))
     problems += _weights_problems(cfg, command, demo)

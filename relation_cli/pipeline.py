@@ -70,8 +70,10 @@ class RelationMixin:
 
     def set_relation_adapter(self, adapter: RelationAdapter, path: str | Path | None = None) -> None:
         """Register ``adapter`` and install its processors on every attention layer of the transformer;
-        RelationError (naming the adapter's ``path`` when given) when it does not fit."""
-        adapter.install(self.transformer, path)
+        RelationError (naming the adapter's ``path`` when given) when it does not fit the transformer or the
+        pipeline's image encoder (its ``hidden_size``, the width the adapter's projection reads)."""
+        encoder = getattr(self, "image_encoder", None)
+        adapter.install(self.transformer, path, encoder.config.hidden_size if encoder is not None else None)
         self.register_modules(relation_adapter=adapter)
 
     @property

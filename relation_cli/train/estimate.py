@@ -114,7 +114,7 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
             continue_config(cfg, folder, warn=lambda message: None)
     rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
-    adapter = check_adapter_fits(cfg, parts[0])
+    adapter = check_adapter_fits(cfg, parts[0], parts[4].config.hidden_size)
     if t.mode == "lora" and not cfg.lora.paths:  # a new LoRA on these targets (a given one keeps its own)
         from .job import check_lora_targets
 
@@ -124,10 +124,10 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
     return est
 
 
-def check_adapter_fits(cfg: RelationConfig, transformer):
-    """The start adapter (``adapter.path``, a relation folder) against the (meta) ``transformer`` from its
-    ``config.json`` alone, as loading would check it (:meth:`RelationAdapter.check_compatible`): e.g. a
-    FLUX.1 adapter on a FLUX.2 [klein] base. A released ``.bin`` is checked when the run loads it.
+def check_adapter_fits(cfg: RelationConfig, transformer, image_embed_dim: int | None = None):
+    """The start adapter (``adapter.path``, a relation folder) against the (meta) ``transformer`` and the image
+    encoder's width ``image_embed_dim`` from its ``config.json`` alone, as loading would check it
+    (:meth:`RelationAdapter.check_compatible`): e.g. a FLUX.1 adapter on a FLUX.2 [klein] base. A released ``.bin`` is checked when the run loads it.
     Returns that adapter on the meta device (what trains: its own ``num_tokens`` and role embeddings, not
     the config's ``adapter.*`` for a new one), or None (a new adapter, or a released ``.bin``).
     Raises RelationError."""
@@ -143,7 +143,7 @@ def check_adapter_fits(cfg: RelationConfig, transformer):
         raise RelationError(f"adapter '{path}': cannot read its config ({str(e).splitlines()[0][:160]})") from None
     with torch.device("meta"):
         adapter = RelationAdapter.from_config(config)
-    adapter.check_compatible(transformer, path)
+    adapter.check_compatible(transformer, path, image_embed_dim)
     return adapter
 
 

@@ -102,7 +102,7 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
     transformer = pipe.transformer
     if sources.adapter is not None:
         adapter = load_adapter(sources.adapter, transformer.config.attention_head_dim)
-        adapter.check_compatible(transformer, sources.adapter)
+        adapter.check_compatible(transformer, sources.adapter, pipe.image_encoder.config.hidden_size)
     else:
         torch.manual_seed(t.seed)
         adapter = RelationAdapter.for_transformer(
