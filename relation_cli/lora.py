@@ -48,42 +48,60 @@ def _flux2(pipe) -> bool:
     return isinstance(pipe, Flux2LoraLoaderMixin)
 
 
-def _fits(module: torch.nn.Module | None, part: str, value: torch.Tensor) -> bool:
-    """A ``lora_A``/``lora_B`` tensor fits a linear layer: A is ``(r, in_features)``, B ``(out_features, r)``."""
+def _misfit(module: torch.nn.Module | None, part: str, value: torch.Tensor) -> str | None:
+    """Why a ``lora_A``/``lora_B`` tensor does not fit a layer, or None when it does: A is ``(r, in_features)``,
+    B ``(out_features, r)``. ``"missing"``: no such linear layer; else the widths, e.g. ``in_features 64 (the
+    model's 128)``."""
     module = getattr(module, "base_layer", module)  # a layer that already holds another LoRA
     if not isinstance(module, torch.nn.Linear):
-        return False
-    if part == "A.weight":
-        return value.ndim == 2 and value.shape[1] == module.in_features
-    if part.startswith("B."):
-        return value.shape[0] == module.out_features
-    return True
+        return "missing"
+    if part == "A.weight" and (value.ndim != 2 or value.shape[1] != module.in_features):
+        return f"in_features {value.shape[-1]} (the model's {module.in_features})"
+    if part.startswith("B.") and value.shape[0] != module.out_features:
+        return f"out_features {value.shape[0]} (the model's {module.out_features})"
+    return None
 
 
-def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The keys whose module exists in the pipeline with matching sizes, and the modules (sorted) that do not."""
+def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The keys whose module exists in the pipeline with matching sizes, and the modules that do not (sorted by
+    name), each with why (:func:`_misfit`)."""
     components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
     modules = {name: dict(c.named_modules()) for name, c in components.items() if c is not None}
-    fitting, misfits = {}, set()
+    fitting, misfits = {}, {}
     for key, value in state.items():
         component, _, rest = key.partition(".")
         name, _, part = rest.partition(".lora_")
-        if _fits(modules.get(component, {}).get(name), part, value):
+        why = _misfit(modules.get(component, {}).get(name), part, value)
+        if why is None:
             fitting[key] = value
-        else:
-            misfits.add(f"{component}.{name}")
-    return fitting, sorted(misfits)
+        elif misfits.get(f"{component}.{name}", "missing") == "missing":
+            misfits[f"{component}.{name}"] = why
+    return fitting, dict(sorted(misfits.items()))
+
+
+def _examples(misfits: dict[str, str]) -> str:
+    """Up to 3 misfits as ``e.g. [...]``: the names of missing modules, a width for those of other sizes."""
+    shown = [name if why == "missing" else f"{name} {why}" for name, why in list(misfits.items())[:3]]
+    return "e.g. " + ", ".join(shown)
 
 
 def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> dict[str, torch.Tensor]:
-    """The keys to load; refuses a LoRA that fits nothing, or only part of the model unless ``allow_partial``."""
+    """The keys to load; refuses a LoRA that fits nothing, or only part of the model unless ``allow_partial``.
+    A LoRA whose modules are all there but of other widths is said to be made for another model of the same
+    layout (the format is right; converting it would not help)."""
     fitting, misfits = split_by_fit(state, pipe)
     modules = {k.split(".lora_")[0] for k in fitting}
     where = f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]})"
+    sized = {name: why for name, why in misfits.items() if why != "missing"}
+    if not fitting and sized and len(sized) == len(misfits):
+        raise RelationError(f"{where}: its {len(misfits)} modules are in this model but of other widths "
+                            f"({_examples(misfits)}): it was trained for another model of the same layout; "
+                            "use it with that model.base")  # fmt: skip
     if not fitting:
-        raise RelationError(f"{where}: none of its {len(misfits)} modules is in this model (e.g. {misfits[:3]}); {CONVERT_HINT}")
+        raise RelationError(f"{where}: none of its {len(misfits)} modules is in this model ({_examples(misfits)}); "
+                            f"{CONVERT_HINT}")  # fmt: skip
     if misfits:
-        what = f"{len(misfits)} of its {len(misfits) + len(modules)} modules are not in this model (e.g. {misfits[:3]})"
+        what = f"{len(misfits)} of its {len(misfits) + len(modules)} modules are not in this model ({_examples(misfits)})"
         if not allow_partial:
             raise RelationError(f"{where}: {what}; it was made for another model or layout. {CONVERT_HINT}, "
                                 "or load the rest with --set lora.allow_partial=true")  # fmt: skip

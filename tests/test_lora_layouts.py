@@ -151,7 +151,10 @@ def test_lora_that_fits_nothing_is_refused(tiny_model, tmp_path):
 def test_wrong_sizes_do_not_fit(tiny_model, tmp_path):
     save_file({f"{n}.lora_A.weight": torch.zeros(RANK, 5) for n in MODULES} | {f"{n}.lora_B.weight": torch.zeros(5, RANK) for n in MODULES},
               tmp_path / "sizes.safetensors")  # fmt: skip
-    with pytest.raises(RelationError, match="raw peft keys .* none of its 3 modules"):
+    said = (r"raw peft keys .*: its 3 modules are in this model but of other widths \(e\.g\. "
+            r"transformer\.single_transformer_blocks\.0\.attn\.to_k in_features 5 \(the model's 32\), .*\): it was "
+            r"trained for another model of the same layout; use it with that model\.base$")
+    with pytest.raises(RelationError, match=said):
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'sizes.safetensors'}}}]")
 
 
