@@ -61,6 +61,35 @@ def _all_optional(parser: argparse.ArgumentParser) -> Iterator[None]:
             action.required = True
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type``: a whole number of at least 1 (a count of repeats, rows, steps, pixels)."""
+    return _number(text, int, 1, "a whole number of at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: a whole number of at least 0 (a seed, warm-up steps)."""
+    return _number(text, int, 0, "a whole number of at least 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a number above 0 (seconds)."""
+    value = _number(text, float, 0.0, "a number above 0")
+    if value <= 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
+def _number(text: str, kind: type, least, what: str):
+    """``kind(text)`` when it is at least ``least``; argparse says ``argument --x: 'text' is not <what>``."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
 def run_main(main: Callable[..., int | None], *args) -> NoReturn:
     """Exit with ``main(*args)``'s status (None: 0). When stdout's reader has gone (``BrokenPipeError``, as
     after ``| head``), exit 1 without a traceback: stdout is pointed at ``os.devnull`` first, so the

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from _args import Parser, run_main
+from _args import Parser, positive_int, run_main
 
 SETTINGS = [
     ("exact", []),
@@ -35,8 +35,8 @@ def main() -> None:
 
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows-file", default="build/demo/data/test_seen.jsonl")
-    ap.add_argument("--rows", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=24, help="denoising steps (caches need several to act)")
+    ap.add_argument("--rows", type=positive_int, default=40)
+    ap.add_argument("--steps", type=positive_int, default=24, help="denoising steps (caches need several to act)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--out", default="benchmarks/results/cache_quality.json")
     args = ap.parse_args()

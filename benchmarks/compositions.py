@@ -35,7 +35,7 @@ from relation_cli.images import open_image
 from relation_cli.progress import progress_bar
 from relation_cli.rows import parse_rows, read_jsonl
 from relation_cli.prepare.synthetic import TASKS, Relation, make_synthetic
-from _args import Parser, run_main
+from _args import Parser, non_negative_int, positive_int, run_main
 
 # The demo's training relations (configs/demo-data.yaml holds out flip_vertical and frame); swap_colours is left
 # out because it returns the image unedited for scenes without a clearly largest shape.
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults = argparse.ArgumentDefaultsHelpFormatter
     write = sub.add_parser("make", help="write every composition as a Relation252K folder", formatter_class=defaults)
     write.add_argument("root", type=Path, help="a new folder for <a+b>/Group1/ (labels.json, before|after PNGs)")
-    write.add_argument("--pairs", type=int, default=90, help="pairs per composition")
-    write.add_argument("--seed", type=int, default=11, help="seed of the scenes (the demo's data use 0)")
+    write.add_argument("--pairs", type=positive_int, default=90, help="pairs per composition")
+    write.add_argument("--seed", type=non_negative_int, default=11, help="seed of the scenes (the demo's data use 0)")
     write.add_argument("--avoid", type=Path, help="a prepared folder whose test images no pair may equal")
     sub.add_parser("held", help="print relation prepare's --unseen-task flags of the held-out compositions")
     rate = sub.add_parser("score", help="per composition: composed, or one relation alone?", formatter_class=defaults)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from _args import Parser, run_main
+from _args import Parser, positive_float, positive_int, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -85,8 +85,8 @@ def error_cases(tmp: Path) -> list[tuple[str, list]]:
 
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=300, help="seconds before a photo run is stopped")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--timeout", type=positive_float, default=300, help="seconds before a photo run is stopped")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from _args import Parser, run_main
+from _args import Parser, positive_int, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
@@ -141,7 +141,7 @@ def table(r: dict) -> str:
 def main() -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/relation-fullsize"), help="work folder (5.3 GB + 5.3 GB)")
-    parser.add_argument("--scale", type=int, default=1, help="divide the widths by this (1: full size)")
+    parser.add_argument("--scale", type=positive_int, default=1, help="divide the widths by this (1: full size)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the written files")
     args = parser.parse_args()

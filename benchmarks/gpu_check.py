@@ -39,7 +39,7 @@ if __name__ == "__main__":  # a run, not a test's import: transformers' advisory
 
 from relation_cli.config import LoraSection, ModelSection, RelationConfig  # noqa: E402
 from relation_cli.tiny import ArchSpec, build_components  # noqa: E402
-from _args import Parser, run_main  # noqa: E402
+from _args import Parser, positive_float, positive_int, run_main  # noqa: E402
 
 GIB = 1024**3
 
@@ -441,8 +441,8 @@ def main() -> None:
     parser.add_argument("--bases", nargs="*", default=None, help=f"bases to check: {', '.join(BASES)} (all); "
                         f"with --tiny: {', '.join(TINY_BASES)}")  # fmt: skip
     parser.add_argument("--labels", nargs="*", default=None, help="measure only these entries (e.g. default)")
-    parser.add_argument("--sizes", nargs="*", type=int, default=None, help="measure only at these sizes (e.g. 1024)")
-    parser.add_argument("--budget-s", type=float, default=330, help="start no entry after this many seconds")
+    parser.add_argument("--sizes", nargs="*", type=positive_int, default=None, help="measure only at these sizes (e.g. 1024)")
+    parser.add_argument("--budget-s", type=positive_float, default=330, help="start no entry after this many seconds")
     parser.add_argument("--in-process", action="store_true", help="run every entry in this process")
     parser.add_argument("--entry", type=int, default=None, help=argparse.SUPPRESS)  # a child: one entry
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from _args import Parser, run_main
+from _args import Parser, positive_int, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -213,8 +213,8 @@ def gpu_full(repeats: int, steps: int) -> dict:
 def main() -> None:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=["cpu-demo", "cpu-mid", "gpu-full"], default="cpu-demo")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--repeats", type=positive_int, default=5)
+    ap.add_argument("--steps", type=positive_int, default=24)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.target == "cpu-demo":

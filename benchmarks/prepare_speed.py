@@ -28,7 +28,7 @@ from PIL import Image
 from relation_cli.config import load_config
 from relation_cli.prepare import TASKS, make_synthetic, prepare
 from relation_cli.prepare.decode import default_workers
-from _args import Parser, run_main
+from _args import Parser, positive_int, run_main
 
 
 def pil_decode_encode(images: list[Path], out: Path, compress_level: int) -> float:
@@ -50,9 +50,9 @@ def time_prepare(raw: Path, out: Path, workers: int) -> float:
 
 def main() -> int:
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=5000, help="pairs in all (rounded up to whole tasks)")
-    parser.add_argument("--size", type=int, default=64, help="side of each half-image in pixels")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")
+    parser.add_argument("--pairs", type=positive_int, default=5000, help="pairs in all (rounded up to whole tasks)")
+    parser.add_argument("--size", type=positive_int, default=64, help="side of each half-image in pixels")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each measurement; the fastest counts")
     parser.add_argument("--workdir", type=Path, default=Path("outputs"), help="folder for the temporary files")
     parser.add_argument("--json", type=Path, default=Path("outputs/prepare_speed.json"), help="figures, as JSON")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from _args import Parser, run_main
+from _args import Parser, non_negative_int, positive_int, run_main
 
 FLUX_DEV = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
                 joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))  # fmt: skip
@@ -101,10 +101,10 @@ def main() -> None:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", choices=["flux-dev", "tiny"], default="flux-dev")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--side", type=int, default=512)
-    ap.add_argument("--rank", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--side", type=positive_int, default=512)
+    ap.add_argument("--rank", type=positive_int, default=128)
+    ap.add_argument("--steps", type=positive_int, default=5)
+    ap.add_argument("--warmup", type=non_negative_int, default=2)
     ap.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = ap.parse_args()
     device = torch.device(args.device)
