@@ -550,7 +550,7 @@ def init_model(
     from .arch import ArchSpec
     from .config import read_yaml
     from .fs import check_new_dir
-    from .progress import quiet_libraries
+    from .progress import quiet_libraries, working
 
     with user_errors():
         try:  # the spec and the destination are answered before torch and diffusers are imported
@@ -565,7 +565,8 @@ def init_model(
         from .tiny import init_model as core_init
 
         try:
-            written = core_init(destination, arch, seed)
+            with working(f"building and writing {destination}"):
+                written = core_init(destination, arch, seed)
         except (ValueError, IndexError, StrictDataclassError) as e:  # sizes the libraries refuse, said by them
             why = first_line(e.__cause__ if isinstance(e, StrictDataclassError) and e.__cause__ else e)
             raise RelationError((f"spec '{spec}': " if spec else "init-model: ") + f"the sizes do not fit together "

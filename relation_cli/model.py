@@ -14,8 +14,9 @@ import torch
 
 from .checks import ModelSources, resolve_sources  # noqa: F401 (torch-free: --dry-run resolves sources too)
 from .checks import looks_local as _looks_local  # noqa: F401 (the one rule that tells a hub id from a folder)
-from .config import DEMO_DIR, RelationConfig
+from .config import DEMO, DEMO_DIR, RelationConfig
 from .errors import RelationError, first_line
+from .progress import working
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,12 @@ def load_pipeline(cfg: RelationConfig, device: torch.device | None = None):
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora)
     device = device or resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
+    with working(f"loading {'the embedded demo model' if cfg.model.base == DEMO else repr(sources.base)}"):
+        return _load_pipeline(cfg, sources, device, dtype)
+
+
+def _load_pipeline(cfg: RelationConfig, sources: ModelSources, device: torch.device, dtype: torch.dtype):
+    """:func:`load_pipeline`'s work, once the sources, device and dtype are known."""
     pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
     if sources.loras:
         from .lora import apply_loras

@@ -75,3 +75,16 @@ def progress_bar(description: str, total: int) -> Iterator:
     with make_progress() as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+
+
+@contextmanager
+def working(description: str) -> Iterator[None]:
+    """``with working("loading model.base 'x'"): ...``: a spinner with ``description`` on stderr while the block
+    runs, for steps with no count to show (loading weights, building a model); rich's ``Console.status``, so
+    only on a terminal: logs and pipes get nothing, and ``RELATION_NO_PROGRESS=1`` turns it off as it does the
+    bars. The line goes when the block ends."""
+    if os.environ.get("RELATION_NO_PROGRESS") == "1" or not console.is_terminal:
+        yield
+        return
+    with console.status(description):
+        yield
