@@ -67,8 +67,9 @@ def check_config(cfg: RelationConfig, command: str) -> None:
 
 
 def config_problems(cfg: RelationConfig, command: str) -> list[str]:
-    """Every problem :func:`check_config` reports, one line each (empty: none)."""
-    return [p for find in PROBLEM_FINDERS for p in find(cfg, command)]
+    """Every problem :func:`check_config` reports, one line each, each once (a file listed several times in
+    ``train.data`` on purpose is one problem), in order (empty: none)."""
+    return list(dict.fromkeys(p for find in PROBLEM_FINDERS for p in find(cfg, command)))
 
 
 def raise_problems(problems: list[str], what: str = "the configuration") -> None:

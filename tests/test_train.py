@@ -651,3 +651,15 @@ def test_a_new_run_starts_only_in_a_folder_of_its_own(tiny_model, data, tmp_path
         assert message in err and "choose a new or empty train.output_dir" in err and len(err.strip().splitlines()) == 1
         assert main(train_args(tiny_model, data, out, 1)) == 1
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_file_listed_several_times_is_one_problem(tiny_model, tmp_path, capsys):
+    """train.data may list a file several times on purpose (configs/demo-train.yaml): missing, it is said once."""
+    missing = tmp_path / "nowhere.jsonl"
+    sets = [x for o in tiny_overrides(tiny_model) for x in ("--set", o)]
+    args = ["train", "--data", str(missing), "--data", str(missing), "--data", str(missing), "--output-dir",
+            str(tmp_path / "run"), "--set", "model.base=./nowhere", *sets[2:], "--dry-run"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 problems in the configuration: (1) model.base './nowhere'")
+    assert err.count(f"train.data '{missing}': not found") == 1
