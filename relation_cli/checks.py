@@ -359,8 +359,13 @@ def full_bf16_refused(setting: str, resolved: str, device: str) -> str:
 
 
 def _train_lora_problems(cfg: RelationConfig, command: str) -> list[str]:
-    """train.mode=lora continues the one LoRA of lora.paths as it is (:func:`relation_cli.lora.continue_lora`)."""
+    """train.mode=lora continues the one LoRA of lora.paths as it is (:func:`relation_cli.lora.continue_lora`);
+    train.mode=vae uses no adapter and no LoRA, so naming one (which the saved config would record) is refused."""
     paths = cfg.lora.paths
+    if command == "train" and cfg.train.mode == "vae":
+        unused = [f"adapter.path '{cfg.adapter.path}'"] * bool(cfg.adapter.path) + ["lora.paths"] * bool(paths)
+        return [f"train.mode=vae trains the VAE alone; {' and '.join(unused)} would not be used (leave "
+                f"{'them' if len(unused) > 1 else 'it'} empty)"] if unused else []  # fmt: skip
     if command != "train" or cfg.train.mode != "lora" or not paths:
         return []
     if len(paths) > 1:

@@ -427,6 +427,10 @@ def test_fp8_storage_trains_on_the_float8_rounded_transformer(tiny_model, data, 
     (["model.memory=fp8_storage", "train.mode=full"], "train.mode=full trains it (use lora or adapter)"),
     (["model.quantize=int8"], "model.quantize is for inference"),
     (["model.memory=fp8_storage", "train.mode=vae"], "train.mode=vae does not run it (leave model.memory=none)"),
+    (["train.mode=vae", "adapter.path=."], "train.mode=vae trains the VAE alone; adapter.path '.' would not be used "
+                                          "(leave it empty)"),
+    (["train.mode=vae", "adapter.path=.", "lora.paths=[a.safetensors]"], "train.mode=vae trains the VAE alone; "
+     "adapter.path '.' and lora.paths would not be used (leave them empty)"),
     (["lora.paths=[a.safetensors, b.safetensors]"], "train.mode=lora continues one LoRA; lora.paths has 2 (give one"),
     (["lora.paths=[a.safetensors:0.5]"], "a weight (0.5) applies when it is used, not when it trains: drop ':W'"),
     (["train.full_bf16=true", "train.mixed_precision=no"], "train.full_bf16 needs bf16 mixed precision; "
