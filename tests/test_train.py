@@ -529,6 +529,15 @@ def test_dry_run_checks_the_output_folder_as_the_run_does(tiny_model, data, tmp_
     assert sorted(p.name for p in out.rglob("*")) == ["checkpoint-00000002", "checkpoints"]
 
 
+def test_dry_run_of_a_resume_names_the_checkpoint(tiny_model, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 2, "train.checkpoint_every=1", "train.validation_samples=0")) == 0
+    capsys.readouterr()
+    assert main(train_args(tiny_model, data, out, 3, "train.validation_samples=0") + ["--resume", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert f"resume: from {out / 'checkpoints' / 'checkpoint-00000002'} (step 2)" in said and "data: 6 rows" in said
+
+
 def test_start_from_the_released_weights(reference, tmp_path):
     data = analogy_dataset(tmp_path / "data", size=(32, 32))
     sets = [f"model.base={reference / 'base'}", f"model.image_encoder={reference / 'image_encoder'}",

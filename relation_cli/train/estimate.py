@@ -25,6 +25,7 @@ class Estimate:
     training_bytes: int
     activation_bytes: int | None  # None: not estimated (train.mode=vae)
     baseline_bytes: int = 0
+    resume_from: str | None = None  # --resume: the checkpoint the run would continue from, and its step
 
     @property
     def total_bytes(self) -> int:
@@ -32,7 +33,7 @@ class Estimate:
 
     def lines(self) -> list[str]:
         t = ", ".join(f"{k} {v / 1e6:,.1f}M" for k, v in self.trainable.items())
-        return [
+        return [f"resume: from {self.resume_from}"] * (self.resume_from is not None) + [
             f"data: {self.rows} rows",
             f"trainable parameters: {sum(self.trainable.values()) / 1e6:,.1f}M ({t})",
             f"frozen parameters: {self.frozen / 1e6:,.1f}M",
@@ -108,10 +109,10 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
 
     t = cfg.train
     out = check_output_dir(Path(t.output_dir), resume)
+    folder = None
     if resume:  # the resume's own checks too: a change it refuses, a checkpoint past train.steps
         folder = ckpt.require_resumable(out / "checkpoints", warn=lambda message: None)
-        if folder is not None:
-            continue_config(cfg, folder, warn=lambda message: None)
+        continue_config(cfg, folder, warn=lambda message: None)
     rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
     adapter = check_adapter_fits(cfg, parts[0], parts[4].config.hidden_size)
@@ -121,6 +122,7 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
         check_lora_targets(cfg, parts[0])
     est = estimate_parts(cfg, len(rows), *parts, adapter=adapter)
     est.baseline_bytes = process_baseline_bytes(cfg)
+    est.resume_from = f"{folder} (step {ckpt.step_of(folder)})" if folder is not None else None
     return est
 
 
