@@ -232,7 +232,7 @@ def adapter_problem(path: str | Path) -> str | None:
             return f"adapter '{path}': folder has no {ADAPTER_CONFIG}"
         if not any(p.glob("*.safetensors")):
             return f"adapter '{path}': folder has no .safetensors weights (never read as a pickle)"
-        return None
+        return _adapter_config_problem(path, p / ADAPTER_CONFIG)
     if p.suffix.lower() not in PICKLE_SUFFIXES:
         return f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file"
     head = _first_bytes(p, 4)
@@ -240,6 +240,23 @@ def adapter_problem(path: str | Path) -> str | None:
         return f"adapter '{path}': empty file (0 bytes)"
     if head is not None and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         return f"adapter '{path}': not a torch checkpoint (neither torch's zip format nor a pickle)"
+    return None
+
+
+def _adapter_config_problem(path: str | Path, config: Path) -> str | None:
+    """An adapter folder's ``config.json`` that names another model (a SigLIP's ``model_type``, another
+    diffusers class's ``_class_name``: a model folder given as ``--adapter`` by mistake), or None. A config
+    naming neither is left to loading."""
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return f"adapter '{path}': {ADAPTER_CONFIG} is not readable JSON"
+    if not isinstance(data, dict):
+        return f"adapter '{path}': {ADAPTER_CONFIG} is not a JSON object"
+    other = data.get("_class_name") if data.get("_class_name") != "RelationAdapter" else None
+    other = other or (data.get("model_type") if "_class_name" not in data else None)
+    if other:
+        return f"adapter '{path}': a {other} folder, not a relation adapter (whose {ADAPTER_CONFIG} has _class_name RelationAdapter)"
     return None
 
 

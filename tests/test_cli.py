@@ -253,14 +253,15 @@ def test_file_path_and_option_errors_come_before_the_ml_stack(images, tmp_path):
 
 
 def test_every_config_problem_is_reported_before_any_model_file_is_opened(tiny_model, tmp_path):
-    """Six problems, one message, and not one file of the model folder opened (an audit hook watches)."""
+    """Six problems, one message, and not one weights file of the model folder opened (an audit hook watches;
+    a folder's config.json may be read: it tells a SigLIP or a transformer given as --adapter from an adapter)."""
     lora = tmp_path / "lora.safetensors"
     lora.write_bytes(b"")
     script = (
         "import sys\n"
         f"model = {str(tiny_model)!r}\n"
         "def watch(event, args):\n"
-        "    if event == 'open' and isinstance(args[0], str) and args[0].startswith(model):\n"
+        "    if event == 'open' and isinstance(args[0], str) and args[0].startswith(model) and not args[0].endswith('/config.json'):\n"
         "        raise RuntimeError('model file opened: ' + args[0])\n"
         "sys.addaudithook(watch)\n" + EARLY
     )
@@ -381,6 +382,10 @@ def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
         "adapter image": (["--adapter", t / "in" / "a.png"], "expected a relation adapter folder or a .bin/.pt"),
         "adapter folder without config": (["--adapter", t / "empty"], "empty': folder has no config.json"),
         "adapter a run": (["--adapter", t / "run"], "a training run, not an adapter folder; its adapter is '"),
+        "adapter a SigLIP": (["--adapter", model / "image_encoder"], "image_encoder': a siglip_vision_model folder, "
+                             "not a relation adapter (whose config.json has _class_name RelationAdapter)"),
+        "adapter a transformer": (["--adapter", model / "base" / "transformer"], "transformer': a FluxTransformer2DModel "
+                                  "folder, not a relation adapter"),
         "lora not safetensors": (["--lora", t / "lora.safetensors"], "lora.safetensors': not a readable safetensors file"),
         "lora folder without weights": (["--lora", t / "empty"], "folder has no pytorch_lora_weights.safetensors"),
         "model LoRA folder": (["--lora", model / "base"], "folder has no pytorch_lora_weights.safetensors"),
@@ -389,7 +394,8 @@ def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
 
 
 @pytest.mark.parametrize("case", [
-    "adapter text as .bin", "adapter image", "adapter folder without config", "adapter a run", "lora not safetensors",
+    "adapter text as .bin", "adapter image", "adapter folder without config", "adapter a run", "adapter a SigLIP",
+    "adapter a transformer", "lora not safetensors",
     "lora folder without weights", "model LoRA folder", "device cuda"])  # fmt: skip
 def test_dry_run_refuses_weights_and_devices_it_can_tell_are_wrong(images, tiny_model, tmp_path, capsys, case):
     """What a look at names, first bytes and torch's device list tells: refused by ``--dry-run`` as by the run,
