@@ -80,7 +80,7 @@ def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.
 
 
 def _examples(misfits: dict[str, str]) -> str:
-    """Up to 3 misfits as ``e.g. [...]``: the names of missing modules, a width for those of other sizes."""
+    """Up to 3 misfits as ``e.g. a, b, c``: the name of a missing module, with the widths for one of other sizes."""
     shown = [name if why == "missing" else f"{name} {why}" for name, why in list(misfits.items())[:3]]
     return "e.g. " + ", ".join(shown)
 
