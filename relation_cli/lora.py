@@ -50,32 +50,37 @@ def _flux2(pipe) -> bool:
 
 def _misfit(module: torch.nn.Module | None, part: str, value: torch.Tensor) -> str | None:
     """Why a ``lora_A``/``lora_B`` tensor does not fit a layer, or None when it does: A is ``(r, in_features)``,
-    B ``(out_features, r)``. ``"missing"``: no such linear layer; else the widths, e.g. ``in_features 64 (the
+    B ``(out_features, r)``. ``"missing"``: no such linear layer; else the sizes, e.g. ``in_features 64 (the
     model's 128)``."""
     module = getattr(module, "base_layer", module)  # a layer that already holds another LoRA
     if not isinstance(module, torch.nn.Linear):
         return "missing"
-    if part == "A.weight" and (value.ndim != 2 or value.shape[1] != module.in_features):
-        return f"in_features {value.shape[-1]} (the model's {module.in_features})"
+    if value.ndim != 2:
+        return f"shape {tuple(value.shape)} (a linear layer's LoRA is 2-D)"
+    if part == "A.weight" and value.shape[1] != module.in_features:
+        return f"in_features {value.shape[1]} (the model's {module.in_features})"
     if part.startswith("B.") and value.shape[0] != module.out_features:
         return f"out_features {value.shape[0]} (the model's {module.out_features})"
     return None
 
 
 def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The keys whose module exists in the pipeline with matching sizes, and the modules that do not (sorted by
-    name), each with why (:func:`_misfit`)."""
+    """The keys of the modules that exist in the pipeline with matching sizes, and the modules that do not
+    (sorted by name), each with why (:func:`_misfit`, its first tensor's). A module fits only whole: one
+    whose ``lora_A`` fits and ``lora_B`` does not is a misfit, and neither half is loaded."""
     components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
     modules = {name: dict(c.named_modules()) for name, c in components.items() if c is not None}
-    fitting, misfits = {}, {}
+    keys: dict[str, list[str]] = {}
+    misfits: dict[str, str] = {}
     for key, value in state.items():
         component, _, rest = key.partition(".")
         name, _, part = rest.partition(".lora_")
+        module = f"{component}.{name}"
+        keys.setdefault(module, []).append(key)
         why = _misfit(modules.get(component, {}).get(name), part, value)
-        if why is None:
-            fitting[key] = value
-        elif misfits.get(f"{component}.{name}", "missing") == "missing":
-            misfits[f"{component}.{name}"] = why
+        if why is not None:
+            misfits.setdefault(module, why)
+    fitting = {k: state[k] for module, ks in keys.items() if module not in misfits for k in ks}
     return fitting, dict(sorted(misfits.items()))
 
 

@@ -81,9 +81,10 @@ def progress_bar(description: str, total: int) -> Iterator:
 def working(description: str) -> Iterator[None]:
     """``with working("loading model.base 'x'"): ...``: a spinner with ``description`` on stderr while the block
     runs, for steps with no count to show (loading weights, building a model); rich's ``Console.status``, so
-    only on a terminal: logs and pipes get nothing, and ``RELATION_NO_PROGRESS=1`` turns it off as it does the
-    bars. The line goes when the block ends."""
-    if os.environ.get("RELATION_NO_PROGRESS") == "1" or not console.is_terminal:
+    only on a terminal and in the main process of a launch (``RANK`` 0 or unset, as accelerate sets it): logs and
+    pipes get nothing, and ``RELATION_NO_PROGRESS=1`` turns it off as it does the bars. The line goes when the
+    block ends."""
+    if os.environ.get("RELATION_NO_PROGRESS") == "1" or os.environ.get("RANK", "0") != "0" or not console.is_terminal:
         yield
         return
     with console.status(description):

@@ -158,6 +158,17 @@ def test_wrong_sizes_do_not_fit(tiny_model, tmp_path):
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'sizes.safetensors'}}}]")
 
 
+def test_a_module_fits_only_whole(tiny_model, tmp_path):
+    """lora_A of the right width and lora_B of another: the module is a misfit, counted once, and no half of it
+    is loaded (with allow_partial the A halves alone would otherwise be)."""
+    state = {f"{n}.lora_A.weight": torch.zeros(RANK, 32) for n in MODULES} | {f"{n}.lora_B.weight": torch.zeros(5, RANK) for n in MODULES}
+    save_file(state, tmp_path / "half.safetensors")  # fmt: skip
+    for partial in ("false", "true"):
+        with pytest.raises(RelationError, match=r"its 3 modules are in this model but of other widths \(e\.g\. "
+                                                 r"transformer\.single_transformer_blocks\.0\.attn\.to_k out_features 5"):
+            _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'half.safetensors'}}}]", f"lora.allow_partial={partial}")
+
+
 def test_several_loras_each_at_its_weight_times_scale(tiny_model, tmp_path):
     from diffusers import FluxPipeline
 

@@ -519,6 +519,25 @@ def test_estimate_counts_the_adapter_that_trains(tiny_model, data, tmp_path):
     assert given.adapter.num_tokens == 128 and estimate(given).trainable["adapter"] == saved(out / "adapter")
 
 
+def test_a_released_bin_start_is_counted_at_the_released_layout(reference, tmp_path):
+    """A ``.bin`` start adapter is not read by --dry-run: it is counted at the released 128 tokens without role
+    embeddings, whatever the config's adapter.* fields (which are for a new adapter), and the line says so."""
+    from relation_cli.adapter import RelationAdapter
+    from relation_cli.train.estimate import _meta_pipeline_parts, count, estimate
+
+    data = analogy_dataset(tmp_path / "data", size=(32, 32))
+    sets = [f"model.base={reference / 'base'}", f"model.image_encoder={reference / 'image_encoder'}",
+            f"adapter.path={reference / 'ip_adapter.bin'}", f"train.data={data}", f"train.output_dir={tmp_path / 'r'}",
+            "train.mode=adapter", "adapter.num_tokens=8", "adapter.role_embeddings=true"]  # fmt: skip
+    cfg = load_config(None, sets)
+    est = estimate(cfg)
+    transformer, *_, image_encoder = _meta_pipeline_parts(cfg)
+    with torch.device("meta"):
+        released = RelationAdapter.for_transformer(transformer, image_encoder.config.hidden_size, 128)
+    assert est.trainable["adapter"] == count(released)
+    assert "the .bin adapter counted at the released 128 tokens (it is read when the run loads it)" in est.lines()[1]
+
+
 def test_dry_run_checks_the_output_folder_as_the_run_does(tiny_model, data, tmp_path, capsys):
     out = tmp_path / "run"
     (out / "checkpoints" / "checkpoint-00000002").mkdir(parents=True)  # an earlier run's (not intact) checkpoint

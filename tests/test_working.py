@@ -21,15 +21,17 @@ def test_working_shows_on_a_terminal_and_nothing_in_a_pipe(monkeypatch):
         with progress.working("loading 'somewhere'"):
             pass
         assert ("loading 'somewhere'" in out.getvalue()) is shown
-    monkeypatch.setenv("RELATION_NO_PROGRESS", "1")  # off as the bars are
-    out = io.StringIO()
-    monkeypatch.setattr(progress, "console", Console(file=out, force_terminal=True, width=80))
-    with progress.working("loading"):
-        pass
-    assert out.getvalue() == ""
+    for name, value in (("RANK", "1"), ("RELATION_NO_PROGRESS", "1")):  # another process of a launch; bars off
+        monkeypatch.setenv(name, value)
+        out = io.StringIO()
+        monkeypatch.setattr(progress, "console", Console(file=out, force_terminal=True, width=80))
+        with progress.working("loading"):
+            pass
+        assert out.getvalue() == ""
+        monkeypatch.delenv(name)
 
 
-def test_loading_and_init_model_say_what_they_do(monkeypatch, tmp_path):
+def test_loading_and_init_model_say_what_they_do(monkeypatch, tmp_path, tiny_model):
     said = []
 
     @contextmanager
@@ -43,4 +45,11 @@ def test_loading_and_init_model_say_what_they_do(monkeypatch, tmp_path):
             "--query", str(EXAMPLES / "query.png"), "-o", str(tmp_path / "o.png")]  # fmt: skip
     assert main(args) == 0
     assert main(["init-model", str(tmp_path / "m"), "--seed", "0"]) == 0
-    assert said == ["loading the embedded demo model", f"building and writing {tmp_path / 'm'}"]
+    data = tmp_path / "data"
+    assert main(["prepare", "--synthetic", "2", "--output", str(data)]) == 0
+    train = ["train", "--data", str(data / "train.jsonl"), "--output-dir", str(tmp_path / "run"), "--steps", "1",
+             "--set", "train.validation_samples=0", "--set", f"model.base={tiny_model / 'base'}",
+             "--set", f"model.image_encoder={tiny_model / 'image_encoder'}"]  # fmt: skip
+    assert main(train) == 0
+    assert said == ["loading the embedded demo model", f"building and writing {tmp_path / 'm'}",
+                    f"loading '{tiny_model / 'base'}'"]  # fmt: skip

@@ -14,6 +14,9 @@ from ..config import RelationConfig
 from ..errors import RelationError
 
 GIB = 1024**3
+RELEASED_TOKENS = 128
+"""Exemplar tokens per image of the authors' released ``ip_adapter-*.bin`` (SPEC 2.1): how a ``.bin`` start
+adapter is counted by ``--dry-run``, which does not read the file."""
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Estimate:
     activation_bytes: int | None  # None: not estimated (train.mode=vae)
     baseline_bytes: int = 0
     resume_from: str | None = None  # --resume: the checkpoint the run would continue from, and its step
+    released_adapter: bool = False  # the start adapter is a released .bin, counted at the released layout
 
     @property
     def total_bytes(self) -> int:
@@ -35,7 +39,9 @@ class Estimate:
         t = ", ".join(f"{k} {v / 1e6:,.1f}M" for k, v in self.trainable.items())
         return [f"resume: from {self.resume_from}"] * (self.resume_from is not None) + [
             f"data: {self.rows} rows",
-            f"trainable parameters: {sum(self.trainable.values()) / 1e6:,.1f}M ({t})",
+            f"trainable parameters: {sum(self.trainable.values()) / 1e6:,.1f}M ({t})"
+            + (f"; the .bin adapter counted at the released {RELEASED_TOKENS} tokens (it is read when the run "
+               "loads it)" if self.released_adapter else ""),
             f"frozen parameters: {self.frozen / 1e6:,.1f}M",
             f"memory estimate per process: {self.total_bytes / GIB:.1f} GiB = weights {self.weight_bytes / GIB:.1f}"
             f" + trainable state {self.training_bytes / GIB:.1f} + "
@@ -123,6 +129,7 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
     est = estimate_parts(cfg, len(rows), *parts, adapter=adapter)
     est.baseline_bytes = process_baseline_bytes(cfg)
     est.resume_from = f"{folder} (step {ckpt.step_of(folder)})" if folder is not None else None
+    est.released_adapter = _start_adapter_path(cfg) is not None and _start_adapter_path(cfg).is_file()
     return est
 
 
@@ -131,14 +138,17 @@ def check_adapter_fits(cfg: RelationConfig, transformer, image_embed_dim: int | 
     encoder's width ``image_embed_dim`` from its ``config.json`` alone, as loading would check it
     (:meth:`RelationAdapter.check_compatible`): e.g. a FLUX.1 adapter on a FLUX.2 [klein] base. A released ``.bin`` is checked when the run loads it.
     Returns that adapter on the meta device (what trains: its own ``num_tokens`` and role embeddings, not
-    the config's ``adapter.*`` for a new one), or None (a new adapter, or a released ``.bin``).
+    the config's ``adapter.*`` for a new one); for a released ``.bin`` (not read here: a pickle of gigabytes)
+    one of the released layout, :data:`RELEASED_TOKENS` tokens and no role embeddings; None for a new adapter.
     Raises RelationError."""
     from ..adapter import RelationAdapter
-    from ..model import resolve_sources
 
-    path = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).adapter
-    if path is None or not (Path(path) / RelationAdapter.config_name).is_file():
+    path = _start_adapter_path(cfg)
+    if path is None:
         return None
+    if not (Path(path) / RelationAdapter.config_name).is_file():  # a released .bin (adapter_problem passed it)
+        with torch.device("meta"):
+            return RelationAdapter.for_transformer(transformer, image_embed_dim or 1152, RELEASED_TOKENS)  # SigLIP so400m
     try:
         config = RelationAdapter.load_config(path)
     except (OSError, ValueError) as e:
@@ -147,6 +157,14 @@ def check_adapter_fits(cfg: RelationConfig, transformer, image_embed_dim: int | 
         adapter = RelationAdapter.from_config(config)
     adapter.check_compatible(transformer, path, image_embed_dim)
     return adapter
+
+
+def _start_adapter_path(cfg: RelationConfig) -> Path | None:
+    """The adapter training starts from (``adapter.path``, or the demo's with ``model.base=demo``), or None."""
+    from ..model import resolve_sources
+
+    path = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False).adapter
+    return None if path is None else Path(path)
 
 
 def process_baseline_bytes(cfg: RelationConfig) -> int:
@@ -175,7 +193,7 @@ def process_baseline_bytes(cfg: RelationConfig) -> int:
 def estimate_parts(cfg: RelationConfig, rows: int, transformer, vae, clip, t5, image_encoder, adapter=None) -> Estimate:
     """The memory arithmetic of :func:`estimate` for given (meta) components; no file is read.
     ``adapter``: the start adapter (:func:`check_adapter_fits`); None: a new one as training builds it
-    (``adapter.num_tokens``, ``adapter.role_embeddings``; a released ``.bin`` has the default 128 tokens).
+    (``adapter.num_tokens``, ``adapter.role_embeddings``).
     ``model.memory=fp8_storage`` counts the frozen transformer at 1 byte per weight."""
     from ..adapter import RelationAdapter
     from ..model import resolve_device, resolve_mixed_precision

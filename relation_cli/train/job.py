@@ -94,10 +94,12 @@ def build_components(cfg: RelationConfig, dtype: torch.dtype):
     then :func:`make_trainable`. Returns ``(pipe, sources)``."""
     from ..adapter import RelationAdapter
     from ..model import load_base, resolve_sources
+    from ..progress import working
     from ..weights import load_adapter
 
     sources = resolve_sources(cfg.model, cfg.adapter, cfg.lora, require_adapter=False)
-    pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
+    with working(f"loading {sources.base!r}"):
+        pipe = load_base(sources, dtype, cfg.model.local_files_only, cfg.model.query_ids)
     t = cfg.train
     transformer = pipe.transformer
     if sources.adapter is not None:
