@@ -192,7 +192,37 @@ def _source_problems(cfg: RelationConfig, command: str) -> list[str]:
     elif not demo and looks_local(m.base):
         problems.append(_missing_image_encoder(m.base))
     problems += _weights_problems(cfg, command, demo)
+    if not any(problems):  # both folders usable: do they fit each other?
+        encoder = m.image_encoder or (str(DEMO_DIR / "image_encoder") if demo else None)
+        adapter = cfg.adapter.path or (str(DEMO_DIR / "adapter") if demo else None)
+        problems.append(encoder and adapter and adapter_encoder_problem(adapter, encoder))
     return [p for p in problems if p]
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; {} when it is missing or not one (other checks say so)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def adapter_encoder_problem(adapter: str, encoder: str) -> str | None:
+    """A relation adapter folder whose projection reads another width than the local image encoder gives
+    (``image_embed_dim`` of the adapter's config.json against the SigLIP's ``hidden_size``), from the two
+    config.json files alone, as loading would find it (:meth:`RelationAdapter.check_compatible`); None when they
+    fit or either cannot be told (a released ``.bin``, a hub id)."""
+    if not looks_local(encoder):
+        return None
+    width = _read_json(Path(adapter).expanduser() / ADAPTER_CONFIG).get("image_embed_dim")
+    siglip = _read_json(Path(encoder).expanduser() / "config.json")
+    vision = siglip.get("vision_config", siglip)  # a whole SigLIP's config holds its vision tower's
+    given = vision.get("hidden_size") if isinstance(vision, dict) else None
+    if isinstance(width, int) and isinstance(given, int) and width != given:
+        return (f"adapter '{adapter}' does not fit this image encoder: image_embed_dim {width} (the image encoder "
+                f"gives {given})")  # fmt: skip
+    return None
 
 
 def _missing_image_encoder(base: str) -> str:
