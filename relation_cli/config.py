@@ -8,6 +8,7 @@ This module imports pydantic and yaml only, so ``relation --help`` stays fast.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Sequence, Union, get_args, get_origin
@@ -449,7 +450,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: e.g. the date 2001-02-30
         value = raw  # not YAML: keep the text as a string, let validation judge it
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _PLAIN_NUMBER.fullmatch(text):
+        value = text  # YAML 1.1 reads 0x10, 0o7, 1_0 and 1:30 as 16, 7, 10 and 90: as typed, validation refuses it
     return parts, value
+
+
+_PLAIN_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
+"""A number as it is written in decimal: what a ``--set`` value must look like for YAML's reading of it as a
+number to stand (:func:`parse_override`)."""
 
 
 def _field_kinds(parts: list[str]) -> set:

@@ -103,6 +103,25 @@ def test_a_text_setting_takes_the_text_as_typed_and_an_empty_value_is_none_where
         load_config(None, [text])
 
 
+@pytest.mark.parametrize("text", ["infer.steps=0x10", "infer.steps=0o7", "infer.seed=1:30", "infer.guidance=1:30.5"])
+def test_a_number_not_written_in_decimal_is_refused_not_read_as_yaml_1_1(text):
+    """YAML 1.1 (PyYAML) reads 0x10 as 16, 0o7 as 7 and 1:30 as 90 (base 60): a --set value keeps such text as
+    typed, and validation says it is not a number, instead of running with a number nobody wrote. (Digits grouped
+    with ``_``, ``1_000``, stay numbers: Python's own ``int`` and pydantic read them so.)"""
+    key = text.split("=")[0]
+    assert parse_override(text)[1] == text.split("=")[1]
+    with pytest.raises(RelationError, match=key):
+        load_config(None, [text])
+
+
+@pytest.mark.parametrize("text, value", [("infer.steps=12", 12), ("infer.guidance=3.5", 3.5), ("infer.guidance=1e1", 10.0),
+                                         ("infer.guidance=.5", 0.5), ("infer.guidance=3.", 3.0), ("infer.seed=+7", 7),
+                                         ("infer.steps=1_0", 10)])  # fmt: skip
+def test_decimal_numbers_are_numbers(text, value):
+    section, key = text.split("=")[0].split(".")
+    assert getattr(getattr(load_config(None, [text]), section), key) == value
+
+
 @pytest.mark.parametrize("text", ["model.base=[a]", "train.validation_data=[a.jsonl]", "infer.prompt={x: 1}"])
 def test_a_list_or_mapping_for_a_text_setting_is_refused_not_stringified(text):
     """``model.base=[a]`` is a YAML list: refused with the hint to quote it, as a YAML file's list would be, not
