@@ -451,7 +451,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: e.g. the date 2001-02-30
         value = raw  # not YAML: keep the text as a string, let validation judge it
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not _PLAIN_NUMBER.fullmatch(text):
-        value = text  # YAML 1.1 reads 0x10, 0o7, 1_0 and 1:30 as 16, 7, 10 and 90: as typed, validation refuses it
+        value = text  # YAML 1.1 reads 0x10, 0o7 and 1:30 as 16, 7 and 90: as typed, validation refuses them
     return parts, value
 
 

@@ -121,7 +121,8 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
         continue_config(cfg, folder, warn=lambda message: None)
     rows = rows or load_rows(t.data_files, cfg.data.max_image_pixels)
     parts = _meta_pipeline_parts(cfg)
-    adapter = check_adapter_fits(cfg, parts[0], parts[4].config.hidden_size)
+    start = _start_adapter_path(cfg)
+    adapter = check_adapter_fits(start, parts[0], parts[4].config.hidden_size)
     if t.mode == "lora" and not cfg.lora.paths:  # a new LoRA on these targets (a given one keeps its own)
         from .job import check_lora_targets
 
@@ -129,26 +130,26 @@ def estimate(cfg: RelationConfig, resume: bool = False, rows: list | None = None
     est = estimate_parts(cfg, len(rows), *parts, adapter=adapter)
     est.baseline_bytes = process_baseline_bytes(cfg)
     est.resume_from = f"{folder} (step {ckpt.step_of(folder)})" if folder is not None else None
-    est.released_adapter = _start_adapter_path(cfg) is not None and _start_adapter_path(cfg).is_file()
+    est.released_adapter = start is not None and start.is_file()
     return est
 
 
-def check_adapter_fits(cfg: RelationConfig, transformer, image_embed_dim: int | None = None):
-    """The start adapter (``adapter.path``, a relation folder) against the (meta) ``transformer`` and the image
-    encoder's width ``image_embed_dim`` from its ``config.json`` alone, as loading would check it
-    (:meth:`RelationAdapter.check_compatible`): e.g. a FLUX.1 adapter on a FLUX.2 [klein] base. A released ``.bin`` is checked when the run loads it.
+def check_adapter_fits(path: Path | None, transformer, image_embed_dim: int):
+    """The start adapter ``path`` (:func:`_start_adapter_path`; a relation folder) against the (meta)
+    ``transformer`` and the image encoder's width ``image_embed_dim`` from its ``config.json`` alone, as loading
+    would check it (:meth:`RelationAdapter.check_compatible`): e.g. a FLUX.1 adapter on a FLUX.2 [klein] base. A
+    released ``.bin`` is checked when the run loads it.
     Returns that adapter on the meta device (what trains: its own ``num_tokens`` and role embeddings, not
     the config's ``adapter.*`` for a new one); for a released ``.bin`` (not read here: a pickle of gigabytes)
     one of the released layout, :data:`RELEASED_TOKENS` tokens and no role embeddings; None for a new adapter.
     Raises RelationError."""
     from ..adapter import RelationAdapter
 
-    path = _start_adapter_path(cfg)
     if path is None:
         return None
-    if not (Path(path) / RelationAdapter.config_name).is_file():  # a released .bin (adapter_problem passed it)
+    if not (path / RelationAdapter.config_name).is_file():  # a released .bin (adapter_problem passed it)
         with torch.device("meta"):
-            return RelationAdapter.for_transformer(transformer, image_embed_dim or 1152, RELEASED_TOKENS)  # SigLIP so400m
+            return RelationAdapter.for_transformer(transformer, image_embed_dim, RELEASED_TOKENS)
     try:
         config = RelationAdapter.load_config(path)
     except (OSError, ValueError) as e:
