@@ -143,19 +143,16 @@ def resolve_sources(
 
     Training passes ``require_adapter=False``: without ``adapter.path`` it starts a new adapter.
     """
+    encoder, adapter_path = chosen_parts(model, adapter)
     if model.base == DEMO:
         demo = DEMO_DIR
         if not (demo / "base" / "model_index.json").is_file():
             raise RelationError(f"the embedded demo model is missing from {demo}; run `make demo-model`")
         lora_default = demo / "lora"
-        sources = ModelSources(
-            base=str(demo / "base"),
-            image_encoder=model.image_encoder or str(demo / "image_encoder"),
-            adapter=adapter.path or str(demo / "adapter"),
-            loras=tuple(lora.paths) or ((LoraFile(path=str(lora_default)),) if lora_default.is_dir() else ()),
-        )
+        loras = tuple(lora.paths) or ((LoraFile(path=str(lora_default)),) if lora_default.is_dir() else ())
+        sources = ModelSources(str(demo / "base"), encoder, adapter_path, loras)
     else:
-        sources = ModelSources(model.base, model.image_encoder or SIGLIP_DEFAULT, adapter.path, tuple(lora.paths))
+        sources = ModelSources(model.base, encoder or SIGLIP_DEFAULT, adapter_path, tuple(lora.paths))
     _check_source("model.base", sources.base, "model_index.json")
     _check_source("model.image_encoder", sources.image_encoder, "config.json")
     if problem := image_encoder_problem(sources.image_encoder):
@@ -166,6 +163,15 @@ def resolve_sources(
         if problem:
             raise RelationError(problem)
     return sources
+
+
+def chosen_parts(model: ModelSection, adapter: AdapterSection) -> tuple[str | None, str | None]:
+    """The image encoder and adapter a command loads, as given: ``model.image_encoder`` and ``adapter.path``, else,
+    with ``model.base: demo``, the embedded demo model's folders; None where neither applies (:func:`resolve_sources`
+    then takes SigLIP's hub id, and training starts a new adapter)."""
+    demo = model.base == DEMO
+    return (model.image_encoder or (str(DEMO_DIR / "image_encoder") if demo else None),
+            adapter.path or (str(DEMO_DIR / "adapter") if demo else None))  # fmt: skip
 
 
 def _check_source(key: str, name: str, marker: str) -> None:
@@ -193,8 +199,7 @@ def _source_problems(cfg: RelationConfig, command: str) -> list[str]:
         problems.append(_missing_image_encoder(m.base))
     problems += _weights_problems(cfg, command, demo)
     if not any(problems):  # both folders usable: do they fit each other?
-        encoder = m.image_encoder or (str(DEMO_DIR / "image_encoder") if demo else None)
-        adapter = cfg.adapter.path or (str(DEMO_DIR / "adapter") if demo else None)
+        encoder, adapter = chosen_parts(m, cfg.adapter)
         problems.append(encoder and adapter and adapter_encoder_problem(adapter, encoder))
     return [p for p in problems if p]
 
