@@ -505,7 +505,7 @@ def _data_problems(cfg: RelationConfig, command: str) -> list[str]:
         if not cfg.train.data_files:
             problems.append(EMPTY_DATA)
         problems += [missing_data(f) if not Path(f).is_file() else _rows_problem(f, need_target=True)
-                     for f in cfg.train.data_files]  # fmt: skip
+                     for f in dict.fromkeys(cfg.train.data_files)]  # a file listed again is checked once; fmt: skip
         held_out = cfg.train.validation_data
         if held_out and cfg.train.validation_samples and not Path(held_out).is_file():
             problems.append(f"train.validation_data '{held_out}': not found")

@@ -816,10 +816,14 @@ def _train_input_checks(cfg: RelationConfig, resume: bool, rows: list) -> tuple[
 
         check_output_dir(Path(cfg.train.output_dir), resume)
 
+    read: dict[str, list] = {}  # a file listed again (to weight it) is read once
+
     def data(path: str) -> None:
         from .train.data import load_rows
 
-        rows.extend(load_rows(path, cfg.data.max_image_pixels))
+        if path not in read:
+            read[path] = load_rows(path, cfg.data.max_image_pixels)
+        rows.extend(read[path])
 
     def validation() -> None:
         from .train.recipe import validation_rows

@@ -695,3 +695,33 @@ def test_a_file_listed_several_times_is_one_problem(tiny_model, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: 2 problems in the configuration: (1) model.base './nowhere'")
     assert err.count(f"train.data '{missing}': not found") == 1
+
+
+def test_a_file_listed_several_times_is_read_once(tiny_model, data, tmp_path, monkeypatch, capsys):
+    """configs/demo-train.yaml lists its fixed set 12 times to weight it: each listing used to parse the file and
+    decode its images again (3 of the recipe's minutes). Now the config check, --dry-run and the run read each
+    distinct file once, and the rows are still repeated as listed."""
+    import relation_cli.rows as rows_module
+    from relation_cli.train.data import load_rows
+
+    calls, real = [], rows_module.parse_rows
+
+    def counted(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rows_module, "parse_rows", counted)
+    monkeypatch.setattr("relation_cli.train.data.parse_rows", rows_module.parse_rows)
+    other = analogy_dataset(tmp_path / "other", tasks=("gray",), seed=1)
+    rows = load_rows([data, other, data, data], 10**8)
+    once = load_rows(data, 10**8)
+    assert [r.task for r in rows] == [r.task for r in once] + ["gray"] * 3 + [r.task for r in once] * 2
+    assert calls == [data.name, other.name, data.name]  # the 3 listings of `data` in one read, then `once`'s
+    calls.clear()
+    sets = [o for o in train_overrides(tiny_model, data, tmp_path / "r", 2) if not o.startswith("train.data=")]
+    args = ["train", "--data", str(data), "--data", str(data), "--data", str(data)]
+    assert main(args + [x for o in sets for x in ("--set", o)] + ["--dry-run"]) == 0
+    assert "data: 18 rows" in capsys.readouterr().out
+    # the configuration's checks (run twice by a dry run: its own, and before_loading's) and the dry run's read,
+    # each once for the 3 listings (9 calls before)
+    assert calls.count(data.name) == 3

@@ -34,17 +34,22 @@ def load_rows(paths: str | Path | Sequence[str | Path], max_pixels: int) -> list
     Every field is checked as a string or empty (no column types guessed from the first rows), every
     image is decoded once here, before any model is loaded or file written. Raises RelationError on a
     missing file, an empty list, a bad row or image (naming the file; every bad image of a file in one message).
+    A file listed several times (``configs/demo-train.yaml`` weights a set so) is read once and its rows repeated.
     """
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not files:
         raise RelationError(EMPTY_DATA)
     out: list[Row] = []
+    read: dict[Path, list[Row]] = {}  # a file listed again (to weight it) is read and checked once
     for path in files:
         if not path.is_file():
             raise RelationError(missing_data(path))
-        rows = parse_rows(path, need_target=True)
-        check_images((image for r in rows for image in _row_images(r)), max_pixels, head=f"'{path}'")
-        out += rows
+        key = path.resolve()
+        if key not in read:
+            rows = parse_rows(path, need_target=True)
+            check_images((image for r in rows for image in _row_images(r)), max_pixels, head=f"'{path}'")
+            read[key] = rows
+        out += read[key]
     return out
 
 
