@@ -10,12 +10,15 @@ file names is checked against the transformer first, so a LoRA is never half-app
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
 from .config import LoraFile
-from .errors import RelationError, first_line
+from .errors import RelationError, counted, first_line
 from .weights import LAYOUT_HELP, LoraWeights, read_lora
 
 log = logging.getLogger(__name__)
@@ -114,17 +117,117 @@ def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> 
     return fitting
 
 
+_HALF = re.compile(r"\.lora_([AB])\.weight$")
+
+
+def module_ranks(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """``{module: {"A": r, "B": r}}`` of a diffusers-layout LoRA: the rank each half has (``lora_A`` is
+    ``(r, in)``, ``lora_B`` ``(out, r)``); a module missing a half has one entry."""
+    ranks: dict[str, dict[str, int]] = {}
+    for key, value in state.items():
+        half = _HALF.search(key)
+        if half is not None and value.ndim == 2:
+            ranks.setdefault(key[: half.start()], {})[half.group(1)] = value.shape[0 if half.group(1) == "A" else 1]
+    return ranks
+
+
+def check_whole(lora: LoraWeights, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a LoRA whose weights or metadata peft could not build layers from (each said in one line):
+    a module with one half only, halves of different ranks, and diffusers metadata (peft's ``LoraConfig``
+    fields per component, ``transformer.r`` ...) that is missing ``r`` or ``target_modules``, has a rank the
+    weights do not, an alpha that is not a number, or target modules that leave some of the file's out
+    (peft would skip those in silence). An alpha of 0 (a LoRA that changes nothing) is warned about.
+
+    Raises:
+        RelationError: naming the file and the first problem.
+    """
+    where = f"lora '{lora.path}'"
+    ranks = module_ranks(state)
+    half = [(m, next(iter(r))) for m, r in ranks.items() if len(r) == 1]
+    if half:
+        module, has = half[0]
+        raise RelationError(f"{where}: {counted(len(half), 'module')} of its {len(ranks)} have lora_{has} and no "
+                            f"lora_{'B' if has == 'A' else 'A'} (e.g. {module}): the file is incomplete")  # fmt: skip
+    for module, r in ranks.items():
+        if r["A"] != r["B"]:
+            raise RelationError(f"{where}: {module}'s lora_A has rank {r['A']} and its lora_B rank {r['B']}: the halves "
+                                "of a module must have one rank")  # fmt: skip
+    if lora.metadata is None:
+        return
+    for part in sorted({m.split(".", 1)[0] for m in ranks}):
+        _check_metadata(where, part, lora.metadata, {m: r["A"] for m, r in ranks.items() if m.startswith(part + ".")})
+
+
+def _check_metadata(where: str, part: str, metadata: dict, ranks: dict[str, int]) -> None:
+    """One component's metadata (``part.*`` keys, as diffusers' ``load_lora_adapter`` reads them) against its
+    modules' ranks."""
+    meta = {k.removeprefix(part + "."): v for k, v in metadata.items() if k.startswith(part + ".")}
+    head = f"{where}: its lora_adapter_metadata"
+    r, alpha, targets = meta.get("r"), meta.get("lora_alpha"), meta.get("target_modules")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise RelationError(f"{head} gives no positive integer {part}.r (got {r!r}); save the LoRA with diffusers' "
+                            "save_lora_weights, or without metadata")  # fmt: skip
+    if alpha is not None and (not isinstance(alpha, (int, float)) or isinstance(alpha, bool)):
+        raise RelationError(f"{head}: {part}.lora_alpha must be a number (got {alpha!r})")
+    if not targets:
+        raise RelationError(f"{head} has no {part}.target_modules (peft's LoraConfig needs them); save the LoRA with "
+                            "diffusers' save_lora_weights, or without metadata")  # fmt: skip
+    if not meta.get("rank_pattern"):
+        other = {m: rank for m, rank in ranks.items() if rank != r}
+        if other:
+            module, rank = next(iter(other.items()))
+            raise RelationError(f"{head} says rank {r} ({part}.r), its weights have rank {rank} (e.g. {module})")
+    if isinstance(targets, list):
+        names = [m.removeprefix(part + ".") for m in ranks]
+        left = [n for n in names if not any(n == t or n.endswith("." + t) for t in targets)]
+        if left:
+            raise RelationError(f"{head}'s {part}.target_modules leave out {counted(len(left), 'module')} of the "
+                                f"{len(names)} it has weights for (e.g. {left[0]}); peft would skip them")  # fmt: skip
+    if alpha == 0:
+        log.warning("%s: its lora_adapter_metadata gives %s.lora_alpha 0: the LoRA changes nothing", where, part)
+
+
+def _load_error(e: BaseException) -> str:
+    """The telling line of a peft/diffusers loading error: the first ``size mismatch`` of a state-dict error."""
+    lines = [line.strip() for line in str(e).splitlines()]
+    return next((line for line in lines if line.startswith("size mismatch")), None) or first_line(e)
+
+
 def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = False) -> None:
     """Install ``lora`` as peft layers named ``adapter_name`` (unfused), at scale alpha/rank.
 
     The alpha comes from the file's diffusers metadata, else from its ``.alpha`` keys (kohya files
-    have it baked into the weights by diffusers' converter), else alpha = rank (scale 1).
+    have it baked into the weights by diffusers' converter), else alpha = rank (scale 1). diffusers'
+    and peft's own log lines and warnings while loading are held back: a LoRA that does not load is
+    one RelationError line.
     """
     state, alphas = converted(lora, pipe)
     state = fitting_state(lora, state, pipe, allow_partial)
+    check_whole(lora, state)
     metadata = lora.metadata
     alphas = None if metadata is not None else alphas  # diffusers takes one or the other
     parts = {key.split(".", 1)[0] for key in state}
+    with _held_back():
+        _load_parts(pipe, lora, state, alphas, metadata, parts, adapter_name)
+
+
+@contextmanager
+def _held_back():
+    """diffusers' and peft's loggers at CRITICAL and their warnings ignored, for the block."""
+    loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _load_parts(pipe, lora: LoraWeights, state: dict, alphas, metadata, parts: set[str], adapter_name: str) -> None:
     try:
         if "transformer" in parts:
             alpha_kw = {} if _flux2(pipe) else {"network_alphas": alphas}  # FLUX.2's loader takes metadata only
@@ -134,8 +237,8 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
             pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
                                              prefix="text_encoder", adapter_name=adapter_name, metadata=metadata,
                                              _pipeline=pipe)  # fmt: skip
-    except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise RelationError(f"lora '{lora.path}': does not fit this model ({first_line(e)})") from None
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise RelationError(f"lora '{lora.path}': does not fit this model ({_load_error(e)})") from None
 
 
 def apply_loras(pipe, loras: Sequence[LoraFile], scale: float = 1.0, fuse: bool = True, allow_partial: bool = False) -> None:

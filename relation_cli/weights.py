@@ -330,6 +330,10 @@ def _adapter_metadata(header: dict, path: Path) -> dict | None:
 
     raw = header.get(LORA_ADAPTER_METADATA_KEY)
     try:
-        return json.loads(raw) if raw else None
+        value = json.loads(raw) if raw else None
     except json.JSONDecodeError:
         raise RelationError(f"lora '{path}': its {LORA_ADAPTER_METADATA_KEY} header is not valid JSON") from None
+    if value is not None and not isinstance(value, dict):
+        raise RelationError(f"lora '{path}': its {LORA_ADAPTER_METADATA_KEY} header is JSON but not an object of "
+                            f"peft's LoraConfig fields (it is a {type(value).__name__})")  # fmt: skip
+    return value

@@ -180,3 +180,70 @@ def test_several_loras_each_at_its_weight_times_scale(tiny_model, tmp_path):
     pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'one'}, weight: 0.5}}, {{path: {tmp_path / 'two.safetensors'}, weight: -2}}]",
                  "lora.scale=0.5")  # fmt: skip
     _assert_close(_fused(pipe), _expected(base, (first, 0.5 * 0.5 * ALPHA / RANK), (second, -2 * 0.5)))
+
+
+def _metadata_file(path, state: dict, metadata) -> str:
+    """``state`` saved with diffusers' metadata header (``transformer.*`` keys, JSON) as given."""
+    import json
+
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    save_file(state, path, metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(metadata)})
+    return f"lora.paths=[{{path: {path}}}]"
+
+
+def _metadata(**fields) -> dict:
+    return {f"transformer.{k}": v for k, v in ({"r": RANK, "lora_alpha": ALPHA, "target_modules": ["to_q", "to_out.0", "to_k"]} | fields).items()}
+
+
+@pytest.mark.parametrize(
+    "case, said",
+    [
+        ("a_only", r"3 modules of its 3 have lora_A and no lora_B \(e\.g\. transformer\.\S+\): the file is incomplete$"),
+        ("ranks", r"transformer\.transformer_blocks\.0\.attn\.to_q's lora_A has rank 4 and its lora_B rank 3"),
+        ("not_object", r"its lora_adapter_metadata header is JSON but not an object of peft's LoraConfig fields \(it is a list\)$"),
+        ("no_rank", r"gives no positive integer transformer\.r \(got None\)"),
+        ("other_rank", r"its lora_adapter_metadata says rank 16 \(transformer\.r\), its weights have rank 4 \(e\.g\. "
+                       r"transformer\.\S+\)$"),
+        ("alpha_text", r"transformer\.lora_alpha must be a number \(got 'abc'\)$"),
+        ("no_targets", r"has no transformer\.target_modules \(peft's LoraConfig needs them\)"),
+        ("targets_short", r"transformer\.target_modules leave out 1 module of the 3 it has weights for \(e\.g\. "
+                          r"transformer_blocks\.1\.attn\.to_out\.0\); peft would skip them$"),
+    ],
+)
+def test_a_lora_peft_cannot_build_is_refused_in_one_line(tiny_model, tmp_path, case, said):
+    """A half LoRA, halves of two ranks, and metadata that is not peft's LoraConfig fields, or disagrees with the
+    weights, were an internal error (IndexError, AttributeError) or diffusers' log of 50 size mismatches ending
+    in "does not fit this model (Error(s) in loading state_dict ...)"; each is now one line naming the problem."""
+    factors = _factors(_base_weights(tiny_model), 0)
+    state = _peft_state(factors, "transformer.")
+    path = tmp_path / f"{case}.safetensors"
+    if case == "a_only":
+        save_file({k: v for k, v in state.items() if ".lora_A." in k}, path)
+        sets = f"lora.paths=[{{path: {path}}}]"
+    elif case == "ranks":
+        save_file(state | {f"transformer.{MODULES[0]}.lora_B.weight": factors[MODULES[0]][1][:, :3].contiguous()}, path)
+        sets = f"lora.paths=[{{path: {path}}}]"
+    else:
+        metadata = {
+            "not_object": [1, 2], "no_rank": {k: v for k, v in _metadata().items() if k != "transformer.r"},
+            "other_rank": _metadata(r=16), "alpha_text": _metadata(lora_alpha="abc"),
+            "no_targets": {"transformer.r": RANK, "transformer.lora_alpha": ALPHA},
+            "targets_short": _metadata(target_modules=["to_q", "to_k"]),
+        }[case]
+        sets = _metadata_file(path, state, metadata)
+    with pytest.raises(RelationError, match=f"^lora '{path}': .*{said}"):
+        _load(tiny_model, sets)
+
+
+def test_metadata_of_the_weights_loads_and_alpha_0_is_warned(tiny_model, tmp_path, caplog):
+    """The same checks pass a LoRA whose metadata fits it (target modules named by their last parts, as peft matches
+    them); a lora_alpha of 0, which makes the LoRA change nothing, loads with a warning."""
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 0)
+    state = _peft_state(factors, "transformer.")
+    _assert_close(_fused(_load(tiny_model, _metadata_file(tmp_path / "fits.safetensors", state, _metadata()))),
+                  _expected(base, (factors, ALPHA / RANK)))  # fmt: skip
+    with caplog.at_level("WARNING", logger="relation_cli.lora"):
+        _assert_close(_fused(_load(tiny_model, _metadata_file(tmp_path / "zero.safetensors", state, _metadata(lora_alpha=0)))), base)
+    assert "gives transformer.lora_alpha 0: the LoRA changes nothing" in caplog.text
