@@ -299,7 +299,8 @@ def lora_problem(path: str) -> str | None:
     """What the names and the header tell is wrong with a ``lora.paths`` entry, or None; no weights are read.
 
     Accepted: a ``.safetensors`` file, or a folder holding ``pytorch_lora_weights.safetensors``. The file's
-    header must be safetensors' (an 8-byte little-endian length, then that many bytes of JSON). A path
+    header must be safetensors' (an 8-byte little-endian length, then that many bytes of JSON); a pickle
+    (``torch.save``'s zip or a bare one) is named as such. A path
     whose ``:tail`` follows an existing file is a ``PATH[:WEIGHT]`` whose weight is not a number.
     """
     p = Path(path)
@@ -317,6 +318,9 @@ def lora_problem(path: str) -> str | None:
     if head is not None:
         size = p.stat().st_size
         length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
+            return (f"lora '{p}': a PyTorch pickle, not safetensors; relation reads LoRAs only as .safetensors and "
+                    "never unpickles one (diffusers' save_lora_weights writes .safetensors by default)")  # fmt: skip
         if not (0 < length <= size - 8 and head[8:9] == b"{"):
             return f"lora '{p}': not a readable safetensors file (no safetensors header)"
     return None

@@ -135,7 +135,9 @@ EVIL = [
      lambda m, r, x: infer_with(m, r, "--image-encoder", pickled(m / "image_encoder", ENCODER_WEIGHTS, r, x)),
      "a weights file was refused, holds code"),
     ("LoRA that is a pickle", lambda m, r, x: infer_with(m, r, "--lora", evil(r / "lora.safetensors", x)),
-     "not a readable safetensors file"),
+     "a PyTorch pickle, not safetensors; relation reads LoRAs only as .safetensors and never unpickles one"),
+    ("LoRA that is a plain pickle", lambda m, r, x: infer_with(m, r, "--lora", evil(r / "lora.bin", x, False)),
+     "a PyTorch pickle, not safetensors"),
 ]  # fmt: skip
 
 
