@@ -447,17 +447,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             return parts, None  # YAML's null: back to the setting's empty default
         return parts, text  # a text setting takes the text as typed: `infer.prompt=yes` is "yes", not true
     try:
-        value = yaml.safe_load(raw)
+        value = _load_unique(raw)  # numbers in decimal only, as in config files (_UniqueKeyLoader)
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: e.g. the date 2001-02-30
         value = raw  # not YAML: keep the text as a string, let validation judge it
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _PLAIN_NUMBER.fullmatch(text):
-        value = text  # YAML 1.1 reads 0x10, 0o7 and 1:30 as 16, 7 and 90: as typed, validation refuses them
     return parts, value
-
-
-_PLAIN_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
-"""A number as it is written in decimal: what a ``--set`` value must look like for YAML's reading of it as a
-number to stand (:func:`parse_override`)."""
 
 
 def _field_kinds(parts: list[str]) -> set:
@@ -551,6 +544,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# Numbers are read only as written in decimal (YAML 1.2's core schema): YAML 1.1, PyYAML's, reads 010 as 8, 0x10 as 16
+# and 1:30 as 90. Those stay text here, so a setting gets what was written (pydantic reads "010" as 10) or is refused.
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBERS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(_NUMBERS[0], re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(
+    _NUMBERS[1],
+    re.compile(r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
 
 
 def _load_unique(text: str):

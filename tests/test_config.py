@@ -114,6 +114,24 @@ def test_a_number_not_written_in_decimal_is_refused_not_read_as_yaml_1_1(text):
         load_config(None, [text])
 
 
+@pytest.mark.parametrize("text, value", [("infer.steps=011", 11), ("infer.seed=0777", 777), ("infer.guidance=03.5", 3.5)])
+def test_leading_zeros_are_decimal_not_octal(text, value, tmp_path):
+    """YAML 1.1 reads 011 as 9 and 0777 as 511 (octal): relation reads numbers only in decimal, on --set and in a
+    config file alike, so 011 is the 11 that was written."""
+    section, key = text.split("=")[0].split(".")
+    assert getattr(getattr(load_config(None, [text]), section), key) == value
+    (tmp_path / "c.yaml").write_text(f"{section}:\n  {key}: {text.split('=')[1]}\n")
+    assert getattr(getattr(load_config(tmp_path / "c.yaml"), section), key) == value
+
+
+@pytest.mark.parametrize("value", ["0x10", "0o7", "1:30"])
+def test_a_config_file_number_not_written_in_decimal_is_refused(value, tmp_path):
+    """The same rule in a config file: `steps: 0x10` was 16 and `seed: 1:30` 90, silently (YAML 1.1)."""
+    (tmp_path / "c.yaml").write_text(f"infer:\n  steps: {value}\n")
+    with pytest.raises(RelationError, match="infer.steps"):
+        load_config(tmp_path / "c.yaml")
+
+
 @pytest.mark.parametrize("text, value", [("infer.steps=12", 12), ("infer.guidance=3.5", 3.5), ("infer.guidance=1e1", 10.0),
                                          ("infer.guidance=.5", 0.5), ("infer.guidance=3.", 3.0), ("infer.seed=+7", 7),
                                          ("infer.steps=1_0", 10)])  # fmt: skip
