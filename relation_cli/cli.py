@@ -330,7 +330,7 @@ def infer(
     guidance: Annotated[Optional[float], typer.Option(help=key_help("infer.guidance", "FLUX guidance embedding."))] = None,
     scale: Annotated[Optional[float], typer.Option(help=key_help("adapter.scale", "Adapter strength, 0 = off."))] = None,
     width: Annotated[Optional[int], typer.Option(min=8, metavar="PX", help=key_help("infer.width", "Working width; "
-                     "alone, keeps the aspect ratio; FLUX.2 \\[klein]: 64 or more."))] = None,
+                     "alone, the height follows the query's aspect ratio; FLUX.2 \\[klein]: 64 or more."))] = None,
     height: Annotated[Optional[int], typer.Option(min=8, metavar="PX", help=key_help("infer.height", "Height; klein needs 64+."))] = None,
     model: ModelOpt = None,
     image_encoder: ImageEncoderOpt = None,

@@ -229,7 +229,9 @@ def working_size(
     - an explicit ``target_width`` and/or ``target_height`` (``--width/--height``) wins; a missing side
       follows the query's aspect ratio;
     - else a query over ``max_area`` pixels is scaled to about ``max_area``, aspect ratio kept (the size
-      rule of diffusers' ``FluxKontextPipeline``: ``round(sqrt(max_area * aspect))``);
+      rule of diffusers' ``FluxKontextPipeline``: ``round(sqrt(max_area * aspect))``); a query so long and
+      thin that its short side would fall under ``multiple`` gets that short side and a long side that
+      keeps within ``max_area`` (the aspect ratio then cannot be kept);
     - else the query's own size (small queries are not enlarged), except that a short side under
       ``min_side`` (the base's smallest working side, ``pipe.min_working_side``: 64 for FLUX.2 [klein])
       is brought up to it, aspect ratio kept, and both sides rounded *up* to ``multiple``.
@@ -243,6 +245,9 @@ def working_size(
         h = target_height or target_width * height / width
     elif max_area is not None and width * height > max_area:
         w, h = (max_area * width / height) ** 0.5, (max_area * height / width) ** 0.5
+        if min(w, h) < multiple:  # a long thin query: the short side at its least, the long one within max_area
+            long = min(max(width, height), max(multiple, max_area // multiple))
+            w, h = (long, multiple) if width >= height else (multiple, long)
     if not (target_width or target_height) and min(w, h) < min_side:
         scale = min_side / min(w, h)
         w, h = max(min_side, round(w * scale)), max(min_side, round(h * scale))

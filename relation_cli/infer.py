@@ -5,6 +5,7 @@ Everything cheap is checked (images decode, sizes, output paths) before the mode
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -151,12 +152,25 @@ class EditSizes:
     def _reason(self, infer: InferSection) -> str:
         if infer.width or infer.height:
             floored = f", sides floored to a multiple of {self.multiple}" if self._floored_explicit(infer) else ""
-            return f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'} (--width/--height){floored}"
+            aspect = "" if self._aspect_kept() or (infer.width and infer.height) else f", {self._aspect()}"
+            return f"infer.width {infer.width or 'auto'}, infer.height {infer.height or 'auto'} (--width/--height){floored}{aspect}"
         if min(self.working) > min(self.query) and min(self.query) < self.min_side:
-            return f"this base works at {self.min_side} px a side or more, aspect ratio kept"
+            return f"this base works at {self.min_side} px a side or more, {self._aspect()}"
         if infer.max_area is not None and self.query[0] * self.query[1] > infer.max_area:
-            return f"infer.max_area {infer.max_area:,} pixels, aspect ratio kept"
+            return f"infer.max_area {infer.max_area:,} pixels, {self._aspect()}"
         return f"sides floored to a multiple of {self.multiple}"
+
+    def _aspect_kept(self) -> bool:
+        """Whether width/height of the working size is within 5% of the query's."""
+        (qw, qh), (w, h) = self.query, self.working
+        return abs(math.log((w / h) / (qw / qh))) < math.log(1.05)
+
+    def _aspect(self) -> str:
+        """``aspect ratio kept``, or how far the sides' multiples of ``multiple`` moved it (width / height)."""
+        if self._aspect_kept():
+            return "aspect ratio kept"
+        (qw, qh), (w, h) = self.query, self.working
+        return f"aspect ratio {qw / qh:.3g} -> {w / h:.3g}, sides multiples of {self.multiple}"
 
 
 def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int, min_side: int = 0) -> EditSizes:
