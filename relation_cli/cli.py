@@ -798,8 +798,12 @@ def evaluate(
         except KeyboardInterrupt:  # Ctrl-C or a stop signal: what was written is whole, and the rerun reuses it
             if debug():
                 raise
-            typer.echo(f"error: interrupted; the outputs made so far stay in {cfg.eval.output_dir}, and the same "
-                       "command continues from them", err=True)  # fmt: skip
+            out = Path(cfg.eval.output_dir)
+            if out.is_dir() and any(out.iterdir()):
+                typer.echo(f"error: interrupted; the outputs made so far stay in {out}, and the same command "
+                           "continues from them", err=True)  # fmt: skip
+            else:
+                typer.echo("error: interrupted before any output was written", err=True)
             raise Stopped from None
         if result is None:  # not the main process of a distributed run: it only generated
             return

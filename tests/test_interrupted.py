@@ -321,19 +321,28 @@ def test_a_full_disk_when_the_temporary_file_is_made_names_the_output_and_leaves
     assert list(tmp_path.iterdir()) == []
 
 
-def test_eval_interrupted_says_its_outputs_are_kept_for_the_rerun(tiny_model, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("written", [True, False])
+def test_eval_interrupted_says_its_outputs_are_kept_for_the_rerun(tiny_model, tmp_path, monkeypatch, capsys, written):
     """Ctrl-C (or SIGTERM, which the CLI turns into it) during generation: exit 130 and one line saying the
-    outputs made so far stay and the same command continues from them (they are reused: the test above)."""
+    outputs made so far stay and the same command continues from them (they are reused: the test above); stopped
+    before the first output (while the model loads), it says so instead of pointing at a folder not made."""
     from eval_helpers import write_test_file
 
     import relation_cli.evaluate as evaluate
 
+    data, out = write_test_file(tmp_path / "data", rows=2), tmp_path / "eval"
+
     def stopped(cfg):
+        if written:
+            (out / "seen").mkdir(parents=True)
+            (out / "seen" / "0.png").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "evaluate", stopped)
-    data, out = write_test_file(tmp_path / "data", rows=2), tmp_path / "eval"
     assert main(eval_args(tiny_model, data, out)) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"error: interrupted; the outputs made so far stay in {out}, and the same command continues from them"
+    if written:
+        assert err[-1] == f"error: interrupted; the outputs made so far stay in {out}, and the same command continues from them"
+    else:
+        assert err[-1] == "error: interrupted before any output was written" and not out.exists()
     assert not any(line == "error: interrupted" for line in err)
