@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import errno
 import json
 import os
 import shutil
@@ -62,13 +63,27 @@ def host_warning(host: str) -> str | None:
 
 
 def check_port(host: str, port: int) -> None:
-    """Refuse a port that is taken before the model is loaded. Raises RelationError."""
+    """Refuse a host or port the page cannot listen on, before the model is loaded: a host name that does not
+    resolve or an address this machine does not have (``--host``), a port taken or reserved (``--port``).
+
+    Raises:
+        RelationError: naming the option at fault and why.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, port))
+        except socket.gaierror as e:
+            raise RelationError(f"--host {host}: not a host name or address this machine can resolve ({first_line(e)}); "
+                                "127.0.0.1 serves this machine alone, 0.0.0.0 every interface") from None  # fmt: skip
         except OSError as e:
             why = first_line(e)
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise RelationError(f"--host {host}: not an address of this machine ({why}); 127.0.0.1 serves this "
+                                    "machine alone, 0.0.0.0 every interface") from None  # fmt: skip
+            if e.errno == errno.EACCES:
+                raise RelationError(f"--port {port} on {host}: not allowed ({why}); ports under 1024 need root, pick "
+                                    "another --port") from None  # fmt: skip
             raise RelationError(f"--port {port} on {host}: cannot listen there ({why}); pick another --port") from None
 
 

@@ -237,6 +237,11 @@ def test_host_and_port_checks():
         taken.listen()
         with pytest.raises(RelationError, match="cannot listen there"):
             ui.check_port("127.0.0.1", taken.getsockname()[1])
+    # a host at fault is named as such (both said "pick another --port")
+    with pytest.raises(RelationError, match=r"^--host nonexistent\.invalid: not a host name or address this machine can resolve"):
+        ui.check_port("nonexistent.invalid", 7861)
+    with pytest.raises(RelationError, match=r"^--host 203\.0\.113\.7: not an address of this machine \("):
+        ui.check_port("203.0.113.7", 7861)  # TEST-NET-3: never this machine's
 
 
 def test_cli_refuses_a_taken_port_before_loading(capsys, monkeypatch):
@@ -246,7 +251,10 @@ def test_cli_refuses_a_taken_port_before_loading(capsys, monkeypatch):
         taken.listen()
         assert main(["ui", "--host", "0.0.0.0", "--port", str(taken.getsockname()[1])]) == 1
     err = capsys.readouterr().err
-    assert "warning: --host 0.0.0.0: the page is reachable by others" in err and "error: --port" in err
+    assert err.startswith("error: --port") and len(err.splitlines()) == 1, err  # no exposure warning: nothing listens
+    assert main(["ui", "--host", "nonexistent.invalid", "--port", "7861"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host nonexistent.invalid: not a host name") and len(err.splitlines()) == 1, err
 
 
 # ------------------------------------------------------------------------------------------------ browser
