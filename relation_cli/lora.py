@@ -33,6 +33,11 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
     FLUX.2 ``pipe``, which bake alphas in; FLUX.1's otherwise); returns ``(state, network_alphas)``."""
     from diffusers import FluxPipeline
 
+    unet = sorted(k for k in lora.state if k.startswith("lora_unet_"))
+    if lora.layout == "kohya" and unet and not any(k.startswith(_KOHYA_FLUX) for k in unet):
+        raise RelationError(f"lora '{lora.path}': kohya keys of no FLUX transformer block (e.g. {unet[0]}; FLUX's are "
+                            "lora_unet_double_blocks_N_... and lora_unet_single_blocks_N_...): a LoRA for another "
+                            f"model; {CONVERT_HINT}")  # fmt: skip
     try:
         if _flux2(pipe):
             return type(pipe).lora_state_dict(dict(lora.state)), None
@@ -40,9 +45,25 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
     except (KeyError, ValueError, AssertionError, IndexError, RuntimeError) as e:
         raise RelationError(
             f"lora '{lora.path}': {LAYOUT_HELP[lora.layout]} that diffusers' converter cannot read "
-            f"({first_line(e) or type(e).__name__}; it expects FLUX.1's 19 double and 38 single blocks); {CONVERT_HINT}"
+            f"({_converter_error(e)}; it expects FLUX.1's 19 double and 38 single blocks); {CONVERT_HINT}"
         ) from None
     return state, alphas or None
+
+
+_KOHYA_FLUX = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
+
+
+def _converter_error(e: BaseException) -> str:
+    """What diffusers' converter said, in one line: a key it looked for and the file lacks, or the first keys it
+    could not place (its message lists them after an empty line)."""
+    if isinstance(e, KeyError):
+        return f"it looked for {e}, which the file does not have"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        keys = lines[1].split(", ")
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        return f"{lines[0]} {', '.join(keys[:3])}{more}"
+    return first_line(e)
 
 
 def _flux2(pipe) -> bool:
@@ -77,7 +98,7 @@ def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.
     misfits: dict[str, str] = {}
     for key, value in state.items():
         component, _, rest = key.partition(".")
-        name, _, part = rest.partition(".lora_")
+        name, part = _module_and_part(rest)
         module = f"{component}.{name}"
         keys.setdefault(module, []).append(key)
         why = _misfit(modules.get(component, {}).get(name), part, value)
@@ -85,6 +106,16 @@ def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.
             misfits.setdefault(module, why)
     fitting = {k: state[k] for module, ks in keys.items() if module not in misfits for k in ks}
     return fitting, dict(sorted(misfits.items()))
+
+
+_PART = re.compile(r"\.lora_(?=[AB]\.)|\.lora_linear_layer\.|_lora\.|\.lora\.")
+
+
+def _module_and_part(key: str) -> tuple[str, str]:
+    """``attn.to_q.lora_A.weight`` -> ``("attn.to_q", "A.weight")``; also the older forms diffusers' converters
+    leave for text encoders (``q_proj.lora_linear_layer.down.weight``, ``to_q_lora.down.weight``)."""
+    found = _PART.search(key)
+    return (key[: found.start()], key[found.end() :]) if found else (key, "")
 
 
 def _examples(misfits: dict[str, str]) -> str:
@@ -98,7 +129,7 @@ def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> 
     A LoRA whose modules are all there but of other widths is said to be made for another model of the same
     layout (the format is right; converting it would not help)."""
     fitting, misfits = split_by_fit(state, pipe)
-    modules = {k.split(".lora_")[0] for k in fitting}
+    modules = {k.partition(".")[0] + "." + _module_and_part(k.partition(".")[2])[0] for k in fitting}
     where = f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]})"
     sized = {name: why for name, why in misfits.items() if why != "missing"}
     if not fitting and sized and len(sized) == len(misfits):

@@ -266,7 +266,7 @@ LAYOUT_HELP = {
     "diffusers": "diffusers format (keys transformer.<module>.lora_A.weight)",
     "peft": "raw peft keys with no prefix (get_peft_model_state_dict)",
     "peft-wrapped": "peft-wrapped keys (base_model.model.<module>.lora_A.weight)",
-    "kohya": "kohya/sd-scripts keys (lora_unet_*.lora_down.weight)",
+    "kohya": "kohya/sd-scripts keys (lora_unet_*/lora_te*.lora_down.weight)",
     "bfl": "BFL/ai-toolkit keys (double_blocks.N..., single_blocks.N...)",
     "xlabs": "xlabs keys (double_blocks.N.processor.*)",
 }

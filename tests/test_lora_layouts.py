@@ -123,8 +123,27 @@ def test_bfl_layout_for_another_transformer_is_refused_with_its_name(tiny_model,
     a, b = torch.zeros(RANK, 32), torch.zeros(32, RANK)
     save_file({"diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight": a,
                "diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight": b}, tmp_path / "bfl.safetensors")  # fmt: skip
-    with pytest.raises(RelationError, match="BFL/ai-toolkit keys .* diffusers format"):
+    with pytest.raises(RelationError, match=r"BFL/ai-toolkit keys .* cannot read \(it looked for '\S+', which the file "
+                                            r"does not have; .* diffusers format"):  # fmt: skip
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'bfl.safetensors'}}}]")
+
+
+def test_kohya_keys_of_another_model_are_named_so(tiny_model, tmp_path):
+    """A kohya file with no FLUX block (an SD1.5 LoRA, or kohya keys spelt with diffusers' module names) is said to
+    be for another model, with a key of it; one with a key diffusers' converter cannot place lists it (the
+    message showed "Incompatible keys detected: " and nothing after it)."""
+    a, b = torch.zeros(RANK, 32), torch.zeros(32, RANK)
+    for name, key in [("sd15", "lora_unet_down_blocks_0_attentions_0_proj_in"),
+                      ("diffusers-names", "lora_unet_single_transformer_blocks_0_attn_to_k")]:  # fmt: skip
+        save_file({f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b}, tmp_path / f"{name}.safetensors")
+        with pytest.raises(RelationError, match=rf"kohya keys of no FLUX transformer block \(e\.g\. {key}\.lora_down"
+                                                r"\.weight; .*\): a LoRA for another model"):  # fmt: skip
+            _load(tiny_model, f"lora.paths=[{{path: {tmp_path / f'{name}.safetensors'}}}]")
+    flux, odd = "lora_unet_double_blocks_1_img_attn_proj", "lora_unet_nowhere_layer"
+    save_file({f"{k}.{half}.weight": t.clone() for k in (flux, odd) for half, t in (("lora_down", a), ("lora_up", b))},
+              tmp_path / "odd.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match=rf"cannot read \(Incompatible keys detected: {odd}\.lora_down\.weight, "):
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'odd.safetensors'}}}]")
 
 
 def test_partly_fitting_lora_is_refused_unless_allowed(tiny_model, tmp_path):
