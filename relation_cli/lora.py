@@ -144,7 +144,7 @@ def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> 
         if not allow_partial:
             raise RelationError(f"{where}: {what}; it was made for another model or layout. {CONVERT_HINT}, "
                                 "or load the rest with --set lora.allow_partial=true")  # fmt: skip
-        log.warning("%s: %s; loading the other %d (lora.allow_partial)", where, what, len(modules))
+        log.warning("warning: %s: %s; loading the other %d (lora.allow_partial)", where, what, len(modules))
     return fitting
 
 
@@ -215,7 +215,7 @@ def _check_metadata(where: str, part: str, metadata: dict, ranks: dict[str, int]
             raise RelationError(f"{head}'s {part}.target_modules leave out {counted(len(left), 'module')} of the "
                                 f"{len(names)} it has weights for (e.g. {left[0]}); peft would skip them")  # fmt: skip
     if alpha == 0:
-        log.warning("%s: its lora_adapter_metadata gives %s.lora_alpha 0: the LoRA changes nothing", where, part)
+        log.warning("warning: %s: its lora_adapter_metadata gives %s.lora_alpha 0: the LoRA changes nothing", where, part)
 
 
 def _load_error(e: BaseException) -> str:

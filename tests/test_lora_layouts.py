@@ -146,7 +146,7 @@ def test_kohya_keys_of_another_model_are_named_so(tiny_model, tmp_path):
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'odd.safetensors'}}}]")
 
 
-def test_partly_fitting_lora_is_refused_unless_allowed(tiny_model, tmp_path):
+def test_partly_fitting_lora_is_refused_unless_allowed(tiny_model, tmp_path, caplog):
     base = _base_weights(tiny_model)
     factors = _factors(base, 5)
     state = _peft_state(factors, "transformer.")
@@ -156,8 +156,10 @@ def test_partly_fitting_lora_is_refused_unless_allowed(tiny_model, tmp_path):
     path = f"lora.paths=[{{path: {tmp_path / 'part.safetensors'}}}]"
     with pytest.raises(RelationError, match=r"1 of its 4 modules are not in this model .*transformer_blocks\.7\.attn\.to_q.*allow_partial"):
         _load(tiny_model, path)
-    pipe = _load(tiny_model, path, "lora.allow_partial=true")
+    with caplog.at_level("WARNING", logger="relation_cli.lora"):
+        pipe = _load(tiny_model, path, "lora.allow_partial=true")
     _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+    assert caplog.messages[-1].startswith(f"warning: lora '{tmp_path / 'part.safetensors'}'")  # said as the CLI's warnings are
 
 
 def test_lora_that_fits_nothing_is_refused(tiny_model, tmp_path):
@@ -265,4 +267,5 @@ def test_metadata_of_the_weights_loads_and_alpha_0_is_warned(tiny_model, tmp_pat
                   _expected(base, (factors, ALPHA / RANK)))  # fmt: skip
     with caplog.at_level("WARNING", logger="relation_cli.lora"):
         _assert_close(_fused(_load(tiny_model, _metadata_file(tmp_path / "zero.safetensors", state, _metadata(lora_alpha=0)))), base)
-    assert "gives transformer.lora_alpha 0: the LoRA changes nothing" in caplog.text
+    assert caplog.messages[-1].startswith("warning: lora '") and caplog.messages[-1].endswith(
+        "gives transformer.lora_alpha 0: the LoRA changes nothing")
