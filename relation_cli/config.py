@@ -437,6 +437,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if any(not p.isidentifier() for p in parts) or len(parts) < 2:
         raise RelationError(f"override {text!r}: {key!r} is not a section.key name")
+    if len(parts) > 2 and _field_kinds(parts[:2]) and not any(
+        k is dict or get_origin(k) is dict or (isinstance(k, type) and issubclass(k, BaseModel)) for k in _field_kinds(parts[:2])
+    ):
+        raise RelationError(f"override {text!r}: {'.'.join(parts[:2])} is a setting, not a section")
     kinds = _field_kinds(parts)
     text = raw.strip()
     if not text:
@@ -475,18 +479,30 @@ def _set_path(tree: dict, parts: list[str], value: Any, origin: str) -> None:
     node[parts[-1]] = value
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
+def _format_errors(err: ValidationError, origin: str, limit: int = 10) -> str:
+    """pydantic's errors as one line: each key and what is wrong with it, at most ``limit`` of them spelt out; a
+    file none of whose top-level keys is a section is said not to be a relation configuration."""
+    errors = err.errors()
+    top = [e for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+    if top and len(top) == len(errors) and len(top) >= 3:
+        keys = ", ".join(str(e["loc"][0]) for e in top[:3])
+        return (f"invalid configuration ({origin}): none of its {len(top)} top-level keys is a section of relation's "
+                f"configuration (e.g. {keys}; the sections: {', '.join(RelationConfig.model_fields)}): not a relation "
+                "config file")  # fmt: skip
     lines = []
-    for e in err.errors():
+    for e in errors:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         key = key if key.isprintable() else repr(key)  # the message stays one line
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float, type(None), list, dict)):
             lines.append(f"{key}: expected text, got {e.get('input')!r} (YAML read it so: quote it)")
+        elif e["type"] == "model_type":
+            lines.append(f"{key}: expected a section of key: value settings, got {e.get('input')!r}")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
-    return f"invalid configuration ({origin}): " + "; ".join(lines)
+    more = f"; ... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return f"invalid configuration ({origin}): " + "; ".join(lines[:limit]) + more
 
 
 CONFIG_MAX_BYTES = 1 << 20

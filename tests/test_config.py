@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -212,3 +213,26 @@ def test_yaml_merge_keys_still_work_and_seeds_fit_torch(tmp_path):
     with pytest.raises(RelationError, match="train.seed: Input should be less than or equal to"):
         load_config(None, [f"train.seed={2**60}"])  # seeded as seed * 1000 + rank: must stay under 2^63
     assert load_config(None, ["train.seed=9000000000000000"]).train.seed == 9 * 10**15
+
+
+def test_a_file_that_is_not_a_config_is_said_so_in_a_short_line(tmp_path):
+    """A weights index or other JSON given as --config listed every key as unknown (62 of them, 3.5 kB on one line):
+    now it is named as not a relation config file; a config with many unknown keys lists 10 and a count."""
+    (tmp_path / "keys.json").write_text(json.dumps({f"blocks.{i}.weight": [] for i in range(62)}))
+    with pytest.raises(RelationError, match=r"none of its 62 top-level keys is a section of relation's configuration "
+                                            r"\(e\.g\. blocks\.0\.weight, .*\): not a relation config file$") as e:  # fmt: skip
+        load_config(tmp_path / "keys.json")
+    assert len(str(e.value)) < 300 + len(str(tmp_path))  # was over 3,000 characters
+    (tmp_path / "many.yaml").write_text("infer:\n" + "".join(f"  key{i}: 1\n" for i in range(14)))
+    with pytest.raises(RelationError, match=r"infer\.key9: unknown key; \.\.\. and 4 more$"):
+        load_config(tmp_path / "many.yaml")
+
+
+def test_a_section_given_a_value_and_a_setting_given_subkeys_are_named(tmp_path):
+    """`infer: 5` said pydantic's "valid dictionary or instance of InferSection"; `--set infer.steps.x=8` said
+    infer.steps is not a valid integer (got {'x': 8})."""
+    (tmp_path / "c.yaml").write_text("infer: 5\n")
+    with pytest.raises(RelationError, match=r"infer: expected a section of key: value settings, got 5$"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(RelationError, match=r"^override 'infer\.steps\.x=8': infer\.steps is a setting, not a section$"):
+        load_config(None, ["infer.steps.x=8"])
