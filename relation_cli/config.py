@@ -533,6 +533,9 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        if "another document" in problem:  # a `---` starts a second document: one file holds one configuration
+            raise RelationError(f"{what} '{path}'{where}: a second YAML document starts here (after '---'); a config "
+                                "file holds one") from None  # fmt: skip
         raise RelationError(f"{what} '{path}'{where}: not valid YAML{problem}") from None
     except (ValueError, RecursionError) as e:  # a date like 2001-02-30, or nesting too deep to read
         raise RelationError(f"{what} '{path}': not valid YAML ({first_line(e)})") from None

@@ -38,6 +38,8 @@ def load_pickle_safely(path: Path) -> dict:
         if isinstance(e, EOFError) or any(t in str(e) for t in ("central directory", "unexpected EOF")):  # zip, legacy
             raise RelationError(f"adapter '{path}': cut short or damaged ({size_text(path.stat().st_size)}; the "
                                 "released ip_adapter-100000.bin is 5.3 GB): download it again") from None  # fmt: skip
+        if "inline_container" in str(e):  # torch's zip reader: an archive torch.save did not write
+            raise RelationError(f"adapter '{path}': a zip archive, but not one torch.save wrote") from None
         raise RelationError(f"adapter '{path}': not a readable torch file ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise RelationError(f"adapter '{path}': expected a dict, found {type(data).__name__}")
@@ -78,7 +80,9 @@ def split_released_state(data: dict, path: Path) -> tuple[dict, dict]:
     """
     missing = [k for k in ("image_proj", "ip_adapter") if k not in data]
     if missing:
-        raise RelationError(f"adapter '{path}': missing {', '.join(missing)} (not a RelationAdapter checkpoint)")
+        lora = next((k for k in data if isinstance(k, str) and lora_layout([k]) != "unknown"), None)
+        hint = f"; it holds LoRA weights ({lora}): give a LoRA with --lora, as .safetensors" if lora else ""
+        raise RelationError(f"adapter '{path}': missing {', '.join(missing)} (not a RelationAdapter checkpoint){hint}")
     if extra := [k for k in data if k not in ("image_proj", "ip_adapter")]:
         shown = ", ".join(repr(k) for k in extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
         raise RelationError(f"adapter '{path}': top-level keys {shown} beside image_proj and ip_adapter (the released "

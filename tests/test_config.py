@@ -236,3 +236,11 @@ def test_a_section_given_a_value_and_a_setting_given_subkeys_are_named(tmp_path)
         load_config(tmp_path / "c.yaml")
     with pytest.raises(RelationError, match=r"^override 'infer\.steps\.x=8': infer\.steps is a setting, not a section$"):
         load_config(None, ["infer.steps.x=8"])
+
+
+def test_a_second_yaml_document_is_named(tmp_path):
+    """A `---` and a second configuration in one file said "not valid YAML (but found another document)"."""
+    (tmp_path / "two.yaml").write_text("infer:\n  steps: 4\n---\ninfer:\n  steps: 5\n")
+    with pytest.raises(RelationError, match=r"'\S+two\.yaml' line 3: a second YAML document starts here \(after '---'\); "
+                                            r"a config file holds one$"):  # fmt: skip
+        load_config(tmp_path / "two.yaml")

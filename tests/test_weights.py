@@ -75,6 +75,22 @@ def test_bad_adapter_files(tmp_path, content, message):
         load_adapter(path, attention_head_dim=16)
 
 
+def test_a_foreign_zip_and_a_lora_given_as_the_adapter_are_named(tmp_path):
+    """A zip torch.save did not write gave torch's "[enforce fail at inline_container.cc:180] ..."; a LoRA .bin given
+    as the adapter said only "missing image_proj, ip_adapter"."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "z.bin", "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(RelationError, match=r"a zip archive, but not one torch\.save wrote$"):
+        load_adapter(tmp_path / "z.bin", attention_head_dim=16)
+    torch.save({"transformer.blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 4)}, tmp_path / "lora.bin")
+    with pytest.raises(RelationError, match=r"missing image_proj, ip_adapter \(not a RelationAdapter checkpoint\); it "
+                                            r"holds LoRA weights \(transformer\.blocks\.0\.attn\.to_q\.lora_A\.weight\): "
+                                            r"give a LoRA with --lora, as \.safetensors$"):  # fmt: skip
+        load_adapter(tmp_path / "lora.bin", attention_head_dim=16)
+
+
 def _break(state: dict, how: str) -> dict:
     """The reference's released dict, broken the way ``how`` names."""
     proj, procs = dict(state["image_proj"]), dict(state["ip_adapter"])
