@@ -250,7 +250,8 @@ def check_new_dir(path: str | Path) -> Path:
         raise RelationError(f"output '{path}': exists and is not a folder")
     if path.exists() and (names := sorted(e.name for e in itertools.islice(path.iterdir(), 4))):
         shown = ", ".join(f"'{n}'" for n in names[:3]) + (", ..." if len(names) > 3 else "")  # hidden files show too
-        raise RelationError(f"output '{path}': already exists and is not an empty folder (it holds {shown})")
+        raise RelationError(f"output '{path}': already exists and is not an empty folder (it holds {shown}); give a "
+                            "new folder, or remove this one first")  # fmt: skip
     return check_writable(path)
 
 

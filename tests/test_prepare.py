@@ -320,12 +320,12 @@ def test_cli_refuses_an_existing_output(raw, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     assert main(["prepare", str(raw), "--output", str(tmp_path / "out")]) == 1
-    assert "already exists and is not an empty folder (it holds 'keep.txt')\n" in capsys.readouterr().err
+    assert "already exists and is not an empty folder (it holds 'keep.txt'); give a new folder, or remove this one first\n" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     (tmp_path / "hidden").mkdir()
     (tmp_path / "hidden" / ".DS_Store").write_bytes(b"")  # a file the user's file browser does not show
     assert main(["prepare", str(raw), "--output", str(tmp_path / "hidden")]) == 1
-    assert "already exists and is not an empty folder (it holds '.DS_Store')\n" in capsys.readouterr().err
+    assert "already exists and is not an empty folder (it holds '.DS_Store'); give a new folder" in capsys.readouterr().err
 
 
 def test_relation_infer_batch_reads_prepared_rows(tmp_path, monkeypatch):
