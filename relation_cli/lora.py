@@ -164,7 +164,7 @@ def module_ranks(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
 
 def check_whole(lora: LoraWeights, state: dict[str, torch.Tensor]) -> None:
     """Refuse a LoRA whose weights or metadata peft could not build layers from (each said in one line):
-    a module with one half only, halves of different ranks, and diffusers metadata (peft's ``LoraConfig``
+    weights that are not floating point (integers would be cast in silence), a module with one half only, halves of different ranks, and diffusers metadata (peft's ``LoraConfig``
     fields per component, ``transformer.r`` ...) that is missing ``r`` or ``target_modules``, has a rank the
     weights do not, an alpha that is not a number, or target modules that leave some of the file's out
     (peft would skip those in silence). An alpha of 0 (a LoRA that changes nothing) is warned about.
@@ -173,6 +173,9 @@ def check_whole(lora: LoraWeights, state: dict[str, torch.Tensor]) -> None:
         RelationError: naming the file and the first problem.
     """
     where = f"lora '{lora.path}'"
+    if odd := next((k for k, v in state.items() if not v.is_floating_point()), None):
+        raise RelationError(f"{where}: {odd} holds {str(state[odd].dtype).removeprefix('torch.')} values; LoRA weights "
+                            "are floating point")  # fmt: skip
     ranks = module_ranks(state)
     half = [(m, next(iter(r))) for m, r in ranks.items() if len(r) == 1]
     if half:

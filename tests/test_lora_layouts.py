@@ -220,6 +220,7 @@ def _metadata(**fields) -> dict:
 @pytest.mark.parametrize(
     "case, said",
     [
+        ("integers", r"transformer\.\S+ holds int32 values; LoRA weights are floating point$"),
         ("a_only", r"3 modules of its 3 have lora_A and no lora_B \(e\.g\. transformer\.\S+\): the file is incomplete$"),
         ("ranks", r"transformer\.transformer_blocks\.0\.attn\.to_q's lora_A has rank 4 and its lora_B rank 3"),
         ("not_object", r"its lora_adapter_metadata header is JSON but not an object of peft's LoraConfig fields \(it is a list\)$"),
@@ -239,7 +240,10 @@ def test_a_lora_peft_cannot_build_is_refused_in_one_line(tiny_model, tmp_path, c
     factors = _factors(_base_weights(tiny_model), 0)
     state = _peft_state(factors, "transformer.")
     path = tmp_path / f"{case}.safetensors"
-    if case == "a_only":
+    if case == "integers":
+        save_file({k: v.to(torch.int32) for k, v in state.items()}, path)
+        sets = f"lora.paths=[{{path: {path}}}]"
+    elif case == "a_only":
         save_file({k: v for k, v in state.items() if ".lora_A." in k}, path)
         sets = f"lora.paths=[{{path: {path}}}]"
     elif case == "ranks":
