@@ -303,13 +303,14 @@ def test_cli_synthetic_end_to_end(tmp_path, capsys):
         (["{raw}", "--per-task-cap", "0"], "data.per_task_cap"),
         (["{tmp}/nowhere"], "input '{tmp}/nowhere': not found"),
         (["{tmp}"], "no <task>/Group1/labels.json inside"),
+        (["{up}"], "no <task>/Group1/labels.json inside (the Relation252K layout); '{raw}' has that layout: pass it;"),
         (["{tmp}/x.csv"], "expected a Relation252K folder"),
         (["--synthetic", "1"], "data.synthetic_pairs"),
     ],
 )
 def test_cli_bad_arguments_are_one_line(raw, tmp_path, capsys, args, message):
     (tmp_path / "x.csv").write_text("a,b\n")
-    fill = lambda s: s.format(raw=raw, tmp=tmp_path)
+    fill = lambda s: s.format(raw=raw, tmp=tmp_path, up=raw.parent)  # up: the layout one level too deep
     code = main(["prepare", *map(fill, args), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error: ") and "\n" not in err and fill(message) in err, err

@@ -115,8 +115,10 @@ def read_source(path: str | Path) -> Source:
     if path.is_dir():
         files = sorted(path.glob(LAYOUT_GLOB))
         if not files:
+            deeper = sorted({f.parents[2] for f in path.glob(f"*/{LAYOUT_GLOB}")})  # the layout one level down
+            near = f"; '{deeper[0]}' has that layout: pass it" if len(deeper) == 1 else ""
             raise RelationError(
-                f"input '{path}': no <task>/Group1/labels.json inside (the Relation252K layout); "
+                f"input '{path}': no <task>/Group1/labels.json inside (the Relation252K layout){near}; "
                 "pass such a folder, a .jsonl or a .json file"
             )
         source = Source(path)
