@@ -680,7 +680,7 @@ def test_help_is_short_and_shows_defaults_choices_and_flags(command, capsys, mon
         assert "train" not in text  # no help text that speaks of another command
     if command == "infer":
         assert "one of none, model_offload, sequential_offload, group_offload, fp8_storage" in flat
-        assert "keeps the aspect ratio; FLUX.2 [klein]: 64 or more" in flat and "Height; klein needs 64+" in flat
+        assert "the height follows the query's aspect ratio; FLUX.2 [klein]: 64 or more" in flat and "Height; klein needs 64+" in flat
 
 
 def test_config_reference_lists_every_key_with_type_default_and_help(capsys):
