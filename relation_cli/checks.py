@@ -318,10 +318,10 @@ def lora_problem(path: str) -> str | None:
     if head is not None:
         size = p.stat().st_size
         length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
-        if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
-            return (f"lora '{p}': a PyTorch pickle, not safetensors; relation reads LoRAs only as .safetensors and "
-                    "never unpickles one (diffusers' save_lora_weights writes .safetensors by default)")  # fmt: skip
         if not (0 < length <= size - 8 and head[8:9] == b"{"):
+            if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
+                return (f"lora '{p}': a PyTorch pickle, not safetensors; relation reads LoRAs only as .safetensors "
+                        "and never unpickles one (diffusers' save_lora_weights writes .safetensors by default)")  # fmt: skip
             return f"lora '{p}': not a readable safetensors file (no safetensors header)"
     return None
 
