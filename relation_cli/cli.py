@@ -800,7 +800,7 @@ def evaluate(
             if debug():
                 raise
             out = Path(cfg.eval.output_dir)
-            if out.is_dir() and any(out.iterdir()):
+            if out.is_dir() and next(out.rglob("*.png"), None) is not None:  # outputs, not just the run's records
                 typer.echo(f"error: interrupted; the outputs made so far stay in {out}, and the same command "
                            "continues from them", err=True)  # fmt: skip
             else:
@@ -880,9 +880,9 @@ def show_config(
 
 
 def dump_section(cfg: RelationConfig, section: str) -> str:
-    import yaml
+    from .config import dump_yaml
 
-    return yaml.safe_dump({section: cfg.model_dump(mode="json")[section]}, sort_keys=False)
+    return dump_yaml({section: cfg.model_dump(mode="json")[section]})
 
 
 # ------------------------------------------------------------------------------------------------ entry point

@@ -452,6 +452,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         return parts, text  # a text setting takes the text as typed: `infer.prompt=yes` is "yes", not true
     try:
         value = _load_unique(raw)  # numbers in decimal only, as in config files (_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as e:
+        if "given twice" not in str(e.problem):
+            value = raw
+        else:  # `lora.paths=[{path: a, path: b}]`
+            raise RelationError(f"override {key + '=' + raw.strip()!r}: {e.problem}") from None
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: e.g. the date 2001-02-30
         value = raw  # not YAML: keep the text as a string, let validation judge it
     return parts, value
@@ -481,14 +486,14 @@ def _set_path(tree: dict, parts: list[str], value: Any, origin: str) -> None:
 
 def _format_errors(err: ValidationError, origin: str, limit: int = 10) -> str:
     """pydantic's errors as one line: each key and what is wrong with it, at most ``limit`` of them spelt out; a
-    file none of whose top-level keys is a section is said not to be a relation configuration."""
+    file with more unknown top-level keys than there are sections is asked whether it is a relation configuration."""
     errors = err.errors()
     top = [e for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
-    if top and len(top) == len(errors) and len(top) >= 3:
+    if len(top) > len(RelationConfig.model_fields):  # more unknown sections than there are sections
         keys = ", ".join(str(e["loc"][0]) for e in top[:3])
-        return (f"invalid configuration ({origin}): none of its {len(top)} top-level keys is a section of relation's "
-                f"configuration (e.g. {keys}; the sections: {', '.join(RelationConfig.model_fields)}): not a relation "
-                "config file")  # fmt: skip
+        return (f"invalid configuration ({origin}): {len(top)} top-level keys that are not sections of relation's "
+                f"configuration (e.g. {keys}; the sections: {', '.join(RelationConfig.model_fields)}): is it a relation "
+                "config file?")  # fmt: skip
     lines = []
     for e in errors:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -572,12 +577,28 @@ _UniqueKeyLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBERS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_UniqueKeyLoader.add_implicit_resolver(_NUMBERS[0], re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
-_UniqueKeyLoader.add_implicit_resolver(
-    _NUMBERS[1],
-    re.compile(r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."),
+_DECIMAL = (
+    (_NUMBERS[0], re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789")),
+    (_NUMBERS[1], re.compile(r"^(?:[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                             r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789.")),
 )
+for _tag, _regexp, _first in _DECIMAL:
+    _UniqueKeyLoader.add_implicit_resolver(_tag, _regexp, _first)
+
+
+class _Dumper(yaml.SafeDumper):
+    """yaml.safe_dump's dumper, quoting a text that either YAML 1.1 or relation's loader would read as a number
+    (``1e3``, ``010``), so a saved config reads back as it was and other YAML readers read it the same."""
+
+
+_Dumper.yaml_implicit_resolvers = {first: list(rs) for first, rs in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+for _tag, _regexp, _first in _DECIMAL:
+    _Dumper.add_implicit_resolver(_tag, _regexp, _first)
+
+
+def dump_yaml(data) -> str:
+    """``data`` as YAML that :func:`_load_unique` reads back the same (:class:`_Dumper`), keys in order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def _load_unique(text: str):
@@ -632,7 +653,7 @@ def _merged(low: dict, high: dict) -> dict:
 
 
 def dump_config(cfg: RelationConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(cfg.model_dump(mode="json"))
 
 
 def save_config(cfg: RelationConfig, path: str | Path, header: Sequence[str] = ()) -> Path:

@@ -219,13 +219,22 @@ def test_a_file_that_is_not_a_config_is_said_so_in_a_short_line(tmp_path):
     """A weights index or other JSON given as --config listed every key as unknown (62 of them, 3.5 kB on one line):
     now it is named as not a relation config file; a config with many unknown keys lists 10 and a count."""
     (tmp_path / "keys.json").write_text(json.dumps({f"blocks.{i}.weight": [] for i in range(62)}))
-    with pytest.raises(RelationError, match=r"none of its 62 top-level keys is a section of relation's configuration "
-                                            r"\(e\.g\. blocks\.0\.weight, .*\): not a relation config file$") as e:  # fmt: skip
+    with pytest.raises(RelationError, match=r"62 top-level keys that are not sections of relation's configuration "
+                                            r"\(e\.g\. blocks\.0\.weight, .*\): is it a relation config file\?$") as e:  # fmt: skip
         load_config(tmp_path / "keys.json")
     assert len(str(e.value)) < 300 + len(str(tmp_path))  # was over 3,000 characters
     (tmp_path / "many.yaml").write_text("infer:\n" + "".join(f"  key{i}: 1\n" for i in range(14)))
     with pytest.raises(RelationError, match=r"infer\.key9: unknown key; \.\.\. and 4 more$"):
         load_config(tmp_path / "many.yaml")
+    (tmp_path / "typos.yaml").write_text("a: 1\nb: 2\nc: 3\ninfr: {steps: 4}\ninfer: {steps: 4}\n")  # a config, with typos
+    with pytest.raises(RelationError, match=r"\): a: unknown key; b: unknown key; c: unknown key; infr: unknown key$"):
+        load_config(tmp_path / "typos.yaml")
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused():
+    """`--set lora.paths=[{path: a, path: b}]` became a LoRA path of that whole text."""
+    with pytest.raises(RelationError, match=r"^override 'lora\.paths=\[\{path: a, path: b\}\]': the key 'path' is given twice$"):
+        load_config(None, ["lora.paths=[{path: a, path: b}]"])
 
 
 def test_a_section_given_a_value_and_a_setting_given_subkeys_are_named(tmp_path):
@@ -244,3 +253,13 @@ def test_a_second_yaml_document_is_named(tmp_path):
     with pytest.raises(RelationError, match=r"'\S+two\.yaml' line 3: a second YAML document starts here \(after '---'\); "
                                             r"a config file holds one$"):  # fmt: skip
         load_config(tmp_path / "two.yaml")
+
+
+def test_a_saved_config_reads_back_when_a_text_looks_like_a_number(tmp_path):
+    """save_config wrote `prompt: 1e3` unquoted (YAML 1.1 reads it as text), which the decimal loader reads as 1000.0:
+    the saved config of `--prompt 1e3` could not be read back. Texts that either reading takes for a number are quoted."""
+    cfg = load_config(None, ["infer.prompt=1e3", "train.output_dir=010", "eval.output_dir=.5"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert (again.infer.prompt, again.train.output_dir, again.eval.output_dir) == ("1e3", "010", ".5")
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["train"]["output_dir"] == "010"  # and for YAML 1.1 readers
