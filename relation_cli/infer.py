@@ -166,11 +166,11 @@ class EditSizes:
         return abs(math.log((w / h) / (qw / qh))) < math.log(1.05)
 
     def _aspect(self) -> str:
-        """``aspect ratio kept``, or how far the sides' multiples of ``multiple`` moved it (width / height)."""
+        """``aspect ratio kept``, or from and to what it went (width / height)."""
         if self._aspect_kept():
             return "aspect ratio kept"
         (qw, qh), (w, h) = self.query, self.working
-        return f"aspect ratio {qw / qh:.3g} -> {w / h:.3g}, sides multiples of {self.multiple}"
+        return f"aspect ratio {qw / qh:.3g} -> {w / h:.3g}"
 
 
 def edit_sizes(infer: InferSection, query_size: tuple[int, int], multiple: int, min_side: int = 0) -> EditSizes:

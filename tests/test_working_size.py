@@ -43,8 +43,7 @@ def test_a_long_thin_query_stays_within_max_area(size, working):
     cap = InferSection(max_area=1024)
     w, h = size
     assert edit_sizes(cap, size, 8).note(cap) == (f"query resized from {w}x{h} to {working[0]}x{working[1]} (infer.max_area "
-                                                  f"1,024 pixels, aspect ratio {w / h:.3g} -> {working[0] / working[1]:.3g}, "
-                                                  "sides multiples of 8)")  # fmt: skip
+                                                  f"1,024 pixels, aspect ratio {w / h:.3g} -> {working[0] / working[1]:.3g})")  # fmt: skip
     assert edit_sizes(cap, (4000, 3000), 8).note(cap).endswith("aspect ratio kept)")  # 32x24, 4:3 as the query
 
 
@@ -69,8 +68,7 @@ def test_explicit_width_and_height():
 def test_resize_line_says_from_and_to_what():
     cap = InferSection(max_area=1024, output_size="query")
     assert edit_sizes(cap, (600, 400), 8).note(cap) == (
-        "query resized from 600x400 to 32x24 (infer.max_area 1,024 pixels, aspect ratio 1.5 -> 1.33, sides multiples "
-        "of 8); "
+        "query resized from 600x400 to 32x24 (infer.max_area 1,024 pixels, aspect ratio 1.5 -> 1.33); "
         "the result goes back to 600x400 (infer.output_size: query)"
     )
     plain = InferSection()
@@ -80,8 +78,7 @@ def test_resize_line_says_from_and_to_what():
     sizes = edit_sizes(explicit, (64, 48), 16)
     assert (sizes.working, sizes.output) == ((32, 16), (32, 16))
     assert sizes.note(explicit) == ("query resized from 64x48 to 32x16 (infer.width 32, infer.height auto "
-                                    "(--width/--height), sides floored to a multiple of 16, aspect ratio 1.33 -> 2, "
-                                    "sides multiples of 16)")  # 24 high asked
+                                    "(--width/--height), sides floored to a multiple of 16, aspect ratio 1.33 -> 2)")  # 24 high asked
     both = InferSection(width=70, height=66)
     assert edit_sizes(both, (32, 32), 16).note(both) == (
         "query resized from 32x32 to 64x64 (infer.width 70, infer.height 66 (--width/--height), sides floored to a "
@@ -134,7 +131,7 @@ def test_cli_resizes_a_large_query_and_says_so(tiny_model, photo_inputs, tmp_pat
     assert main(args) == 0
     assert Image.open(out).size == expected
     err = capsys.readouterr().err
-    assert "query resized from 300x200 to 64x48 (infer.max_area 4,000 pixels, aspect ratio 1.5 -> 1.33, sides multiples of 16)" in err
+    assert "query resized from 300x200 to 64x48 (infer.max_area 4,000 pixels, aspect ratio 1.5 -> 1.33)" in err
     assert ("goes back to 300x200" in err) == (output_size == "query")
     assert "embedded demo model" not in err  # the demo note is for model.base: demo only
 
