@@ -264,12 +264,14 @@ def adapter_problem(path: str | Path) -> str | None:
             return (f"adapter '{path}': a training run, not an adapter folder; its adapter is '{p / 'adapter'}' "
                     f"(infer, eval and ui also take --run {path})")  # fmt: skip
         if not (p / ADAPTER_CONFIG).is_file():
-            return f"adapter '{path}': folder has no {ADAPTER_CONFIG}"
+            lora = "; it holds a LoRA: give it with --lora" if (p / LORA_WEIGHT_NAME).is_file() else ""
+            return f"adapter '{path}': folder has no {ADAPTER_CONFIG}{lora}"
         if not any(p.glob("*.safetensors")):
             return f"adapter '{path}': folder has no .safetensors weights (never read as a pickle)"
         return _adapter_config_problem(path, p / ADAPTER_CONFIG)
     if p.suffix.lower() not in PICKLE_SUFFIXES:
-        return f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file"
+        lora = "; a .safetensors file is a LoRA's form: give a LoRA with --lora" if p.suffix.lower() == ".safetensors" else ""
+        return f"adapter '{path}': expected a relation adapter folder or a {'/'.join(PICKLE_SUFFIXES)} file{lora}"
     head = _first_bytes(p, 4)
     if head == b"":
         return f"adapter '{path}': empty file (0 bytes)"

@@ -377,7 +377,13 @@ def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
     (t / "run" / "adapter").mkdir()
     (t / "lora.safetensors").write_text("not a header")
     (t / "empty").mkdir()
+    (t / "a_lora").mkdir()
+    (t / "a_lora" / "pytorch_lora_weights.safetensors").write_text("")
     return {
+        "adapter a LoRA file": (["--adapter", t / "lora.safetensors"], ".bin/.pt/.pth/.ckpt file; a .safetensors file is "
+                                "a LoRA's form: give a LoRA with --lora"),
+        "adapter a LoRA folder": (["--adapter", t / "a_lora"], "a_lora': folder has no config.json; it holds a LoRA: "
+                                  "give it with --lora"),
         "adapter text as .bin": (["--adapter", t / "notes.bin"], "notes.bin': not a torch checkpoint"),
         "adapter image": (["--adapter", t / "in" / "a.png"], "expected a relation adapter folder or a .bin/.pt"),
         "adapter folder without config": (["--adapter", t / "empty"], "empty': folder has no config.json"),
@@ -395,6 +401,7 @@ def _weights_cases(t: Path, model: Path) -> dict[str, tuple[list, str]]:
 
 @pytest.mark.parametrize("case", [
     "adapter text as .bin", "adapter image", "adapter folder without config", "adapter a run", "adapter a SigLIP",
+    "adapter a LoRA file", "adapter a LoRA folder",
     "adapter a transformer", "lora not safetensors",
     "lora folder without weights", "model LoRA folder", "device cuda"])  # fmt: skip
 def test_dry_run_refuses_weights_and_devices_it_can_tell_are_wrong(images, tiny_model, tmp_path, capsys, case):
