@@ -31,7 +31,7 @@ from PIL import Image
 from .config import RelationConfig, _format_errors, dump_config, save_config, with_absolute_sources
 from .errors import RelationError, first_line
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 """The repository's example images; absent from a wheel install, then the page has no examples."""
 EXAMPLE_FILES = ("exemplar_before.png", "exemplar_after.png", "query.png")
@@ -63,14 +63,17 @@ def host_warning(host: str) -> str | None:
 
 
 def check_port(host: str, port: int) -> None:
-    """Refuse a host or port the page cannot listen on, before the model is loaded: a host name that does not
-    resolve or an address this machine does not have (``--host``), a port taken or reserved (``--port``).
+    """Refuse a host or port the page cannot listen on, before the model is loaded: an IPv6 address (gradio's
+    launch cannot take one), a host name that does not resolve or an address this machine does not have
+    (``--host``), a port taken or reserved (``--port``).
 
     Raises:
         RelationError: naming the option at fault and why.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    if ":" in host or host.startswith("["):  # gradio's launch builds http://{host}:{port} unbracketed and fails
+        raise RelationError(f"--host {host}: an IPv6 address, which the page's server (gradio) cannot be given; use "
+                            "127.0.0.1 for this machine alone, 0.0.0.0 for every interface")  # fmt: skip
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, port))
         except socket.gaierror as e:
