@@ -51,7 +51,8 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
     return state, alphas or None
 
 
-_KOHYA_FLUX = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
+_KOHYA_FLUX = tuple(f"lora_unet_{name}" for name in ("double_blocks_", "single_blocks_", "img_in", "txt_in", "time_in_",
+                                                      "vector_in_", "guidance_in_", "final_layer_"))  # diffusers' converter's
 
 
 def _converter_error(e: BaseException) -> str:

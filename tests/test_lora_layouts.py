@@ -139,6 +139,11 @@ def test_kohya_keys_of_another_model_are_named_so(tiny_model, tmp_path):
         with pytest.raises(RelationError, match=rf"kohya keys of no FLUX transformer block \(e\.g\. {key}\.lora_down"
                                                 r"\.weight; .*\): a LoRA for another model"):  # fmt: skip
             _load(tiny_model, f"lora.paths=[{{path: {tmp_path / f'{name}.safetensors'}}}]")
+    for key in ("lora_unet_img_in", "lora_unet_final_layer_linear"):  # FLUX's own, outside the blocks: not refused so
+        save_file({f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b}, tmp_path / "flux-io.safetensors")
+        with pytest.raises(RelationError) as e:  # (its widths are FLUX.1-dev's, not the tiny model's)
+            _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'flux-io.safetensors'}}}]")
+        assert "a LoRA for another model" not in str(e.value)
     flux, odd = "lora_unet_double_blocks_1_img_attn_proj", "lora_unet_nowhere_layer"
     save_file({f"{k}.{half}.weight": t.clone() for k in (flux, odd) for half, t in (("lora_down", a), ("lora_up", b))},
               tmp_path / "odd.safetensors")  # fmt: skip
