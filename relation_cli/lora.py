@@ -166,10 +166,10 @@ def module_ranks(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
 
 def check_whole(lora: LoraWeights, state: dict[str, torch.Tensor]) -> None:
     """Refuse a LoRA whose weights or metadata peft could not build layers from (each said in one line):
-    weights that are not floating point (integers would be cast in silence), a module with one half only, halves of different ranks, and diffusers metadata (peft's ``LoraConfig``
-    fields per component, ``transformer.r`` ...) that is missing ``r`` or ``target_modules``, has a rank the
-    weights do not, or an alpha that is not a finite number. An alpha of 0 (a LoRA that changes nothing) is
-    warned about.
+    weights that are not floating point (integers would be cast in silence), a module with one half only,
+    halves of different ranks, and diffusers metadata (peft's ``LoraConfig`` fields per component,
+    ``transformer.r`` ...) that is missing ``r`` or ``target_modules``, has a rank the weights do not, or an
+    alpha that is not a finite number. An alpha of 0 (a LoRA that changes nothing) is warned about.
 
     Raises:
         RelationError: naming the file and the first problem.
