@@ -275,7 +275,7 @@ def adapter_problem(path: str | Path) -> str | None:
     head = _first_bytes(p, 4)
     if head == b"":
         return f"adapter '{path}': empty file (0 bytes)"
-    if head is not None and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+    if head is not None and not _torch_saved(head):
         return f"adapter '{path}': not a torch checkpoint (neither torch's zip format nor a pickle)"
     return None
 
@@ -321,11 +321,16 @@ def lora_problem(path: str) -> str | None:
         size = p.stat().st_size
         length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
         if not (0 < length <= size - 8 and head[8:9] == b"{"):
-            if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
+            if _torch_saved(head):
                 return (f"lora '{p}': a PyTorch pickle, not safetensors; relation reads LoRAs only as .safetensors "
                         "and never unpickles one (diffusers' save_lora_weights writes .safetensors by default)")  # fmt: skip
             return f"lora '{p}': not a readable safetensors file (no safetensors header)"
     return None
+
+
+def _torch_saved(head: bytes) -> bool:
+    """Whether a file's first bytes are ``torch.save``'s: its zip format, or a pickle of protocol 2 or later."""
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
 def _first_bytes(path: Path, n: int) -> bytes | None:

@@ -488,9 +488,6 @@ def ui(
         quiet_libraries()
         from . import ui as core
 
-        core.check_port(host, port)  # a host or port it cannot listen on is refused before the warning about exposure
-        if (warning := core.host_warning(host)) is not None:
-            typer.echo(warning, err=True)
         core.serve(cfg, host, port)
 
 

@@ -131,7 +131,7 @@ def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> 
     A LoRA whose modules are all there but of other widths is said to be made for another model of the same
     layout (the format is right; converting it would not help)."""
     fitting, misfits = split_by_fit(state, pipe)
-    modules = {k.partition(".")[0] + "." + _module_and_part(k.partition(".")[2])[0] for k in fitting}
+    modules = {_module_and_part(k)[0] for k in fitting}
     where = f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]})"
     sized = {name: why for name, why in misfits.items() if why != "missing"}
     if not fitting and sized and len(sized) == len(misfits):
@@ -150,17 +150,14 @@ def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> 
     return fitting
 
 
-_HALF = re.compile(r"\.lora_([AB])\.weight$")
-
-
 def module_ranks(state: dict[str, torch.Tensor]) -> dict[str, dict[str, int]]:
     """``{module: {"A": r, "B": r}}`` of a diffusers-layout LoRA: the rank each half has (``lora_A`` is
     ``(r, in)``, ``lora_B`` ``(out, r)``); a module missing a half has one entry."""
     ranks: dict[str, dict[str, int]] = {}
     for key, value in state.items():
-        half = _HALF.search(key)
-        if half is not None and value.ndim == 2:
-            ranks.setdefault(key[: half.start()], {})[half.group(1)] = value.shape[0 if half.group(1) == "A" else 1]
+        module, part = _module_and_part(key)
+        if part in ("A.weight", "B.weight") and value.ndim == 2:
+            ranks.setdefault(module, {})[part[0]] = value.shape[0 if part[0] == "A" else 1]
     return ranks
 
 

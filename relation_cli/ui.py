@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import errno
+import functools
 import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -341,13 +342,16 @@ def _results_tab(gr, cfg: RelationConfig) -> None:
 
 
 def serve(cfg: RelationConfig, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Load the model once and serve the page at ``http://host:port`` until Ctrl+C.
+    """Load the model once and serve the page at ``http://host:port`` until Ctrl+C; a host other than this
+    machine's loopback is warned about (:func:`host_warning`) once the port is known to be free.
 
     ``block=False`` returns the running gradio Blocks at once (tests; ``.close()`` stops it). Raises RelationError
     when gradio is missing or the port is taken, before the model is loaded.
     """
     require_gradio()
-    check_port(host, port)
+    check_port(host, port)  # a host or port it cannot listen on is refused before the warning about exposure
+    if (warning := host_warning(host)) is not None:
+        print(warning, file=sys.stderr)
     editor = Editor(cfg)
     files = Path(tempfile.mkdtemp(prefix="relation-ui-"))
     page = build_page(editor, files).queue(default_concurrency_limit=1)
