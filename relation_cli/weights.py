@@ -35,7 +35,7 @@ def load_pickle_safely(path: Path) -> dict:
             raise RelationError(f"adapter '{path}': not a torch checkpoint ({first_line(e)})") from None
         raise RelationError(f"adapter '{path}': {refusal(e)}") from None
     except (RuntimeError, EOFError, OSError) as e:
-        if isinstance(e, EOFError) or any(t in str(e) for t in ("central directory", "unexpected EOF")):  # zip, legacy
+        if isinstance(e, EOFError) or any(t in str(e) for t in ("central directory", "unexpected EOF")) or _cut_zip(path):
             raise RelationError(f"adapter '{path}': cut short or damaged ({size_text(path.stat().st_size)}; the "
                                 "released ip_adapter-100000.bin is 5.3 GB): download it again") from None  # fmt: skip
         if "inline_container" in str(e):  # torch's zip reader: an archive torch.save did not write
@@ -44,6 +44,14 @@ def load_pickle_safely(path: Path) -> dict:
     if not isinstance(data, dict):
         raise RelationError(f"adapter '{path}': expected a dict, found {type(data).__name__}")
     return data
+
+
+def _cut_zip(path: Path) -> bool:
+    """Whether ``path`` begins as a zip (a local file header) but has no end of central directory: a zip
+    cut short. torch's reader fails on one cut within its first entries with a bare ``[Errno 22]``."""
+    with path.open("rb") as f:
+        starts_as_zip = f.read(4) == b"PK\x03\x04"
+    return starts_as_zip and not _zip_file(path)
 
 
 def _zip_file(path: Path) -> bool:
