@@ -81,11 +81,12 @@ def _misfit(module: torch.nn.Module | None, part: str, value: torch.Tensor) -> s
     module = getattr(module, "base_layer", module)  # a layer that already holds another LoRA
     if not isinstance(module, torch.nn.Linear):
         return "missing"
-    if value.ndim != 2:
-        return f"shape {tuple(value.shape)} (a linear layer's LoRA is 2-D)"
+    dims = 1 if part in ("B.bias", "magnitude_vector") else 2  # peft's lora_bias, DoRA's magnitude vector
+    if value.ndim != dims:
+        return f"lora_{part} of shape {tuple(value.shape)} (a linear layer's is {dims}-D)"
     if part == "A.weight" and value.shape[1] != module.in_features:
         return f"in_features {value.shape[1]} (the model's {module.in_features})"
-    if part.startswith("B.") and value.shape[0] != module.out_features:
+    if (part.startswith("B.") or part == "magnitude_vector") and value.shape[0] != module.out_features:
         return f"out_features {value.shape[0]} (the model's {module.out_features})"
     return None
 
@@ -110,12 +111,13 @@ def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.
     return fitting, dict(sorted(misfits.items()))
 
 
-_PART = re.compile(r"\.lora_(?=[AB]\.)|\.lora_linear_layer\.|_lora\.|\.lora\.")
+_PART = re.compile(r"\.lora_(?=[AB]\.|magnitude_vector$)|\.lora_linear_layer\.|_lora\.|\.lora\.")
 
 
 def _module_and_part(key: str) -> tuple[str, str]:
-    """``attn.to_q.lora_A.weight`` -> ``("attn.to_q", "A.weight")``; also the older forms diffusers' converters
-    leave for text encoders (``q_proj.lora_linear_layer.down.weight``, ``to_q_lora.down.weight``)."""
+    """``attn.to_q.lora_A.weight`` -> ``("attn.to_q", "A.weight")``, ``...lora_B.bias`` -> ``B.bias``, DoRA's
+    ``...lora_magnitude_vector`` -> ``magnitude_vector``; also the older forms diffusers' converters leave for
+    text encoders (``q_proj.lora_linear_layer.down.weight``, ``to_q_lora.down.weight``)."""
     found = _PART.search(key)
     return (key[: found.start()], key[found.end() :]) if found else (key, "")
 
@@ -236,6 +238,28 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     parts = {key.split(".", 1)[0] for key in state}
     with _held_back():
         _load_parts(pipe, lora, state, alphas, metadata, parts, adapter_name)
+    _check_loaded(pipe.transformer, lora, state, adapter_name)
+
+
+def _check_loaded(transformer: torch.nn.Module, lora: LoraWeights, state: dict[str, torch.Tensor], adapter_name: str) -> None:
+    """Every transformer tensor of ``state`` is in the peft layer named ``adapter_name``, as given (cast to the
+    layer's dtype). diffusers leaves keys of a form it does not know out with a log line only (``unexpected
+    keys``), and the LoRA then changes nothing; that log line is held back, so this check says it instead.
+
+    Raises:
+        RelationError: naming the first tensor that is not in the model as the file gives it.
+    """
+    modules = dict(transformer.named_modules())
+    for key, value in state.items():
+        if not key.startswith("transformer."):
+            continue
+        name, part = _module_and_part(key.removeprefix("transformer."))
+        half, _, leaf = part.partition(".")
+        holder = getattr(modules.get(name), f"lora_{half}", {})
+        loaded = getattr(holder[adapter_name], leaf or "weight", None) if adapter_name in holder else None
+        if loaded is None or loaded.shape != value.shape or not torch.equal(loaded.detach(), value.to(loaded)):
+            raise RelationError(f"lora '{lora.path}': diffusers did not load {key} into the model (it leaves keys of a "
+                                f"form it does not know out); {CONVERT_HINT}")  # fmt: skip
 
 
 @contextmanager

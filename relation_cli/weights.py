@@ -334,7 +334,34 @@ def read_lora(path: str | Path) -> LoraWeights:
             f"lora '{path}': holds no LoRA weights in a layout relation reads (e.g. {sorted(state)[:3]}); "
             f"it reads {'; '.join(LAYOUT_HELP.values())}"
         )
+    if layout in ("diffusers", "peft", "peft-wrapped"):
+        state = _without_adapter_name(state, path)
     return LoraWeights(path, layout, to_diffusers_keys(state, layout), _adapter_metadata(header, path))
+
+
+_NAMED_HALF = re.compile(r"^(.+\.lora_(?:A|B))\.(?!weight$|bias$)([^.]+)\.(weight|bias)$")
+_NAMED_MAGNITUDE = re.compile(r"^(.+\.lora_magnitude_vector)\.([^.]+)\.weight$")
+
+
+def _without_adapter_name(state: dict, path: Path) -> dict:
+    """Keys of a peft model's own ``state_dict()`` (``<module>.lora_A.default.weight``, the adapter's name
+    inside) in the saved form (``<module>.lora_A.weight``), as peft's ``get_peft_model_state_dict`` writes
+    them; others unchanged. diffusers would load the named form into nothing, in silence.
+
+    Raises:
+        RelationError: the file holds the weights of more than one named adapter.
+    """
+    renamed, names = {}, set()
+    for key, value in state.items():
+        found = _NAMED_HALF.match(key) or _NAMED_MAGNITUDE.match(key)
+        if found:
+            names.add(found.group(2))
+            key = f"{found.group(1)}.{found.group(3)}" if found.re is _NAMED_HALF else found.group(1)
+        renamed[key] = value
+    if len(names) > 1:
+        raise RelationError(f"lora '{path}': holds {len(names)} peft adapters ({', '.join(sorted(names))}); save one, "
+                            "with get_peft_model_state_dict(model, adapter_name=...)")  # fmt: skip
+    return renamed
 
 
 def _adapter_metadata(header: dict, path: Path) -> dict | None:

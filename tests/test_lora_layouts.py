@@ -87,6 +87,70 @@ def test_peft_layouts_load(tiny_model, tmp_path, prefix):
     _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
 
 
+@pytest.mark.parametrize("prefix", ["", "base_model.model.", "transformer."])
+def test_keys_with_the_peft_adapter_name_load(tiny_model, tmp_path, prefix):
+    """A peft model's own state_dict() keys (``<module>.lora_A.default.weight``) load as the saved form does: diffusers
+    left them out with a log line (held back), and the LoRA changed nothing, in silence."""
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 11)
+    named = {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+             for k, v in _peft_state(factors, prefix).items()}  # fmt: skip
+    save_file(named, tmp_path / "named.safetensors")
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'named.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+
+
+def test_a_file_of_two_peft_adapters_is_refused(tiny_model, tmp_path):
+    factors = _factors(_base_weights(tiny_model), 12)
+    state = {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+             for k, v in _peft_state(factors).items()}  # fmt: skip
+    state |= {k.replace(".default.", ".style."): v.clone() for k, v in state.items()}
+    save_file(state, tmp_path / "two.safetensors")
+    with pytest.raises(RelationError, match=r"holds 2 peft adapters \(default, style\); save one"):
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'two.safetensors'}}}]")
+
+
+def test_a_key_diffusers_leaves_out_is_refused(tiny_model, tmp_path, monkeypatch):
+    """diffusers leaves keys of a form it does not know out with a log line only; relation checks the model holds
+    every tensor of the file and refuses the LoRA otherwise (the named form above, read without renaming)."""
+    from relation_cli import weights
+
+    monkeypatch.setattr(weights, "_without_adapter_name", lambda state, path: state)
+    factors = _factors(_base_weights(tiny_model), 13)
+    save_file({k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+               for k, v in _peft_state(factors, "transformer.").items()}, tmp_path / "named.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match=r"diffusers did not load transformer\.\S+\.lora_[AB]\.default\.weight into "
+                                            r"the model"):  # fmt: skip
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'named.safetensors'}}}]")
+
+
+def test_dora_and_lora_bias_load(tiny_model, tmp_path):
+    """peft's DoRA (``lora_magnitude_vector``) and ``lora_bias`` (``lora_B.bias``), which diffusers reads, fuse to
+    their formulas: DoRA W' = m * (W + BA) / ||W + BA|| per output row (Liu et al., 2024, eq. 5; peft's
+    ``DoraLinearLayer``), the bias b + b_B. Both were refused, as modules missing from the model or of other widths."""
+    from diffusers import FluxTransformer2DModel
+
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 14)
+    g = torch.Generator().manual_seed(15)
+    magnitude = {n: torch.rand(w.shape[0], generator=g) + 0.5 for n, w in base.items()}
+    save_file(_peft_state(factors, "transformer.") | {f"transformer.{n}.lora_magnitude_vector": m for n, m in magnitude.items()},
+              tmp_path / "dora.safetensors")  # fmt: skip
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'dora.safetensors'}}}]")
+    merged = _expected(base, (factors, 1.0))
+    _assert_close(_fused(pipe), {n: (magnitude[n] / w.norm(dim=1)).unsqueeze(1) * w for n, w in merged.items()})
+
+    biases = {n: torch.randn(w.shape[0], generator=g) * 0.1 for n, w in base.items()}
+    save_file(_peft_state(factors, "transformer.") | {f"transformer.{n}.lora_B.bias": b for n, b in biases.items()},
+              tmp_path / "bias.safetensors")  # fmt: skip
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'bias.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+    modules = dict(FluxTransformer2DModel.from_pretrained(tiny_model / "base" / "transformer").named_modules())
+    fused = dict(pipe.transformer.named_modules())
+    for name, b in biases.items():
+        torch.testing.assert_close(fused[name].bias.detach(), modules[name].bias.detach() + b, atol=1e-5, rtol=1e-5)
+
+
 def test_alpha_keys_set_the_scale(tiny_model, tmp_path):
     base = _base_weights(tiny_model)
     factors = _factors(base, 2)
