@@ -104,6 +104,8 @@ def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.
         name, part = _module_and_part(rest)
         module = f"{component}.{name}"
         keys.setdefault(module, []).append(key)
+        if component == "text_encoder" and not hasattr(pipe.text_encoder, "text_model"):
+            name = name.removeprefix("text_model.")  # transformers 5's CLIP is flat; diffusers' loader drops it too
         why = _misfit(modules.get(component, {}).get(name), part, value)
         if why is not None:
             misfits.setdefault(module, why)
@@ -222,8 +224,9 @@ def _load_error(e: BaseException) -> str:
     return next((line for line in lines if line.startswith("size mismatch")), None) or first_line(e)
 
 
-def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = False) -> None:
-    """Install ``lora`` as peft layers named ``adapter_name`` (unfused), at scale alpha/rank.
+def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = False) -> set[str]:
+    """Install ``lora`` as peft layers named ``adapter_name`` (unfused), at scale alpha/rank; returns the
+    components it went into (``transformer``, ``text_encoder``).
 
     The alpha comes from the file's diffusers metadata, else from its ``.alpha`` keys (kohya files
     have it baked into the weights by diffusers' converter), else alpha = rank (scale 1). diffusers'
@@ -239,6 +242,7 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     with _held_back():
         _load_parts(pipe, lora, state, alphas, metadata, parts, adapter_name)
     _check_loaded(pipe.transformer, lora, state, adapter_name)
+    return parts
 
 
 def _check_loaded(transformer: torch.nn.Module, lora: LoraWeights, state: dict[str, torch.Tensor], adapter_name: str) -> None:
@@ -299,13 +303,14 @@ def apply_loras(pipe, loras: Sequence[LoraFile], scale: float = 1.0, fuse: bool 
     ``weight * scale * (alpha / r) * B @ A`` (Hu et al., 2021, eq. 3 with peft's alpha/r scaling).
     """
     names = [f"lora{i}" for i in range(len(loras))]
+    parts: set[str] = set()
     for name, lora in zip(names, loras):
-        load_lora(pipe, read_lora(lora.path), name, allow_partial)
+        parts |= load_lora(pipe, read_lora(lora.path), name, allow_partial)
     if not names:
         return
     pipe.set_adapters(names, adapter_weights=[lora.weight * scale for lora in loras])
-    if fuse:
-        pipe.fuse_lora(adapter_names=names)
+    if fuse:  # every part loaded: diffusers' FLUX fuse_lora fuses the transformer alone unless told
+        pipe.fuse_lora(components=sorted(parts), adapter_names=names)
         pipe.unload_lora_weights()
 
 

@@ -360,3 +360,27 @@ def test_a_safetensors_header_whose_length_starts_with_0x80_is_not_taken_for_a_p
     head = path.read_bytes()[:9]
     assert head[0] == 0x80 and head[8:9] == b"{"  # a real safetensors header, starting with a pickle's first byte
     _assert_close(_fused(_load(tiny_model, f"lora.paths=[{{path: {path}}}]")), _expected(base, (factors, 1.0)))
+
+
+@pytest.mark.parametrize("prefix", ["text_model.", ""], ids=["older-transformers-names", "flat-names"])
+def test_a_text_encoder_lora_is_fused_too(tiny_model, tmp_path, prefix):
+    """FluxPipeline.save_lora_weights(text_encoder_lora_layers=...) with the transformer's: the CLIP text encoder gets
+    its part. Its keys name CLIP's modules under ``text_model.`` as transformers 4 did (transformers 5's CLIPTextModel
+    is flat; diffusers' loader drops the prefix): relation refused the file as modules missing from the model, and
+    fused only the transformer's part (diffusers' fuse_lora fuses the transformer unless told otherwise), dropping
+    the text encoder's."""
+    from diffusers import FluxPipeline
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel.from_pretrained(tiny_model / "base" / "text_encoder")
+    clip_modules = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.0.mlp.fc1")
+    clip_base = {n: dict(text_encoder.named_modules())[n].weight.detach().clone() for n in clip_modules}
+    base = _base_weights(tiny_model)
+    factors, clip_factors = _factors(base, 16), _factors(clip_base, 17)
+    text_state = {k.replace("encoder.", f"{prefix}encoder.", 1): v for k, v in _peft_state(clip_factors).items()}
+    FluxPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=_peft_state(factors),
+                                   text_encoder_lora_layers=text_state)  # fmt: skip
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'lora'}, weight: 0.5}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 0.5)))
+    fused = dict(pipe.text_encoder.named_modules())
+    _assert_close({n: fused[n].weight.detach() for n in clip_modules}, _expected(clip_base, (clip_factors, 0.5)))
