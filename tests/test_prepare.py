@@ -304,16 +304,35 @@ def test_cli_synthetic_end_to_end(tmp_path, capsys):
         (["{tmp}/nowhere"], "input '{tmp}/nowhere': not found"),
         (["{tmp}"], "no <task>/Group1/labels.json inside"),
         (["{up}"], "no <task>/Group1/labels.json inside (the Relation252K layout); '{raw}' has that layout: pass it;"),
+        (["{tmp}/deep"], "no <task>/Group1/labels.json inside (the Relation252K layout); '{tmp}/deep/x/raw' has that "
+                         "layout: pass it;"),
+        (["{raw}/frame"], "; it is one task's folder: pass the folder that holds the tasks ('{raw}');"),
+        (["{raw}/frame/Group1"], "; it is one group of one task: pass the folder that holds the tasks ('{raw}');"),
         (["{tmp}/x.csv"], "expected a Relation252K folder"),
         (["--synthetic", "1"], "data.synthetic_pairs"),
     ],
 )
 def test_cli_bad_arguments_are_one_line(raw, tmp_path, capsys, args, message):
     (tmp_path / "x.csv").write_text("a,b\n")
-    fill = lambda s: s.format(raw=raw, tmp=tmp_path, up=raw.parent)  # up: the layout one level too deep
+    (tmp_path / "deep" / "x").mkdir(parents=True)
+    (tmp_path / "deep" / "x" / "raw").symlink_to(raw)  # the layout two levels down
+    fill = lambda s: s.format(raw=raw, tmp=tmp_path, up=raw.parent)  # up: the layout one level down
     code = main(["prepare", *map(fill, args), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error: ") and "\n" not in err and fill(message) in err, err
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_several_layouts_below_are_listed(tmp_path, capsys):
+    """A folder with the layout in several folders below it (two downloads, one per split): they are named, up to 3."""
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / "in" / name / "task" / "Group1").mkdir(parents=True)
+        (tmp_path / "in" / name / "task" / "Group1" / "labels.json").write_text("[]")
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "in" / "a")  # the same folder again: counted once
+    assert main(["prepare", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    where = tmp_path / "in"
+    assert f"; 4 folders in it have that layout ('{where / 'a'}', '{where / 'b'}', '{where / 'c'}' and 1 more): pass one;" in err, err
     assert leftovers(tmp_path, "out") == []
 
 

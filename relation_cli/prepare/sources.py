@@ -115,10 +115,8 @@ def read_source(path: str | Path) -> Source:
     if path.is_dir():
         files = sorted(path.glob(LAYOUT_GLOB))
         if not files:
-            deeper = sorted({f.parents[2] for f in path.glob(f"*/{LAYOUT_GLOB}")})  # the layout one level down
-            near = f"; '{deeper[0]}' has that layout: pass it" if len(deeper) == 1 else ""
             raise RelationError(
-                f"input '{path}': no <task>/Group1/labels.json inside (the Relation252K layout){near}; "
+                f"input '{path}': no <task>/Group1/labels.json inside (the Relation252K layout){_layout_near(path)}; "
                 "pass such a folder, a .jsonl or a .json file"
             )
         source = Source(path)
@@ -134,6 +132,27 @@ def read_source(path: str | Path) -> Source:
         raise RelationError(f"input '{path}': holds no entries")
     source.seen.clear()
     return source
+
+
+def _layout_near(path: Path) -> str:
+    """Where the Relation252K layout is, near a folder that lacks it, as ``; ...`` to add to the refusal (or
+    ``""``): the folder given is one task (``<task>/Group1/labels.json``) or one group of it, or the layout is
+    one or two levels down (the first level that has it; several such folders are listed, up to 3)."""
+    if (path / "labels.json").is_file() and path.name.startswith("Group"):
+        return f"; it is one group of one task: pass the folder that holds the tasks ('{path.parent.parent}')"
+    if any(path.glob("Group*/labels.json")):
+        return f"; it is one task's folder: pass the folder that holds the tasks ('{path.parent}')"
+    for depth in (1, 2):
+        roots: dict[Path, Path] = {}  # a folder reached twice (a link) once, by its first name
+        for labels in sorted(path.glob("*/" * depth + LAYOUT_GLOB)):
+            roots.setdefault(labels.parents[2].resolve(), labels.parents[2])
+        found = sorted(roots.values())
+        if len(found) == 1:
+            return f"; '{found[0]}' has that layout: pass it"
+        if found:
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            return f"; {len(found)} folders in it have that layout ({', '.join(map(repr, map(str, found[:3])))}{more}): pass one"
+    return ""
 
 
 def _read_file(source: Source, file: Path, task: str | None) -> None:
