@@ -134,12 +134,23 @@ class EditSizes:
 
     def note(self, infer: InferSection) -> str | None:
         """The line that says the query was resized, from and to what (or that an explicit size was floored
-        back to the query's own); None when it keeps its size."""
+        back to the query's own), and that an explicit size over ``LARGE`` x ``infer.max_area`` will be slow;
+        None when it keeps its size and is not that large."""
         q, w = (f"{a}x{b}" for a, b in (self.query, self.working))
         if self.working == self.query:
-            return f"query kept at {q} ({self._reason(infer)})" if self._floored_explicit(infer) else None
-        back = f"; the result goes back to {q} (infer.output_size: query)" if self.output == self.query else ""
-        return f"query resized from {q} to {w} ({self._reason(infer)}){back}"
+            line = f"query kept at {q} ({self._reason(infer)})" if self._floored_explicit(infer) else None
+        else:
+            back = f"; the result goes back to {q} (infer.output_size: query)" if self.output == self.query else ""
+            line = f"query resized from {q} to {w} ({self._reason(infer)}){back}"
+        times = self.working[0] * self.working[1] / infer.max_area if infer.max_area else 0
+        if (infer.width or infer.height) and times > self.LARGE:
+            slow = (f"the working size {w} is {times:.0f}x infer.max_area ({infer.max_area:,} pixels): each denoising "
+                    f"step works on {times:.0f}x the image tokens and its attention on {times * times:.0f}x the pairs "
+                    "of them; expect it to be slow and to need more memory")  # fmt: skip
+            line = f"{line}; {slow}" if line else slow
+        return line
+
+    LARGE = 4  # an explicit working size over this many times infer.max_area is said to be slow
 
     def _floored_explicit(self, infer: InferSection) -> bool:
         """Whether an explicit ``infer.width``/``height`` (a missing side from the query's aspect ratio) was

@@ -92,6 +92,24 @@ def test_resize_line_says_from_and_to_what():
         "query resized from 64x48 to 48x32 (infer.width 48, infer.height 32 (--width/--height))")
 
 
+def test_an_explicit_size_far_over_max_area_is_said_to_be_slow():
+    """--width/--height bypass infer.max_area; a size over 4x it (a photo's own size asked on the CPU) is said to be
+    slow, in the resize line or alone when the query keeps its size; within 4x, nothing is added."""
+    big = InferSection(width=96, height=96, max_area=1024)
+    assert edit_sizes(big, (72, 56), 8).note(big) == (
+        "query resized from 72x56 to 96x96 (infer.width 96, infer.height 96 (--width/--height)); the working size "
+        "96x96 is 9x infer.max_area (1,024 pixels): each denoising step works on 9x the image tokens and its attention "
+        "on 81x the pairs of them; expect it to be slow and to need more memory")  # fmt: skip
+    own = InferSection(width=4000, height=3008, max_area=1024 * 1024)
+    assert edit_sizes(own, (4000, 3008), 16).note(own) == (
+        "the working size 4000x3008 is 11x infer.max_area (1,048,576 pixels): each denoising step works on 11x the "
+        "image tokens and its attention on 132x the pairs of them; expect it to be slow and to need more memory")
+    near = InferSection(width=64, height=64, max_area=1024)
+    assert edit_sizes(near, (64, 64), 8).note(near) is None  # 4x: not said
+    assert edit_sizes(InferSection(max_area=None, width=4000, height=3000), (10, 10), 16).note(
+        InferSection(max_area=None, width=4000, height=3000)).endswith("multiple of 16)")  # no area to compare
+
+
 def test_resize_result_keeps_float_values():
     arr = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)
     assert resize_result(arr, (32, 24)) is arr
