@@ -100,8 +100,28 @@ def source_problem(key: str, name: str, marker: str) -> str | None:
     if not (path / marker).is_file():
         if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
             return f"{key} '{name}': a training run, not a model folder; use --run {name}"
-        return f"{key} '{name}': no {marker} in this folder"
+        return f"{key} '{name}': no {marker} in this folder{_marker_near(key, path, marker)}"
     return None
+
+
+def _marker_near(key: str, path: Path, marker: str) -> str:
+    """Where ``marker`` is, near a folder that lacks it, as ``; ...`` to add to the refusal (or ``""``): a folder
+    of relation's parts (``relation init-model``'s base/, image_encoder/, adapter/) given as the base, one part of
+    a model (its ``transformer/``), or the file one or two levels down (a hub cache's ``snapshots/<hash>/``;
+    several such folders are listed, up to 3)."""
+    if key == "model.base" and (path / "base" / marker).is_file() and (path / "adapter").is_dir():
+        return (f"; it holds a whole relation model (base/, image_encoder/, adapter/): pass --model {path / 'base'} "
+                f"--image-encoder {path / 'image_encoder'} --adapter {path / 'adapter'}")  # fmt: skip
+    if (path.parent / marker).is_file() and path.parent != path:
+        return f"; it is one part of '{path.parent}', which has {marker}: pass that"
+    for depth in (1, 2):
+        found = sorted({f.parent for f in path.glob("*/" * depth + marker) if f.is_file()})
+        if len(found) == 1:
+            return f"; '{found[0]}' has it: pass that"
+        if found:
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            return f"; {len(found)} folders in it have it ({', '.join(repr(str(f)) for f in found[:3])}{more}): pass one"
+    return ""
 
 
 IMAGE_ENCODER_TYPES = ("siglip_vision_model", "siglip")

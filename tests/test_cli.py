@@ -846,3 +846,26 @@ def test_an_output_that_names_no_file_is_refused_as_typed(tmp_path, monkeypatch,
         assert main(args + extra) == 1
         assert capsys.readouterr().err == f"error: {message}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_path, capsys):
+    """--model given the folder init-model wrote (base/, image_encoder/, adapter/), one part of a base, or a hub
+    cache's model folder (the base under snapshots/<hash>/): the refusal says what to pass instead."""
+    query = str(ROOT / "examples" / "query.png")
+    pair = [str(ROOT / "examples" / n) for n in ("exemplar_before.png", "exemplar_after.png")]
+    cache = tmp_path / "models--owner--name"
+    (cache / "snapshots").mkdir(parents=True)
+    (cache / "snapshots" / "abc123").symlink_to(tiny_model / "base")
+    cases = {
+        str(tiny_model): f"no model_index.json in this folder; it holds a whole relation model (base/, image_encoder/, "
+                         f"adapter/): pass --model {tiny_model / 'base'} --image-encoder {tiny_model / 'image_encoder'} "
+                         f"--adapter {tiny_model / 'adapter'};",
+        str(tiny_model / "base" / "transformer"): f"no model_index.json in this folder; it is one part of "
+                                                  f"'{tiny_model / 'base'}', which has model_index.json: pass that",
+        str(cache): f"no model_index.json in this folder; '{cache / 'snapshots' / 'abc123'}' has it: pass that",
+    }
+    for base, said in cases.items():
+        assert main(["infer", "--model", base, "--exemplar", *pair, "--query", query, "--output", str(tmp_path / "o.png")]) == 1
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models--owner--name"]
