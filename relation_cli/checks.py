@@ -109,10 +109,11 @@ def _marker_near(key: str, path: Path, marker: str) -> str:
     of relation's parts (``relation init-model``'s base/, image_encoder/, adapter/) given as the base, one part of
     a model (its ``transformer/``), or the file one or two levels down (a hub cache's ``snapshots/<hash>/``;
     several such folders are listed, up to 3)."""
+    path = path.resolve()  # the folders above '.' have names
     if key == "model.base" and (path / "base" / marker).is_file() and (path / "adapter").is_dir():
         return (f"; it holds a whole relation model (base/, image_encoder/, adapter/): pass --model {path / 'base'} "
                 f"--image-encoder {path / 'image_encoder'} --adapter {path / 'adapter'}")  # fmt: skip
-    if (path.parent / marker).is_file() and path.parent != path:
+    if (path.parent / marker).is_file():
         return f"; it is one part of '{path.parent}', which has {marker}: pass that"
     for depth in (1, 2):
         found = sorted({f.parent for f in path.glob("*/" * depth + marker) if f.is_file()})

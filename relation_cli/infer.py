@@ -144,8 +144,8 @@ class EditSizes:
             line = f"query resized from {q} to {w} ({self._reason(infer)}){back}"
         times = self.working[0] * self.working[1] / infer.max_area if infer.max_area else 0
         if (infer.width or infer.height) and times > self.LARGE:
-            slow = (f"the working size {w} is {times:.0f}x infer.max_area ({infer.max_area:,} pixels): each denoising "
-                    f"step works on {times:.0f}x the image tokens and its attention on {times * times:.0f}x the pairs "
+            slow = (f"the working size {w} is {times:.1f}x infer.max_area ({infer.max_area:,} pixels): each denoising "
+                    f"step works on {times:.1f}x the image tokens and its attention on {times * times:.0f}x the pairs "
                     "of them; expect it to be slow and to need more memory")  # fmt: skip
             line = f"{line}; {slow}" if line else slow
         return line

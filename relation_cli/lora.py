@@ -104,8 +104,6 @@ def split_by_fit(state: dict[str, torch.Tensor], pipe) -> tuple[dict[str, torch.
         name, part = _module_and_part(rest)
         module = f"{component}.{name}"
         keys.setdefault(module, []).append(key)
-        if component == "text_encoder" and not hasattr(pipe.text_encoder, "text_model"):
-            name = name.removeprefix("text_model.")  # transformers 5's CLIP is flat; diffusers' loader drops it too
         why = _misfit(modules.get(component, {}).get(name), part, value)
         if why is not None:
             misfits.setdefault(module, why)
@@ -234,6 +232,7 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     one RelationError line.
     """
     state, alphas = converted(lora, pipe)
+    state = _text_encoder_in_peft_form(state, pipe)
     state = fitting_state(lora, state, pipe, allow_partial)
     check_whole(lora, state)
     metadata = lora.metadata
@@ -241,29 +240,54 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     parts = {key.split(".", 1)[0] for key in state}
     with _held_back():
         _load_parts(pipe, lora, state, alphas, metadata, parts, adapter_name)
-    _check_loaded(pipe.transformer, lora, state, adapter_name)
+    _check_loaded(pipe, lora, state, adapter_name)
     return parts
 
 
-def _check_loaded(transformer: torch.nn.Module, lora: LoraWeights, state: dict[str, torch.Tensor], adapter_name: str) -> None:
-    """Every transformer tensor of ``state`` is in the peft layer named ``adapter_name``, as given (cast to the
-    layer's dtype). diffusers leaves keys of a form it does not know out with a log line only (``unexpected
-    keys``), and the LoRA then changes nothing; that log line is held back, so this check says it instead.
+def _text_encoder_in_peft_form(state: dict[str, torch.Tensor], pipe) -> dict[str, torch.Tensor]:
+    """``state`` with its ``text_encoder.`` keys in peft's form and named as the pipeline's CLIP names its modules,
+    by diffusers' own conversions (``convert_state_dict_to_diffusers``, then ``convert_state_dict_to_peft``, as
+    its ``_load_lora_into_text_encoder`` does; kohya's ``lora_te1_*`` keys come out of its FLUX converter in the
+    older ``to_q_lora.down`` form, which that loader cannot infer alone), and transformers 4's ``text_model.``
+    prefix dropped for transformers 5's flat CLIPTextModel. A form the conversions do not know is left as it is."""
+    from diffusers.utils.state_dict_utils import StateDictType, convert_state_dict_to_diffusers, convert_state_dict_to_peft
+
+    text = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    if not text:
+        return state
+    older = StateDictType.DIFFUSERS_OLD if any(_OLDER_TEXT.search(k) for k in text) else None
+    try:
+        text = convert_state_dict_to_peft(convert_state_dict_to_diffusers(text, original_type=older))
+    except ValueError:
+        pass
+    if not hasattr(pipe.text_encoder, "text_model"):
+        text = {k.removeprefix("text_model."): v for k, v in text.items()}
+    return {k: v for k, v in state.items() if not k.startswith("text_encoder.")} | {f"text_encoder.{k}": v for k, v in text.items()}
+
+
+_OLDER_TEXT = re.compile(r"_lora\.(down|up)\.")
+
+
+def _check_loaded(pipe, lora: LoraWeights, state: dict[str, torch.Tensor], adapter_name: str) -> None:
+    """Every tensor of ``state`` is in the peft layer named ``adapter_name``, as given (cast to the layer's dtype).
+    diffusers leaves keys of a form it does not know out with a log line only (``unexpected keys``), and so does
+    transformers for the text encoder (a DoRA magnitude vector); the LoRA then changes less than it says, or
+    nothing. Those log lines are held back, so this check says it instead.
 
     Raises:
         RelationError: naming the first tensor that is not in the model as the file gives it.
     """
-    modules = dict(transformer.named_modules())
+    components = {"transformer": pipe.transformer, "text_encoder": getattr(pipe, "text_encoder", None)}
+    modules = {name: dict(c.named_modules()) for name, c in components.items() if c is not None}
     for key, value in state.items():
-        if not key.startswith("transformer."):
-            continue
-        name, part = _module_and_part(key.removeprefix("transformer."))
+        component, _, rest = key.partition(".")
+        name, part = _module_and_part(rest)
         half, _, leaf = part.partition(".")
-        holder = getattr(modules.get(name), f"lora_{half}", {})
+        holder = getattr(modules.get(component, {}).get(name), f"lora_{half}", {})
         loaded = getattr(holder[adapter_name], leaf or "weight", None) if adapter_name in holder else None
         if loaded is None or loaded.shape != value.shape or not torch.equal(loaded.detach(), value.to(loaded)):
-            raise RelationError(f"lora '{lora.path}': diffusers did not load {key} into the model (it leaves keys of a "
-                                f"form it does not know out); {CONVERT_HINT}")  # fmt: skip
+            raise RelationError(f"lora '{lora.path}': {key} did not load into the model (diffusers and transformers "
+                                f"leave out keys of a form they do not read, with a log line only); {CONVERT_HINT}")  # fmt: skip
 
 
 @contextmanager
@@ -318,4 +342,11 @@ def continue_lora(pipe, loras: Sequence[LoraFile], adapter_name: str, allow_part
     """Training in lora mode: the one LoRA of ``lora.paths`` is trained further, at its own rank and alpha."""
     if len(loras) != 1:
         raise RelationError(f"train.mode=lora continues one LoRA; lora.paths has {len(loras)}")
-    load_lora(pipe, read_lora(loras[0].path), adapter_name, allow_partial)
+    lora = read_lora(loras[0].path)
+    parts = {key.split(".", 1)[0] for key in converted(lora, pipe)[0]}
+    if parts != {"transformer"}:
+        what = "no transformer part" if "transformer" not in parts else "a text-encoder part too"
+        raise RelationError(f"lora '{lora.path}': has {what}; train.mode=lora trains the transformer's LoRA alone, "
+                            "and would save it without the rest: train.mode=adapter fuses the whole LoRA into the "
+                            "base instead")  # fmt: skip
+    load_lora(pipe, lora, adapter_name, allow_partial)

@@ -49,8 +49,11 @@ def load_pickle_safely(path: Path) -> dict:
 def _cut_zip(path: Path) -> bool:
     """Whether ``path`` begins as a zip (a local file header) but has no end of central directory: a zip
     cut short. torch's reader fails on one cut within its first entries with a bare ``[Errno 22]``."""
-    with path.open("rb") as f:
-        starts_as_zip = f.read(4) == b"PK\x03\x04"
+    try:
+        with path.open("rb") as f:
+            starts_as_zip = f.read(4) == b"PK\x03\x04"
+    except OSError:  # unreadable: the reader's own error says so
+        return False
     return starts_as_zip and not _zip_file(path)
 
 
@@ -349,14 +352,18 @@ def _without_adapter_name(state: dict, path: Path) -> dict:
     them; others unchanged. diffusers would load the named form into nothing, in silence.
 
     Raises:
-        RelationError: the file holds the weights of more than one named adapter.
+        RelationError: the file holds the weights of more than one named adapter, or a tensor under both names.
     """
     renamed, names = {}, set()
     for key, value in state.items():
         found = _NAMED_HALF.match(key) or _NAMED_MAGNITUDE.match(key)
         if found:
             names.add(found.group(2))
-            key = f"{found.group(1)}.{found.group(3)}" if found.re is _NAMED_HALF else found.group(1)
+            short = f"{found.group(1)}.{found.group(3)}" if found.re is _NAMED_HALF else found.group(1)
+            if short in state:
+                raise RelationError(f"lora '{path}': holds {short} twice, also as {key} (peft's name of adapter "
+                                    f"'{found.group(2)}'); save one of them")  # fmt: skip
+            key = short
         renamed[key] = value
     if len(names) > 1:
         raise RelationError(f"lora '{path}': holds {len(names)} peft adapters ({', '.join(sorted(names))}); save one, "

@@ -848,7 +848,7 @@ def test_an_output_that_names_no_file_is_refused_as_typed(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_path, capsys):
+def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_path, capsys, monkeypatch):
     """--model given the folder init-model wrote (base/, image_encoder/, adapter/), one part of a base, or a hub
     cache's model folder (the base under snapshots/<hash>/): the refusal says what to pass instead."""
     query = str(ROOT / "examples" / "query.png")
@@ -869,3 +869,6 @@ def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_pat
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models--owner--name"]
+    monkeypatch.chdir(tiny_model / "base" / "transformer")  # '.': the folder above is named by its path
+    assert main(["infer", "--model", ".", "--exemplar", *pair, "--query", query, "--output", str(tmp_path / "o.png")]) == 1
+    assert f"it is one part of '{(tiny_model / 'base').resolve()}', which has model_index.json" in capsys.readouterr().err

@@ -323,6 +323,16 @@ def test_cli_bad_arguments_are_one_line(raw, tmp_path, capsys, args, message):
     assert leftovers(tmp_path, "out") == []
 
 
+def test_the_layout_hint_names_folders_given_relative(raw, tmp_path, capsys, monkeypatch):
+    """'.' inside a task's folder, or '..' inside a group's: the folder that holds the tasks is named by its path
+    (it was '.', the folder just given)."""
+    for inside, given in ((raw / "frame", "."), (raw / "frame" / "Group1", ".."), (raw / "frame" / "Group1", ".")):
+        monkeypatch.chdir(inside)
+        assert main(["prepare", given, "--output", str(tmp_path / "out")]) == 1
+        assert f": pass the folder that holds the tasks ('{raw.resolve()}');" in capsys.readouterr().err
+    assert leftovers(tmp_path, "out") == []
+
+
 def test_several_layouts_below_are_listed(tmp_path, capsys):
     """A folder with the layout in several folders below it (two downloads, one per split): they are named, up to 3."""
     for name in ("a", "b", "c", "d"):

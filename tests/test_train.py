@@ -349,6 +349,48 @@ def test_encoding_cache_is_reused_by_a_second_run(tiny_model, data, tmp_path):
     assert run.encoders.cache.misses == 0 and run.encoders.cache.hits > 0
 
 
+def _text_encoder_lora(model: Path, path: Path, with_transformer: bool = True) -> Path:
+    """A LoRA file with a CLIP text-encoder part (and a transformer part unless told), random weights."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"text_encoder.encoder.layers.0.self_attn.q_proj.lora_{h}.weight": torch.randn(*s, generator=g) * 0.1
+             for h, s in (("A", (2, 32)), ("B", (32, 2)))}  # fmt: skip
+    if with_transformer:
+        state |= {f"transformer.transformer_blocks.0.attn.to_q.lora_{h}.weight": torch.randn(*s, generator=g) * 0.1
+                  for h, s in (("A", (2, 32)), ("B", (32, 2)))}  # fmt: skip
+    save_file(state, path)
+    return path
+
+
+def test_a_lora_fused_into_the_text_encoder_changes_the_text_cache_key(tiny_model, data, tmp_path):
+    """A LoRA's text-encoder part, fused into CLIP (adapter mode), changes the pooled text embeddings: their cache
+    entries are keyed by CLIP's weights then, so a cache written without it is not reused (it was, in silence)."""
+    from relation_cli.train.recipe import setup
+
+    ids = {}
+    for name, extra in [("none", ()), ("text", (f"lora.paths=[{_text_encoder_lora(tiny_model, tmp_path / 'te.safetensors')}]",)),
+                        ("text-again", (f"lora.paths=[{tmp_path / 'te.safetensors'}]",))]:  # fmt: skip
+        cfg = load_config(None, train_overrides(tiny_model, data, tmp_path / name, 1, "train.mode=adapter",
+                                                "train.validation_samples=0", *extra))  # fmt: skip
+        ids[name] = setup(cfg, resume=False).encoders.ids
+    assert ids["none"]["text"] != ids["text"]["text"] == ids["text-again"]["text"]
+    assert ids["none"]["vae"] == ids["text"]["vae"] and ids["none"]["image_encoder"] == ids["text"]["image_encoder"]
+
+
+@pytest.mark.parametrize("with_transformer", [True, False], ids=["text-part-too", "text-part-only"])
+def test_lora_mode_refuses_a_lora_with_a_text_encoder_part(tiny_model, data, tmp_path, capsys, with_transformer):
+    """train.mode=lora trains the transformer's LoRA: a file with a text-encoder part is refused before training (a
+    text-only one failed after training with an internal error; a mixed one lost its text part on export)."""
+    lora = _text_encoder_lora(tiny_model, tmp_path / "te.safetensors", with_transformer)
+    assert main(train_args(tiny_model, data, tmp_path / "r", 1, f"lora.paths=[{lora}]", "train.validation_samples=0")) == 1
+    err = capsys.readouterr().err
+    what = "a text-encoder part too" if with_transformer else "no transformer part"
+    assert err == (f"error: lora '{lora}': has {what}; train.mode=lora trains the transformer's LoRA alone, and would "
+                   "save it without the rest: train.mode=adapter fuses the whole LoRA into the base instead\n")
+    assert not (tmp_path / "r").exists()
+
+
 def test_full_mode_exports_a_base_that_infer_loads(tiny_model, data, tmp_path):
     out = tmp_path / "full"
     extra = ("train.mode=full", "train.train_image_encoder=true", "train.ema_decay=0.9", "train.validation_samples=0")

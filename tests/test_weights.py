@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,21 @@ def test_a_file_cut_short_says_so(reference, tmp_path, legacy, kept):
         load_adapter(tmp_path / "cut.bin", attention_head_dim=16)
     assert str(e.value).startswith(f"adapter '{tmp_path / 'cut.bin'}': cut short or damaged ("), str(e.value)
     assert str(e.value).endswith("the released ip_adapter-100000.bin is 5.3 GB): download it again")
+
+
+def test_a_file_that_cannot_be_opened_says_so(tmp_path, monkeypatch):
+    """torch.load's OSError (here: no permission) is said as it is; the check for a zip cut short, which opens the
+    file again, does not turn it into an internal error."""
+    from relation_cli.weights import load_pickle_safely
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if self == path else real_open(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(RelationError, match=r"not a readable torch file \(\[Errno 13\] Permission denied\)$"):
+        load_pickle_safely(path)
 
 
 @pytest.mark.parametrize(

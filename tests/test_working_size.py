@@ -98,11 +98,11 @@ def test_an_explicit_size_far_over_max_area_is_said_to_be_slow():
     big = InferSection(width=96, height=96, max_area=1024)
     assert edit_sizes(big, (72, 56), 8).note(big) == (
         "query resized from 72x56 to 96x96 (infer.width 96, infer.height 96 (--width/--height)); the working size "
-        "96x96 is 9x infer.max_area (1,024 pixels): each denoising step works on 9x the image tokens and its attention "
-        "on 81x the pairs of them; expect it to be slow and to need more memory")  # fmt: skip
+        "96x96 is 9.0x infer.max_area (1,024 pixels): each denoising step works on 9.0x the image tokens and its "
+        "attention on 81x the pairs of them; expect it to be slow and to need more memory")  # fmt: skip
     own = InferSection(width=4000, height=3008, max_area=1024 * 1024)
     assert edit_sizes(own, (4000, 3008), 16).note(own) == (
-        "the working size 4000x3008 is 11x infer.max_area (1,048,576 pixels): each denoising step works on 11x the "
+        "the working size 4000x3008 is 11.5x infer.max_area (1,048,576 pixels): each denoising step works on 11.5x the "
         "image tokens and its attention on 132x the pairs of them; expect it to be slow and to need more memory")
     near = InferSection(width=64, height=64, max_area=1024)
     assert edit_sizes(near, (64, 64), 8).note(near) is None  # 4x: not said

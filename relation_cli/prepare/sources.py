@@ -138,6 +138,7 @@ def _layout_near(path: Path) -> str:
     """Where the Relation252K layout is, near a folder that lacks it, as ``; ...`` to add to the refusal (or
     ``""``): the folder given is one task (``<task>/Group1/labels.json``) or one group of it, or the layout is
     one or two levels down (the first level that has it; several such folders are listed, up to 3)."""
+    path = path.resolve()  # the folders above '.' have names
     if (path / "labels.json").is_file() and path.name.startswith("Group"):
         return f"; it is one group of one task: pass the folder that holds the tasks ('{path.parent.parent}')"
     if any(path.glob("Group*/labels.json")):

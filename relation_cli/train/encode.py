@@ -23,6 +23,16 @@ def identity(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes and bytes, in ``state_dict`` order): its
+    identity when its weights are not its source's (a LoRA fused into it)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
 class DiskCache:
     """``get_or_make(kind, key_bytes, make)``: tensors stored as one safetensors file per entry."""
 

@@ -26,7 +26,7 @@ from ..fs import atomic_dir, check_not_busy, check_writable, hold_folder
 from ..progress import console, make_progress
 from . import checkpoint as ckpt
 from .data import AnalogyDataset, BatchPlan, collate, load_rows
-from .encode import DiskCache, FrozenEncoders, identity
+from .encode import DiskCache, FrozenEncoders, identity, weights_digest
 from .job import LORA_NAME, Job, job_for
 from .resume import continue_config
 from .step import loss_on, optimizer_step
@@ -212,9 +212,11 @@ def build_encoders(cfg: RelationConfig, pipe, sources, device, dtype, out: Path)
     """The frozen encoders, with the encoding cache keyed by each encoder's identity."""
     t = cfg.train
     cache = DiskCache(Path(t.cache_dir or out / "cache") if t.cache_encodings else None)
+    fused = getattr(pipe, "text_encoder_2", None) is not None and sources.loras  # CLIP may hold a LoRA's text part
     ids = {
         "vae": identity(sources.base, dict(pipe.vae.config), str(pipe.vae.dtype)),
-        "text": identity(sources.base, text_encoder(pipe).config.to_dict(), str(dtype)),
+        "text": identity(sources.base, text_encoder(pipe).config.to_dict(), str(dtype),
+                         *([weights_digest(pipe.text_encoder)] if fused else [])),  # fmt: skip
         "image_encoder": identity(sources.image_encoder, pipe.image_encoder.config.to_dict(), str(dtype)),
     }
     return FrozenEncoders(pipe, cache, ids, device, dtype)
