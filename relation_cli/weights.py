@@ -343,7 +343,7 @@ def read_lora(path: str | Path) -> LoraWeights:
 
 
 _NAMED_HALF = re.compile(r"^(.+\.lora_(?:A|B))\.(?!weight$|bias$)([^.]+)\.(weight|bias)$")
-_NAMED_MAGNITUDE = re.compile(r"^(.+\.lora_magnitude_vector)\.([^.]+)\.weight$")
+_NAMED_MAGNITUDE = re.compile(r"^(.+\.lora_magnitude_vector)\.([^.]+)(?:\.weight)?$")  # peft's DoRA, new and old
 
 
 def _without_adapter_name(state: dict, path: Path) -> dict:

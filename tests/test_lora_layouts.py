@@ -134,11 +134,12 @@ def test_dora_and_lora_bias_load(tiny_model, tmp_path):
     factors = _factors(base, 14)
     g = torch.Generator().manual_seed(15)
     magnitude = {n: torch.rand(w.shape[0], generator=g) + 0.5 for n, w in base.items()}
-    save_file(_peft_state(factors, "transformer.") | {f"transformer.{n}.lora_magnitude_vector": m for n, m in magnitude.items()},
-              tmp_path / "dora.safetensors")  # fmt: skip
-    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'dora.safetensors'}}}]")
     merged = _expected(base, (factors, 1.0))
-    _assert_close(_fused(pipe), {n: (magnitude[n] / w.norm(dim=1)).unsqueeze(1) * w for n, w in merged.items()})
+    for suffix in ("", ".default.weight", ".default"):  # saved by peft; a peft model's state_dict(), now and before
+        save_file(_peft_state(factors, "transformer.") | {f"transformer.{n}.lora_magnitude_vector{suffix}": m
+                  for n, m in magnitude.items()}, tmp_path / "dora.safetensors")  # fmt: skip
+        pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'dora.safetensors'}}}]")
+        _assert_close(_fused(pipe), {n: (magnitude[n] / w.norm(dim=1)).unsqueeze(1) * w for n, w in merged.items()})
 
     biases = {n: torch.randn(w.shape[0], generator=g) * 0.1 for n, w in base.items()}
     save_file(_peft_state(factors, "transformer.") | {f"transformer.{n}.lora_B.bias": b for n, b in biases.items()},
