@@ -375,6 +375,13 @@ def test_a_lora_fused_into_the_text_encoder_changes_the_text_cache_key(tiny_mode
                                                 "train.validation_samples=0", *extra))  # fmt: skip
         ids[name] = setup(cfg, resume=False).encoders.ids
     assert ids["none"]["text"] != ids["text"]["text"] == ids["text-again"]["text"]
+    from safetensors.torch import save_file
+
+    only = {k: v for k, v in load_file(tmp_path / "te.safetensors").items() if k.startswith("transformer.")}
+    save_file(only, tmp_path / "tr.safetensors")  # lora mode continues a transformer LoRA: CLIP is the base's
+    cfg = load_config(None, train_overrides(tiny_model, data, tmp_path / "lora-mode", 1, "train.mode=lora",
+                                            "train.validation_samples=0", f"lora.paths=[{tmp_path / 'tr.safetensors'}]"))  # fmt: skip
+    assert setup(cfg, resume=False).encoders.ids["text"] == ids["none"]["text"]
     assert ids["none"]["vae"] == ids["text"]["vae"] and ids["none"]["image_encoder"] == ids["text"]["image_encoder"]
 
 

@@ -212,7 +212,8 @@ def build_encoders(cfg: RelationConfig, pipe, sources, device, dtype, out: Path)
     """The frozen encoders, with the encoding cache keyed by each encoder's identity."""
     t = cfg.train
     cache = DiskCache(Path(t.cache_dir or out / "cache") if t.cache_encodings else None)
-    fused = getattr(pipe, "text_encoder_2", None) is not None and sources.loras  # CLIP may hold a LoRA's text part
+    # CLIP may hold a fused LoRA's text part (full and adapter modes; lora mode takes a transformer LoRA alone)
+    fused = getattr(pipe, "text_encoder_2", None) is not None and sources.loras and t.mode != "lora"
     ids = {
         "vae": identity(sources.base, dict(pipe.vae.config), str(pipe.vae.dtype)),
         "text": identity(sources.base, text_encoder(pipe).config.to_dict(), str(dtype),
