@@ -244,6 +244,12 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     return parts
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal element by element, NaN equal to NaN (a LoRA of NaN weights loads as given; running it says what it
+    makes)."""
+    return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all())
+
+
 def _text_encoder_in_peft_form(state: dict[str, torch.Tensor], pipe) -> dict[str, torch.Tensor]:
     """``state`` with its ``text_encoder.`` keys in peft's form and named as the pipeline's CLIP names its modules,
     by diffusers' own conversions (``convert_state_dict_to_diffusers``, then ``convert_state_dict_to_peft``, as
@@ -285,7 +291,7 @@ def _check_loaded(pipe, lora: LoraWeights, state: dict[str, torch.Tensor], adapt
         half, _, leaf = part.partition(".")
         holder = getattr(modules.get(component, {}).get(name), f"lora_{half}", {})
         loaded = getattr(holder[adapter_name], leaf or "weight", None) if adapter_name in holder else None
-        if loaded is None or loaded.shape != value.shape or not torch.equal(loaded.detach(), value.to(loaded)):
+        if loaded is None or loaded.shape != value.shape or not _same(loaded.detach(), value.to(loaded)):
             raise RelationError(f"lora '{lora.path}': {key} did not load into the model (diffusers and transformers "
                                 f"leave out keys of a form they do not read, with a log line only); {CONVERT_HINT}")  # fmt: skip
 
