@@ -409,6 +409,7 @@ class RunSection(Section):
     image_encoder: str | None = Field(None, description="SigLIP of the trained model: 'image_encoder' inside the run, or the model.image_encoder it was trained with.")
     adapter: str | None = Field(None, description="The trained adapter folder inside the run ('adapter').")
     lora: str | None = Field(None, description="The trained LoRA folder inside the run ('lora'), if any.")
+    base_loras: list[LoraFile] = Field(default_factory=list, description="LoRAs fused into the base while the adapter trained (adapter mode), each at the weight it had there (its weight x lora.scale).")
     step: int = Field(0, ge=0, description="Optimizer steps the exported weights were trained for.")
 
 

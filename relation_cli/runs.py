@@ -46,7 +46,8 @@ def read_run(run_dir: str | Path) -> tuple[RunSection, dict]:
 
 def run_settings(run_dir: str | Path) -> dict:
     """The settings ``--run DIR`` supplies, as a config tree under the user's: the run's base, image
-    encoder, adapter and LoRA (weight 1), and its ``infer:`` section as infer defaults. Raises RelationError
+    encoder, adapter, its trained LoRA (weight 1) and the LoRAs fused into the base while the adapter trained
+    (at their weights there), and its ``infer:`` section as infer defaults. Raises RelationError
     for what :func:`read_run` refuses and for a VAE pre-training run (no adapter)."""
     run_dir = Path(run_dir)
     run, tree = read_run(run_dir)
@@ -57,6 +58,7 @@ def run_settings(run_dir: str | Path) -> dict:
     if run.image_encoder:
         model["image_encoder"] = _inside(run_dir, run.image_encoder)
     loras = [{"path": _inside(run_dir, run.lora), "weight": 1.0}] if run.lora else []
+    loras += [{"path": _inside(run_dir, f.path), "weight": f.weight} for f in run.base_loras]
     settings: dict = {"model": model, "lora": {"paths": loras}}
     if run.adapter:
         settings["adapter"] = {"path": _inside(run_dir, run.adapter)}

@@ -398,6 +398,33 @@ def test_lora_mode_refuses_a_lora_with_a_text_encoder_part(tiny_model, data, tmp
     assert not (tmp_path / "r").exists()
 
 
+def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path):
+    """Adapter mode over two LoRAs at weights 0.5 and 2, lora.scale 0.5: the run's config names both at the weights
+    the base had (0.25, 1), and --run edits with them (the run named none unless there was exactly one, and that one
+    at weight 1, so --run edited with another base than the adapter trained on)."""
+    from safetensors.torch import save_file
+
+    from relation_cli.runs import run_settings
+
+    g = torch.Generator().manual_seed(1)
+    for name in ("one", "two"):
+        save_file({f"transformer.transformer_blocks.0.attn.to_q.lora_{h}.weight": torch.randn(*shape, generator=g)
+                   for h, shape in (("A", (2, 32)), ("B", (32, 2)))}, tmp_path / f"{name}.safetensors")  # fmt: skip
+    loras = f"lora.paths=[{tmp_path / 'one.safetensors'}:0.5, {tmp_path / 'two.safetensors'}:2]"
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, data, out, 1, "train.mode=adapter", loras, "lora.scale=0.5",
+                           "train.validation_samples=0")) == 0  # fmt: skip
+    assert run_settings(out)["lora"]["paths"] == [{"path": str(tmp_path / "one.safetensors"), "weight": 0.25},
+                                                  {"path": str(tmp_path / "two.safetensors"), "weight": 1.0}]  # fmt: skip
+    a, b, q = (random_image(tmp_path / f"{n}.png", (32, 32), seed=i) for i, n in enumerate("abq"))
+    pair = ["--exemplar", str(a), str(b), "--query", str(q), "--steps", "1"]
+    assert main(["infer", *pair, "--run", str(out), "-o", str(tmp_path / "run.npy")]) == 0
+    assert main(["infer", *pair, "-o", str(tmp_path / "flags.npy"), "--model", str(tiny_model / "base"),
+                 "--image-encoder", str(tiny_model / "image_encoder"), "--adapter", str(out / "adapter"),
+                 "--lora", f"{tmp_path / 'one.safetensors'}:0.25", "--lora", f"{tmp_path / 'two.safetensors'}:1"]) == 0  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "run.npy"), np.load(tmp_path / "flags.npy"))
+
+
 def test_full_mode_exports_a_base_that_infer_loads(tiny_model, data, tmp_path):
     out = tmp_path / "full"
     extra = ("train.mode=full", "train.train_image_encoder=true", "train.ema_decay=0.9", "train.validation_samples=0")

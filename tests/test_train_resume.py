@@ -47,7 +47,7 @@ def test_a_new_learning_rate_is_used_announced_and_recorded(tiny_model, data, tm
     adapter = yaml.safe_load((tiny_model / "adapter" / "config.json").read_text())
     assert saved["adapter"]["num_tokens"] == adapter["num_tokens"] == 128  # not the 4 asked for
     assert saved["run"] == {"base": str((tiny_model / "base").resolve()), "image_encoder": str((tiny_model / "image_encoder").resolve()),
-                            "adapter": "adapter", "lora": "lora", "step": 3}  # fmt: skip
+                            "adapter": "adapter", "lora": "lora", "base_loras": [], "step": 3}  # fmt: skip
     checkpoint = yaml.safe_load((out / "checkpoints" / "checkpoint-00000003" / "config.yaml").read_text())
     assert checkpoint["train"]["learning_rate"] == 1e-2 and checkpoint["run"] is None
 

@@ -529,17 +529,16 @@ def run_config(run: Run, made: dict[str, str]) -> RelationConfig:
 
     Parts the run did not write are its sources: ``model.base`` as written when it is not a folder
     (``demo``, a hub id), else the folder's absolute path; likewise the image encoder; in adapter mode
-    the LoRA that was fused into the base while the adapter trained.
+    every LoRA that was fused into the base while the adapter trained, at its weight x ``lora.scale``.
     """
-    from ..config import RunSection
+    from ..config import LoraFile, RunSection
 
     cfg, sources = run.cfg.model_copy(deep=True), run.sources
     base = made.get("base") or (DEMO if cfg.model.base == DEMO else _where(sources.base))
-    lora = made.get("lora")
-    if lora is None and cfg.train.mode == "adapter" and len(sources.loras) == 1:
-        lora = _where(sources.loras[0].path)
+    fused = sources.loras if cfg.train.mode == "adapter" else ()
     cfg.run = RunSection(base=base, image_encoder=made.get("image_encoder") or _where(sources.image_encoder),
-                         adapter=made.get("adapter"), lora=lora, step=run.step)  # fmt: skip
+                         adapter=made.get("adapter"), lora=made.get("lora"), step=run.step,
+                         base_loras=[LoraFile(path=_where(f.path), weight=f.weight * cfg.lora.scale) for f in fused])  # fmt: skip
     return cfg
 
 
