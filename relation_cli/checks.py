@@ -458,7 +458,38 @@ def _train_lora_problems(cfg: RelationConfig, command: str) -> list[str]:
     if paths[0].weight != 1:
         return [f"train.mode=lora continues the LoRA '{paths[0].path}' as it is; a weight ({paths[0].weight:g}) "
                 "applies when it is used, not when it trains: drop ':W'"]  # fmt: skip
+    keys = _safetensors_keys(paths[0].path)
+    text = [k for k in keys or () if k.startswith(TEXT_ENCODER_KEYS)]
+    if text:
+        return [lora_mode_refusal(paths[0].path, len(text) == len(keys))]
     return []
+
+
+TEXT_ENCODER_KEYS = ("text_encoder.", "lora_te", "text_encoders.")
+"""How a LoRA file's text-encoder keys begin: diffusers' ``text_encoder.``, kohya's ``lora_te*_``, ComfyUI's
+``text_encoders.``."""
+
+
+def lora_mode_refusal(path: str | Path, text_only: bool) -> str:
+    """The one message for a LoRA with a text-encoder part given to ``train.mode=lora``."""
+    what = "no transformer part" if text_only else "a text-encoder part too"
+    return (f"lora '{path}': has {what}; train.mode=lora trains the transformer's LoRA alone, and would save it "
+            "without the rest: train.mode=adapter fuses the whole LoRA into the base instead")
+
+
+def _safetensors_keys(path: str | Path) -> list[str] | None:
+    """The tensor names in a ``.safetensors`` file's header (or the folder's ``pytorch_lora_weights.safetensors``),
+    no weights read; None when there is no readable header (:func:`lora_problem` says why)."""
+    p = Path(path) / LORA_WEIGHT_NAME if Path(path).is_dir() else Path(path)
+    try:
+        with p.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= p.stat().st_size - 8:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError):
+        return None
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
 def _package_problems(cfg: RelationConfig, command: str) -> list[str]:

@@ -348,11 +348,10 @@ def continue_lora(pipe, loras: Sequence[LoraFile], adapter_name: str, allow_part
     """Training in lora mode: the one LoRA of ``lora.paths`` is trained further, at its own rank and alpha."""
     if len(loras) != 1:
         raise RelationError(f"train.mode=lora continues one LoRA; lora.paths has {len(loras)}")
+    from .checks import lora_mode_refusal
+
     lora = read_lora(loras[0].path)
     parts = {key.split(".", 1)[0] for key in converted(lora, pipe)[0]}
-    if parts != {"transformer"}:
-        what = "no transformer part" if "transformer" not in parts else "a text-encoder part too"
-        raise RelationError(f"lora '{lora.path}': has {what}; train.mode=lora trains the transformer's LoRA alone, "
-                            "and would save it without the rest: train.mode=adapter fuses the whole LoRA into the "
-                            "base instead")  # fmt: skip
+    if parts != {"transformer"}:  # the configuration's check reads the keys; this, what diffusers makes of them
+        raise RelationError(lora_mode_refusal(lora.path, "transformer" not in parts))
     load_lora(pipe, lora, adapter_name, allow_partial)

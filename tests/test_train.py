@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from relation_cli.cli import main
 from relation_cli.config import load_config
+from relation_cli.errors import RelationError
 from relation_cli.train.data import collate
 
 
@@ -390,12 +392,20 @@ def test_lora_mode_refuses_a_lora_with_a_text_encoder_part(tiny_model, data, tmp
     """train.mode=lora trains the transformer's LoRA: a file with a text-encoder part is refused before training (a
     text-only one failed after training with an internal error; a mixed one lost its text part on export)."""
     lora = _text_encoder_lora(tiny_model, tmp_path / "te.safetensors", with_transformer)
-    assert main(train_args(tiny_model, data, tmp_path / "r", 1, f"lora.paths=[{lora}]", "train.validation_samples=0")) == 1
-    err = capsys.readouterr().err
     what = "a text-encoder part too" if with_transformer else "no transformer part"
-    assert err == (f"error: lora '{lora}': has {what}; train.mode=lora trains the transformer's LoRA alone, and would "
-                   "save it without the rest: train.mode=adapter fuses the whole LoRA into the base instead\n")
+    said = (f"lora '{lora}': has {what}; train.mode=lora trains the transformer's LoRA alone, and would save it "
+            "without the rest: train.mode=adapter fuses the whole LoRA into the base instead")
+    for dry in (["--dry-run"], []):  # the configuration's check, before the model loads
+        assert main(train_args(tiny_model, data, tmp_path / "r", 1, f"lora.paths=[{lora}]", "train.validation_samples=0") + dry) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
     assert not (tmp_path / "r").exists()
+    from relation_cli.lora import continue_lora
+    from relation_cli.model import load_pipeline
+
+    pipe = load_pipeline(load_config(None, [*tiny_overrides(tiny_model), "model.device=cpu"]))
+    with pytest.raises(RelationError, match=f"^{re.escape(said)}$"):  # and what diffusers makes of the keys, after
+        continue_lora(pipe, load_config(None, [f"lora.paths=[{lora}]"]).lora.paths, "trained")
 
 
 def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path):
