@@ -55,6 +55,45 @@ _KOHYA_FLUX = tuple(f"lora_unet_{name}" for name in ("double_blocks_", "single_b
                                                       "vector_in_", "guidance_in_", "final_layer_"))  # diffusers' converter's
 
 
+def _left_out_by_converter(lora: LoraWeights) -> dict[str, list[str]]:
+    """The non-zero tensors of a kohya file that diffusers' FLUX converter (``_convert_kohya_flux_lora_to_diffusers``)
+    drops with an info log line only, by kind: T5 (``lora_te2_*``, ComfyUI's ``text_encoders.t5xxl.``), bias and
+    norm differences (``.diff_b``, ``.norm...diff``), position embeddings, the text projection, and any key of no
+    part it reads (``lora_unet_``, ``lora_te_``, ``lora_te1_`` after ComfyUI's prefixes are renamed). All-zero
+    tensors change nothing and are not counted. ``{}`` for other layouts and for kohya's mixture form."""
+    keys = list(lora.state)
+    if lora.layout != "kohya" or any(k.startswith("lora_transformer_") for k in keys):
+        return {}
+    norm_diff = any(".norm" in k and ".diff" in k for k in keys)
+    left: dict[str, list[str]] = {}
+    for key, value in lora.state.items():
+        renamed = key.replace("diffusion_model.", "lora_unet_").replace("text_encoders.clip_l.transformer.", "lora_te_")
+        what = ("the T5 text encoder" if renamed.startswith(("lora_te2_", "text_encoders.t5xxl.")) else
+                "bias differences (.diff_b)" if ".diff_b" in renamed else
+                "norm differences (.diff)" if norm_diff and (".norm" in renamed or ".diff" in renamed) else
+                "position embeddings" if "position_embedding" in renamed else
+                "the text projection" if "text_projection" in renamed else
+                "keys of no part it reads" if not renamed.startswith(("lora_unet_", "lora_te_", "lora_te1_")) else None)  # fmt: skip
+        if what and value.count_nonzero():
+            left.setdefault(what, []).append(key)
+    return left
+
+
+def _check_converter_keeps(lora: LoraWeights, allow_partial: bool) -> None:
+    """Refuse a kohya file whose tensors diffusers' converter would leave out (:func:`_left_out_by_converter`), or,
+    with ``allow_partial``, warn and go on without them."""
+    left = _left_out_by_converter(lora)
+    if not left:
+        return
+    count = sum(map(len, left.values()))
+    kinds = "; ".join(f"{what}: {counted(len(ks), 'tensor')}, e.g. {ks[0]}" for what, ks in left.items())
+    what = (f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]}): diffusers' FLUX converter leaves out "
+            f"{counted(count, 'non-zero tensor')} of it ({kinds})")  # fmt: skip
+    if not allow_partial:
+        raise RelationError(f"{what}; they would not be applied: load the rest with --set lora.allow_partial=true")
+    log.warning("warning: %s; loading the rest (lora.allow_partial)", what)
+
+
 def _converter_error(e: BaseException) -> str:
     """What diffusers' converter said, in one line: a key it looked for and the file lacks, or the first keys it
     could not place (its message lists them after an empty line)."""
@@ -231,6 +270,7 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     and peft's own log lines and warnings while loading are held back: a LoRA that does not load is
     one RelationError line.
     """
+    _check_converter_keeps(lora, allow_partial)
     state, alphas = converted(lora, pipe)
     state = _text_encoder_in_peft_form(state, pipe)
     state = fitting_state(lora, state, pipe, allow_partial)

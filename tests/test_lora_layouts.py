@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -438,3 +440,27 @@ def test_a_tensor_under_both_names_is_refused(tiny_model, tmp_path):
     with pytest.raises(RelationError, match=rf"holds {name}\.lora_A\.weight twice, also as {name}\.lora_A\.default\.weight "
                                             r"\(peft's name of adapter 'default'\); save one of them$"):  # fmt: skip
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'both.safetensors'}}}]")
+
+
+def test_kohya_tensors_the_converter_leaves_out_are_refused_unless_allowed(tiny_model, tmp_path, caplog):
+    """diffusers' FLUX kohya converter drops T5 (lora_te2_*) and bias-difference (diff_b) tensors with an info log
+    line: the LoRA loaded in part, in silence. They are named, and loaded without only with lora.allow_partial;
+    all-zero ones (which change nothing) are not counted."""
+    base = _base_weights(tiny_model)
+    factors = {n: f for n, f in _factors(base, 22).items() if n.endswith("to_out.0")}
+    down, up = factors["transformer_blocks.1.attn.to_out.0"]
+    key = "lora_unet_double_blocks_1_img_attn_proj"
+    state = {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)}
+    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    save_file(state | {f"{t5}.lora_down.weight": torch.ones(RANK, 8), f"{t5}.lora_up.weight": torch.ones(8, RANK),
+                       f"{key}.diff_b": torch.ones(32), "lora_unet_final_layer_linear.diff_b": torch.zeros(32)},
+              tmp_path / "dropped.safetensors")  # fmt: skip
+    path = f"lora.paths=[{{path: {tmp_path / 'dropped.safetensors'}}}]"
+    said = (r"diffusers' FLUX converter leaves out 3 non-zero tensors of it \(the T5 text encoder: 2 tensors, e\.g\. "
+            rf"{t5}\.lora_down\.weight; bias differences \(\.diff_b\): 1 tensor, e\.g\. {key}\.diff_b\)")
+    with pytest.raises(RelationError, match=said + "; they would not be applied: load the rest with --set lora.allow_partial=true$"):
+        _load(tiny_model, path)
+    with caplog.at_level("WARNING", logger="relation_cli.lora"):
+        pipe = _load(tiny_model, path, "lora.allow_partial=true")
+    _assert_close(_fused(pipe), _expected(base, (factors, 4.0 / RANK)))
+    assert re.search(said + "; loading the rest", caplog.messages[-1]), caplog.messages
