@@ -17,7 +17,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
-from .errors import RelationError
+from .errors import RelationError, first_line
 from .fs import check_writable, not_found
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -95,12 +95,15 @@ def source_problem(key: str, name: str, marker: str) -> str | None:
     if not looks_local(name):
         return None
     path = Path(name).expanduser()
-    if not path.is_dir():
-        return f"{key} '{name}': folder not found (or not a hub id of the form owner/name)"
-    if not (path / marker).is_file():
-        if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
-            return f"{key} '{name}': a training run, not a model folder; use --run {name}"
-        return f"{key} '{name}': no {marker} in this folder{_marker_near(key, path, marker)}"
+    try:
+        if not path.is_dir():
+            return f"{key} '{name}': folder not found (or not a hub id of the form owner/name)"
+        if not (path / marker).is_file():
+            if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
+                return f"{key} '{name}': a training run, not a model folder; use --run {name}"
+            return f"{key} '{name}': no {marker} in this folder{_marker_near(key, path, marker)}"
+    except PermissionError as e:
+        return f"{key} '{name}': cannot be read ({first_line(e)})"
     return None
 
 
@@ -109,7 +112,13 @@ def _marker_near(key: str, path: Path, marker: str) -> str:
     of relation's parts (``relation init-model``'s base/, image_encoder/, adapter/) given as the base, one part of
     a model (its ``transformer/``), or the file one or two levels down (a hub cache's ``snapshots/<hash>/``;
     several such folders are listed, up to 3)."""
-    path = path.resolve()  # the folders above '.' have names
+    try:
+        return _marker_near_in(key, path.resolve(), marker)  # the folders above '.' have names
+    except OSError:  # a folder near it that cannot be read: no hint
+        return ""
+
+
+def _marker_near_in(key: str, path: Path, marker: str) -> str:
     if key == "model.base" and (path / "base" / marker).is_file() and (path / "adapter").is_dir():
         return (f"; it holds a whole relation model (base/, image_encoder/, adapter/): pass --model {path / 'base'} "
                 f"--image-encoder {path / 'image_encoder'} --adapter {path / 'adapter'}")  # fmt: skip
@@ -117,6 +126,8 @@ def _marker_near(key: str, path: Path, marker: str) -> str:
         return f"; it is one part of '{path.parent}', which has {marker}: pass that"
     for depth in (1, 2):
         found = sorted({f.parent for f in path.glob("*/" * depth + marker) if f.is_file()})
+        if key == "model.image_encoder":  # a folder with a config.json of another model would be refused in turn
+            found = [f for f in found if image_encoder_problem(str(f)) is None]
         if len(found) == 1:
             return f"; '{found[0]}' has it: pass that"
         if found:

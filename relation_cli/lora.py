@@ -29,6 +29,12 @@ CONVERT_HINT = (
 )
 
 
+TEXT_ENCODER_HINT = (
+    "save it in diffusers format (FluxPipeline.save_lora_weights, keys text_encoder.<module>.lora_A.weight) for "
+    "the CLIP text encoder of model.base"
+)
+
+
 def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], dict | None]:
     """``lora.state`` in diffusers' layout, by diffusers' own converters (``Flux2LoraLoaderMixin``'s for a
     FLUX.2 ``pipe``, which bake alphas in; FLUX.1's otherwise); returns ``(state, network_alphas)``."""
@@ -332,8 +338,9 @@ def _check_loaded(pipe, lora: LoraWeights, state: dict[str, torch.Tensor], adapt
         holder = getattr(modules.get(component, {}).get(name), f"lora_{half}", {})
         loaded = getattr(holder[adapter_name], leaf or "weight", None) if adapter_name in holder else None
         if loaded is None or loaded.shape != value.shape or not _same(loaded.detach(), value.to(loaded)):
+            hint = CONVERT_HINT if component == "transformer" else TEXT_ENCODER_HINT
             raise RelationError(f"lora '{lora.path}': {key} did not load into the model (diffusers and transformers "
-                                f"leave out keys of a form they do not read, with a log line only); {CONVERT_HINT}")  # fmt: skip
+                                f"leave out keys of a form they do not read, with a log line only); {hint}")  # fmt: skip
 
 
 @contextmanager

@@ -848,6 +848,23 @@ def test_an_output_that_names_no_file_is_refused_as_typed(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_model_folder_that_cannot_be_read_is_one_line(tiny_model, tmp_path, capsys, monkeypatch):
+    """A --model folder (or one the hint looks into) without permission: one line, not an internal error."""
+    from pathlib import Path as P
+
+    real = P.is_file
+    for blocked in (tmp_path / "m" / "model_index.json", tmp_path / "m" / "base" / "model_index.json"):
+        (tmp_path / "m" / "adapter").mkdir(parents=True, exist_ok=True)
+        monkeypatch.setattr(P, "is_file", lambda self, b=blocked: (_ for _ in ()).throw(PermissionError(13, "Permission denied", str(b)))
+                            if self == b else real(self))  # fmt: skip
+        args = ["--model", str(tmp_path / "m"), "--image-encoder", str(tiny_model / "image_encoder"), "--adapter", str(tiny_model / "adapter")]
+        assert main(["infer", *args, "--exemplar", *(str(ROOT / "examples" / n) for n in ("exemplar_before.png", "exemplar_after.png")),
+                     "--query", str(ROOT / "examples" / "query.png"), "--output", str(tmp_path / "o.png")]) == 1  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "internal error" not in err, err
+        assert f"model.base '{tmp_path / 'm'}': " in err, err
+
+
 def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_path, capsys, monkeypatch):
     """--model given the folder init-model wrote (base/, image_encoder/, adapter/), one part of a base, or a hub
     cache's model folder (the base under snapshots/<hash>/): the refusal says what to pass instead."""
@@ -869,6 +886,13 @@ def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_pat
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models--owner--name"]
+    hints = {tiny_model: f"no config.json in this folder; '{tiny_model / 'image_encoder'}' has it: pass that",  # not adapter/
+             tiny_model / "base": "no config.json in this folder\n"}  # no SigLIP among its parts: no hint
+    for encoder, said in hints.items():
+        args = ["--model", str(tiny_model / "base"), "--image-encoder", str(encoder), "--adapter", str(tiny_model / "adapter")]
+        assert main(["infer", *args, "--exemplar", *pair, "--query", query, "--output", str(tmp_path / "o.png")]) == 1
+        err = capsys.readouterr().err
+        assert said in err, err
     monkeypatch.chdir(tiny_model / "base" / "transformer")  # '.': the folder above is named by its path
     assert main(["infer", "--model", ".", "--exemplar", *pair, "--query", query, "--output", str(tmp_path / "o.png")]) == 1
     assert f"it is one part of '{(tiny_model / 'base').resolve()}', which has model_index.json" in capsys.readouterr().err
