@@ -333,6 +333,19 @@ def test_the_layout_hint_names_folders_given_relative(raw, tmp_path, capsys, mon
     assert leftovers(tmp_path, "out") == []
 
 
+def test_prepare_given_its_own_output_says_it_is_ready(prepared, tmp_path, capsys):
+    """prepare's output folder, or its train.jsonl, given to prepare again: one line saying it is prepared and where
+    it goes (the rows file listed cond1, cond2 as unknown fields, entry by entry)."""
+    out, _ = prepared
+    for given, what in ((out, "a folder relation prepare wrote"),
+                        (out / "train.jsonl", "rows relation prepare wrote (cond1, cond2, source, target)")):  # fmt: skip
+        assert main(["prepare", str(given), "--output", str(tmp_path / "again")]) == 1
+        assert capsys.readouterr().err == (f"error: input '{given}': {what}, ready to use: pass train.jsonl to relation "
+                                           "train (train.data) and test_seen.jsonl / test_unseen.jsonl to relation eval "
+                                           "(--input)\n")  # fmt: skip
+    assert leftovers(tmp_path, "again") == []
+
+
 def test_several_layouts_below_are_listed(tmp_path, capsys):
     """A folder with the layout in several folders below it (two downloads, one per split): they are named, up to 3."""
     for name in ("a", "b", "c", "d"):

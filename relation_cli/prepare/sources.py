@@ -112,6 +112,10 @@ def read_source(path: str | Path) -> Source:
     path = Path(path)
     if not path.exists():
         raise RelationError(f"input '{path}': not found")
+    if _already_prepared(path):
+        what = "a folder relation prepare wrote" if path.is_dir() else "rows relation prepare wrote (cond1, cond2, source, target)"
+        raise RelationError(f"input '{path}': {what}, ready to use: pass train.jsonl to relation train (train.data) "
+                            "and test_seen.jsonl / test_unseen.jsonl to relation eval (--input)")  # fmt: skip
     if path.is_dir():
         files = sorted(path.glob(LAYOUT_GLOB))
         if not files:
@@ -132,6 +136,22 @@ def read_source(path: str | Path) -> Source:
         raise RelationError(f"input '{path}': holds no entries")
     source.seen.clear()
     return source
+
+
+def _already_prepared(path: Path) -> bool:
+    """Whether ``path`` is relation prepare's output: a folder with its ``manifest.json`` and ``train.jsonl``, or a
+    rows file whose first entry has the analogy fields ``cond1`` and ``cond2`` (read no further)."""
+    if path.is_dir():
+        return (path / "manifest.json").is_file() and (path / "train.jsonl").is_file()
+    if path.suffix.lower() != ".jsonl":
+        return False
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            first = next((line for line in f if line.strip()), "")
+        entry = json.loads(first)
+    except (OSError, ValueError):  # reading it for real says what is wrong
+        return False
+    return isinstance(entry, dict) and {"cond1", "cond2"} <= entry.keys()
 
 
 def _layout_near(path: Path) -> str:
