@@ -276,8 +276,8 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     and peft's own log lines and warnings while loading are held back: a LoRA that does not load is
     one RelationError line.
     """
+    state, alphas = converted(lora, pipe)  # first: a kohya LoRA of another model (SDXL's lora_te2_ is not T5) says so
     _check_converter_keeps(lora, allow_partial)
-    state, alphas = converted(lora, pipe)
     state = _text_encoder_in_peft_form(state, pipe)
     state = fitting_state(lora, state, pipe, allow_partial)
     check_whole(lora, state)
