@@ -207,7 +207,7 @@ def test_kohya_keys_of_another_model_are_named_so(tiny_model, tmp_path):
                                                 r"\.weight; .*\): a LoRA for another model"):  # fmt: skip
             _load(tiny_model, f"lora.paths=[{{path: {tmp_path / f'{name}.safetensors'}}}]")
     sdxl = {f"lora_{part}.lora_{half}.weight": t.clone() for part in ("unet_down_blocks_1_attentions_0_proj_in",
-            "te2_text_model_encoder_layers_0_self_attn_q_proj") for half, t in (("down", a), ("up", b))}  # fmt: skip
+            "te2_text_model_encoder_layers_0_self_attn_q_proj") for half, t in (("down", a + 1), ("up", b + 1))}  # fmt: skip
     save_file(sdxl, tmp_path / "sdxl.safetensors")  # its lora_te2_ is CLIP-G, not FLUX's T5: named as another model's
     with pytest.raises(RelationError, match=r"kohya keys of no FLUX transformer block .*: a LoRA for another model"):
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'sdxl.safetensors'}}}]")
