@@ -62,39 +62,53 @@ _KOHYA_FLUX = tuple(f"lora_unet_{name}" for name in ("double_blocks_", "single_b
 
 
 def _left_out_by_converter(lora: LoraWeights) -> dict[str, list[str]]:
-    """The non-zero tensors of a kohya file that diffusers' FLUX converter (``_convert_kohya_flux_lora_to_diffusers``)
-    drops with an info log line only, by kind: T5 (``lora_te2_*``, ComfyUI's ``text_encoders.t5xxl.``), bias and
-    norm differences (``.diff_b``, ``.norm...diff``), position embeddings, the text projection, and any key of no
-    part it reads (``lora_unet_``, ``lora_te_``, ``lora_te1_`` after ComfyUI's prefixes are renamed). All-zero
-    tensors change nothing and are not counted. ``{}`` for other layouts and for kohya's mixture form."""
+    """The parts of a kohya file that change the model and that diffusers drops with a log line only, by kind, each
+    as its first key: DoRA scales (``.dora_scale``, which its FLUX loader filters out), and what its FLUX converter
+    (``_convert_kohya_flux_lora_to_diffusers``) leaves out: T5 (``lora_te2_*``, ComfyUI's ``text_encoders.t5xxl.``),
+    bias and norm differences (``.diff_b``, ``.norm...diff``), position embeddings, the text projection, and keys
+    of no part it reads (``lora_unet_``, ``lora_te_``, ``lora_te1_`` once ComfyUI's prefixes are renamed; a file
+    with ``transformer.`` keys keeps those alone). A part is a module (its ``lora_down``, ``lora_up``, ``.alpha``)
+    or a lone tensor; one with an all-zero half, or all zero, changes nothing and is not counted. ``{}`` for other
+    layouts and for kohya's mixture form."""
     keys = list(lora.state)
     if lora.layout != "kohya" or any(k.startswith("lora_transformer_") for k in keys):
         return {}
+    peft_kept = any(k.startswith("transformer.") for k in keys)  # diffusers' branch for files with both forms
     norm_diff = any(".norm" in k and ".diff" in k for k in keys)
+    parts: dict[str, list[str]] = {}
+    for key in keys:
+        parts.setdefault(_KOHYA_HALF.sub("", key), []).append(key)
     left: dict[str, list[str]] = {}
-    for key, value in lora.state.items():
-        renamed = key.replace("diffusion_model.", "lora_unet_").replace("text_encoders.clip_l.transformer.", "lora_te_")
-        what = ("the T5 text encoder" if renamed.startswith(("lora_te2_", "text_encoders.t5xxl.")) else
+    if scales := [k for k in keys if k.endswith(".dora_scale")]:
+        left["DoRA scales (.dora_scale)"] = scales
+    for name, part_keys in parts.items():
+        renamed = name.replace("diffusion_model.", "lora_unet_").replace("text_encoders.clip_l.transformer.", "lora_te_")
+        what = (("keys other than its transformer. ones" if not name.startswith("transformer.") else None) if peft_kept else
+                "the T5 text encoder" if renamed.startswith(("lora_te2_", "text_encoders.t5xxl.")) else
                 "bias differences (.diff_b)" if ".diff_b" in renamed else
                 "norm differences (.diff)" if norm_diff and (".norm" in renamed or ".diff" in renamed) else
                 "position embeddings" if "position_embedding" in renamed else
                 "the text projection" if "text_projection" in renamed else
                 "keys of no part it reads" if not renamed.startswith(("lora_unet_", "lora_te_", "lora_te1_")) else None)  # fmt: skip
-        if what and value.count_nonzero():
-            left.setdefault(what, []).append(key)
+        weights = [k for k in part_keys if not k.endswith((".alpha", ".dora_scale"))]
+        if what and weights and all(lora.state[k].count_nonzero() for k in weights):
+            left.setdefault(what, []).append(weights[0])
     return left
 
 
+_KOHYA_HALF = re.compile(r"\.(lora_down\.weight|lora_up\.weight|alpha|dora_scale)$")
+
+
 def _check_converter_keeps(lora: LoraWeights, allow_partial: bool) -> None:
-    """Refuse a kohya file whose tensors diffusers' converter would leave out (:func:`_left_out_by_converter`), or,
-    with ``allow_partial``, warn and go on without them."""
+    """Refuse a kohya file with parts diffusers would leave out (:func:`_left_out_by_converter`), or, with
+    ``allow_partial``, warn and go on without them."""
     left = _left_out_by_converter(lora)
     if not left:
         return
     count = sum(map(len, left.values()))
-    kinds = "; ".join(f"{what}: {counted(len(ks), 'tensor')}, e.g. {ks[0]}" for what, ks in left.items())
-    what = (f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]}): diffusers' FLUX converter leaves out "
-            f"{counted(count, 'non-zero tensor')} of it ({kinds})")  # fmt: skip
+    kinds = "; ".join(f"{what}: {len(ks)}, e.g. {ks[0]}" for what, ks in left.items())
+    what = (f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]}): diffusers leaves out {counted(count, 'part')} of it "
+            f"that change the model ({kinds})")  # fmt: skip
     if not allow_partial:
         raise RelationError(f"{what}; they would not be applied: load the rest with --set lora.allow_partial=true")
     log.warning("warning: %s; loading the rest (lora.allow_partial)", what)

@@ -458,15 +458,52 @@ def test_kohya_tensors_the_converter_leaves_out_are_refused_unless_allowed(tiny_
     key = "lora_unet_double_blocks_1_img_attn_proj"
     state = {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)}
     t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    zero_t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_k"  # an all-zero half: changes nothing, not counted
     save_file(state | {f"{t5}.lora_down.weight": torch.ones(RANK, 8), f"{t5}.lora_up.weight": torch.ones(8, RANK),
+                       f"{t5}.alpha": torch.tensor(4.0), f"{zero_t5}.lora_down.weight": torch.ones(RANK, 8),
+                       f"{zero_t5}.lora_up.weight": torch.zeros(8, RANK), f"{zero_t5}.alpha": torch.tensor(4.0),
                        f"{key}.diff_b": torch.ones(32), "lora_unet_final_layer_linear.diff_b": torch.zeros(32)},
               tmp_path / "dropped.safetensors")  # fmt: skip
     path = f"lora.paths=[{{path: {tmp_path / 'dropped.safetensors'}}}]"
-    said = (r"diffusers' FLUX converter leaves out 3 non-zero tensors of it \(the T5 text encoder: 2 tensors, e\.g\. "
-            rf"{t5}\.lora_down\.weight; bias differences \(\.diff_b\): 1 tensor, e\.g\. {key}\.diff_b\)")
+    said = (r"diffusers leaves out 2 parts of it that change the model \(the T5 text encoder: 1, e\.g\. "
+            rf"{t5}\.lora_down\.weight; bias differences \(\.diff_b\): 1, e\.g\. {key}\.diff_b\)")
     with pytest.raises(RelationError, match=said + "; they would not be applied: load the rest with --set lora.allow_partial=true$"):
         _load(tiny_model, path)
     with caplog.at_level("WARNING", logger="relation_cli.lora"):
         pipe = _load(tiny_model, path, "lora.allow_partial=true")
     _assert_close(_fused(pipe), _expected(base, (factors, 4.0 / RANK)))
     assert re.search(said + "; loading the rest", caplog.messages[-1]), caplog.messages
+    zeros = {f"{zero_t5}.lora_down.weight": torch.ones(RANK, 8), f"{zero_t5}.lora_up.weight": torch.zeros(8, RANK),
+             f"{zero_t5}.alpha": torch.tensor(4.0)}  # fmt: skip
+    save_file(state | zeros, tmp_path / "zero-t5.safetensors")  # all it would leave out changes nothing: loads
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'zero-t5.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 4.0 / RANK)))
+
+
+def test_kohya_form_keys_with_diffusers_names_load(tiny_model, tmp_path):
+    """transformer.<module>.lora_down/lora_up keys (kohya's halves, diffusers' names): diffusers keeps the transformer.
+    keys of such a file, so nothing is said to be left out; a kohya key beside them is (diffusers drops it)."""
+    base = _base_weights(tiny_model)
+    factors = _factors(base, 23)
+    state = {k.replace(".lora_A.", ".lora_down.").replace(".lora_B.", ".lora_up."): v
+             for k, v in _peft_state(factors, "transformer.").items()}  # fmt: skip
+    save_file(state, tmp_path / "named.safetensors")
+    pipe = _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'named.safetensors'}}}]")
+    _assert_close(_fused(pipe), _expected(base, (factors, 1.0)))
+    extra = "lora_unet_double_blocks_1_img_attn_proj"
+    save_file(state | {f"{extra}.lora_down.weight": torch.ones(RANK, 32), f"{extra}.lora_up.weight": torch.ones(32, RANK)},
+              tmp_path / "mixed.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match=rf"leaves out 1 part of it that change the model \(keys other than its "
+                                            rf"transformer\. ones: 1, e\.g\. {extra}\.lora_down\.weight\)"):  # fmt: skip
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'mixed.safetensors'}}}]")
+
+
+def test_kohya_dora_scales_are_named(tiny_model, tmp_path):
+    """diffusers filters kohya DoRA scales out with a warning (held back): the LoRA would load as a plain one."""
+    factors = {n: f for n, f in _factors(_base_weights(tiny_model), 24).items() if n.endswith("to_out.0")}
+    down, up = factors["transformer_blocks.1.attn.to_out.0"]
+    key = "lora_unet_double_blocks_1_img_attn_proj"
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.dora_scale": torch.ones(1, 32)},
+              tmp_path / "dora.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match=rf"\(DoRA scales \(\.dora_scale\): 1, e\.g\. {key}\.dora_scale\)"):
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'dora.safetensors'}}}]")
