@@ -86,8 +86,13 @@ def raise_problems(problems: list[str], what: str = "the configuration") -> None
 
 
 def looks_local(name: str) -> bool:
-    """A folder, not a hub id: it exists, starts like a path, or is not of the form ``owner/name``."""
-    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+    """A folder, not a hub id: it exists (or is in a folder that cannot be searched), starts like a path, or is
+    not of the form ``owner/name``."""
+    try:
+        exists = Path(name).exists()
+    except OSError:
+        exists = True
+    return exists or name.startswith((".", "/", "~")) or name.count("/") != 1
 
 
 def source_problem(key: str, name: str, marker: str) -> str | None:
@@ -471,7 +476,7 @@ def _train_lora_problems(cfg: RelationConfig, command: str) -> list[str]:
                 "applies when it is used, not when it trains: drop ':W'"]  # fmt: skip
     keys = _safetensors_keys(paths[0].path)
     text = [k for k in keys or () if k.startswith(TEXT_ENCODER_KEYS)]
-    if text:
+    if text and not all_zero(paths[0].path, text):
         return [lora_mode_refusal(paths[0].path, len(text) == len(keys))]
     return []
 
@@ -490,17 +495,34 @@ def lora_mode_refusal(path: str | Path, text_only: bool) -> str:
 
 def _safetensors_keys(path: str | Path) -> list[str] | None:
     """The tensor names in a ``.safetensors`` file's header (or the folder's ``pytorch_lora_weights.safetensors``),
-    no weights read; None when there is no readable header (:func:`lora_problem` says why)."""
-    p = Path(path) / LORA_WEIGHT_NAME if Path(path).is_dir() else Path(path)
+    no weights read; None when there is no readable header (:func:`lora_problem` says why; safetensors caps a
+    header at 100 MB)."""
+    p = _safetensors_file(path)
     try:
         with p.open("rb") as f:
             length = int.from_bytes(f.read(8), "little")
-            if not 0 < length <= p.stat().st_size - 8:
+            if not 0 < length <= min(p.stat().st_size - 8, 100_000_000):
                 return None
             header = json.loads(f.read(length))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+
+
+def _safetensors_file(path: str | Path) -> Path:
+    return Path(path) / LORA_WEIGHT_NAME if Path(path).is_dir() else Path(path)
+
+
+def all_zero(path: str | Path, keys: list[str]) -> bool:
+    """Whether every tensor ``keys`` names in a LoRA file, its ``.alpha`` values aside, is all zero (such parts
+    change nothing; converters purge them). False when the file cannot be read (loading says why)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(_safetensors_file(path), framework="pt") as f:
+            return all(not f.get_tensor(k).count_nonzero() for k in keys if not k.endswith(".alpha"))
+    except (SafetensorError, OSError):
+        return False
 
 
 def _package_problems(cfg: RelationConfig, command: str) -> list[str]:

@@ -409,9 +409,14 @@ def continue_lora(pipe, loras: Sequence[LoraFile], adapter_name: str, allow_part
     """Training in lora mode: the one LoRA of ``lora.paths`` is trained further, at its own rank and alpha."""
     if len(loras) != 1:
         raise RelationError(f"train.mode=lora continues one LoRA; lora.paths has {len(loras)}")
-    from .checks import lora_mode_refusal
+    from dataclasses import replace
+
+    from .checks import TEXT_ENCODER_KEYS, lora_mode_refusal
 
     lora = read_lora(loras[0].path)
+    text = [k for k in lora.state if k.startswith(TEXT_ENCODER_KEYS)]
+    if text and all(not lora.state[k].count_nonzero() for k in text if not k.endswith(".alpha")):
+        lora = replace(lora, state={k: v for k, v in lora.state.items() if k not in text})  # changes nothing: left out
     parts = {key.split(".", 1)[0] for key in converted(lora, pipe)[0]}
     if parts != {"transformer"}:  # the configuration's check reads the keys; this, what diffusers makes of them
         raise RelationError(lora_mode_refusal(lora.path, "transformer" not in parts))

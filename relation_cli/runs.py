@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .config import InferSection, RelationConfig, RunSection, read_yaml
+from .config import InferSection, LoraSection, RelationConfig, RunSection, read_yaml
 from .errors import RelationError
 
 RUN_CONFIG = "config.yaml"
@@ -59,6 +59,8 @@ def run_settings(run_dir: str | Path) -> dict:
         model["image_encoder"] = _inside(run_dir, run.image_encoder)
     loras = [{"path": _inside(run_dir, run.lora), "weight": 1.0}] if run.lora else []
     loras += [{"path": _inside(run_dir, f.path), "weight": f.weight} for f in run.base_loras]
+    if "base_loras" not in tree["run"] and (tree.get("train") or {}).get("mode") == "adapter":
+        loras = _fused_before_base_loras(run_dir, run, tree) or loras
     settings: dict = {"model": model, "lora": {"paths": loras}}
     if run.adapter:
         settings["adapter"] = {"path": _inside(run_dir, run.adapter)}
@@ -66,6 +68,18 @@ def run_settings(run_dir: str | Path) -> dict:
     if isinstance(infer, dict):  # overwrite is the user's choice, never a run's
         settings["infer"] = {k: v for k, v in infer.items() if k in InferSection.model_fields and k != "overwrite"}
     return settings
+
+
+def _fused_before_base_loras(run_dir: Path, run: RunSection, tree: dict) -> list[dict] | None:
+    """The LoRAs an adapter-mode run written before ``run.base_loras`` trained on: its config's ``lora.paths``, each
+    at weight x ``lora.scale`` (its ``run.lora`` named the one LoRA alone, at weight 1, and none of several); the
+    absolute path ``run.lora`` recorded for a lone one. None when that section does not read."""
+    try:
+        section = LoraSection.model_validate(tree.get("lora") or {})
+    except ValidationError:
+        return None
+    paths = [run.lora] if run.lora and len(section.paths) == 1 else [f.path for f in section.paths]
+    return [{"path": _inside(run_dir, p), "weight": f.weight * section.scale} for p, f in zip(paths, section.paths)]
 
 
 def refuse_run_config(cfg: RelationConfig, config: Path | None) -> None:

@@ -863,6 +863,15 @@ def test_a_model_folder_that_cannot_be_read_is_one_line(tiny_model, tmp_path, ca
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "internal error" not in err, err
         assert f"model.base '{tmp_path / 'm'}': " in err, err
+    monkeypatch.setattr(P, "is_file", real)
+    real_exists = P.exists  # the folder above cannot be searched: even exists() raises
+    monkeypatch.setattr(P, "exists", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied", str(self)))
+                        if str(self).startswith(str(tmp_path / "closed")) else real_exists(self))  # fmt: skip
+    args = ["--model", str(tmp_path / "closed" / "m"), "--image-encoder", str(tiny_model / "image_encoder"), "--adapter", str(tiny_model / "adapter")]
+    assert main(["infer", *args, "--exemplar", *(str(ROOT / "examples" / n) for n in ("exemplar_before.png", "exemplar_after.png")),
+                 "--query", str(ROOT / "examples" / "query.png"), "--output", str(tmp_path / "o.png")]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err and f"model.base '{tmp_path / 'closed' / 'm'}': " in err, err
 
 
 def test_a_base_folder_without_model_index_says_where_one_is(tiny_model, tmp_path, capsys, monkeypatch):

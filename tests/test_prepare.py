@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -343,7 +344,20 @@ def test_prepare_given_its_own_output_says_it_is_ready(prepared, tmp_path, capsy
         assert capsys.readouterr().err == (f"error: input '{given}': {what}, ready to use: pass train.jsonl to relation "
                                            "train (train.data) and test_seen.jsonl / test_unseen.jsonl to relation eval "
                                            "(--input)\n")  # fmt: skip
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))  # the same rows as a JSON list, which prepare also reads
+    assert main(["prepare", str(tmp_path / "rows.json"), "--output", str(tmp_path / "again")]) == 1
+    assert "': rows relation prepare wrote (cond1, cond2, source, target), ready to use" in capsys.readouterr().err
     assert leftovers(tmp_path, "again") == []
+
+
+def test_a_raw_folder_that_holds_a_manifest_is_still_read(raw, tmp_path, capsys):
+    """A Relation252K-layout folder that also has a manifest.json and a train.jsonl is read as the layout."""
+    shutil.copytree(raw, tmp_path / "raw")
+    (tmp_path / "raw" / "manifest.json").write_text("{}")
+    (tmp_path / "raw" / "train.jsonl").write_text("")
+    assert main(["prepare", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--set", "data.workers=1"]) == 0
+    assert (tmp_path / "out" / "train.jsonl").is_file()
 
 
 def test_several_layouts_below_are_listed(tmp_path, capsys):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, tiny_overrides
 from helpers import analogy_dataset, random_image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from relation_cli.cli import main
@@ -353,8 +353,6 @@ def test_encoding_cache_is_reused_by_a_second_run(tiny_model, data, tmp_path):
 
 def _text_encoder_lora(model: Path, path: Path, with_transformer: bool = True) -> Path:
     """A LoRA file with a CLIP text-encoder part (and a transformer part unless told), random weights."""
-    from safetensors.torch import save_file
-
     g = torch.Generator().manual_seed(0)
     state = {f"text_encoder.encoder.layers.0.self_attn.q_proj.lora_{h}.weight": torch.randn(*s, generator=g) * 0.1
              for h, s in (("A", (2, 32)), ("B", (32, 2)))}  # fmt: skip
@@ -377,7 +375,6 @@ def test_a_lora_fused_into_the_text_encoder_changes_the_text_cache_key(tiny_mode
                                                 "train.validation_samples=0", *extra))  # fmt: skip
         ids[name] = setup(cfg, resume=False).encoders.ids
     assert ids["none"]["text"] != ids["text"]["text"] == ids["text-again"]["text"]
-    from safetensors.torch import save_file
 
     only = {k: v for k, v in load_file(tmp_path / "te.safetensors").items() if k.startswith("transformer.")}
     save_file(only, tmp_path / "tr.safetensors")  # lora mode continues a transformer LoRA: CLIP is the base's
@@ -403,17 +400,34 @@ def test_lora_mode_refuses_a_lora_with_a_text_encoder_part(tiny_model, data, tmp
     from relation_cli.lora import continue_lora
     from relation_cli.model import load_pipeline
 
+    if with_transformer:  # an all-zero text part changes nothing: continued as a transformer LoRA
+        zero = {k: (v if k.startswith("transformer.") else torch.zeros_like(v)) for k, v in load_file(lora).items()}
+        save_file(zero, tmp_path / "zero-te.safetensors")
+        assert main(train_args(tiny_model, data, tmp_path / "z", 1, f"lora.paths=[{tmp_path / 'zero-te.safetensors'}]",
+                               "train.validation_samples=0")) == 0  # fmt: skip
+        assert (tmp_path / "z" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
     pipe = load_pipeline(load_config(None, [*tiny_overrides(tiny_model), "model.device=cpu"]))
     with pytest.raises(RelationError, match=f"^{re.escape(said)}$"):  # and what diffusers makes of the keys, after
         continue_lora(pipe, load_config(None, [f"lora.paths=[{lora}]"]).lora.paths, "trained")
+
+
+def test_lora_mode_check_reads_odd_headers_without_failing(tiny_model, data, tmp_path, capsys):
+    """The configuration's look at a LoRA's keys (train.mode=lora) leaves an unreadable header to the file checks: a
+    deeply nested one was an internal RecursionError."""
+    from relation_cli.checks import _safetensors_keys
+
+    header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    (tmp_path / "deep.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    assert _safetensors_keys(tmp_path / "deep.safetensors") is None
+    main(train_args(tiny_model, data, tmp_path / "r", 1, f"lora.paths=[{tmp_path / 'deep.safetensors'}]") + ["--dry-run"])
+    assert "internal error" not in capsys.readouterr().err
 
 
 def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path):
     """Adapter mode over two LoRAs at weights 0.5 and 2, lora.scale 0.5: the run's config names both at the weights
     the base had (0.25, 1), and --run edits with them (the run named none unless there was exactly one, and that one
     at weight 1, so --run edited with another base than the adapter trained on)."""
-    from safetensors.torch import save_file
-
     from relation_cli.runs import run_settings
 
     g = torch.Generator().manual_seed(1)
@@ -433,6 +447,13 @@ def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_pat
                  "--image-encoder", str(tiny_model / "image_encoder"), "--adapter", str(out / "adapter"),
                  "--lora", f"{tmp_path / 'one.safetensors'}:0.25", "--lora", f"{tmp_path / 'two.safetensors'}:1"]) == 0  # fmt: skip
     assert np.array_equal(np.load(tmp_path / "run.npy"), np.load(tmp_path / "flags.npy"))
+    import yaml
+
+    tree = yaml.safe_load((out / "config.yaml").read_text())  # as a run written before run.base_loras recorded it
+    del tree["run"]["base_loras"]
+    (out / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert run_settings(out)["lora"]["paths"] == [{"path": str(tmp_path / "one.safetensors"), "weight": 0.25},
+                                                  {"path": str(tmp_path / "two.safetensors"), "weight": 1.0}]  # fmt: skip
 
 
 def test_full_mode_exports_a_base_that_infer_loads(tiny_model, data, tmp_path):

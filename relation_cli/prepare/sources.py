@@ -139,17 +139,21 @@ def read_source(path: str | Path) -> Source:
 
 
 def _already_prepared(path: Path) -> bool:
-    """Whether ``path`` is relation prepare's output: a folder with its ``manifest.json`` and ``train.jsonl``, or a
-    rows file whose first entry has the analogy fields ``cond1`` and ``cond2`` (read no further)."""
-    if path.is_dir():
-        return (path / "manifest.json").is_file() and (path / "train.jsonl").is_file()
-    if path.suffix.lower() != ".jsonl":
-        return False
+    """Whether ``path`` is relation prepare's output: a folder with its ``manifest.json`` and ``train.jsonl`` and
+    not the Relation252K layout, or a rows file (``.jsonl``, or a ``.json`` list) whose first entry has the analogy
+    fields ``cond1`` and ``cond2``."""
+    if path.is_dir():  # a folder in the Relation252K layout is read as one, whatever else it holds
+        return (path / "manifest.json").is_file() and (path / "train.jsonl").is_file() and not any(path.glob(LAYOUT_GLOB))
     try:
-        with path.open(encoding="utf-8-sig") as f:
-            first = next((line for line in f if line.strip()), "")
-        entry = json.loads(first)
-    except (OSError, ValueError):  # reading it for real says what is wrong
+        if path.suffix.lower() == ".jsonl":
+            with path.open(encoding="utf-8-sig") as f:
+                entry = json.loads(next((line for line in f if line.strip()), ""))
+        elif path.suffix.lower() == ".json":
+            entries = json.loads(path.read_text(encoding="utf-8-sig"))
+            entry = entries[0] if isinstance(entries, list) and entries else None
+        else:
+            return False
+    except (OSError, ValueError, RecursionError):  # reading it for real says what is wrong
         return False
     return isinstance(entry, dict) and {"cond1", "cond2"} <= entry.keys()
 
