@@ -357,8 +357,7 @@ def infer(
             "infer.width": width, "infer.height": height,
             **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
-        cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
-        refuse_run_config(cfg, config)
+        cfg = _config_with_run(config, overrides, flags, run)
         if input_file is not None:
             if exemplar or query or output:
                 raise RelationError("--input (batch mode) cannot be combined with --exemplar, --query or --output")
@@ -376,6 +375,21 @@ def infer(
         before_loading(cfg, "infer", check_inputs)
         written = core.infer_single(cfg, pair, query, output)
         typer.echo(f"wrote {written}")
+
+
+def _config_with_run(config: Path | None, overrides: list[str] | None, flags: dict, run: Path | None) -> RelationConfig:
+    """The resolved config over ``--run``'s settings (:func:`~relation_cli.runs.run_settings`), refused when
+    ``--config`` is the run's own; a note when the user's LoRAs replace those the run's adapter trained on."""
+    under = run_settings(run) if run else None
+    theirs = [f"{f['path']}:{f['weight']:g}" for f in (under or {}).get("lora", {}).get("paths", [])]
+    cfg = load_config(config, overrides, flags, under=under)  # (merges the user's settings into ``under``)
+    refuse_run_config(cfg, config)
+    if theirs and [f"{f.path}:{f.weight:g}" for f in cfg.lora.paths] != theirs:
+        from .progress import console
+
+        console.print(f"note: lora.paths replaces the LoRAs of run '{run}' ({', '.join(theirs)}); its adapter was trained "
+                      "with them", markup=False, highlight=False)  # fmt: skip
+    return cfg
 
 
 def _output_file(value: str | None) -> Path | None:
@@ -482,8 +496,7 @@ def ui(
 
     with user_errors():
         flags = {"model.memory": memory, **model_flags(model, image_encoder, adapter, lora, device, offline)}
-        cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
-        refuse_run_config(cfg, config)
+        cfg = _config_with_run(config, overrides, flags, run)
         before_loading(cfg, "ui")
         quiet_libraries()
         from . import ui as core
@@ -784,8 +797,7 @@ def evaluate(
             "eval.output_dir": str(output_dir) if output_dir else None, "eval.limit": limit,
             "infer.steps": steps, **model_flags(model, image_encoder, adapter, lora, device, offline),
         }  # fmt: skip
-        cfg = load_config(config, overrides, flags, under=run_settings(run) if run else None)
-        refuse_run_config(cfg, config)
+        cfg = _config_with_run(config, overrides, flags, run)
         if dry_run:
             return _dry_run(cfg, "eval", lambda: _check_eval_folder(cfg), lambda: _check_eval_rows(cfg))
         before_loading(cfg, "eval", lambda: _check_eval_folder(cfg), lambda: _check_eval_rows(cfg))

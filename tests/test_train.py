@@ -424,7 +424,7 @@ def test_lora_mode_check_reads_odd_headers_without_failing(tiny_model, data, tmp
     assert "internal error" not in capsys.readouterr().err
 
 
-def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path):
+def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path, capsys):
     """Adapter mode over two LoRAs at weights 0.5 and 2, lora.scale 0.5: the run's config names both at the weights
     the base had (0.25, 1), and --run edits with them (the run named none unless there was exactly one, and that one
     at weight 1, so --run edited with another base than the adapter trained on)."""
@@ -447,6 +447,10 @@ def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_pat
                  "--image-encoder", str(tiny_model / "image_encoder"), "--adapter", str(out / "adapter"),
                  "--lora", f"{tmp_path / 'one.safetensors'}:0.25", "--lora", f"{tmp_path / 'two.safetensors'}:1"]) == 0  # fmt: skip
     assert np.array_equal(np.load(tmp_path / "run.npy"), np.load(tmp_path / "flags.npy"))
+    assert "replaces the LoRAs of run" not in capsys.readouterr().err
+    assert main(["infer", *pair, "--run", str(out), "--lora", str(tmp_path / "one.safetensors"), "-o", str(tmp_path / "other.npy")]) == 0
+    assert (f"note: lora.paths replaces the LoRAs of run '{out}' ({tmp_path / 'one.safetensors'}:0.25, "
+            f"{tmp_path / 'two.safetensors'}:1); its adapter was trained with them") in capsys.readouterr().err
     import yaml
 
     tree = yaml.safe_load((out / "config.yaml").read_text())  # as a run written before run.base_loras recorded it
