@@ -35,9 +35,11 @@ TEXT_ENCODER_HINT = (
 )
 
 
-def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], dict | None]:
+def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], dict | None, list[str]]:
     """``lora.state`` in diffusers' layout, by diffusers' own converters (``Flux2LoraLoaderMixin``'s for a
-    FLUX.2 ``pipe``, which bake alphas in; FLUX.1's otherwise); returns ``(state, network_alphas)``."""
+    FLUX.2 ``pipe``, which bake alphas in; FLUX.1's otherwise); returns ``(state, network_alphas, unread)``:
+    ``unread`` the keys FLUX.2's kohya converter names in its "Unsupported keys" warning and leaves out (FLUX.1's
+    drops are found from the keys, :func:`_left_out_by_converter`)."""
     from diffusers import FluxPipeline
 
     unet = sorted(k for k in lora.state if k.startswith("lora_unet_"))
@@ -47,21 +49,56 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
                             f"model; {CONVERT_HINT}")  # fmt: skip
     try:
         if _flux2(pipe):
-            return type(pipe).lora_state_dict(dict(lora.state)), None
+            with _diffusers_warnings() as said:
+                state = type(pipe).lora_state_dict(dict(lora.state))
+            return state, None, [k for line in said for k in _unsupported_keys(line)]
         state, alphas = FluxPipeline.lora_state_dict(dict(lora.state), return_alphas=True)
     except (KeyError, ValueError, AssertionError, IndexError, RuntimeError) as e:
         raise RelationError(
             f"lora '{lora.path}': {LAYOUT_HELP[lora.layout]} that diffusers' converter cannot read "
             f"({_converter_error(e)}; it expects FLUX.1's 19 double and 38 single blocks); {CONVERT_HINT}"
         ) from None
-    return state, alphas or None
+    return state, alphas or None, []
+
+
+@contextmanager
+def _diffusers_warnings():
+    """The messages of diffusers' warnings in the block, as a list, instead of printed (whatever its verbosity)."""
+    logger, said = logging.getLogger("diffusers"), []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handlers, level = logger.handlers[:], logger.level
+    logger.handlers = [Keep(logging.WARNING)]
+    logger.setLevel(logging.WARNING)  # (setLevel, not .level: it clears the children's cached levels)
+    try:
+        yield said
+    finally:
+        logger.handlers = handlers
+        logger.setLevel(level)
+
+
+def _unsupported_keys(line: str) -> list[str]:
+    """The keys of diffusers' ``Unsupported keys for Kohya Flux2 LoRA conversion: [...]`` warning, else ``[]``."""
+    import ast
+
+    head, _, listed = line.partition(": ")
+    if not head.startswith("Unsupported keys for Kohya"):
+        return []
+    try:
+        keys = ast.literal_eval(listed)
+    except (ValueError, SyntaxError):
+        return []
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
 
 
 _KOHYA_FLUX = tuple(f"lora_unet_{name}" for name in ("double_blocks_", "single_blocks_", "img_in", "txt_in", "time_in_",
                                                       "vector_in_", "guidance_in_", "final_layer_"))  # diffusers' converter's
 
 
-def _left_out_by_converter(lora: LoraWeights) -> dict[str, list[str]]:
+def _left_out_by_converter(lora: LoraWeights, unread: list[str] = ()) -> dict[str, list[str]]:
     """The parts of a kohya file that change the model and that diffusers drops with a log line only, by kind, each
     as its first key: DoRA scales (``.dora_scale``, which its FLUX loader filters out), and what its FLUX converter
     (``_convert_kohya_flux_lora_to_diffusers``) leaves out: T5 (``lora_te2_*``, ComfyUI's ``text_encoders.t5xxl.``),
@@ -69,8 +106,13 @@ def _left_out_by_converter(lora: LoraWeights) -> dict[str, list[str]]:
     of no part it reads (``lora_unet_``, ``lora_te_``, ``lora_te1_`` once ComfyUI's prefixes are renamed; a file
     with ``transformer.`` keys keeps those alone). A part is a module (its ``lora_down``, ``lora_up``, ``.alpha``)
     or a lone tensor; one with an all-zero half, or all zero, changes nothing and is not counted. ``{}`` for other
-    layouts and for kohya's mixture form."""
+    layouts and for kohya's mixture form. ``unread``: the keys FLUX.2's converter said it left out (for a FLUX.2
+    base, whose converter differs); they are judged the same way."""
     keys = list(lora.state)
+    if unread:
+        unread_parts = {_KOHYA_HALF.sub("", k) for k in unread}
+        return _changing({name: [k for k in keys if _KOHYA_HALF.sub("", k) == name] for name in sorted(unread_parts)},
+                         lora, lambda name: "keys its FLUX.2 converter does not read")  # fmt: skip
     if lora.layout != "kohya" or any(k.startswith("lora_transformer_") for k in keys):
         return {}
     peft_kept = any(k.startswith("transformer.") for k in keys)  # diffusers' branch for files with both forms
@@ -78,18 +120,27 @@ def _left_out_by_converter(lora: LoraWeights) -> dict[str, list[str]]:
     parts: dict[str, list[str]] = {}
     for key in keys:
         parts.setdefault(_KOHYA_HALF.sub("", key), []).append(key)
-    left: dict[str, list[str]] = {}
-    if scales := [k for k in keys if k.endswith(".dora_scale")]:
-        left["DoRA scales (.dora_scale)"] = scales
-    for name, part_keys in parts.items():
+
+    def kind(name: str) -> str | None:
         renamed = name.replace("diffusion_model.", "lora_unet_").replace("text_encoders.clip_l.transformer.", "lora_te_")
-        what = (("keys other than its transformer. ones" if not name.startswith("transformer.") else None) if peft_kept else
+        return (("keys other than its transformer. ones" if not name.startswith("transformer.") else None) if peft_kept else
                 "the T5 text encoder" if renamed.startswith(("lora_te2_", "text_encoders.t5xxl.")) else
                 "bias differences (.diff_b)" if ".diff_b" in renamed else
                 "norm differences (.diff)" if norm_diff and (".norm" in renamed or ".diff" in renamed) else
                 "position embeddings" if "position_embedding" in renamed else
                 "the text projection" if "text_projection" in renamed else
                 "keys of no part it reads" if not renamed.startswith(("lora_unet_", "lora_te_", "lora_te1_")) else None)  # fmt: skip
+
+    scales = [k for k in keys if k.endswith(".dora_scale")]
+    return ({"DoRA scales (.dora_scale)": scales} if scales else {}) | _changing(parts, lora, kind)
+
+
+def _changing(parts: dict[str, list[str]], lora: LoraWeights, kind) -> dict[str, list[str]]:
+    """``{kind: [first key of each part]}`` of the ``parts`` (name -> keys) that ``kind(name)`` names and that change
+    the model: every weight of it (``.alpha`` and ``.dora_scale`` aside) has a non-zero value."""
+    left: dict[str, list[str]] = {}
+    for name, part_keys in parts.items():
+        what = kind(name)
         weights = [k for k in part_keys if not k.endswith((".alpha", ".dora_scale"))]
         if what and weights and all(lora.state[k].count_nonzero() for k in weights):
             left.setdefault(what, []).append(weights[0])
@@ -99,10 +150,10 @@ def _left_out_by_converter(lora: LoraWeights) -> dict[str, list[str]]:
 _KOHYA_HALF = re.compile(r"\.(lora_down\.weight|lora_up\.weight|alpha|dora_scale)$")
 
 
-def _check_converter_keeps(lora: LoraWeights, allow_partial: bool) -> None:
+def _check_converter_keeps(lora: LoraWeights, allow_partial: bool, unread: list[str] = ()) -> None:
     """Refuse a kohya file with parts diffusers would leave out (:func:`_left_out_by_converter`), or, with
     ``allow_partial``, warn and go on without them."""
-    left = _left_out_by_converter(lora)
+    left = _left_out_by_converter(lora, unread)
     if not left:
         return
     count = sum(map(len, left.values()))
@@ -290,8 +341,8 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     and peft's own log lines and warnings while loading are held back: a LoRA that does not load is
     one RelationError line.
     """
-    state, alphas = converted(lora, pipe)  # first: a kohya LoRA of another model (SDXL's lora_te2_ is not T5) says so
-    _check_converter_keeps(lora, allow_partial)
+    state, alphas, unread = converted(lora, pipe)  # first: a kohya LoRA of another model (SDXL's lora_te2_) says so
+    _check_converter_keeps(lora, allow_partial, unread)
     state = _text_encoder_in_peft_form(state, pipe)
     state = fitting_state(lora, state, pipe, allow_partial)
     check_whole(lora, state)

@@ -310,3 +310,30 @@ def test_dry_run_refuses_what_the_run_would(klein_model, tiny_model, tmp_path, c
     assert main(["train", "--dry-run", *_as_args(_sets(klein_model, data / "train.jsonl", tmp_path / "run", extra))]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_kohya_lora_with_keys_the_flux2_converter_leaves_out(klein_model, tmp_path, caplog):
+    """diffusers' FLUX.2 kohya converter leaves out keys it does not read (FLUX.1's CLIP lora_te1_*, diff_b) with a
+    warning the CLI holds back: they are named, and loaded without only with lora.allow_partial."""
+    from safetensors.torch import save_file
+
+    from relation_cli.errors import RelationError
+    from relation_cli.model import load_pipeline
+
+    g = torch.Generator().manual_seed(0)
+    block = "lora_unet_double_blocks_1_img_attn_proj"
+    state = {f"{block}.lora_down.weight": torch.randn(4, 32, generator=g), f"{block}.lora_up.weight": torch.randn(32, 4, generator=g)}
+    te = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    extra = {f"{te}.lora_down.weight": torch.randn(4, 8, generator=g), f"{te}.lora_up.weight": torch.randn(8, 4, generator=g),
+             f"{block}.diff_b": torch.ones(32)}  # fmt: skip
+    save_file(state, tmp_path / "plain.safetensors")
+    save_file(state | extra, tmp_path / "extra.safetensors")
+    cfg = lambda name, *more: load_config(None, [*tiny_overrides(klein_model), "model.dtype=float32",
+                                                 f"lora.paths=[{tmp_path / name}]", *more])  # fmt: skip
+    load_pipeline(cfg("plain.safetensors"))
+    with pytest.raises(RelationError, match=r"diffusers leaves out 2 parts of it that change the model \(keys its FLUX\.2 "
+                                            rf"converter does not read: 2, e\.g\. {te}\.lora_down\.weight\); they would not be applied"):  # fmt: skip
+        load_pipeline(cfg("extra.safetensors"))
+    with caplog.at_level("WARNING", logger="relation_cli.lora"):
+        load_pipeline(cfg("extra.safetensors", "lora.allow_partial=true"))
+    assert "loading the rest (lora.allow_partial)" in caplog.messages[-1]
