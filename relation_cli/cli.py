@@ -381,15 +381,29 @@ def _config_with_run(config: Path | None, overrides: list[str] | None, flags: di
     """The resolved config over ``--run``'s settings (:func:`~relation_cli.runs.run_settings`), refused when
     ``--config`` is the run's own; a note when the user's LoRAs replace those the run's adapter trained on."""
     under = run_settings(run) if run else None
-    theirs = [f"{f['path']}:{f['weight']:g}" for f in (under or {}).get("lora", {}).get("paths", [])]
+    theirs = [(f["path"], f["weight"]) for f in (under or {}).get("lora", {}).get("paths", [])]
     cfg = load_config(config, overrides, flags, under=under)  # (merges the user's settings into ``under``)
     refuse_run_config(cfg, config)
-    if theirs and [f"{f.path}:{f.weight:g}" for f in cfg.lora.paths] != theirs:
+    if not theirs:
+        return cfg
+    listed = ", ".join(f"{path}:{weight:g}" for path, weight in theirs)
+    same = sorted((_lora_file(f.path), f.weight) for f in cfg.lora.paths) == sorted((_lora_file(p), w) for p, w in theirs)
+    change = (f"lora.paths replaces the LoRAs of run '{run}' ({listed})" if not same else
+              f"lora.scale {cfg.lora.scale:g} scales the LoRAs of run '{run}' ({listed})" if cfg.lora.scale != 1 else None)  # fmt: skip
+    if change:
         from .progress import console
 
-        console.print(f"note: lora.paths replaces the LoRAs of run '{run}' ({', '.join(theirs)}); its adapter was trained "
-                      "with them", markup=False, highlight=False)  # fmt: skip
+        console.print(f"note: {change}; the run's adapter was trained together with them as they were", markup=False,
+                      highlight=False)  # fmt: skip
     return cfg
+
+
+def _lora_file(path: str) -> str:
+    """A LoRA path as one file, to compare: a folder's ``pytorch_lora_weights.safetensors``, resolved."""
+    from .checks import LORA_WEIGHT_NAME
+
+    p = Path(path).expanduser()
+    return str((p / LORA_WEIGHT_NAME if p.is_dir() else p).resolve())
 
 
 def _output_file(value: str | None) -> Path | None:

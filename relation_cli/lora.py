@@ -63,21 +63,25 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
 
 @contextmanager
 def _diffusers_warnings():
-    """The messages of diffusers' warnings in the block, as a list, instead of printed (whatever its verbosity)."""
+    """The messages of diffusers' warnings in the block, as a list, instead of printed (whatever its verbosity, or
+    its converters' logger's level)."""
     logger, said = logging.getLogger("diffusers"), []
+    converters = logging.getLogger("diffusers.loaders.lora_conversion_utils")
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             said.append(record.getMessage())
 
-    handlers, level = logger.handlers[:], logger.level
+    handlers, level, converters_level = logger.handlers[:], logger.level, converters.level
     logger.handlers = [Keep(logging.WARNING)]
     logger.setLevel(logging.WARNING)  # (setLevel, not .level: it clears the children's cached levels)
+    converters.setLevel(logging.NOTSET)
     try:
         yield said
     finally:
         logger.handlers = handlers
         logger.setLevel(level)
+        converters.setLevel(converters_level)
 
 
 def _unsupported_keys(line: str) -> list[str]:
@@ -109,10 +113,12 @@ def _left_out_by_converter(lora: LoraWeights, unread: list[str] = ()) -> dict[st
     layouts and for kohya's mixture form. ``unread``: the keys FLUX.2's converter said it left out (for a FLUX.2
     base, whose converter differs); they are judged the same way."""
     keys = list(lora.state)
+    scales = [k for k in keys if k.endswith(".dora_scale")]
+    dora = {"DoRA scales (.dora_scale)": scales} if scales else {}
     if unread:
         unread_parts = {_KOHYA_HALF.sub("", k) for k in unread}
-        return _changing({name: [k for k in keys if _KOHYA_HALF.sub("", k) == name] for name in sorted(unread_parts)},
-                         lora, lambda name: "keys its FLUX.2 converter does not read")  # fmt: skip
+        return dora | _changing({name: [k for k in keys if _KOHYA_HALF.sub("", k) == name] for name in sorted(unread_parts)},
+                                lora, lambda name: "keys its FLUX.2 converter does not read")  # fmt: skip
     if lora.layout != "kohya" or any(k.startswith("lora_transformer_") for k in keys):
         return {}
     peft_kept = any(k.startswith("transformer.") for k in keys)  # diffusers' branch for files with both forms
@@ -131,8 +137,7 @@ def _left_out_by_converter(lora: LoraWeights, unread: list[str] = ()) -> dict[st
                 "the text projection" if "text_projection" in renamed else
                 "keys of no part it reads" if not renamed.startswith(("lora_unet_", "lora_te_", "lora_te1_")) else None)  # fmt: skip
 
-    scales = [k for k in keys if k.endswith(".dora_scale")]
-    return ({"DoRA scales (.dora_scale)": scales} if scales else {}) | _changing(parts, lora, kind)
+    return dora | _changing(parts, lora, kind)
 
 
 def _changing(parts: dict[str, list[str]], lora: LoraWeights, kind) -> dict[str, list[str]]:

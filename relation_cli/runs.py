@@ -74,8 +74,9 @@ def _fused_before_base_loras(run_dir: Path, run: RunSection, tree: dict) -> list
     """The LoRAs an adapter-mode run written before ``run.base_loras`` trained on: its config's ``lora.paths``, each
     at weight x ``lora.scale`` (its ``run.lora`` named the one LoRA alone, at weight 1, and none of several); the
     absolute path ``run.lora`` recorded for a lone one. None when that section does not read."""
-    try:
-        section = LoraSection.model_validate(tree.get("lora") or {})
+    saved = tree.get("lora") if isinstance(tree.get("lora"), dict) else {}
+    try:  # the two settings that matter, whatever else that section held
+        section = LoraSection.model_validate({k: saved[k] for k in ("paths", "scale") if k in saved})
     except ValidationError:
         return None
     paths = [run.lora] if run.lora and len(section.paths) == 1 else [f.path for f in section.paths]

@@ -337,3 +337,7 @@ def test_a_kohya_lora_with_keys_the_flux2_converter_leaves_out(klein_model, tmp_
     with caplog.at_level("WARNING", logger="relation_cli.lora"):
         load_pipeline(cfg("extra.safetensors", "lora.allow_partial=true"))
     assert "loading the rest (lora.allow_partial)" in caplog.messages[-1]
+    save_file(state | extra | {f"{block}.dora_scale": torch.ones(1, 32)}, tmp_path / "dora.safetensors")
+    with pytest.raises(RelationError, match=rf"leaves out 3 parts of it that change the model \(DoRA scales \(\.dora_scale\): "
+                                            rf"1, e\.g\. {block}\.dora_scale; keys its FLUX\.2 converter does not read: 2"):  # fmt: skip
+        load_pipeline(cfg("dora.safetensors"))

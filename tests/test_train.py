@@ -424,7 +424,7 @@ def test_lora_mode_check_reads_odd_headers_without_failing(tiny_model, data, tmp
     assert "internal error" not in capsys.readouterr().err
 
 
-def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path, capsys):
+def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_path, capsys, monkeypatch):
     """Adapter mode over two LoRAs at weights 0.5 and 2, lora.scale 0.5: the run's config names both at the weights
     the base had (0.25, 1), and --run edits with them (the run named none unless there was exactly one, and that one
     at weight 1, so --run edited with another base than the adapter trained on)."""
@@ -448,9 +448,17 @@ def test_an_adapter_run_names_every_lora_it_trained_on(tiny_model, data, tmp_pat
                  "--lora", f"{tmp_path / 'one.safetensors'}:0.25", "--lora", f"{tmp_path / 'two.safetensors'}:1"]) == 0  # fmt: skip
     assert np.array_equal(np.load(tmp_path / "run.npy"), np.load(tmp_path / "flags.npy"))
     assert "replaces the LoRAs of run" not in capsys.readouterr().err
+    listed = f"({tmp_path / 'one.safetensors'}:0.25, {tmp_path / 'two.safetensors'}:1)"
     assert main(["infer", *pair, "--run", str(out), "--lora", str(tmp_path / "one.safetensors"), "-o", str(tmp_path / "other.npy")]) == 0
-    assert (f"note: lora.paths replaces the LoRAs of run '{out}' ({tmp_path / 'one.safetensors'}:0.25, "
-            f"{tmp_path / 'two.safetensors'}:1); its adapter was trained with them") in capsys.readouterr().err
+    assert (f"note: lora.paths replaces the LoRAs of run '{out}' {listed}; the run's adapter was trained together with "
+            "them as they were") in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # the same LoRAs, relative and in another order: no note
+    assert main(["infer", *pair, "--run", str(out), "--lora", "two.safetensors:1.0", "--lora", "./one.safetensors:.25",
+                 "-o", str(tmp_path / "same.npy")]) == 0  # fmt: skip
+    monkeypatch.chdir(ROOT)
+    assert "note: lora" not in capsys.readouterr().err
+    assert main(["infer", *pair, "--run", str(out), "--set", "lora.scale=2", "-o", str(tmp_path / "scaled.npy")]) == 0
+    assert f"note: lora.scale 2 scales the LoRAs of run '{out}' {listed}; the run's" in capsys.readouterr().err
     import yaml
 
     tree = yaml.safe_load((out / "config.yaml").read_text())  # as a run written before run.base_loras recorded it
