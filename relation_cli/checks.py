@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import DEMO, DEMO_DIR, AdapterSection, LoraFile, LoraSection, ModelSection, RelationConfig
 from .errors import RelationError, first_line
-from .fs import check_writable, not_found
+from .fs import check_writable, folders_hint, found_below, not_found
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 """Adapter files read as the authors' pickled checkpoint (``torch.load(weights_only=True)``, never code)."""
@@ -129,16 +129,10 @@ def _marker_near_in(key: str, path: Path, marker: str) -> str:
                 f"--image-encoder {path / 'image_encoder'} --adapter {path / 'adapter'}")  # fmt: skip
     if (path.parent / marker).is_file():
         return f"; it is one part of '{path.parent}', which has {marker}: pass that"
-    for depth in (1, 2):
-        found = sorted({f.parent for f in path.glob("*/" * depth + marker) if f.is_file()})
-        if key == "model.image_encoder":  # a folder with a config.json of another model would be refused in turn
-            found = [f for f in found if image_encoder_problem(str(f)) is None]
-        if len(found) == 1:
-            return f"; '{found[0]}' has it: pass that"
-        if found:
-            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-            return f"; {len(found)} folders in it have it ({', '.join(repr(str(f)) for f in found[:3])}{more}): pass one"
-    return ""
+    siglip = key == "model.image_encoder"  # a folder with a config.json of another model would be refused in turn
+    found = found_below(path, marker, lambda f: f.parent,
+                        lambda f: f.is_file() and not (siglip and image_encoder_problem(str(f.parent))))  # fmt: skip
+    return folders_hint(found, "has it", "have it", "that")
 
 
 IMAGE_ENCODER_TYPES = ("siglip_vision_model", "siglip")
@@ -497,7 +491,7 @@ def _safetensors_keys(path: str | Path) -> list[str] | None:
     """The tensor names in a ``.safetensors`` file's header (or the folder's ``pytorch_lora_weights.safetensors``),
     no weights read; None when there is no readable header (:func:`lora_problem` says why; safetensors caps a
     header at 100 MB)."""
-    p = _safetensors_file(path)
+    p = lora_file(path)
     try:
         with p.open("rb") as f:
             length = int.from_bytes(f.read(8), "little")
@@ -509,8 +503,11 @@ def _safetensors_keys(path: str | Path) -> list[str] | None:
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
-def _safetensors_file(path: str | Path) -> Path:
-    return Path(path) / LORA_WEIGHT_NAME if Path(path).is_dir() else Path(path)
+def lora_file(path: str | Path) -> Path:
+    """A ``lora.paths`` entry as its file: a folder's ``pytorch_lora_weights.safetensors`` (diffusers'
+    ``save_lora_weights``), else the path itself."""
+    path = Path(path).expanduser()
+    return path / LORA_WEIGHT_NAME if path.is_dir() else path
 
 
 def all_zero(path: str | Path, keys: list[str]) -> bool:
@@ -519,7 +516,7 @@ def all_zero(path: str | Path, keys: list[str]) -> bool:
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(_safetensors_file(path), framework="pt") as f:
+        with safe_open(lora_file(path), framework="pt") as f:
             return all(not f.get_tensor(k).count_nonzero() for k in keys if not k.endswith(".alpha"))
     except (SafetensorError, OSError):
         return False

@@ -398,12 +398,11 @@ def _config_with_run(config: Path | None, overrides: list[str] | None, flags: di
     return cfg
 
 
-def _lora_file(path: str) -> str:
-    """A LoRA path as one file, to compare: a folder's ``pytorch_lora_weights.safetensors``, resolved."""
-    from .checks import LORA_WEIGHT_NAME
+def _lora_file(path: str) -> Path:
+    """A LoRA path as one file, resolved, to compare."""
+    from .checks import lora_file
 
-    p = Path(path).expanduser()
-    return str((p / LORA_WEIGHT_NAME if p.is_dir() else p).resolve())
+    return lora_file(path).resolve()
 
 
 def _output_file(value: str | None) -> Path | None:

@@ -225,6 +225,31 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
     return path
 
 
+def found_below(path: Path, pattern: str, root: Callable[[Path], Path], keep: Callable[[Path], bool] = bool) -> list[Path]:
+    """The folders ``root(match)`` of the matches of ``pattern`` one level below ``path`` that ``keep`` takes, else
+    two levels below; sorted, a folder reached twice (through a link) once, by its first name. For the hints that
+    say where a model or a dataset is."""
+    for depth in (1, 2):
+        roots: dict[Path, Path] = {}
+        for match in sorted(path.glob("*/" * depth + pattern)):
+            if keep(match):
+                roots.setdefault(root(match).resolve(), root(match))
+        if roots:
+            return sorted(roots.values())
+    return []
+
+
+def folders_hint(found: list[Path], has: str, have: str, take: str) -> str:
+    """``found`` as ``; '<folder>' <has>: pass <take>``, or ``; N folders in it <have> ('a', 'b', 'c' and M more):
+    pass one``; ``""`` for none."""
+    if len(found) == 1:
+        return f"; '{found[0]}' {has}: pass {take}"
+    if not found:
+        return ""
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"; {len(found)} folders in it {have} ({', '.join(repr(str(f)) for f in found[:3])}{more}): pass one"
+
+
 def nearest_existing(path: Path) -> Path:
     """``path``, or its nearest ancestor that exists (the file system root at worst)."""
     while not path.exists() and path != path.parent:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .adapter import RelationAdapter
-from .checks import LORA_WEIGHT_NAME, adapter_problem, check_released_file
+from .checks import adapter_problem, check_released_file, lora_file
 from .errors import RelationError, first_line
 from .fs import atomic_dir, check_new_dir, size_text
 
@@ -320,9 +320,7 @@ def read_lora(path: str | Path) -> LoraWeights:
     Raises RelationError for a missing or unreadable file and one that holds no LoRA weights in a
     known layout; the message names the layouts that are read.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / LORA_WEIGHT_NAME
+    path = lora_file(path)
     if not path.is_file():
         raise RelationError(f"lora '{path}': not found")
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RelationError, first_line
-from ..fs import real_dir, resolve_inside
+from ..fs import folders_hint, found_below, real_dir, resolve_inside
 from ..rows import DuplicateKey, json_problem, loads_object, one_json_document
 
 LAYOUT_GLOB = "*/Group*/labels.json"
@@ -167,17 +167,8 @@ def _layout_near(path: Path) -> str:
         return f"; it is one group of one task: pass the folder that holds the tasks ('{path.parent.parent}')"
     if any(path.glob("Group*/labels.json")):
         return f"; it is one task's folder: pass the folder that holds the tasks ('{path.parent}')"
-    for depth in (1, 2):
-        roots: dict[Path, Path] = {}  # a folder reached twice (a link) once, by its first name
-        for labels in sorted(path.glob("*/" * depth + LAYOUT_GLOB)):
-            roots.setdefault(labels.parents[2].resolve(), labels.parents[2])
-        found = sorted(roots.values())
-        if len(found) == 1:
-            return f"; '{found[0]}' has that layout: pass it"
-        if found:
-            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-            return f"; {len(found)} folders in it have that layout ({', '.join(map(repr, map(str, found[:3])))}{more}): pass one"
-    return ""
+    found = found_below(path, LAYOUT_GLOB, lambda labels: labels.parents[2])
+    return folders_hint(found, "has that layout", "have that layout", "it")
 
 
 def _read_file(source: Source, file: Path, task: str | None) -> None:
