@@ -207,8 +207,8 @@ class DataSection(Section):
     synthetic_size: int = Field(64, ge=16, description="prepare: side of synthetic images (each pair is 2*side x side).")
     synthetic_families: list[str] = Field(
         default_factory=list, description="prepare: with synthetic_pairs, generate relation families with "
-        "continuous parameters (shift, rotate, recolour, hue, brightness, contrast, scale, blur, frame, overlay, "
-        "channels, mirror, compose): each task is one (family, parameters) with synthetic_pairs pairs. Empty: the 14 fixed "
+        "continuous parameters (shift, rotate, recolour, hue, brightness, contrast, scale, blur, frame, "
+        "tinted_frame, overlay, channels, mirror, compose): each task is one (family, parameters) with synthetic_pairs pairs. Empty: the 14 fixed "
         "relations."
     )
     synthetic_instances: int = Field(

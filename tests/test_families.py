@@ -19,7 +19,9 @@ from relation_cli.prepare import prepare
 from relation_cli.prepare.families import (
     FAMILIES,
     MIRRORS,
+    MAX_TINT,
     Params,
+    draw_params,
     hue_colour,
     in_band,
     make_families,
@@ -87,6 +89,23 @@ def test_channels_recolour_and_frame():
     before, after = edit("frame", Params(0.7, 0.99))  # width 1 + int(0.99 * 4) = 4
     assert (after[:4] == hue_colour(0.7)).all() and (after[:, -4:] == hue_colour(0.7)).all()
     assert np.array_equal(after[4:-4, 4:-4], before[4:-4, 4:-4])
+
+
+def test_tinted_frame_mixes_its_hue_with_white_and_is_never_white():
+    params = Params(0.7, 0.3, w=0.5)  # tint 0.3; width 1 + int(0.3 * 4) = 2
+    colour = tuple(round(c + (255 - c) * 0.3) for c in hue_colour(0.7))
+    before, after = edit("tinted_frame", params)
+    assert (after[:2] == colour).all() and (after[:, -2:] == colour).all()
+    assert np.array_equal(after[2:-2, 2:-2], before[2:-2, 2:-2])
+    assert FAMILIES["tinted_frame"].describe(params, SIZE) == f"Add a frame 2 pixels wide in RGB {colour}."
+    lightest = [min(FAMILIES["tinted_frame"].apply(SCENE, render(SCENE, SIZE), SIZE, Params(u / 20, 0.0, w=0.999))
+                    .getpixel((0, 0))) for u in range(20)]  # fmt: skip
+    # the darkest channel of a hue is 36; tinted, at most 36 + 219 * 0.6: a pastel, never white
+    assert 150 < max(lightest) <= 36 + (255 - 36) * MAX_TINT + 1 < 255
+    rng = lambda: np.random.default_rng([0, 7])
+    # w is drawn after u and v, for tinted_frame alone: every other family's parameters are unchanged
+    tinted, plain = draw_params("tinted_frame", rng(), BAND, False, []), draw_params("frame", rng(), BAND, False, [])
+    assert (tinted.u, tinted.v) == (plain.u, plain.v) and plain.w == 0.0 and 0.0 <= tinted.w < 1.0
 
 
 def test_overlay_paints_one_filled_rectangle_of_its_colour():

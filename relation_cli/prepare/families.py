@@ -55,11 +55,13 @@ PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 @dataclass(frozen=True)
 class Params:
     """One instance's parameters: ``u`` in [0, 1) sets the family's main parameter, ``v`` a second one
-    drawn freely (shift's vertical offset, frame width); ``parts`` only for compose."""
+    drawn freely (shift's vertical offset, frame width), ``w`` a third one drawn only for the families of
+    :data:`THIRD_PARAMETER` (tinted_frame's tint; 0 for the others); ``parts`` only for compose."""
 
     u: float
     v: float = 0.0
     parts: tuple[tuple[str, Params], ...] = ()
+    w: float = 0.0
 
 
 Apply = Callable[[Scene, Image.Image, int, Params], Image.Image]
@@ -162,6 +164,24 @@ def _frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
     return out
 
 
+MAX_TINT = 0.6
+"""tinted_frame mixes its hue with at most this share of white: its lightest frames are pastels, never white."""
+
+
+def tinted_colour(p: Params) -> RGB:
+    """:func:`hue_colour` of hue ``u`` mixed with white by ``MAX_TINT * w`` (0 to 0.6), in 0-255: HSV
+    saturation 0.85 down to 0.34 and the darkest channel up to 0.4 + 0.6 * 255 = 163, so no frame is white."""
+    t = MAX_TINT * p.w
+    return tuple(round(c + (255 - c) * t) for c in hue_colour(p.u))  # type: ignore[return-value]
+
+
+def _tinted_frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
+    out = im.copy()
+    box = [0, 0, size - 1, size - 1]
+    ImageDraw.Draw(out).rectangle(box, outline=tinted_colour(p), width=frame_width(p, size))
+    return out
+
+
 OVERLAY_GREYS = 0.25
 """The top quarter of overlay's ``u`` paints greys, black to white; the rest saturated hues."""
 
@@ -236,6 +256,9 @@ FAMILIES: dict[str, Family] = {
                    "Gaussian radius (0.6 + 2.0 u) * size / 32"),
     "frame": Family(lambda p, n: "Add a frame {} pixels wide in RGB {}.".format(frame_width(p, n), hue_colour(p.u)),
                     _frame, "hue u of the frame; width from v"),
+    "tinted_frame": Family(lambda p, n: "Add a frame {} pixels wide in RGB {}.".format(frame_width(p, n),
+                                                                                       tinted_colour(p)),
+                           _tinted_frame, "hue u of the frame, mixed with white by 0.6 w; width from v"),
     "overlay": Family(lambda p, n: "Paint the rectangle from ({}, {}) to ({}, {}) in RGB {}.".format(
                           *overlay_box(p, n), overlay_colour(p.u)), _overlay,
                       "colour: hue u / 0.75, or grey for u >= 0.75; a filled rectangle from v"),
@@ -247,6 +270,9 @@ FAMILIES: dict[str, Family] = {
     "compose": Family(_describe_compose, _compose, "two other seen families, each with its own u"),
 }  # fmt: skip
 
+
+THIRD_PARAMETER = frozenset({"tinted_frame"})
+"""Families whose instances also draw ``w`` (after ``u`` and ``v``, so the others' draws are unchanged)."""
 
 # ------------------------------------------------------------------------------------------ instances
 
@@ -267,6 +293,8 @@ def draw_u(rng: np.random.Generator, band: tuple[float, float], inside: bool) ->
 def draw_params(family: str, rng: np.random.Generator, band: tuple[float, float], inside: bool,
                 parts_from: Sequence[str]) -> Params:  # fmt: skip
     """One instance's parameters; compose draws two distinct families of ``parts_from`` and theirs."""
+    if family in THIRD_PARAMETER:
+        return Params(draw_u(rng, band, inside), float(rng.uniform(0.0, 1.0)), w=float(rng.uniform(0.0, 1.0)))
     if family != "compose":
         return Params(draw_u(rng, band, inside), float(rng.uniform(0.0, 1.0)))
     names = rng.choice(list(parts_from), size=2, replace=False)
@@ -343,7 +371,7 @@ def draw_pair(instance: Instance, rng: np.random.Generator, size: int, taken: se
 
 
 def params_json(p: Params) -> dict:
-    return {"u": p.u, "v": p.v, **({"parts": [[n, params_json(q)] for n, q in p.parts]} if p.parts else {})}
+    return {"u": p.u, "v": p.v, **({"w": p.w} if p.w else {}), **({"parts": [[n, params_json(q)] for n, q in p.parts]} if p.parts else {})}
 
 
 def make_families(
