@@ -61,7 +61,8 @@ def check_config(cfg: RelationConfig, command: str) -> None:
     """Raise one :class:`RelationError` listing every problem of ``cfg`` for ``command`` that needs no weights.
 
     ``command``: ``infer``, ``eval``, ``train``, ``ui`` or ``prepare``. Looks at setting combinations,
-    files and folders the config names, optional packages and output folders; reads no weights.
+    files and folders the config names, optional packages and output folders; reads no weights but a kohya
+    LoRA's (to count the parts diffusers would leave out, :func:`_left_out_problem`).
     """
     raise_problems(config_problems(cfg, command))
 
@@ -275,8 +276,24 @@ def _weights_problems(cfg: RelationConfig, command: str, demo: bool) -> list[str
         problems.append(adapter_problem(adapter))
     elif not demo and cfg.adapter.scale != 0 and command != "train":
         problems.append("adapter.path is empty: pass --adapter (the released ip_adapter-*.bin or a relation adapter)")
-    problems += [lora_problem(f.path) for f in cfg.lora.paths]
+    for lora in cfg.lora.paths:
+        problem = lora_problem(lora.path)
+        problems.append(problem or (None if cfg.lora.allow_partial else _left_out_problem(lora.path, cfg)))
     return problems
+
+
+def _left_out_problem(path: str, cfg: RelationConfig) -> str | None:
+    """The parts of a kohya LoRA (or one with DoRA scales) that diffusers would leave out, as loading refuses them
+    (:func:`relation_cli.lora.left_out_problem`, which reads the weights); None at once for other files."""
+    keys = _safetensors_keys(path) or []
+    if not any(k.endswith((".lora_down.weight", ".lora_up.weight", ".dora_scale")) for k in keys):
+        return None
+    from .lora import left_out_problem
+
+    try:
+        return left_out_problem(path, base_class(cfg))
+    except RelationError as e:
+        return str(e)
 
 
 def adapter_problem(path: str | Path) -> str | None:

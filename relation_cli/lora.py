@@ -49,9 +49,8 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
                             f"model; {CONVERT_HINT}")  # fmt: skip
     try:
         if _flux2(pipe):
-            with _diffusers_warnings() as said:
-                state = type(pipe).lora_state_dict(dict(lora.state))
-            return state, None, [k for line in said for k in _unsupported_keys(line)]
+            state, unread = _flux2_converted(lora, type(pipe))
+            return state, None, unread
         state, alphas = FluxPipeline.lora_state_dict(dict(lora.state), return_alphas=True)
     except (KeyError, ValueError, AssertionError, IndexError, RuntimeError) as e:
         raise RelationError(
@@ -59,6 +58,14 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
             f"({_converter_error(e)}; it expects FLUX.1's 19 double and 38 single blocks); {CONVERT_HINT}"
         ) from None
     return state, alphas or None, []
+
+
+def _flux2_converted(lora: LoraWeights, pipeline_class) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``lora.state`` through a FLUX.2 pipeline class's ``lora_state_dict`` (``Flux2LoraLoaderMixin``), and the
+    keys its kohya converter names in its "Unsupported keys" warning and leaves out."""
+    with _diffusers_warnings() as said:
+        state = pipeline_class.lora_state_dict(dict(lora.state))
+    return state, [k for line in said for k in _unsupported_keys(line)]
 
 
 @contextmanager
@@ -158,16 +165,47 @@ _KOHYA_HALF = re.compile(r"\.(lora_down\.weight|lora_up\.weight|alpha|dora_scale
 def _check_converter_keeps(lora: LoraWeights, allow_partial: bool, unread: list[str] = ()) -> None:
     """Refuse a kohya file with parts diffusers would leave out (:func:`_left_out_by_converter`), or, with
     ``allow_partial``, warn and go on without them."""
+    what = _left_out_message(lora, unread)
+    if what is None:
+        return
+    if not allow_partial:
+        raise RelationError(f"{what}; {NOT_APPLIED}")
+    log.warning("warning: %s; loading the rest (lora.allow_partial)", what)
+
+
+NOT_APPLIED = "they would not be applied: load the rest with --set lora.allow_partial=true"
+
+
+def _left_out_message(lora: LoraWeights, unread: list[str] = ()) -> str | None:
+    """The parts of ``lora`` diffusers would leave out, in one line (:func:`_left_out_by_converter`), or None."""
     left = _left_out_by_converter(lora, unread)
     if not left:
-        return
+        return None
     count = sum(map(len, left.values()))
     kinds = "; ".join(f"{what}: {len(ks)}, e.g. {ks[0]}" for what, ks in left.items())
-    what = (f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]}): diffusers leaves out {counted(count, 'part')} of it "
+    return (f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]}): diffusers leaves out {counted(count, 'part')} of it "
             f"that change the model ({kinds})")  # fmt: skip
-    if not allow_partial:
-        raise RelationError(f"{what}; they would not be applied: load the rest with --set lora.allow_partial=true")
-    log.warning("warning: %s; loading the rest (lora.allow_partial)", what)
+
+
+def left_out_problem(path: str, pipeline_class_name: str | None) -> str | None:
+    """``--dry-run``'s form of the check :func:`load_lora` makes first: the parts of the LoRA file at ``path`` that
+    diffusers would leave out on a base of ``pipeline_class_name`` (its model_index.json's ``_class_name``; FLUX.2
+    [klein]'s converter is run to hear what it leaves out, FLUX.1's drops are read from the keys), as the
+    refusal's one line, or None. Reads the file's weights (the check counts only parts that are not all zero)."""
+    lora = read_lora(path)
+    unread: list[str] = []
+    if pipeline_class_name in _FLUX2_PIPELINES and lora.layout == "kohya":
+        import diffusers
+
+        try:
+            unread = _flux2_converted(lora, getattr(diffusers, pipeline_class_name))[1]
+        except (KeyError, ValueError, AssertionError, IndexError, RuntimeError):
+            return None  # loading says what its converter cannot read
+    what = _left_out_message(lora, unread)
+    return what and f"{what}; {NOT_APPLIED}"
+
+
+_FLUX2_PIPELINES = ("Flux2KleinPipeline", "Flux2Pipeline")
 
 
 def _converter_error(e: BaseException) -> str:

@@ -4,6 +4,7 @@ prepare -> train -> infer -> eval through the CLI on a tiny klein model, exact r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +338,12 @@ def test_a_kohya_lora_with_keys_the_flux2_converter_leaves_out(klein_model, tmp_
     with caplog.at_level("WARNING", logger="relation_cli.lora"):
         load_pipeline(cfg("extra.safetensors", "lora.allow_partial=true"))
     assert "loading the rest (lora.allow_partial)" in caplog.messages[-1]
+    from relation_cli.checks import config_problems
+
+    assert not config_problems(cfg("plain.safetensors"), "infer")
+    [problem] = config_problems(cfg("extra.safetensors"), "infer")  # --dry-run's check says it too, before loading
+    assert re.search(rf"keys its FLUX\.2 converter does not read: 2, e\.g\. {te}\.lora_down\.weight\); they would not", problem)
+    assert not config_problems(cfg("extra.safetensors", "lora.allow_partial=true"), "infer")
     save_file(state | extra | {f"{block}.dora_scale": torch.ones(1, 32)}, tmp_path / "dora.safetensors")
     with pytest.raises(RelationError, match=rf"leaves out 3 parts of it that change the model \(DoRA scales \(\.dora_scale\): "
                                             rf"1, e\.g\. {block}\.dora_scale; keys its FLUX\.2 converter does not read: 2"):  # fmt: skip

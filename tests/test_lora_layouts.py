@@ -480,6 +480,32 @@ def test_kohya_tensors_the_converter_leaves_out_are_refused_unless_allowed(tiny_
     _assert_close(_fused(pipe), _expected(base, (factors, 4.0 / RANK)))
 
 
+def test_dry_run_names_what_the_converter_would_leave_out(tmp_path, capsys):
+    """``--dry-run`` refuses what loading would (above), in the same words, before any model loads."""
+    from PIL import Image
+
+    from relation_cli.cli import main
+
+    for i, name in enumerate("abq"):
+        Image.new("RGB", (32, 32), (60 * i, 80, 120)).save(tmp_path / f"{name}.png")
+    key, t5 = "lora_unet_double_blocks_1_img_attn_proj", "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    state = {f"{key}.lora_down.weight": torch.ones(RANK, 32), f"{key}.lora_up.weight": torch.ones(32, RANK)}
+    save_file(state | {f"{t5}.lora_down.weight": torch.ones(RANK, 8), f"{t5}.lora_up.weight": torch.ones(8, RANK)},
+              tmp_path / "t5.safetensors")  # fmt: skip
+    save_file(state | {f"{t5}.lora_down.weight": torch.ones(RANK, 8), f"{t5}.lora_up.weight": torch.zeros(8, RANK)},
+              tmp_path / "zero-t5.safetensors")  # fmt: skip
+    args = ["infer", "--exemplar", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--query", str(tmp_path / "q.png"),
+            "--dry-run", "--lora"]  # fmt: skip
+    assert main([*args, str(tmp_path / "t5.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"diffusers leaves out 1 part of it that change the model \(the T5 text encoder: 1, e\.g\. "
+                     rf"{t5}\.lora_down\.weight\); they would not be applied: load the rest with --set "
+                     r"lora\.allow_partial=true", err), err  # fmt: skip
+    assert "Traceback" not in err
+    assert main([*args, str(tmp_path / "t5.safetensors"), "--set", "lora.allow_partial=true"]) == 0
+    assert main([*args, str(tmp_path / "zero-t5.safetensors")]) == 0  # all it would leave out changes nothing
+
+
 def test_kohya_form_keys_with_diffusers_names_load(tiny_model, tmp_path):
     """transformer.<module>.lora_down/lora_up keys (kohya's halves, diffusers' names): diffusers keeps the transformer.
     keys of such a file, so nothing is said to be left out; a kohya key beside them is (diffusers drops it)."""
