@@ -387,6 +387,7 @@ def load_lora(pipe, lora: LoraWeights, adapter_name: str, allow_partial: bool = 
     state, alphas, unread = converted(lora, pipe)  # first: a kohya LoRA of another model (SDXL's lora_te2_) says so
     _check_converter_keeps(lora, allow_partial, unread)
     state = _text_encoder_in_peft_form(state, pipe)
+    _check_text_encoder_form(lora, state)
     state = fitting_state(lora, state, pipe, allow_partial)
     check_whole(lora, state)
     metadata = lora.metadata
@@ -426,6 +427,21 @@ def _text_encoder_in_peft_form(state: dict[str, torch.Tensor], pipe) -> dict[str
 
 
 _OLDER_TEXT = re.compile(r"_lora\.(down|up)\.")
+_PEFT_TEXT = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)|\.alpha$")
+
+
+def _check_text_encoder_form(lora: LoraWeights, state: dict[str, torch.Tensor]) -> None:
+    """Refuse ``text_encoder.`` keys that diffusers' conversions left in a form peft does not read (e.g.
+    ``q_proj.lora.down.weight``): diffusers' text-encoder loader then fails with "Could not automatically infer
+    state dict type", which says neither which keys nor what to do.
+
+    Raises:
+        RelationError: naming the first such key and the form to save the LoRA in.
+    """
+    odd = sorted(k for k in state if k.startswith("text_encoder.") and not _PEFT_TEXT.search(k))
+    if odd:
+        raise RelationError(f"lora '{lora.path}': {counted(len(odd), 'text-encoder key')} in a form diffusers does not "
+                            f"read (e.g. {odd[0]}; peft's is <module>.lora_A.weight); {TEXT_ENCODER_HINT}")  # fmt: skip
 
 
 def _check_loaded(pipe, lora: LoraWeights, state: dict[str, torch.Tensor], adapter_name: str) -> None:

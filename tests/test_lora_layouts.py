@@ -409,6 +409,23 @@ def test_a_text_encoder_dora_is_refused(tiny_model, tmp_path):
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'te-dora.safetensors'}}}]")
 
 
+def test_text_encoder_keys_of_a_form_diffusers_does_not_read_are_named(tiny_model, tmp_path):
+    """Text-encoder halves named ``.lora.down``/``.lora.up`` beside diffusers-form transformer keys: diffusers'
+    text-encoder loader failed with "Could not automatically infer state dict type"; the keys are named instead."""
+    from transformers import CLIPTextModel
+
+    name = "encoder.layers.0.self_attn.q_proj"
+    weight = dict(CLIPTextModel.from_pretrained(tiny_model / "base" / "text_encoder").named_modules())[name].weight
+    (a, b), = _factors({name: weight}, 19).values()
+    transformer = _peft_state(_factors(_base_weights(tiny_model), 20), "transformer.")
+    save_file(transformer | {f"text_encoder.{name}.lora.down.weight": a, f"text_encoder.{name}.lora.up.weight": b},
+              tmp_path / "te-odd.safetensors")  # fmt: skip
+    with pytest.raises(RelationError, match=rf"te-odd\.safetensors': 2 text-encoder keys in a form diffusers does not "
+                                            rf"read \(e\.g\. text_encoder\.{name}\.lora\.down\.weight; peft's is "
+                                            r"<module>\.lora_A\.weight\); save it in diffusers format"):  # fmt: skip
+        _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'te-odd.safetensors'}}}]")
+
+
 def test_kohya_text_encoder_keys_are_fused(tiny_model, tmp_path):
     """kohya's lora_te1_* keys (CLIP-L, as sd-scripts trains it for FLUX): diffusers' FLUX converter gives them in the
     older to_q_lora.down form, which its text-encoder loader cannot read alone; relation converts them as that
