@@ -70,8 +70,8 @@ def _flux2_converted(lora: LoraWeights, pipeline_class) -> tuple[dict[str, torch
 
 @contextmanager
 def _diffusers_warnings():
-    """The messages of diffusers' warnings in the block, as a list, instead of printed (whatever its verbosity, or
-    its converters' logger's level)."""
+    """The messages of diffusers' warnings in the block, as a list, instead of printed (whatever its verbosity, its
+    converters' logger's level, or a ``logging.disable`` of the program's)."""
     logger, said = logging.getLogger("diffusers"), []
     converters = logging.getLogger("diffusers.loaders.lora_conversion_utils")
 
@@ -80,12 +80,15 @@ def _diffusers_warnings():
             said.append(record.getMessage())
 
     handlers, level, converters_level = logger.handlers[:], logger.level, converters.level
+    disabled = logging.root.manager.disable  # a program's logging.disable(WARNING) would hide them too
     logger.handlers = [Keep(logging.WARNING)]
     logger.setLevel(logging.WARNING)  # (setLevel, not .level: it clears the children's cached levels)
     converters.setLevel(logging.NOTSET)
+    logging.disable(logging.NOTSET)
     try:
         yield said
     finally:
+        logging.disable(disabled)
         logger.handlers = handlers
         logger.setLevel(level)
         converters.setLevel(converters_level)
