@@ -58,7 +58,7 @@ test: install install-ui
 	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 # The embedded demo model, rebuilt from nothing by relation's own commands (configs/demo-*.yaml):
-# synthetic data (the fixed relations, the relation families, the frame family alone) -> random init ->
+# synthetic data (the fixed relations, the relation families, the tinted_frame family alone) -> random init ->
 # VAE pre-training -> full training -> install -> eval.
 demo-model: install
 	rm -rf $(DEMO_BUILD)
@@ -66,7 +66,7 @@ demo-model: install
 	$(RELATION) prepare --config configs/demo-data-families.yaml --output $(DEMO_BUILD)/families \
 		--set 'data.synthetic_unseen_families=[contrast]'
 	$(RELATION) prepare --config configs/demo-data-families.yaml --output $(DEMO_BUILD)/frames \
-		--set 'data.synthetic_families=[frame]' --set 'data.synthetic_unseen_families=[]'
+		--set 'data.synthetic_families=[tinted_frame]' --set 'data.synthetic_unseen_families=[]'
 	$(RELATION) init-model $(DEMO_BUILD)/init --spec configs/arch/demo.yaml --seed 0
 	$(RELATION) train --config configs/demo-vae.yaml
 	$(RELATION) train --config configs/demo-train.yaml
