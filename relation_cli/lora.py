@@ -42,11 +42,7 @@ def converted(lora: LoraWeights, pipe=None) -> tuple[dict[str, torch.Tensor], di
     drops are found from the keys, :func:`_left_out_by_converter`)."""
     from diffusers import FluxPipeline
 
-    unet = sorted(k for k in lora.state if k.startswith("lora_unet_"))
-    if lora.layout == "kohya" and unet and not any(k.startswith(_KOHYA_FLUX) for k in unet):
-        raise RelationError(f"lora '{lora.path}': kohya keys of no FLUX transformer block (e.g. {unet[0]}; FLUX's are "
-                            "lora_unet_double_blocks_N_... and lora_unet_single_blocks_N_...): a LoRA for another "
-                            f"model; {CONVERT_HINT}")  # fmt: skip
+    _check_flux_kohya(lora)
     try:
         if _flux2(pipe):
             state, unread = _flux2_converted(lora, type(pipe))
@@ -66,6 +62,20 @@ def _flux2_converted(lora: LoraWeights, pipeline_class) -> tuple[dict[str, torch
     with _diffusers_warnings() as said:
         state = pipeline_class.lora_state_dict(dict(lora.state))
     return state, [k for line in said for k in _unsupported_keys(line)]
+
+
+def _check_flux_kohya(lora: LoraWeights) -> None:
+    """Refuse a kohya file whose transformer keys name no FLUX block (an SDXL or SD1.5 LoRA: its ``lora_te2_`` is
+    CLIP-G, not FLUX's T5), before anything is judged by FLUX's converter.
+
+    Raises:
+        RelationError: naming the first such key and FLUX's block names.
+    """
+    unet = sorted(k for k in lora.state if k.startswith("lora_unet_"))
+    if lora.layout == "kohya" and unet and not any(k.startswith(_KOHYA_FLUX) for k in unet):
+        raise RelationError(f"lora '{lora.path}': kohya keys of no FLUX transformer block (e.g. {unet[0]}; FLUX's are "
+                            "lora_unet_double_blocks_N_... and lora_unet_single_blocks_N_...): a LoRA for another "
+                            f"model; {CONVERT_HINT}")  # fmt: skip
 
 
 @contextmanager
@@ -186,8 +196,9 @@ def _left_out_message(lora: LoraWeights, unread: list[str] = ()) -> str | None:
         return None
     count = sum(map(len, left.values()))
     kinds = "; ".join(f"{what}: {len(ks)}, e.g. {ks[0]}" for what, ks in left.items())
+    change = "changes" if count == 1 else "change"
     return (f"lora '{lora.path}' ({LAYOUT_HELP[lora.layout]}): diffusers leaves out {counted(count, 'part')} of it "
-            f"that change the model ({kinds})")  # fmt: skip
+            f"that {change} the model ({kinds})")  # fmt: skip
 
 
 def left_out_problem(path: str, pipeline_class_name: str | None) -> str | None:
@@ -196,6 +207,7 @@ def left_out_problem(path: str, pipeline_class_name: str | None) -> str | None:
     [klein]'s converter is run to hear what it leaves out, FLUX.1's drops are read from the keys), as the
     refusal's one line, or None. Reads the file's weights (the check counts only parts that are not all zero)."""
     lora = read_lora(path)
+    _check_flux_kohya(lora)  # first, as loading does: an SDXL file's lora_te2_ is not T5
     unread: list[str] = []
     if pipeline_class_name in _FLUX2_PIPELINES and lora.layout == "kohya":
         import diffusers
@@ -300,9 +312,10 @@ def fitting_state(lora: LoraWeights, state: dict, pipe, allow_partial: bool) -> 
         raise RelationError(f"{where}: none of its {len(misfits)} modules is in this model ({_examples(misfits)}); "
                             f"{CONVERT_HINT}")  # fmt: skip
     if misfits:
-        what = f"{len(misfits)} of its {len(misfits) + len(modules)} modules are not in this model ({_examples(misfits)})"
+        are = "is" if len(misfits) == 1 else "are"
+        what = f"{len(misfits)} of its {len(misfits) + len(modules)} modules {are} not in this model ({_examples(misfits)})"
         if not allow_partial:
-            raise RelationError(f"{where}: {what}; it was made for another model or layout. {CONVERT_HINT}, "
+            raise RelationError(f"{where}: {what}; it was made for another model or layout: {CONVERT_HINT}, "
                                 "or load the rest with --set lora.allow_partial=true")  # fmt: skip
         log.warning("warning: %s: %s; loading the other %d (lora.allow_partial)", where, what, len(modules))
     return fitting
@@ -442,6 +455,8 @@ def _check_text_encoder_form(lora: LoraWeights, state: dict[str, torch.Tensor]) 
         RelationError: naming the first such key and the form to save the LoRA in.
     """
     odd = sorted(k for k in state if k.startswith("text_encoder.") and not _PEFT_TEXT.search(k))
+    given = sorted(k for k in lora.state if k.startswith("text_encoder.") and not _PEFT_TEXT.search(k))
+    odd = given or odd  # named as the file names it where it can be (not as renamed for this CLIP)
     if odd:
         raise RelationError(f"lora '{lora.path}': {counted(len(odd), 'text-encoder key')} in a form diffusers does not "
                             f"read (e.g. {odd[0]}; peft's is <module>.lora_A.weight); {TEXT_ENCODER_HINT}")  # fmt: skip

@@ -122,6 +122,14 @@ def test_overlay_paints_one_filled_rectangle_of_its_colour():
     assert {overlay_box(Params(0.5, v / 50), SIZE) for v in range(50)}.__len__() > 40  # v varies the place
 
 
+def test_compose_never_applies_two_frames():
+    """A second frame at least as wide would cover the first: the instruction would name an edit the image hides."""
+    instances = plan_instances(["frame", "tinted_frame", "shift", "compose"], [], 60, 2, BAND, seed=0)
+    parts = [tuple(name for name, _ in i.params.parts) for i in instances if i.family == "compose"]
+    assert parts and not any(set(p) == {"frame", "tinted_frame"} for p in parts)
+    assert any("frame" in p for p in parts) and any("tinted_frame" in p for p in parts)
+
+
 def test_colour_factors_blur_and_compose_are_the_named_pil_operations():
     image = render(SCENE, SIZE)
     _, after = edit("brightness", Params(0.0))  # factor 0.25
@@ -216,6 +224,7 @@ def test_default_still_writes_todays_data(tmp_path):
         (["data.synthetic_families=[shift,rotate]", "data.synthetic_unseen_families=[rotate,rotate]"], "listed twice"),
         (["data.synthetic_families=[shift,compose]"], "compose needs at least 2 seen families besides compose (have 1: shift)"),
         (["data.synthetic_families=[shift,rotate,compose]", "data.synthetic_unseen_families=[shift]"], "(have 1: rotate)"),
+        (["data.synthetic_families=[frame,tinted_frame,compose]"], "compose needs a seen family besides frame and tinted_frame"),
     ],
 )
 def test_bad_family_settings_are_one_line_and_leave_nothing(tmp_path, capsys, keys, message):

@@ -231,7 +231,7 @@ def test_partly_fitting_lora_is_refused_unless_allowed(tiny_model, tmp_path, cap
     state["transformer.transformer_blocks.7.attn.to_q.lora_B.weight"] = torch.zeros(32, RANK)
     save_file(state, tmp_path / "part.safetensors")
     path = f"lora.paths=[{{path: {tmp_path / 'part.safetensors'}}}]"
-    with pytest.raises(RelationError, match=r"1 of its 4 modules are not in this model .*transformer_blocks\.7\.attn\.to_q.*allow_partial"):
+    with pytest.raises(RelationError, match=r"1 of its 4 modules is not in this model .*transformer_blocks\.7\.attn\.to_q.*allow_partial"):
         _load(tiny_model, path)
     with caplog.at_level("WARNING", logger="relation_cli.lora"):
         pipe = _load(tiny_model, path, "lora.allow_partial=true")
@@ -515,12 +515,20 @@ def test_dry_run_names_what_the_converter_would_leave_out(tmp_path, capsys):
             "--dry-run", "--lora"]  # fmt: skip
     assert main([*args, str(tmp_path / "t5.safetensors")]) == 1
     err = capsys.readouterr().err
-    assert re.search(r"diffusers leaves out 1 part of it that change the model \(the T5 text encoder: 1, e\.g\. "
+    assert re.search(r"diffusers leaves out 1 part of it that changes the model \(the T5 text encoder: 1, e\.g\. "
                      rf"{t5}\.lora_down\.weight\); they would not be applied: load the rest with --set "
                      r"lora\.allow_partial=true", err), err  # fmt: skip
     assert "Traceback" not in err
     assert main([*args, str(tmp_path / "t5.safetensors"), "--set", "lora.allow_partial=true"]) == 0
     assert main([*args, str(tmp_path / "zero-t5.safetensors")]) == 0  # all it would leave out changes nothing
+    sdxl = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(RANK, 8),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.ones(8, RANK),
+            f"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(RANK, 8),
+            f"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(8, RANK)}  # fmt: skip
+    save_file(sdxl, tmp_path / "sdxl.safetensors")  # its lora_te2_ is CLIP-G: called another model's, not T5 left out
+    assert main([*args, str(tmp_path / "sdxl.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert "kohya keys of no FLUX transformer block" in err and "a LoRA for another model" in err and "T5" not in err
 
 
 def test_kohya_form_keys_with_diffusers_names_load(tiny_model, tmp_path):
@@ -536,7 +544,7 @@ def test_kohya_form_keys_with_diffusers_names_load(tiny_model, tmp_path):
     extra = "lora_unet_double_blocks_1_img_attn_proj"
     save_file(state | {f"{extra}.lora_down.weight": torch.ones(RANK, 32), f"{extra}.lora_up.weight": torch.ones(32, RANK)},
               tmp_path / "mixed.safetensors")  # fmt: skip
-    with pytest.raises(RelationError, match=rf"leaves out 1 part of it that change the model \(keys other than its "
+    with pytest.raises(RelationError, match=rf"leaves out 1 part of it that changes the model \(keys other than its "
                                             rf"transformer\. ones: 1, e\.g\. {extra}\.lora_down\.weight\)"):  # fmt: skip
         _load(tiny_model, f"lora.paths=[{{path: {tmp_path / 'mixed.safetensors'}}}]")
 

@@ -170,7 +170,7 @@ MAX_TINT = 0.6
 
 def tinted_colour(p: Params) -> RGB:
     """:func:`hue_colour` of hue ``u`` mixed with white by ``MAX_TINT * w`` (0 to 0.6), in 0-255: HSV
-    saturation 0.85 down to 0.34 and the darkest channel up to 0.4 + 0.6 * 255 = 163, so no frame is white."""
+    saturation 0.85 down to 0.34 and a hue's darkest channel (36) up to 36 + 219 * 0.6 = 167, so no frame is white."""
     t = MAX_TINT * p.w
     return tuple(round(c + (255 - c) * t) for c in hue_colour(p.u))  # type: ignore[return-value]
 
@@ -271,6 +271,9 @@ FAMILIES: dict[str, Family] = {
 }  # fmt: skip
 
 
+FRAMES = frozenset({"frame", "tinted_frame"})
+"""Families that draw a frame; compose never applies two of them."""
+
 THIRD_PARAMETER = frozenset({"tinted_frame"})
 """Families whose instances also draw ``w`` (after ``u`` and ``v``, so the others' draws are unchanged)."""
 
@@ -298,6 +301,8 @@ def draw_params(family: str, rng: np.random.Generator, band: tuple[float, float]
     if family != "compose":
         return Params(draw_u(rng, band, inside), float(rng.uniform(0.0, 1.0)))
     names = rng.choice(list(parts_from), size=2, replace=False)
+    while set(names) <= FRAMES:  # a second frame as wide would hide the first: drawn again
+        names = rng.choice(list(parts_from), size=2, replace=False)
     parts = tuple((str(n), draw_params(str(n), rng, band, inside, parts_from)) for n in names)
     return Params(parts[0][1].u, 0.0, parts)
 
@@ -347,6 +352,9 @@ def check_families(families: Sequence[str], unseen_families: Sequence[str], band
     if "compose" in families and len(seen) < 2:
         have = f"{len(seen)}: {', '.join(seen)}" if seen else "0"
         raise RelationError(f"data.synthetic_families: compose needs at least 2 seen families besides compose (have {have})")
+    if "compose" in families and set(seen) <= FRAMES:
+        raise RelationError("data.synthetic_families: compose needs a seen family besides frame and tinted_frame "
+                            "(it never applies two frames)")
 
 
 # ------------------------------------------------------------------------------------------- writing
