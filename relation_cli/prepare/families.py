@@ -157,10 +157,11 @@ def frame_width(p: Params, size: int) -> int:
     return 1 + int(p.v * (size // 8))
 
 
-def _frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
+def _frame(scene: Scene, im: Image.Image, size: int, p: Params, colour: RGB | None = None) -> Image.Image:
+    """``im`` with a frame of :func:`frame_width` pixels inside its edge, in ``colour`` (default: hue u's)."""
     out = im.copy()
     box = [0, 0, size - 1, size - 1]
-    ImageDraw.Draw(out).rectangle(box, outline=hue_colour(p.u), width=frame_width(p, size))
+    ImageDraw.Draw(out).rectangle(box, outline=colour or hue_colour(p.u), width=frame_width(p, size))
     return out
 
 
@@ -176,10 +177,7 @@ def tinted_colour(p: Params) -> RGB:
 
 
 def _tinted_frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
-    out = im.copy()
-    box = [0, 0, size - 1, size - 1]
-    ImageDraw.Draw(out).rectangle(box, outline=tinted_colour(p), width=frame_width(p, size))
-    return out
+    return _frame(scene, im, size, p, tinted_colour(p))
 
 
 OVERLAY_GREYS = 0.25
