@@ -157,12 +157,17 @@ def frame_width(p: Params, size: int) -> int:
     return 1 + int(p.v * (size // 8))
 
 
-def _frame(scene: Scene, im: Image.Image, size: int, p: Params, colour: RGB | None = None) -> Image.Image:
-    """``im`` with a frame of :func:`frame_width` pixels inside its edge, in ``colour`` (default: hue u's)."""
+def _frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
+    """``im`` with a frame of :func:`frame_width` pixels inside its edge, in :func:`tinted_colour` (``frame``'s
+    instances have w = 0: hue u's own colour)."""
     out = im.copy()
     box = [0, 0, size - 1, size - 1]
-    ImageDraw.Draw(out).rectangle(box, outline=colour or hue_colour(p.u), width=frame_width(p, size))
+    ImageDraw.Draw(out).rectangle(box, outline=tinted_colour(p), width=frame_width(p, size))
     return out
+
+
+def _describe_frame(p: Params, size: int) -> str:
+    return "Add a frame {} pixels wide in RGB {}.".format(frame_width(p, size), tinted_colour(p))
 
 
 MAX_TINT = 0.6
@@ -174,10 +179,6 @@ def tinted_colour(p: Params) -> RGB:
     saturation 0.85 down to 0.34 and a hue's darkest channel (36) up to 36 + 219 * 0.6 = 167, so no frame is white."""
     t = MAX_TINT * p.w
     return tuple(round(c + (255 - c) * t) for c in hue_colour(p.u))  # type: ignore[return-value]
-
-
-def _tinted_frame(scene: Scene, im: Image.Image, size: int, p: Params) -> Image.Image:
-    return _frame(scene, im, size, p, tinted_colour(p))
 
 
 OVERLAY_GREYS = 0.25
@@ -252,11 +253,8 @@ FAMILIES: dict[str, Family] = {
     "blur": Family(lambda p, n: f"Blur the image with radius {blur_radius(p, n):.2f} pixels.",
                    lambda s, im, n, p: im.filter(ImageFilter.GaussianBlur(blur_radius(p, n))),
                    "Gaussian radius (0.6 + 2.0 u) * size / 32"),
-    "frame": Family(lambda p, n: "Add a frame {} pixels wide in RGB {}.".format(frame_width(p, n), hue_colour(p.u)),
-                    _frame, "hue u of the frame; width from v"),
-    "tinted_frame": Family(lambda p, n: "Add a frame {} pixels wide in RGB {}.".format(frame_width(p, n),
-                                                                                       tinted_colour(p)),
-                           _tinted_frame, "hue u of the frame, mixed with white by 0.6 w; width from v"),
+    "frame": Family(_describe_frame, _frame, "hue u of the frame; width from v"),
+    "tinted_frame": Family(_describe_frame, _frame, "hue u of the frame, mixed with white by 0.6 w; width from v"),
     "overlay": Family(lambda p, n: "Paint the rectangle from ({}, {}) to ({}, {}) in RGB {}.".format(
                           *overlay_box(p, n), overlay_colour(p.u)), _overlay,
                       "colour: hue u / 0.75, or grey for u >= 0.75; a filled rectangle from v"),
